@@ -1,0 +1,98 @@
+//! Where each record lives in the store. Keys are relative; a backend may add its own prefix.
+//!
+//! Everything the allocator needs to decide (IPAM configuration, pools, reservations) lives
+//! under `config/`, so one range read fetches it all. A block lives under the node that first
+//! claimed it (its *home*), so one range read fetches every block a node allocates from.
+
+use ipnet::IpNet;
+
+use crate::net::net_key;
+
+/// Prefix of everything configuration-like (one range read).
+pub const CONFIG_PREFIX: &str = "config/";
+/// The IPAM configuration record.
+pub const IPAM_CONFIG: &str = "config/ipam";
+/// Prefix of pools.
+pub const POOL_PREFIX: &str = "config/pools/";
+/// Prefix of reservations.
+pub const RESERVATION_PREFIX: &str = "config/reservations/";
+/// Prefix of nodes.
+pub const NODE_PREFIX: &str = "nodes/";
+/// Prefix of namespaces.
+pub const NAMESPACE_PREFIX: &str = "namespaces/";
+/// Prefix of blocks.
+pub const BLOCK_PREFIX: &str = "blocks/";
+/// Prefix of per-pool block indexes.
+pub const POOL_INDEX_PREFIX: &str = "pool-index/";
+/// Prefix of handles.
+pub const HANDLE_PREFIX: &str = "handles/";
+
+/// Home segment used for blocks that no node claimed (shared blocks).
+pub const SHARED_HOME: &str = "_shared";
+
+/// Key of a pool.
+pub fn pool(name: &str) -> String {
+    format!("{POOL_PREFIX}{name}")
+}
+
+/// Key of a reservation.
+pub fn reservation(name: &str) -> String {
+    format!("{RESERVATION_PREFIX}{name}")
+}
+
+/// Key of a node.
+pub fn node(name: &str) -> String {
+    format!("{NODE_PREFIX}{name}")
+}
+
+/// Key of a namespace.
+pub fn namespace(name: &str) -> String {
+    format!("{NAMESPACE_PREFIX}{name}")
+}
+
+/// Prefix of every block whose home is `home`.
+pub fn blocks_of(home: &str) -> String {
+    format!("{BLOCK_PREFIX}{home}/")
+}
+
+/// Key of a block.
+pub fn block(home: &str, cidr: &IpNet) -> String {
+    format!("{BLOCK_PREFIX}{home}/{}", net_key(cidr))
+}
+
+/// Key of the block index of the pool whose network is `pool_cidr`.
+pub fn pool_index(pool_cidr: &IpNet) -> String {
+    format!("{POOL_INDEX_PREFIX}{}", net_key(pool_cidr))
+}
+
+/// Key of a handle; `/` and `%` in the id are escaped so the id stays one key segment.
+pub fn handle(id: &str) -> String {
+    let mut out = String::with_capacity(HANDLE_PREFIX.len() + id.len());
+    out.push_str(HANDLE_PREFIX);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '/' => out.push_str("%2F"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Inverse of [`handle`] for the part after the prefix.
+pub fn handle_id_from_key(key: &str) -> Option<String> {
+    let raw = key.strip_prefix(HANDLE_PREFIX)?;
+    Some(raw.replace("%2F", "/").replace("%25", "%"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_keys_escape_slashes() {
+        let k = handle("net/a%b.c");
+        assert_eq!(k, "handles/net%2Fa%25b.c");
+        assert_eq!(handle_id_from_key(&k).unwrap(), "net/a%b.c");
+    }
+}

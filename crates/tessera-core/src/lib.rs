@@ -1,0 +1,9 @@
+//! Tessera's core: resource types, validation, the Calico selector language, block math,
+//! the datastore contract and the IP allocator. No I/O happens here; every read and write goes
+//! through the [`store::Store`] trait.
+
+pub mod keys;
+pub mod net;
+pub mod resources;
+pub mod selector;
+pub mod store;

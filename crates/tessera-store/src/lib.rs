@@ -1,0 +1,3 @@
+//! Datastore backends for Tessera (implementation pending).
+
+pub use tessera_core::store::*;
