@@ -1,0 +1,416 @@
+//! Read-only views over all IPAM records: address lookup, usage, and the consistency check.
+//! These scan every block and handle; they serve administrators, never the allocation path.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::keys;
+use crate::net::{net_first, net_size, offset_in_block};
+use crate::store::{Read, Store};
+
+use super::context::{block_len_u32, Context};
+use super::plan::{allocated, parse_block_key};
+use super::records::{decode, Allocation, Block, HandleRecord, PoolIndex};
+use super::IpamError;
+
+/// Where one address stands.
+#[derive(Clone, Debug)]
+pub struct AddressInfo {
+    /// The address.
+    pub ip: IpAddr,
+    /// Name of the pool containing it.
+    pub pool: String,
+    /// Reservation holding it, if any.
+    pub reservation: Option<String>,
+    /// Key of the block containing it, when that block is claimed.
+    pub block_key: String,
+    /// The block, when claimed.
+    pub block: Block,
+    /// The allocation, when the address is in use.
+    pub allocation: Option<Allocation>,
+}
+
+/// Finds an address's pool, block and allocation. `Ok(None)` when no pool holds the address
+/// or its block has never been claimed.
+pub(super) fn lookup<S: Store + ?Sized>(
+    store: &S,
+    ip: IpAddr,
+) -> Result<Option<AddressInfo>, IpamError> {
+    let snap = store.read(&[Read::Prefix(keys::CONFIG_PREFIX.into())])?;
+    let ctx = Context::from_records(snap.list(0), None, None)?;
+    let Some(pool) = ctx.pool_containing(ip) else {
+        return Ok(None);
+    };
+    let Some(kv) = store.get(&keys::pool_index(&pool.cidr()))? else {
+        return Ok(None);
+    };
+    let index: PoolIndex = decode(&kv)?;
+    let Some(block_cidr) = crate::net::Tiling::new(pool.cidr(), index.block_prefix)
+        .and_then(|t| t.block_ordinal_of(ip).and_then(|o| Some((o, t.block(o)?))))
+    else {
+        return Ok(None);
+    };
+    let Some(entry) = index.entry(block_cidr.0) else {
+        return Ok(None);
+    };
+    let block_key = keys::block(&entry.home, &block_cidr.1);
+    let Some(kv) = store.get(&block_key)? else {
+        return Ok(None);
+    };
+    let block: Block = decode(&kv)?;
+    let allocation =
+        offset_in_block(&block.cidr, ip).and_then(|o| block.allocations.get(&o).cloned());
+    Ok(Some(AddressInfo {
+        ip,
+        pool: pool.name.clone(),
+        reservation: ctx.reservation_of(ip).map(str::to_string),
+        block_key,
+        block,
+        allocation,
+    }))
+}
+
+/// Usage of one block.
+#[derive(Clone, Debug)]
+pub struct BlockUsage {
+    /// The block's network.
+    pub cidr: IpNet,
+    /// Node the block is affine to.
+    pub affinity: Option<String>,
+    /// Addresses in the block.
+    pub total: u128,
+    /// Addresses allocated.
+    pub in_use: u128,
+    /// Allocations made for workloads on other nodes than the block's.
+    pub borrowed: Vec<(IpAddr, Allocation)>,
+}
+
+/// Usage of one pool.
+#[derive(Clone, Debug)]
+pub struct PoolUsage {
+    /// Pool name (empty for blocks whose pool was deleted).
+    pub name: String,
+    /// Pool network.
+    pub cidr: IpNet,
+    /// Addresses in the pool.
+    pub total: u128,
+    /// Addresses allocated.
+    pub in_use: u128,
+    /// Claimed blocks, by network.
+    pub blocks: Vec<BlockUsage>,
+}
+
+/// Usage of every pool; blocks left from deleted pools are grouped under their old network.
+#[derive(Clone, Debug, Default)]
+pub struct Usage {
+    /// Pools, in name order; pools of deleted pools (empty name) last.
+    pub pools: Vec<PoolUsage>,
+}
+
+fn load_all<S: Store + ?Sized>(store: &S) -> Result<(Context, crate::store::Snapshot), IpamError> {
+    let snap = store.read(&[
+        Read::Prefix(keys::CONFIG_PREFIX.into()),
+        Read::Prefix(keys::BLOCK_PREFIX.into()),
+        Read::Prefix(keys::POOL_INDEX_PREFIX.into()),
+        Read::Prefix(keys::HANDLE_PREFIX.into()),
+    ])?;
+    let ctx = Context::from_records(snap.list(0), None, None)?;
+    Ok((ctx, snap))
+}
+
+pub(super) fn usage<S: Store + ?Sized>(store: &S) -> Result<Usage, IpamError> {
+    let (ctx, snap) = load_all(store)?;
+    let mut pools: Vec<PoolUsage> = ctx
+        .pools
+        .iter()
+        .map(|p| PoolUsage {
+            name: p.name.clone(),
+            cidr: p.cidr(),
+            total: net_size(&p.cidr()),
+            in_use: 0,
+            blocks: Vec::new(),
+        })
+        .collect();
+    for kv in snap.list(1) {
+        let block: Block = decode(kv)?;
+        let in_use = block.allocations.len() as u128;
+        let borrowed = allocated(&block)
+            .filter(|(_, a)| a.attrs.node.is_some() && a.attrs.node != block.affinity)
+            .map(|(ip, a)| (ip, a.clone()))
+            .collect();
+        let usage = BlockUsage {
+            cidr: block.cidr,
+            affinity: block.affinity.clone(),
+            total: net_size(&block.cidr),
+            in_use,
+            borrowed,
+        };
+        let slot = match pools.iter().position(|p| p.cidr == block.pool) {
+            Some(i) => i,
+            None => {
+                pools.push(PoolUsage {
+                    name: String::new(),
+                    cidr: block.pool,
+                    total: net_size(&block.pool),
+                    in_use: 0,
+                    blocks: Vec::new(),
+                });
+                pools.len() - 1
+            }
+        };
+        pools[slot].in_use += in_use;
+        pools[slot].blocks.push(usage);
+    }
+    for p in &mut pools {
+        p.blocks.sort_by_key(|b| net_first(&b.cidr));
+    }
+    Ok(Usage { pools })
+}
+
+/// Outcome of `ipam check`.
+#[derive(Clone, Debug, Default)]
+pub struct CheckReport {
+    /// Blocks examined.
+    pub blocks: usize,
+    /// Handles examined.
+    pub handles: usize,
+    /// Allocated addresses examined.
+    pub allocations: usize,
+    /// Inconsistencies: each one a sentence naming the record and what is wrong.
+    pub problems: Vec<String>,
+    /// Things worth knowing that are not wrong (blocks of deleted pools, unaffined blocks).
+    pub notes: Vec<String>,
+}
+
+pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamError> {
+    let (ctx, snap) = load_all(store)?;
+    let mut report = CheckReport::default();
+    let problems = &mut report.problems;
+
+    let mut blocks: Vec<(String, Block)> = Vec::new();
+    for kv in snap.list(1) {
+        match decode::<Block>(kv) {
+            Ok(b) => blocks.push((kv.key.clone(), b)),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    report.blocks = blocks.len();
+
+    let mut indexes: BTreeMap<IpNet, PoolIndex> = BTreeMap::new();
+    for kv in snap.list(2) {
+        let cidr = kv
+            .key
+            .strip_prefix(keys::POOL_INDEX_PREFIX)
+            .and_then(crate::net::parse_net_key);
+        match (cidr, decode::<PoolIndex>(kv)) {
+            (Some(c), Ok(i)) => {
+                indexes.insert(c, i);
+            }
+            (None, _) => problems.push(format!("pool index key {} is not a network", kv.key)),
+            (_, Err(e)) => problems.push(e.to_string()),
+        }
+    }
+
+    let mut handles: BTreeMap<String, HandleRecord> = BTreeMap::new();
+    for kv in snap.list(3) {
+        match decode::<HandleRecord>(kv) {
+            Ok(h) => {
+                if keys::handle(&h.id) != kv.key {
+                    problems.push(format!("handle record {} holds id {:?}", kv.key, h.id));
+                }
+                handles.insert(h.id.clone(), h);
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    report.handles = handles.len();
+
+    // Blocks: key agrees with content, one owner per block, no overlaps, indexed.
+    let mut owners: HashMap<IpNet, Vec<String>> = HashMap::new();
+    let mut by_start: Vec<(bool, u128, u128, IpNet)> = Vec::new();
+    let mut seen_ips: HashMap<IpAddr, String> = HashMap::new();
+    for (key, b) in &blocks {
+        match parse_block_key(key) {
+            Some((home, net)) if net == b.cidr => {
+                owners.entry(b.cidr).or_default().push(home.to_string());
+                if let Some(aff) = &b.affinity {
+                    if aff != home {
+                        problems.push(format!(
+                            "block {} is stored under node {home:?} but affine to {aff:?}",
+                            b.cidr
+                        ));
+                    }
+                }
+            }
+            _ => problems.push(format!("block record {key} holds block {}", b.cidr)),
+        }
+        by_start.push((
+            b.cidr.network().is_ipv6(),
+            net_first(&b.cidr),
+            net_first(&b.cidr) + (net_size(&b.cidr) - 1),
+            b.cidr,
+        ));
+        let pool = ctx.pool_by_cidr(&b.pool);
+        match pool {
+            None => report.notes.push(format!(
+                "block {} belongs to pool network {} which no IPPool defines any more ({} address(es) still allocated)",
+                b.cidr,
+                b.pool,
+                b.allocations.len()
+            )),
+            Some(p) if !p.cidr().contains(&b.cidr.network()) => problems.push(format!(
+                "block {} claims pool {} but lies outside it",
+                b.cidr, b.pool
+            )),
+            _ => {}
+        }
+        if b.affinity.is_none() {
+            report
+                .notes
+                .push(format!("block {} has no node affinity", b.cidr));
+        }
+        // Index agreement.
+        match indexes.get(&b.pool) {
+            None => problems.push(format!(
+                "block {} is missing from the index of pool network {}",
+                b.cidr, b.pool
+            )),
+            Some(idx) => {
+                let ord = crate::net::Tiling::new(b.pool, idx.block_prefix)
+                    .and_then(|t| t.ordinal_of_block(&b.cidr));
+                let home = parse_block_key(key).map(|(h, _)| h);
+                match ord.and_then(|o| idx.entry(o)) {
+                    None => problems.push(format!(
+                        "block {} is missing from the index of pool network {}",
+                        b.cidr, b.pool
+                    )),
+                    Some(e) if Some(e.home.as_str()) != home => problems.push(format!(
+                        "index of {} lists block {} under {:?}, but it is stored under {:?}",
+                        b.pool,
+                        b.cidr,
+                        e.home,
+                        home.unwrap_or_default()
+                    )),
+                    Some(e) => {
+                        let len =
+                            u64::from(pool.map(|p| block_len_u32(&p.tiling)).unwrap_or(u32::MAX));
+                        if e.full && (b.allocations.len() as u64) < len {
+                            let has_room = pool.is_none_or(|p| {
+                                (0..block_len_u32(&p.tiling)).any(|off| {
+                                    let ip = crate::net::addr_in_block(&b.cidr, off);
+                                    !b.allocations.contains_key(&off)
+                                        && !p.is_edge_address(ip)
+                                        && ctx.reservation_of(ip).is_none()
+                                })
+                            });
+                            if has_room {
+                                problems.push(format!(
+                                    "block {} is marked full in its pool index but has free addresses",
+                                    b.cidr
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Allocations.
+        for (ip, a) in allocated(b) {
+            report.allocations += 1;
+            if let Some(other) = seen_ips.insert(ip, b.cidr.to_string()) {
+                problems.push(format!(
+                    "address {ip} is allocated in two blocks: {other} and {}",
+                    b.cidr
+                ));
+            }
+            if let Some(p) = pool {
+                if p.is_edge_address(ip) {
+                    problems.push(format!(
+                        "address {ip} is the network or broadcast address of pool {:?} but is allocated to handle {:?}",
+                        p.name, a.handle
+                    ));
+                }
+            }
+            if let Some(r) = ctx.reservation_of(ip) {
+                problems.push(format!(
+                    "address {ip} is reserved by IPReservation {r:?} but allocated to handle {:?}",
+                    a.handle
+                ));
+            }
+            match handles.get(&a.handle) {
+                None => problems.push(format!(
+                    "address {ip} in block {} is allocated to handle {:?}, which does not exist",
+                    b.cidr, a.handle
+                )),
+                Some(h) if !h.addresses.iter().any(|x| x.ip == ip) => problems.push(format!(
+                    "address {ip} in block {} is allocated to handle {:?}, which does not list it",
+                    b.cidr, a.handle
+                )),
+                _ => {}
+            }
+        }
+    }
+    for (cidr, homes) in &owners {
+        if homes.len() > 1 {
+            problems.push(format!(
+                "block {cidr} is owned by more than one node: {}",
+                homes.join(", ")
+            ));
+        }
+    }
+    by_start.sort();
+    for pair in by_start.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        if a.0 == b.0 && b.1 <= a.2 && a.3 != b.3 {
+            problems.push(format!("blocks {} and {} overlap", a.3, b.3));
+        }
+    }
+    // Index entries without blocks.
+    let block_keys: std::collections::HashSet<&str> =
+        blocks.iter().map(|(k, _)| k.as_str()).collect();
+    for (cidr, idx) in &indexes {
+        let Some(tiling) = crate::net::Tiling::new(*cidr, idx.block_prefix) else {
+            problems.push(format!(
+                "index of {cidr} has an impossible block size /{}",
+                idx.block_prefix
+            ));
+            continue;
+        };
+        for e in &idx.blocks {
+            match tiling.block(e.ordinal) {
+                Some(bc) if block_keys.contains(keys::block(&e.home, &bc).as_str()) => {}
+                Some(bc) => problems.push(format!(
+                    "index of {cidr} lists block {bc} under {:?}, but no such block exists",
+                    e.home
+                )),
+                None => problems.push(format!(
+                    "index of {cidr} lists ordinal {} beyond the pool",
+                    e.ordinal
+                )),
+            }
+        }
+    }
+    // Handles pointing at addresses they do not hold.
+    let by_key: HashMap<&str, &Block> = blocks.iter().map(|(k, b)| (k.as_str(), b)).collect();
+    for h in handles.values() {
+        if h.addresses.is_empty() {
+            problems.push(format!("handle {:?} holds no address", h.id));
+        }
+        for a in &h.addresses {
+            let held = by_key.get(a.block.as_str()).is_some_and(|b| {
+                offset_in_block(&b.cidr, a.ip)
+                    .and_then(|o| b.allocations.get(&o))
+                    .is_some_and(|x| x.handle == h.id)
+            });
+            if !held {
+                problems.push(format!(
+                    "handle {:?} lists address {} but block {} does not hold it for the handle",
+                    h.id, a.ip, a.block
+                ));
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,388 @@
+//! The allocator: hands out addresses from pools tiled into node-affine blocks.
+//!
+//! Every operation reads what it needs in as few snapshots as possible, decides in memory
+//! (a [`plan::Plan`]), and commits all its writes in one compare-and-swap transaction. When a
+//! compare fails (another node or process changed a record it read) it starts over, up to
+//! [`MAX_ATTEMPTS`] times. Because the commit is one transaction, a request either gets every
+//! address it asked for (IPv4 and IPv6, several addresses) or none, and a crash at any moment
+//! leaves the store exactly as before or exactly as after.
+
+mod context;
+mod inspect;
+mod plan;
+mod records;
+mod select;
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+pub use context::{parse_net_or_addr, Context, PoolInfo};
+pub use inspect::{AddressInfo, BlockUsage, CheckReport, PoolUsage, Usage};
+pub use records::{
+    Allocation, Attributes, Block, HandleAddress, HandleRecord, IndexEntry, PoolIndex,
+};
+pub use select::{
+    parse_pool_annotation, Family, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
+    IP_ADDRS_ANNOTATION,
+};
+
+use crate::keys;
+use crate::store::{Read, Store, StoreError, TxnOutcome};
+use plan::Plan;
+use records::decode;
+
+/// How often an operation starts over after losing a compare-and-swap race.
+pub const MAX_ATTEMPTS: u32 = 64;
+
+/// Why an IPAM operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    /// The datastore failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored record could not be read.
+    #[error("record {key} in the datastore is damaged: {reason}; run `tessera ipam check`")]
+    CorruptRecord {
+        /// Store key.
+        key: String,
+        /// Decoder message.
+        reason: String,
+    },
+    /// The request itself is malformed.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A named pool does not exist.
+    #[error("IP pool {0:?} does not exist; list pools with `tessera get ippool`")]
+    PoolNotFound(String),
+    /// A named pool is disabled.
+    #[error("IP pool {0:?} is disabled; enable it with `tessera patch ippool {0} -p '{{\"spec\":{{\"disabled\":false}}}}'` or choose another pool")]
+    PoolDisabled(String),
+    /// A named pool is of the other address family.
+    #[error("IP pool {pool:?} is not an {family} pool")]
+    PoolWrongFamily {
+        /// Pool name.
+        pool: String,
+        /// Family the request needed.
+        family: Family,
+    },
+    /// A named pool does not allow workload addresses.
+    #[error("IP pool {0:?} does not allow Workload addresses (see spec.allowedUses)")]
+    PoolNotForWorkloads(String),
+    /// No pool can serve the node.
+    #[error("no enabled {family} IP pool selects node {node:?}{namespace}; create one with a matching nodeSelector, or label the node")]
+    NoPool {
+        /// Address family.
+        family: Family,
+        /// Node name.
+        node: String,
+        /// Namespace note, if a namespace restricted the choice.
+        namespace: String,
+    },
+    /// Every candidate pool is out of addresses for this node.
+    #[error("no free {family} address for node {node:?} in pool(s) {pools}: {reason}")]
+    Exhausted {
+        /// Address family.
+        family: Family,
+        /// Node name.
+        node: String,
+        /// The pools tried, comma separated.
+        pools: String,
+        /// Why nothing could be found.
+        reason: String,
+    },
+    /// A requested address is not in any pool.
+    #[error("address {0} is not in any IP pool")]
+    AddressNotInPool(IpAddr),
+    /// A requested address is already allocated.
+    #[error("address {ip} is already in use by handle {handle:?}")]
+    AddressInUse {
+        /// The address.
+        ip: IpAddr,
+        /// Handle holding it.
+        handle: String,
+    },
+    /// A requested address is reserved.
+    #[error("address {ip} is reserved by IPReservation {reservation:?}")]
+    AddressReserved {
+        /// The address.
+        ip: IpAddr,
+        /// Reservation name.
+        reservation: String,
+    },
+    /// A requested address is a pool's network or broadcast address.
+    #[error(
+        "address {ip} is the network or broadcast address of pool {pool:?} and is never handed out"
+    )]
+    AddressUnusable {
+        /// The address.
+        ip: IpAddr,
+        /// Pool name.
+        pool: String,
+    },
+    /// Too many concurrent writers touched the same records.
+    #[error("gave up after {0} attempts: the datastore is too busy with concurrent changes to the same records; try again")]
+    Contention(u32),
+}
+
+impl IpamError {
+    /// True when retrying later may succeed (datastore unavailable or too busy).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            IpamError::Store(e) => e.is_transient(),
+            IpamError::Contention(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// What a caller wants allocated under one handle.
+#[derive(Clone, Debug, Default)]
+pub struct AssignRequest {
+    /// Handle id, e.g. `<network>.<containerID>`.
+    pub handle: String,
+    /// Node the workload runs on.
+    pub node: String,
+    /// Who the addresses are for (namespace, pod, interface, container id).
+    pub attrs: Attributes,
+    /// Number of IPv4 addresses from pools.
+    pub num_v4: u32,
+    /// Number of IPv6 addresses from pools.
+    pub num_v6: u32,
+    /// Specific addresses (e.g. `cni.projectcalico.org/ipAddrs`), in addition to the counts.
+    pub ips: Vec<IpAddr>,
+    /// Pools named for this workload (pod annotations, `--pool`), names or CIDRs, in fallback
+    /// order. They win over the namespace's annotations.
+    pub pools: Vec<String>,
+    /// Pools named by the network configuration (CNI `ipv4_pools`/`ipv6_pools`), used when
+    /// neither the workload nor its namespace names pools.
+    pub default_pools: Vec<String>,
+}
+
+/// One address handed out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AssignedAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// Name of its pool.
+    pub pool: String,
+    /// The pool's network.
+    pub pool_cidr: IpNet,
+    /// The block's network.
+    pub block: IpNet,
+}
+
+/// Result of an assignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Assignment {
+    /// The handle.
+    pub handle: String,
+    /// Addresses handed out by this request, IPv4 first.
+    pub addresses: Vec<AssignedAddress>,
+}
+
+/// The allocator over a store.
+pub struct Ipam<S> {
+    store: S,
+}
+
+impl<S: Store> Ipam<S> {
+    /// An allocator over `store`.
+    pub fn new(store: S) -> Self {
+        Self { store }
+    }
+
+    /// The underlying store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Allocates what `req` asks for, all or nothing.
+    ///
+    /// Common path: one snapshot read (configuration, node, namespace, the node's blocks,
+    /// the handle) and one transaction.
+    pub fn assign(&self, req: &AssignRequest) -> Result<Assignment, IpamError> {
+        if req.handle.is_empty() {
+            return Err(IpamError::InvalidRequest("the handle id is empty".into()));
+        }
+        if req.node.is_empty() {
+            return Err(IpamError::InvalidRequest("the node name is empty".into()));
+        }
+        if req.num_v4 == 0 && req.num_v6 == 0 && req.ips.is_empty() {
+            return Err(IpamError::InvalidRequest(
+                "nothing to assign: ask for IPv4 or IPv6 addresses or specific IPs".into(),
+            ));
+        }
+        let mut attrs = req.attrs.clone();
+        attrs.node = Some(req.node.clone());
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt, &req.handle);
+            let namespace = attrs.namespace.as_deref();
+            let mut reads = vec![
+                Read::Prefix(keys::CONFIG_PREFIX.into()),
+                Read::Get(keys::node(&req.node)),
+                Read::Prefix(keys::blocks_of(&req.node)),
+                Read::Get(keys::handle(&req.handle)),
+            ];
+            if let Some(ns) = namespace {
+                reads.push(Read::Get(keys::namespace(ns)));
+            }
+            let snap = self.store.read(&reads)?;
+            let ctx = Context::from_records(snap.list(0), snap.get(1), snap.get(4))?;
+            let mut plan = Plan::new(&self.store, &ctx, &req.node, snap.list(2))?;
+            let handle_kv = snap.get(3);
+            let mut handle: HandleRecord = match handle_kv {
+                Some(kv) => decode(kv)?,
+                None => HandleRecord {
+                    id: req.handle.clone(),
+                    ..Default::default()
+                },
+            };
+            handle.attrs = attrs.clone();
+
+            let mut got = Vec::new();
+            for ip in &req.ips {
+                got.push(plan.assign_specific(*ip, &req.handle, &attrs)?);
+            }
+            for (family, count) in [(Family::V4, req.num_v4), (Family::V6, req.num_v6)] {
+                if count == 0 {
+                    continue;
+                }
+                let pools = select::candidate_pools(&ctx, family, &req.node, req)?;
+                for _ in 0..count {
+                    match plan.assign_auto(&pools, family, &req.handle, &attrs) {
+                        Ok(a) => got.push(a),
+                        Err(e) => {
+                            plan.save_hints();
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            for a in &got {
+                handle.addresses.push(HandleAddress {
+                    ip: a.ip,
+                    block: keys::block(&plan.home_of(&a.block), &a.block),
+                    pool: a.pool_cidr,
+                });
+            }
+            let handle_rev = handle_kv.map_or(0, |kv| kv.mod_revision);
+            match plan.commit(Some((&handle, handle_rev)))? {
+                TxnOutcome::Committed(_) => {
+                    return Ok(Assignment {
+                        handle: req.handle.clone(),
+                        addresses: got,
+                    })
+                }
+                TxnOutcome::Conflict => continue,
+            }
+        }
+        Err(IpamError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Releases every address of a handle. Releasing an unknown or already released handle
+    /// is not an error; the released addresses are returned.
+    pub fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt, handle);
+            let Some(kv) = self.store.get(&keys::handle(handle))? else {
+                return Ok(Vec::new());
+            };
+            let rec: HandleRecord = decode(&kv)?;
+            let targets: Vec<plan::Target> = rec
+                .addresses
+                .iter()
+                .map(|a| plan::Target {
+                    ip: a.ip,
+                    block_key: a.block.clone(),
+                    pool: a.pool,
+                    handle: handle.to_string(),
+                })
+                .collect();
+            match plan::release(&self.store, &targets)? {
+                Some(released) => return Ok(released),
+                None => continue,
+            }
+        }
+        Err(IpamError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Releases single addresses, whoever holds them. Addresses that are not allocated are
+    /// skipped; the released ones are returned with the handle that held them.
+    pub fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<(IpAddr, String)>, IpamError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt, "release-ips");
+            let mut targets = Vec::new();
+            for ip in ips {
+                if let Some(info) = self.lookup(*ip)? {
+                    if let Some(alloc) = info.allocation {
+                        targets.push(plan::Target {
+                            ip: *ip,
+                            block_key: info.block_key,
+                            pool: info.block.pool,
+                            handle: alloc.handle,
+                        });
+                    }
+                }
+            }
+            let held: Vec<(IpAddr, String)> =
+                targets.iter().map(|t| (t.ip, t.handle.clone())).collect();
+            match plan::release(&self.store, &targets)? {
+                Some(released) => {
+                    return Ok(held
+                        .into_iter()
+                        .filter(|(ip, _)| released.contains(ip))
+                        .collect())
+                }
+                None => continue,
+            }
+        }
+        Err(IpamError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Where an address stands: its pool, block and allocation, if any.
+    pub fn lookup(&self, ip: IpAddr) -> Result<Option<AddressInfo>, IpamError> {
+        inspect::lookup(&self.store, ip)
+    }
+
+    /// Releases a node's claim on its blocks (the node left the cluster): empty blocks are
+    /// freed, blocks that still hold addresses stay where they are without affinity.
+    pub fn release_node(&self, node: &str) -> Result<usize, IpamError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            backoff(attempt, node);
+            match plan::release_node(&self.store, node)? {
+                Some(n) => return Ok(n),
+                None => continue,
+            }
+        }
+        Err(IpamError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Pool, block and address usage (scans every block: an admin view, not a hot path).
+    pub fn usage(&self) -> Result<Usage, IpamError> {
+        inspect::usage(&self.store)
+    }
+
+    /// Consistency check of blocks, indexes and handles (scans everything).
+    pub fn check(&self) -> Result<CheckReport, IpamError> {
+        inspect::check(&self.store)
+    }
+}
+
+/// Short randomized pause before a retry, so racing writers spread out.
+fn backoff(attempt: u32, salt: &str) {
+    if attempt == 0 {
+        return;
+    }
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        salt,
+        attempt,
+        std::process::id(),
+        std::time::SystemTime::now(),
+    )
+        .hash(&mut h);
+    let cap_us = 200u64 << attempt.min(6);
+    std::thread::sleep(std::time::Duration::from_micros(h.finish() % cap_us));
+}

@@ -1,0 +1,768 @@
+//! In-memory planning of one IPAM operation: the records it read, the changes it made to
+//! them, and the single transaction that commits those changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::keys;
+use crate::net::{addr_in_block, offset_in_block, parse_net_key};
+use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
+
+use super::context::{block_len_u32, Context, PoolInfo};
+use super::records::{
+    decode, encode, Allocation, Attributes, Block, HandleRecord, IndexEntry, PoolIndex,
+};
+use super::select::Family;
+use super::{AssignedAddress, IpamError};
+
+struct PlannedBlock {
+    block: Block,
+    /// Revision read (0 = the block is new).
+    revision: i64,
+    changed: bool,
+    deleted: bool,
+}
+
+struct PlannedIndex {
+    index: PoolIndex,
+    revision: i64,
+    changed: bool,
+}
+
+/// Records read and changed by one operation.
+pub(super) struct Plan<'a, S: ?Sized> {
+    store: &'a S,
+    ctx: &'a Context,
+    node: &'a str,
+    blocks: BTreeMap<String, PlannedBlock>,
+    indexes: BTreeMap<IpNet, PlannedIndex>,
+    pools_used: BTreeSet<usize>,
+}
+
+/// Splits a block key into (home, block network).
+pub(super) fn parse_block_key(key: &str) -> Option<(&str, IpNet)> {
+    let rest = key.strip_prefix(keys::BLOCK_PREFIX)?;
+    let (home, net) = rest.split_once('/')?;
+    Some((home, parse_net_key(net)?))
+}
+
+/// The first free offset of a block, starting at its cursor, skipping the pool's edge
+/// addresses and reserved addresses.
+fn free_offset(ctx: &Context, pool: &PoolInfo, block: &Block) -> Option<u32> {
+    let len = block_len_u32(&pool.tiling);
+    if block.allocations.len() as u64 >= u64::from(len) {
+        return None;
+    }
+    let reserved = ctx.reservations_in(&block.cidr);
+    let start = block.next % len;
+    (0..len).map(|i| (start + i) % len).find(|&off| {
+        if block.allocations.contains_key(&off) {
+            return false;
+        }
+        let addr = addr_in_block(&block.cidr, off);
+        !pool.is_edge_address(addr) && !reserved.iter().any(|n| n.contains(&addr))
+    })
+}
+
+impl<'a, S: Store + ?Sized> Plan<'a, S> {
+    /// A plan seeded with the node's blocks from the snapshot.
+    pub(super) fn new(
+        store: &'a S,
+        ctx: &'a Context,
+        node: &'a str,
+        node_blocks: &[KeyValue],
+    ) -> Result<Self, IpamError> {
+        let mut blocks = BTreeMap::new();
+        for kv in node_blocks {
+            blocks.insert(
+                kv.key.clone(),
+                PlannedBlock {
+                    block: decode(kv)?,
+                    revision: kv.mod_revision,
+                    changed: false,
+                    deleted: false,
+                },
+            );
+        }
+        Ok(Self {
+            store,
+            ctx,
+            node,
+            blocks,
+            indexes: BTreeMap::new(),
+            pools_used: BTreeSet::new(),
+        })
+    }
+
+    fn pool_slot(&self, pool: &PoolInfo) -> usize {
+        self.ctx
+            .pools
+            .iter()
+            .position(|p| p.name == pool.name)
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The home segment of the block key for `block` in this plan.
+    pub(super) fn home_of(&self, block: &IpNet) -> String {
+        let suffix = format!("/{}", crate::net::net_key(block));
+        self.blocks
+            .keys()
+            .find(|k| k.ends_with(&suffix))
+            .and_then(|k| parse_block_key(k).map(|(home, _)| home.to_string()))
+            .unwrap_or_else(|| self.node.to_string())
+    }
+
+    fn index(&mut self, pool: &PoolInfo) -> Result<&mut PlannedIndex, IpamError> {
+        let cidr = pool.cidr();
+        if !self.indexes.contains_key(&cidr) {
+            let kv = self.store.get(&keys::pool_index(&cidr))?;
+            let planned = match kv {
+                Some(kv) => PlannedIndex {
+                    index: decode(&kv)?,
+                    revision: kv.mod_revision,
+                    changed: false,
+                },
+                None => PlannedIndex {
+                    index: PoolIndex {
+                        block_prefix: pool.tiling.block_prefix,
+                        blocks: Vec::new(),
+                    },
+                    revision: 0,
+                    changed: false,
+                },
+            };
+            if planned.index.block_prefix != pool.tiling.block_prefix {
+                return Err(IpamError::CorruptRecord {
+                    key: keys::pool_index(&cidr),
+                    reason: format!(
+                        "blocks of {cidr} were cut at /{} but pool {:?} says blockSize {}; release the old blocks first",
+                        planned.index.block_prefix, pool.name, pool.tiling.block_prefix
+                    ),
+                });
+            }
+            self.indexes.insert(cidr, planned);
+        }
+        Ok(self.indexes.get_mut(&cidr).expect("inserted above"))
+    }
+
+    fn fetch_block(&mut self, key: &str) -> Result<bool, IpamError> {
+        if self.blocks.contains_key(key) {
+            return Ok(true);
+        }
+        match self.store.get(key)? {
+            Some(kv) => {
+                self.blocks.insert(
+                    key.to_string(),
+                    PlannedBlock {
+                        block: decode(&kv)?,
+                        revision: kv.mod_revision,
+                        changed: false,
+                        deleted: false,
+                    },
+                );
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Takes a free address in the block at `key`, if it has one.
+    fn take_free(
+        &mut self,
+        key: &str,
+        pool: &PoolInfo,
+        handle: &str,
+        attrs: &Attributes,
+    ) -> Option<AssignedAddress> {
+        let ctx = self.ctx;
+        let planned = self.blocks.get_mut(key)?;
+        let off = free_offset(ctx, pool, &planned.block)?;
+        Some(Self::occupy(planned, pool, off, handle, attrs))
+    }
+
+    fn occupy(
+        planned: &mut PlannedBlock,
+        pool: &PoolInfo,
+        off: u32,
+        handle: &str,
+        attrs: &Attributes,
+    ) -> AssignedAddress {
+        let len = block_len_u32(&pool.tiling);
+        let b = &mut planned.block;
+        b.allocations.insert(
+            off,
+            Allocation {
+                handle: handle.to_string(),
+                attrs: attrs.clone(),
+            },
+        );
+        b.next = (off + 1) % len;
+        planned.changed = true;
+        AssignedAddress {
+            ip: addr_in_block(&b.cidr, off),
+            pool: pool.name.clone(),
+            pool_cidr: pool.cidr(),
+            block: b.cidr,
+        }
+    }
+
+    /// Claims block `ordinal` of `pool` for this node (creating it) and records it in the
+    /// pool's index. The commit's "absent" compare on the block key and revision compare on
+    /// the index make a race for the same block end with exactly one owner.
+    fn claim(&mut self, pool: &PoolInfo, ordinal: u128) -> Result<String, IpamError> {
+        let cidr = pool
+            .tiling
+            .block(ordinal)
+            .expect("ordinal within the tiling");
+        let key = keys::block(self.node, &cidr);
+        let node = self.node.to_string();
+        let idx = self.index(pool)?;
+        let pos = idx.index.find(ordinal).unwrap_err();
+        idx.index.blocks.insert(
+            pos,
+            IndexEntry {
+                ordinal,
+                home: node.clone(),
+                full: false,
+            },
+        );
+        idx.changed = true;
+        self.blocks.insert(
+            key.clone(),
+            PlannedBlock {
+                block: Block::new(cidr, pool.cidr(), Some(node)),
+                revision: 0,
+                changed: true,
+                deleted: false,
+            },
+        );
+        Ok(key)
+    }
+
+    fn affine_keys(&self, pool: &PoolInfo) -> Vec<String> {
+        self.blocks
+            .iter()
+            .filter(|(_, b)| {
+                !b.deleted
+                    && b.block.pool == pool.cidr()
+                    && b.block.affinity.as_deref() == Some(self.node)
+            })
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Allocates one address from the first pool that has room: the node's own blocks
+    /// first, then a newly claimed block, then (unless strictAffinity) another node's block.
+    pub(super) fn assign_auto(
+        &mut self,
+        pools: &[&PoolInfo],
+        family: Family,
+        handle: &str,
+        attrs: &Attributes,
+    ) -> Result<AssignedAddress, IpamError> {
+        for pool in pools {
+            for key in self.affine_keys(pool) {
+                if let Some(a) = self.take_free(&key, pool, handle, attrs) {
+                    self.pools_used.insert(self.pool_slot(pool));
+                    return Ok(a);
+                }
+            }
+        }
+        let cfg = &self.ctx.config;
+        let owned = self
+            .blocks
+            .values()
+            .filter(|b| !b.deleted && b.block.affinity.as_deref() == Some(self.node))
+            .count();
+        let may_claim = cfg.auto_allocate_blocks
+            && (cfg.max_blocks_per_host == 0 || owned < cfg.max_blocks_per_host as usize);
+        if may_claim {
+            for pool in pools {
+                self.mark_own_full(pool)?;
+                let ctx = self.ctx;
+                let count = pool.tiling.block_count();
+                let free = self
+                    .index(pool)?
+                    .index
+                    .first_unclaimed(count, |o| ctx.skip_unusable_block(pool, o));
+                if let Some(ordinal) = free {
+                    let key = self.claim(pool, ordinal)?;
+                    let a = self
+                        .take_free(&key, pool, handle, attrs)
+                        .expect("a usable new block has a free address");
+                    self.pools_used.insert(self.pool_slot(pool));
+                    return Ok(a);
+                }
+            }
+        }
+        if !cfg.strict_affinity {
+            for pool in pools {
+                if let Some(a) = self.borrow(pool, handle, attrs)? {
+                    self.pools_used.insert(self.pool_slot(pool));
+                    return Ok(a);
+                }
+            }
+        }
+        let reason = if !cfg.auto_allocate_blocks {
+            "the node's blocks are full and autoAllocateBlocks is off".to_string()
+        } else if !may_claim {
+            format!(
+                "the node's blocks are full and it already holds maxBlocksPerHost={} blocks",
+                cfg.max_blocks_per_host
+            )
+        } else {
+            "every block is claimed and full".to_string()
+        };
+        let reason = if cfg.strict_affinity {
+            format!("{reason} (strictAffinity forbids borrowing from other nodes' blocks)")
+        } else {
+            reason
+        };
+        Err(IpamError::Exhausted {
+            family,
+            node: self.node.to_string(),
+            pools: pools
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason,
+        })
+    }
+
+    /// Marks this node's full blocks of `pool` as full in the index, so other nodes looking
+    /// for room skip them without reading them.
+    fn mark_own_full(&mut self, pool: &PoolInfo) -> Result<(), IpamError> {
+        let ctx = self.ctx;
+        let full: Vec<u128> = self
+            .affine_keys(pool)
+            .iter()
+            .filter_map(|k| self.blocks.get(k))
+            .filter(|b| free_offset(ctx, pool, &b.block).is_none())
+            .filter_map(|b| pool.tiling.ordinal_of_block(&b.block.cidr))
+            .collect();
+        let idx = self.index(pool)?;
+        for ordinal in full {
+            idx.changed |= idx.index.set_full(ordinal, true);
+        }
+        Ok(())
+    }
+
+    /// Takes an address from a block affine to another node (or to none).
+    fn borrow(
+        &mut self,
+        pool: &PoolInfo,
+        handle: &str,
+        attrs: &Attributes,
+    ) -> Result<Option<AssignedAddress>, IpamError> {
+        let cidr = pool.cidr();
+        let candidates: Vec<(u128, String)> = self
+            .index(pool)?
+            .index
+            .blocks
+            .iter()
+            .filter(|e| !e.full)
+            .map(|e| (e.ordinal, e.home.clone()))
+            .collect();
+        for (ordinal, home) in candidates {
+            let Some(block_cidr) = pool.tiling.block(ordinal) else {
+                continue;
+            };
+            let key = keys::block(&home, &block_cidr);
+            if !self.fetch_block(&key)? {
+                continue;
+            }
+            if self.blocks[&key].block.affinity.as_deref() == Some(self.node) {
+                continue; // Own blocks were tried first.
+            }
+            if let Some(a) = self.take_free(&key, pool, handle, attrs) {
+                return Ok(Some(a));
+            }
+            let idx = self.indexes.get_mut(&cidr).expect("read above");
+            idx.changed |= idx.index.set_full(ordinal, true);
+        }
+        Ok(None)
+    }
+
+    /// Allocates a specific address.
+    pub(super) fn assign_specific(
+        &mut self,
+        ip: IpAddr,
+        handle: &str,
+        attrs: &Attributes,
+    ) -> Result<AssignedAddress, IpamError> {
+        let ctx = self.ctx;
+        let pool = ctx
+            .pool_containing(ip)
+            .ok_or(IpamError::AddressNotInPool(ip))?;
+        if pool.disabled {
+            return Err(IpamError::PoolDisabled(pool.name.clone()));
+        }
+        if pool.is_edge_address(ip) {
+            return Err(IpamError::AddressUnusable {
+                ip,
+                pool: pool.name.clone(),
+            });
+        }
+        if let Some(r) = ctx.reservation_of(ip) {
+            return Err(IpamError::AddressReserved {
+                ip,
+                reservation: r.to_string(),
+            });
+        }
+        let ordinal = pool.tiling.block_ordinal_of(ip).expect("pool contains ip");
+        let block_cidr = pool
+            .tiling
+            .block(ordinal)
+            .expect("ordinal within the tiling");
+        let entry = self.index(pool)?.index.entry(ordinal).cloned();
+        let key = match entry {
+            Some(e) => {
+                let key = keys::block(&e.home, &block_cidr);
+                if !self.fetch_block(&key)? {
+                    return Err(IpamError::CorruptRecord {
+                        key: keys::pool_index(&pool.cidr()),
+                        reason: format!(
+                            "lists block {block_cidr} under {:?} but the block is missing",
+                            e.home
+                        ),
+                    });
+                }
+                key
+            }
+            None => self.claim(pool, ordinal)?,
+        };
+        let off = offset_in_block(&block_cidr, ip).expect("block contains ip");
+        let planned = self.blocks.get_mut(&key).expect("fetched or claimed");
+        if let Some(existing) = planned.block.allocations.get(&off) {
+            return Err(IpamError::AddressInUse {
+                ip,
+                handle: existing.handle.clone(),
+            });
+        }
+        let next = planned.block.next;
+        let a = Self::occupy(planned, pool, off, handle, attrs);
+        planned.block.next = next; // A fixed address does not move the cursor.
+        self.pools_used.insert(self.pool_slot(pool));
+        Ok(a)
+    }
+
+    fn txn_parts(&self) -> (Vec<Compare>, Vec<Op>) {
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for (key, b) in &self.blocks {
+            if !b.changed {
+                continue;
+            }
+            compares.push(Compare::unchanged(key.clone(), b.revision));
+            ops.push(if b.deleted {
+                Op::Delete(key.clone())
+            } else {
+                Op::Put(key.clone(), encode(&b.block))
+            });
+        }
+        for (cidr, idx) in &self.indexes {
+            if idx.changed {
+                let key = keys::pool_index(cidr);
+                compares.push(Compare::unchanged(key.clone(), idx.revision));
+                ops.push(Op::Put(key, encode(&idx.index)));
+            }
+        }
+        for slot in &self.pools_used {
+            if let Some(p) = self.ctx.pools.get(*slot) {
+                compares.push(Compare::unchanged(p.key.clone(), p.revision));
+            }
+        }
+        (compares, ops)
+    }
+
+    /// Commits every change plus the handle record in one transaction.
+    pub(super) fn commit(
+        &self,
+        handle: Option<(&HandleRecord, i64)>,
+    ) -> Result<TxnOutcome, IpamError> {
+        let (mut compares, mut ops) = self.txn_parts();
+        if let Some((rec, rev)) = handle {
+            let key = keys::handle(&rec.id);
+            compares.push(Compare::unchanged(key.clone(), rev));
+            ops.push(Op::Put(key, encode(rec)));
+        }
+        Ok(self.store.txn(&compares, &ops)?)
+    }
+
+    /// After a failed request, keeps only what it learned about full blocks (best effort),
+    /// so the next request skips them without reading them.
+    pub(super) fn save_hints(&self) {
+        let mut compares = Vec::new();
+        let mut ops = Vec::new();
+        for (cidr, idx) in &self.indexes {
+            if idx.changed && idx.revision != 0 {
+                let key = keys::pool_index(cidr);
+                let mut only_full = idx.index.clone();
+                // Drop claims made by this plan: their blocks are not being written.
+                only_full.blocks.retain(|e| {
+                    let cidr_of = |o| self.ctx.pool_by_cidr(cidr).and_then(|p| p.tiling.block(o));
+                    cidr_of(e.ordinal)
+                        .map(|b| keys::block(&e.home, &b))
+                        .and_then(|k| self.blocks.get(&k))
+                        .is_none_or(|b| b.revision != 0)
+                });
+                compares.push(Compare::unchanged(key.clone(), idx.revision));
+                ops.push(Op::Put(key, encode(&only_full)));
+            }
+        }
+        if !ops.is_empty() {
+            let _ = self.store.txn(&compares, &ops);
+        }
+    }
+}
+
+/// One address to release, as a handle or a lookup located it.
+pub(super) struct Target {
+    pub ip: IpAddr,
+    pub block_key: String,
+    pub pool: IpNet,
+    pub handle: String,
+}
+
+/// Releases the targets in one snapshot and one transaction. Returns `None` when a compare
+/// failed (the caller starts over), otherwise the addresses actually released. Handles that
+/// lose their last address are deleted; empty blocks are given back to their pool unless
+/// they are the last block of their node in an enabled pool.
+pub(super) fn release<S: Store + ?Sized>(
+    store: &S,
+    targets: &[Target],
+) -> Result<Option<Vec<IpAddr>>, IpamError> {
+    if targets.is_empty() {
+        return Ok(Some(Vec::new()));
+    }
+    let homes: BTreeSet<&str> = targets
+        .iter()
+        .filter_map(|t| parse_block_key(&t.block_key).map(|(h, _)| h))
+        .collect();
+    let pools: BTreeSet<IpNet> = targets.iter().map(|t| t.pool).collect();
+    let handles: BTreeSet<&str> = targets.iter().map(|t| t.handle.as_str()).collect();
+    let mut reads = vec![Read::Prefix(keys::POOL_PREFIX.into())];
+    reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
+    reads.extend(pools.iter().map(|p| Read::Get(keys::pool_index(p))));
+    reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
+    let snap = store.read(&reads)?;
+
+    let ctx = Context::from_records(snap.list(0), None, None)?;
+    let mut blocks: BTreeMap<String, PlannedBlock> = BTreeMap::new();
+    for i in 0..homes.len() {
+        for kv in snap.list(1 + i) {
+            blocks.insert(
+                kv.key.clone(),
+                PlannedBlock {
+                    block: decode(kv)?,
+                    revision: kv.mod_revision,
+                    changed: false,
+                    deleted: false,
+                },
+            );
+        }
+    }
+    let mut indexes: BTreeMap<IpNet, PlannedIndex> = BTreeMap::new();
+    for (i, pool) in pools.iter().enumerate() {
+        if let Some(kv) = snap.get(1 + homes.len() + i) {
+            indexes.insert(
+                *pool,
+                PlannedIndex {
+                    index: decode(kv)?,
+                    revision: kv.mod_revision,
+                    changed: false,
+                },
+            );
+        }
+    }
+    let mut handle_recs: BTreeMap<String, (HandleRecord, i64, bool)> = BTreeMap::new();
+    for (i, h) in handles.iter().enumerate() {
+        if let Some(kv) = snap.get(1 + homes.len() + pools.len() + i) {
+            handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
+        }
+    }
+
+    let mut released = Vec::new();
+    for t in targets {
+        if let Some((rec, _, changed)) = handle_recs.get_mut(&t.handle) {
+            let before = rec.addresses.len();
+            rec.addresses.retain(|a| a.ip != t.ip);
+            *changed |= rec.addresses.len() != before;
+        }
+        let Some(pb) = blocks.get_mut(&t.block_key) else {
+            continue;
+        };
+        let Some(off) = offset_in_block(&pb.block.cidr, t.ip) else {
+            continue;
+        };
+        if pb
+            .block
+            .allocations
+            .get(&off)
+            .is_some_and(|a| a.handle == t.handle)
+        {
+            pb.block.allocations.remove(&off);
+            pb.changed = true;
+            released.push(t.ip);
+            // The block was possibly marked full: it has room now.
+            if let Some(idx) = indexes.get_mut(&t.pool) {
+                if let Some(ord) = index_ordinal(&t.pool, &idx.index, &pb.block.cidr) {
+                    idx.changed |= idx.index.set_full(ord, false);
+                }
+            }
+        }
+    }
+
+    // Give back blocks that became empty.
+    let emptied: Vec<String> = blocks
+        .iter()
+        .filter(|(_, b)| b.changed && b.block.allocations.is_empty())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in emptied {
+        let b = &blocks[&key].block;
+        let pool = ctx.pool_by_cidr(&b.pool);
+        let pool_active = pool.is_some_and(|p| !p.disabled);
+        let keep = pool_active
+            && b.affinity.as_deref().is_some_and(|node| {
+                !blocks.iter().any(|(k, other)| {
+                    k != &key && !other.deleted && other.block.affinity.as_deref() == Some(node)
+                })
+            });
+        if keep {
+            continue;
+        }
+        let (pool_cidr, block_cidr) = (b.pool, b.cidr);
+        let pb = blocks.get_mut(&key).expect("present");
+        pb.deleted = true;
+        if let Some(idx) = indexes.get_mut(&pool_cidr) {
+            if let Some(Ok(pos)) =
+                index_ordinal(&pool_cidr, &idx.index, &block_cidr).map(|o| idx.index.find(o))
+            {
+                idx.index.blocks.remove(pos);
+                idx.changed = true;
+            }
+        }
+    }
+
+    let mut compares = Vec::new();
+    let mut ops = Vec::new();
+    for (key, b) in &blocks {
+        if b.changed {
+            compares.push(Compare::unchanged(key.clone(), b.revision));
+            ops.push(if b.deleted {
+                Op::Delete(key.clone())
+            } else {
+                Op::Put(key.clone(), encode(&b.block))
+            });
+        }
+    }
+    for (cidr, idx) in &indexes {
+        if idx.changed {
+            let key = keys::pool_index(cidr);
+            compares.push(Compare::unchanged(key.clone(), idx.revision));
+            ops.push(if idx.index.blocks.is_empty() {
+                Op::Delete(key)
+            } else {
+                Op::Put(key, encode(&idx.index))
+            });
+        }
+    }
+    for (id, (rec, rev, changed)) in &handle_recs {
+        if *changed {
+            let key = keys::handle(id);
+            compares.push(Compare::unchanged(key.clone(), *rev));
+            ops.push(if rec.addresses.is_empty() {
+                Op::Delete(key)
+            } else {
+                Op::Put(key, encode(rec))
+            });
+        }
+    }
+    if ops.is_empty() {
+        return Ok(Some(released));
+    }
+    match store.txn(&compares, &ops)? {
+        TxnOutcome::Committed(_) => Ok(Some(released)),
+        TxnOutcome::Conflict => Ok(None),
+    }
+}
+
+/// Drops a node's affinity to all its blocks: empty ones are deleted, others stay in place
+/// without affinity. Returns the number of blocks touched, or `None` on a lost race.
+pub(super) fn release_node<S: Store + ?Sized>(
+    store: &S,
+    node: &str,
+) -> Result<Option<usize>, IpamError> {
+    let blocks_kv = store.range(&keys::blocks_of(node))?;
+    let mut blocks = Vec::new();
+    for kv in &blocks_kv {
+        let b: Block = decode(kv)?;
+        if b.affinity.as_deref() == Some(node) {
+            blocks.push((kv, b));
+        }
+    }
+    if blocks.is_empty() {
+        return Ok(Some(0));
+    }
+    let pools: BTreeSet<IpNet> = blocks.iter().map(|(_, b)| b.pool).collect();
+    let reads: Vec<Read> = pools
+        .iter()
+        .map(|p| Read::Get(keys::pool_index(p)))
+        .collect();
+    let snap = store.read(&reads)?;
+    let mut indexes: BTreeMap<IpNet, (PoolIndex, i64, bool)> = BTreeMap::new();
+    for (i, p) in pools.iter().enumerate() {
+        if let Some(kv) = snap.get(i) {
+            indexes.insert(*p, (decode(kv)?, kv.mod_revision, false));
+        }
+    }
+    let mut compares = Vec::new();
+    let mut ops = Vec::new();
+    for (kv, mut b) in blocks.iter().map(|(kv, b)| (*kv, b.clone())) {
+        compares.push(Compare::unchanged(kv.key.clone(), kv.mod_revision));
+        if b.allocations.is_empty() {
+            ops.push(Op::Delete(kv.key.clone()));
+            if let Some((idx, _, changed)) = indexes.get_mut(&b.pool) {
+                if let Some(Ok(pos)) = index_ordinal(&b.pool, idx, &b.cidr).map(|o| idx.find(o)) {
+                    idx.blocks.remove(pos);
+                    *changed = true;
+                }
+            }
+        } else {
+            b.affinity = None;
+            ops.push(Op::Put(kv.key.clone(), encode(&b)));
+        }
+    }
+    for (cidr, (idx, rev, changed)) in &indexes {
+        if *changed {
+            let key = keys::pool_index(cidr);
+            compares.push(Compare::unchanged(key.clone(), *rev));
+            ops.push(if idx.blocks.is_empty() {
+                Op::Delete(key)
+            } else {
+                Op::Put(key, encode(idx))
+            });
+        }
+    }
+    match store.txn(&compares, &ops)? {
+        TxnOutcome::Committed(_) => Ok(Some(blocks.len())),
+        TxnOutcome::Conflict => Ok(None),
+    }
+}
+
+/// The addresses of a block that are allocated, with their allocation.
+pub(super) fn allocated(block: &Block) -> impl Iterator<Item = (IpAddr, &Allocation)> {
+    block
+        .allocations
+        .iter()
+        .map(move |(off, a)| (addr_in_block(&block.cidr, *off), a))
+}
+
+/// Ordinal of `block` in the tiling an index was built with.
+fn index_ordinal(pool: &IpNet, index: &PoolIndex, block: &IpNet) -> Option<u128> {
+    crate::net::Tiling::new(*pool, index.block_prefix)?.ordinal_of_block(block)
+}

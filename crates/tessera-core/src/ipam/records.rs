@@ -1,0 +1,237 @@
+//! The IPAM records kept in the store: blocks, per-pool block indexes and handles.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::store::KeyValue;
+
+use super::IpamError;
+
+/// Who an address was given to. Kept both in the block (so `ipam show --ip` and `ipam check`
+/// need no handle lookup) and in the handle.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attributes {
+    /// Pod namespace.
+    #[serde(rename = "ns", default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Node the address was assigned on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Interface inside the container.
+    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Container id.
+    #[serde(rename = "cid", default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+}
+
+/// One allocated address inside a block.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    /// Handle that owns the address.
+    #[serde(rename = "h")]
+    pub handle: String,
+    /// Who the address was given to.
+    #[serde(rename = "a", default)]
+    pub attrs: Attributes,
+}
+
+/// An aligned block of a pool: the unit of compare-and-swap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Block {
+    /// The block's network.
+    pub cidr: IpNet,
+    /// Network of the pool the block was carved from (pool names can be reused; networks
+    /// identify the tiling).
+    pub pool: IpNet,
+    /// Node the block is affine to; `None` for blocks no node owns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<String>,
+    /// Offset where the next search for a free address starts, so that a released address is
+    /// not handed out again at once.
+    #[serde(default)]
+    pub next: u32,
+    /// Allocated addresses by offset inside the block.
+    #[serde(default)]
+    pub allocations: BTreeMap<u32, Allocation>,
+}
+
+impl Block {
+    /// A new, empty block.
+    pub fn new(cidr: IpNet, pool: IpNet, affinity: Option<String>) -> Self {
+        Self {
+            cidr,
+            pool,
+            affinity,
+            next: 0,
+            allocations: BTreeMap::new(),
+        }
+    }
+}
+
+/// One claimed block in a pool index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexEntry {
+    /// Block ordinal inside the pool's tiling.
+    #[serde(rename = "o")]
+    pub ordinal: u128,
+    /// Home segment of the block's key (the node that claimed it, or the shared home).
+    #[serde(rename = "h")]
+    pub home: String,
+    /// Set when an allocator saw the block full; cleared by the release that frees an address
+    /// in it. A block marked full never has room; an unmarked block may be full.
+    #[serde(rename = "f", default, skip_serializing_if = "std::ops::Not::not")]
+    pub full: bool,
+}
+
+/// Per-pool index of claimed blocks, so that claiming a block or telling that a pool is
+/// exhausted never lists the blocks themselves.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolIndex {
+    /// Block prefix length the pool was tiled with when the index was created.
+    pub block_prefix: u8,
+    /// Claimed blocks, sorted by ordinal.
+    #[serde(default)]
+    pub blocks: Vec<IndexEntry>,
+}
+
+impl PoolIndex {
+    /// Position of `ordinal` in `blocks` (Ok) or where it would be inserted (Err).
+    pub fn find(&self, ordinal: u128) -> Result<usize, usize> {
+        self.blocks.binary_search_by(|e| e.ordinal.cmp(&ordinal))
+    }
+
+    /// The entry for `ordinal`, if the block is claimed.
+    pub fn entry(&self, ordinal: u128) -> Option<&IndexEntry> {
+        self.find(ordinal).ok().map(|i| &self.blocks[i])
+    }
+
+    /// Marks the block `ordinal` full or not; returns whether anything changed.
+    pub fn set_full(&mut self, ordinal: u128, full: bool) -> bool {
+        match self.find(ordinal) {
+            Ok(i) if self.blocks[i].full != full => {
+                self.blocks[i].full = full;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// First unclaimed ordinal below `count` that is usable. `unusable(o)` returns the next
+    /// ordinal worth trying when block `o` cannot hold any address (all reserved, say), so
+    /// a reservation spanning many blocks is skipped in one step.
+    pub fn first_unclaimed(
+        &self,
+        count: u128,
+        mut unusable: impl FnMut(u128) -> Option<u128>,
+    ) -> Option<u128> {
+        let mut candidate = 0u128;
+        let mut entries = self.blocks.iter().map(|e| e.ordinal).peekable();
+        while candidate < count {
+            match entries.peek() {
+                Some(&o) if o == candidate => {
+                    entries.next();
+                    candidate += 1;
+                }
+                Some(&o) if o < candidate => {
+                    entries.next();
+                }
+                _ => match unusable(candidate) {
+                    None => return Some(candidate),
+                    Some(next) => candidate = next.max(candidate + 1),
+                },
+            }
+        }
+        None
+    }
+}
+
+/// One address held by a handle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleAddress {
+    /// The address.
+    pub ip: IpAddr,
+    /// Key of the block holding it.
+    pub block: String,
+    /// Network of the pool the block belongs to (names the pool index to update).
+    pub pool: IpNet,
+}
+
+/// A handle: which addresses one attachment holds, so release never scans blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleRecord {
+    /// Handle id.
+    pub id: String,
+    /// Attributes of the latest assignment.
+    #[serde(default)]
+    pub attrs: Attributes,
+    /// Addresses held.
+    #[serde(default)]
+    pub addresses: Vec<HandleAddress>,
+}
+
+/// Decodes a JSON record, naming the key on failure.
+pub fn decode<T: serde::de::DeserializeOwned>(kv: &KeyValue) -> Result<T, IpamError> {
+    serde_json::from_slice(&kv.value).map_err(|e| IpamError::CorruptRecord {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })
+}
+
+/// Encodes a record as JSON.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("IPAM records always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(ords: &[u128]) -> PoolIndex {
+        PoolIndex {
+            block_prefix: 26,
+            blocks: ords
+                .iter()
+                .map(|&o| IndexEntry {
+                    ordinal: o,
+                    home: "n".into(),
+                    full: false,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn first_unclaimed_skips_claimed_and_unusable() {
+        let any = |_| None;
+        assert_eq!(index(&[]).first_unclaimed(4, any), Some(0));
+        assert_eq!(index(&[0, 1, 3]).first_unclaimed(4, any), Some(2));
+        assert_eq!(index(&[0, 1, 2, 3]).first_unclaimed(4, any), None);
+        assert_eq!(
+            index(&[1]).first_unclaimed(4, |o| (o == 0).then_some(1)),
+            Some(2)
+        );
+        assert_eq!(index(&[]).first_unclaimed(1u128 << 100, any), Some(0));
+        // A reservation over blocks 0..1000 is skipped in one step.
+        let skip = |o: u128| (o < 1000).then_some(1000);
+        assert_eq!(
+            index(&[1000]).first_unclaimed(1u128 << 80, skip),
+            Some(1001)
+        );
+    }
+
+    #[test]
+    fn set_full_reports_changes() {
+        let mut i = index(&[5]);
+        assert!(i.set_full(5, true));
+        assert!(!i.set_full(5, true));
+        assert!(!i.set_full(6, true));
+        assert!(i.entry(5).unwrap().full);
+    }
+}

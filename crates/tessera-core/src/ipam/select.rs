@@ -1,0 +1,176 @@
+//! Which pools a request may draw from, in Calico's order of precedence.
+
+use std::collections::BTreeMap;
+
+use super::context::{parse_net_or_addr, Context, PoolInfo};
+use super::{AssignRequest, IpamError};
+
+/// Namespace/pod annotation naming IPv4 pools (JSON list of names or CIDRs).
+pub const IPV4_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv4pools";
+/// Namespace/pod annotation naming IPv6 pools.
+pub const IPV6_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv6pools";
+/// Pod annotation asking for specific addresses (JSON list).
+pub const IP_ADDRS_ANNOTATION: &str = "cni.projectcalico.org/ipAddrs";
+
+/// Address family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl Family {
+    /// True for IPv6.
+    pub fn is_v6(self) -> bool {
+        self == Family::V6
+    }
+
+    /// The pools annotation key for this family.
+    pub fn pools_annotation(self) -> &'static str {
+        match self {
+            Family::V4 => IPV4_POOLS_ANNOTATION,
+            Family::V6 => IPV6_POOLS_ANNOTATION,
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Parses an annotation holding a JSON list of strings, e.g. `["external-pool"]`.
+/// Typographic quotes (as word processors and blog posts turn `"` and `'` into) are read as
+/// plain quotes, so a value pasted from a document still works.
+pub fn parse_pool_annotation(value: &str) -> Result<Vec<String>, String> {
+    let parse = |text: &str| serde_json::from_str::<Vec<String>>(text.trim());
+    parse(value).or_else(|first_error| {
+        let plain: String = value
+            .trim()
+            .trim_matches(|c| matches!(c, '\u{2018}' | '\u{2019}' | '\''))
+            .chars()
+            .map(|c| match c {
+                '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2033}' => '"',
+                c => c,
+            })
+            .collect();
+        parse(&plain).map_err(|_| {
+            format!("{value:?} is not a JSON list of strings such as [\"pool-a\"] ({first_error})")
+        })
+    })
+}
+
+/// Resolves names or CIDRs to pools of `family`, keeping their order. Entries of the other
+/// family are left out (one list may name both families); unknown entries are an error.
+fn resolve_named<'c>(
+    ctx: &'c Context,
+    family: Family,
+    names: &[String],
+) -> Result<Vec<&'c PoolInfo>, IpamError> {
+    let mut out: Vec<&PoolInfo> = Vec::new();
+    for name in names {
+        let name = name.trim();
+        let pool = ctx
+            .pool_by_name(name)
+            .or_else(|| parse_net_or_addr(name).and_then(|net| ctx.pool_by_cidr(&net)))
+            .ok_or_else(|| IpamError::PoolNotFound(name.to_string()))?;
+        if pool.is_v6() != family.is_v6() {
+            continue;
+        }
+        if pool.disabled {
+            return Err(IpamError::PoolDisabled(pool.name.clone()));
+        }
+        if !pool.workload {
+            return Err(IpamError::PoolNotForWorkloads(pool.name.clone()));
+        }
+        if !out.iter().any(|p| p.name == pool.name) {
+            out.push(pool);
+        }
+    }
+    Ok(out)
+}
+
+/// Pools for one family, first rule that yields pools wins: the workload's own list, the
+/// namespace's annotation, the network configuration's list, then every enabled Automatic
+/// pool whose nodeSelector selects the node (and namespaceSelector the namespace).
+pub(super) fn candidate_pools<'c>(
+    ctx: &'c Context,
+    family: Family,
+    node: &str,
+    req: &AssignRequest,
+) -> Result<Vec<&'c PoolInfo>, IpamError> {
+    let pools = resolve_named(ctx, family, &req.pools)?;
+    if !pools.is_empty() {
+        return Ok(pools);
+    }
+    let empty = BTreeMap::new();
+    let (ns_labels, ns_annotations) = match &ctx.namespace {
+        Some(ns) => (&ns.metadata.labels, &ns.metadata.annotations),
+        None => (&empty, &empty),
+    };
+    if let Some(value) = ns_annotations.get(family.pools_annotation()) {
+        let names = parse_pool_annotation(value).map_err(|e| {
+            IpamError::InvalidRequest(format!(
+                "namespace {:?} annotation {}: {e}",
+                req.attrs.namespace.as_deref().unwrap_or_default(),
+                family.pools_annotation()
+            ))
+        })?;
+        let pools = resolve_named(ctx, family, &names)?;
+        if !pools.is_empty() {
+            return Ok(pools);
+        }
+    }
+    let pools = resolve_named(ctx, family, &req.default_pools)?;
+    if !pools.is_empty() {
+        return Ok(pools);
+    }
+    let pools: Vec<&PoolInfo> = ctx
+        .pools
+        .iter()
+        .filter(|p| p.is_v6() == family.is_v6() && !p.disabled && !p.manual && p.workload)
+        .filter(|p| p.node_selector.matches(&ctx.node_labels))
+        .filter(|p| {
+            p.namespace_selector
+                .as_ref()
+                .is_none_or(|s| s.matches(ns_labels))
+        })
+        .collect();
+    if pools.is_empty() {
+        return Err(IpamError::NoPool {
+            family,
+            node: node.to_string(),
+            namespace: req
+                .attrs
+                .namespace
+                .as_ref()
+                .map(|ns| format!(" and namespace {ns:?}"))
+                .unwrap_or_default(),
+        });
+    }
+    Ok(pools)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn annotation_lists_parse() {
+        assert_eq!(parse_pool_annotation(r#"["a", "b"]"#).unwrap(), ["a", "b"]);
+        assert_eq!(parse_pool_annotation("[]").unwrap(), Vec::<String>::new());
+        // As printed in the Calico blog post: typographic quotes around and inside.
+        assert_eq!(
+            parse_pool_annotation("\u{2018}[\u{201C}external-pool\"]\u{2019}").unwrap(),
+            ["external-pool"]
+        );
+        let err = parse_pool_annotation("external-pool").unwrap_err();
+        assert!(err.contains("is not a JSON list"), "{err}");
+    }
+}
