@@ -484,7 +484,10 @@ impl<'a> Parser<'a> {
         let Some(len) = rest[1..].find(quote) else {
             return Err(self.error_at(
                 start,
-                format!("unterminated string: no closing {quote} for the quote"),
+                format!(
+                    "unterminated string: missing closing {}",
+                    quoted_char(quote)
+                ),
             ));
         };
         self.pos += len + 2;
@@ -521,6 +524,15 @@ impl<'a> Parser<'a> {
         items.sort_unstable();
         items.dedup();
         Ok(items)
+    }
+}
+
+/// Shows a quote character in the other kind of quotes, so it stays readable.
+fn quoted_char(c: char) -> String {
+    if c == '\'' {
+        "\"'\"".into()
+    } else {
+        format!("'{c}'")
     }
 }
 
@@ -803,8 +815,16 @@ mod tests {
 
     #[test]
     fn error_unterminated_string() {
-        assert_err(r#"rack == "0"#, 8, "unterminated string");
-        assert_err(r#"rack == '0""#, 8, "unterminated string");
+        assert_err(
+            r#"rack == "0"#,
+            8,
+            "unterminated string: missing closing '\"'",
+        );
+        assert_err(
+            r#"rack == '0""#,
+            8,
+            r#"unterminated string: missing closing "'""#,
+        );
         assert_err(r#"rack in {"a", "b}"#, 14, "unterminated string");
     }
 
