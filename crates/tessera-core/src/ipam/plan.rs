@@ -27,6 +27,8 @@ struct PlannedBlock {
 
 struct PlannedIndex {
     index: PoolIndex,
+    /// The index as read, for writing back hints without this plan's claims.
+    original: PoolIndex,
     revision: i64,
     changed: bool,
 }
@@ -119,19 +121,27 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         if !self.indexes.contains_key(&cidr) {
             let kv = self.store.get(&keys::pool_index(&cidr))?;
             let planned = match kv {
-                Some(kv) => PlannedIndex {
-                    index: decode(&kv)?,
-                    revision: kv.mod_revision,
-                    changed: false,
-                },
-                None => PlannedIndex {
-                    index: PoolIndex {
+                Some(kv) => {
+                    let index: PoolIndex = decode(&kv)?;
+                    PlannedIndex {
+                        original: index.clone(),
+                        index,
+                        revision: kv.mod_revision,
+                        changed: false,
+                    }
+                }
+                None => {
+                    let index = PoolIndex {
                         block_prefix: pool.tiling.block_prefix,
                         blocks: Vec::new(),
-                    },
-                    revision: 0,
-                    changed: false,
-                },
+                    };
+                    PlannedIndex {
+                        original: index.clone(),
+                        index,
+                        revision: 0,
+                        changed: false,
+                    }
+                }
             };
             if planned.index.block_prefix != pool.tiling.block_prefix {
                 return Err(IpamError::CorruptRecord {
@@ -493,24 +503,35 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     }
 
     /// After a failed request, keeps only what it learned about full blocks (best effort),
-    /// so the next request skips them without reading them.
+    /// so the next request skips them without reading them. Only blocks this plan did not
+    /// change count: their fullness is a fact of the store, not of the abandoned plan.
     pub(super) fn save_hints(&self) {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         for (cidr, idx) in &self.indexes {
-            if idx.changed && idx.revision != 0 {
+            if !idx.changed || idx.revision == 0 {
+                continue;
+            }
+            let Some(tiling) = crate::net::Tiling::new(*cidr, idx.index.block_prefix) else {
+                continue;
+            };
+            let mut hints = idx.original.clone();
+            let mut learned = false;
+            for e in &mut hints.blocks {
+                let stored_full = idx.index.entry(e.ordinal).is_some_and(|x| x.full)
+                    && tiling
+                        .block(e.ordinal)
+                        .and_then(|b| self.blocks.get(&keys::block(&e.home, &b)))
+                        .is_some_and(|b| !b.changed);
+                if stored_full && !e.full {
+                    e.full = true;
+                    learned = true;
+                }
+            }
+            if learned {
                 let key = keys::pool_index(cidr);
-                let mut only_full = idx.index.clone();
-                // Drop claims made by this plan: their blocks are not being written.
-                only_full.blocks.retain(|e| {
-                    let cidr_of = |o| self.ctx.pool_by_cidr(cidr).and_then(|p| p.tiling.block(o));
-                    cidr_of(e.ordinal)
-                        .map(|b| keys::block(&e.home, &b))
-                        .and_then(|k| self.blocks.get(&k))
-                        .is_none_or(|b| b.revision != 0)
-                });
                 compares.push(Compare::unchanged(key.clone(), idx.revision));
-                ops.push(Op::Put(key, encode(&only_full)));
+                ops.push(Op::Put(key, encode(&hints)));
             }
         }
         if !ops.is_empty() {
@@ -568,10 +589,12 @@ pub(super) fn release<S: Store + ?Sized>(
     let mut indexes: BTreeMap<IpNet, PlannedIndex> = BTreeMap::new();
     for (i, pool) in pools.iter().enumerate() {
         if let Some(kv) = snap.get(1 + homes.len() + i) {
+            let index: PoolIndex = decode(kv)?;
             indexes.insert(
                 *pool,
                 PlannedIndex {
-                    index: decode(kv)?,
+                    original: index.clone(),
+                    index,
                     revision: kv.mod_revision,
                     changed: false,
                 },
