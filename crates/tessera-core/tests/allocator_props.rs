@@ -16,6 +16,7 @@ use tessera_core::selector::Selector;
 use tessera_core::store::{MemoryStore, Store};
 
 const NODES: usize = 24;
+const SHARED_SELECTOR: &str = "!has(rack) || rack == \"2\"";
 
 #[derive(Clone, Debug)]
 enum Step {
@@ -36,7 +37,16 @@ enum Step {
         max_blocks: u32,
     },
     ReleaseNode(usize),
+    /// Deletes the shared pool and creates it again, possibly with another CIDR or block
+    /// size, while its old blocks still hold addresses.
+    RecutShared(usize),
 }
+
+const SHARED_VARIANTS: [(&str, u8); 3] = [
+    ("10.1.0.0/26", 30),
+    ("10.1.0.0/25", 29),
+    ("10.1.0.0/26", 28),
+];
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
@@ -47,6 +57,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => (0..NODES, 0..3u8).prop_map(|(node, rack)| Step::Relabel { node, rack }),
         1 => (any::<bool>(), 0..3u32).prop_map(|(strict, max_blocks)| Step::Configure { strict, max_blocks }),
         1 => (0..NODES).prop_map(Step::ReleaseNode),
+        1 => (0..SHARED_VARIANTS.len()).prop_map(Step::RecutShared),
     ]
 }
 
@@ -132,7 +143,7 @@ impl World {
                             let sel = match addr.pool.as_str() {
                                 "rack-0" => "rack == \"0\"",
                                 "rack-1" => "rack in {'1'}",
-                                "shared" => "!has(rack) || rack == \"2\"",
+                                "shared" => SHARED_SELECTOR,
                                 _ => "all()",
                             };
                             assert!(
@@ -209,6 +220,21 @@ impl World {
             }
             Step::ReleaseNode(node) => {
                 self.ipam.release_node(&format!("n{node}")).unwrap();
+            }
+            Step::RecutShared(variant) => {
+                let (cidr, block) = SHARED_VARIANTS[*variant];
+                self.ipam
+                    .store()
+                    .txn(
+                        &[],
+                        &[tessera_core::store::Op::Delete(keys::pool("shared"))],
+                    )
+                    .unwrap();
+                pool(
+                    self.ipam.store(),
+                    "shared",
+                    json!({"cidr": cidr, "blockSize": block, "nodeSelector": SHARED_SELECTOR}),
+                );
             }
         }
     }
