@@ -5,6 +5,8 @@
 //! which value applies: the flag, then `TESSERA_DATASTORE`, then [`default_datastore`].
 //! [`conformance`] holds the checks every backend must pass.
 
+#![warn(missing_docs)]
+
 pub mod conformance;
 mod sqlite;
 
@@ -100,10 +102,14 @@ impl Location {
             return Ok(Location::Sqlite(PathBuf::from(rest)));
         }
         if let Some(scheme) = url_scheme(url) {
-            return Err(bad(&format!(
-                "unknown scheme {scheme:?} (to use a file whose name contains ':', write \
-                 ./{url} or sqlite:{url})"
-            )));
+            return Err(bad(&if url.contains("://") {
+                format!("unknown scheme {scheme:?}")
+            } else {
+                format!(
+                    "unknown scheme {scheme:?} (for a file whose name contains ':', write \
+                     ./{url} or sqlite:{url})"
+                )
+            }));
         }
         Ok(Location::Sqlite(PathBuf::from(url)))
     }

@@ -105,18 +105,16 @@ impl SqliteStore {
         .map_err(|e| ctx.sqlite("opening the database", e))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| ctx.sqlite("setting the busy timeout", e))?;
+        let mut conn = conn;
+        let layout = inspect(&conn, &ctx)?;
+        // Only now that the file is known to be ours (or empty) may its header change.
+        set_wal(&conn, &ctx)?;
         // Safe with WAL: a power loss may drop the last commits but never corrupts the file,
         // and it saves an fsync on every txn.
         conn.execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(|e| ctx.sqlite("setting synchronous mode", e))?;
-        let mut conn = conn;
-        match inspect(&conn, &ctx)? {
-            Layout::Tessera => set_wal(&conn, &ctx)?,
-            Layout::Empty => {
-                // WAL first, so the schema is written the same way every later txn is.
-                set_wal(&conn, &ctx)?;
-                create_schema(&mut conn, &ctx)?;
-            }
+        if let Layout::Empty = layout {
+            create_schema(&mut conn, &ctx)?;
         }
         Ok(Self {
             path,
@@ -546,7 +544,8 @@ fn io_error(path: &Path, doing: &str, e: &io::Error) -> StoreError {
                 path.join("tessera.db").display()
             ),
         },
-        io::ErrorKind::NotADirectory
+        io::ErrorKind::NotFound
+        | io::ErrorKind::NotADirectory
         | io::ErrorKind::ReadOnlyFilesystem
         | io::ErrorKind::InvalidInput => StoreError::Refused {
             endpoint,

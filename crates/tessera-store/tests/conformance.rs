@@ -111,3 +111,135 @@ fn boxed_and_shared_stores_pass_too() {
     let shared: std::sync::Arc<dyn Store> = std::sync::Arc::new(TempSqlite::new().store);
     conformance::concurrent_cas_increments(&shared);
 }
+
+/// Deliberately broken stores: each must fail the check that guards the rule it breaks, so a
+/// check that passes everything cannot go unnoticed.
+mod broken_stores {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+    use std::time::Duration;
+
+    use tessera_store::conformance;
+    use tessera_store::{Compare, MemoryStore, Op, Read, Snapshot, Store, StoreError, TxnOutcome};
+
+    #[track_caller]
+    fn must_fail(check: fn(&dyn Store), store: &dyn Store, rule: &str) {
+        let result = catch_unwind(AssertUnwindSafe(|| check(store)));
+        assert!(
+            result.is_err(),
+            "the check passed a store that breaks: {rule}"
+        );
+    }
+
+    /// Applies ops without looking at the compares.
+    struct IgnoresCompares(MemoryStore);
+    impl Store for IgnoresCompares {
+        fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+            self.0.read(reads)
+        }
+        fn txn(&self, _: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+            self.0.txn(&[], ops)
+        }
+        fn describe(&self) -> String {
+            "ignores-compares".into()
+        }
+    }
+
+    /// Commits each op as its own txn.
+    struct RevisionPerOp(MemoryStore);
+    impl Store for RevisionPerOp {
+        fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+            self.0.read(reads)
+        }
+        fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+            let mut out = self.0.txn(compares, &[])?;
+            for op in ops {
+                out = self.0.txn(&[], std::slice::from_ref(op))?;
+            }
+            Ok(out)
+        }
+        fn describe(&self) -> String {
+            "revision-per-op".into()
+        }
+    }
+
+    /// Treats a prefix as a plain string prefix without its trailing '/'.
+    struct SloppyPrefix(MemoryStore);
+    impl Store for SloppyPrefix {
+        fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+            let reads: Vec<Read> = reads
+                .iter()
+                .map(|r| match r {
+                    Read::Prefix(p) => Read::Prefix(p.trim_end_matches('/').to_string()),
+                    other => other.clone(),
+                })
+                .collect();
+            self.0.read(&reads)
+        }
+        fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+            self.0.txn(compares, ops)
+        }
+        fn describe(&self) -> String {
+            "sloppy-prefix".into()
+        }
+    }
+
+    /// Checks compares, then writes in a separate step: a read-check-write race.
+    struct RacyCas(MemoryStore);
+    impl Store for RacyCas {
+        fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+            self.0.read(reads)
+        }
+        fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+            if self.0.txn(compares, &[])? == TxnOutcome::Conflict {
+                return Ok(TxnOutcome::Conflict);
+            }
+            std::thread::sleep(Duration::from_micros(200));
+            self.0.txn(&[], ops)
+        }
+        fn describe(&self) -> String {
+            "racy-cas".into()
+        }
+    }
+
+    #[test]
+    fn compare_checks_catch_a_store_ignoring_compares() {
+        let rule = "a failed compare must write nothing";
+        must_fail(
+            conformance::compare_absent,
+            &IgnoresCompares(MemoryStore::new()),
+            rule,
+        );
+        must_fail(
+            conformance::failed_txn_writes_nothing,
+            &IgnoresCompares(MemoryStore::new()),
+            rule,
+        );
+    }
+
+    #[test]
+    fn revision_check_catches_one_revision_per_op() {
+        must_fail(
+            conformance::one_revision_per_txn,
+            &RevisionPerOp(MemoryStore::new()),
+            "one revision per txn",
+        );
+    }
+
+    #[test]
+    fn prefix_check_catches_sloppy_boundaries() {
+        must_fail(
+            conformance::prefix_range_order_and_boundaries,
+            &SloppyPrefix(MemoryStore::new()),
+            "a/ must not match a0",
+        );
+    }
+
+    #[test]
+    fn increment_check_catches_lost_updates() {
+        must_fail(
+            conformance::concurrent_cas_increments,
+            &RacyCas(MemoryStore::new()),
+            "no lost updates",
+        );
+    }
+}
