@@ -109,7 +109,7 @@ impl SqliteStore {
             path: &path,
             busy_timeout,
         };
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             &path,
             // No SQLITE_OPEN_CREATE: the file was created above with the right mode, and if it
             // vanished in between we would rather fail than let SQLite create it world-readable.
@@ -118,7 +118,6 @@ impl SqliteStore {
         .map_err(|e| ctx.sqlite("opening the database", e))?;
         conn.busy_timeout(busy_timeout)
             .map_err(|e| ctx.sqlite("setting the busy timeout", e))?;
-        let mut conn = conn;
         let layout = inspect(&conn, &ctx)?;
         // Only now that the file is known to be ours (or empty) may its header change.
         set_wal(&conn, &ctx)?;
