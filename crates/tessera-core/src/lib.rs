@@ -7,3 +7,4 @@ pub mod net;
 pub mod resources;
 pub mod selector;
 pub mod store;
+pub mod validate;
