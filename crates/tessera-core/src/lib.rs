@@ -3,6 +3,7 @@
 //! through the [`store::Store`] trait.
 
 pub mod keys;
+pub mod manifest;
 pub mod net;
 pub mod resources;
 pub mod selector;
