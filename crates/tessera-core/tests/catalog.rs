@@ -723,10 +723,13 @@ fn corrupt_records_are_reported_with_their_key() {
     assert_eq!(revision(&store), 1);
 }
 
+/// What another writer does to the store, right before one of our transactions.
+type Hook<'a> = Box<dyn FnMut(&MemoryStore) + Send + 'a>;
+
 /// A store that runs a hook before each of the first transactions, to play another writer.
 struct Interfering<'a> {
     inner: MemoryStore,
-    hook: Mutex<Box<dyn FnMut(&MemoryStore) + Send + 'a>>,
+    hook: Mutex<Hook<'a>>,
     remaining: AtomicU32,
     txns: AtomicU32,
 }
