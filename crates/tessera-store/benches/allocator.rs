@@ -18,11 +18,17 @@ fn seed(store: &dyn Store) {
     let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
         "metadata": {"name": "bench"},
         "spec": {"cidr": "10.0.0.0/8", "blockSize": 26, "nodeSelector": "rack == \"0\""}});
-    let mut ops = vec![Op::Put(keys::pool("bench"), serde_json::to_vec(&pool).unwrap())];
+    let mut ops = vec![Op::Put(
+        keys::pool("bench"),
+        serde_json::to_vec(&pool).unwrap(),
+    )];
     for n in 0..NODES {
         let node = json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
             "metadata": {"name": format!("node-{n}"), "labels": {"rack": "0"}}});
-        ops.push(Op::Put(keys::node(&format!("node-{n}")), serde_json::to_vec(&node).unwrap()));
+        ops.push(Op::Put(
+            keys::node(&format!("node-{n}")),
+            serde_json::to_vec(&node).unwrap(),
+        ));
     }
     store.txn(&[], &ops).unwrap();
 }
@@ -51,7 +57,10 @@ fn bench_store<S: Store>(c: &mut Criterion, name: &str, store: S) {
     let mut group = c.benchmark_group(format!("allocator/{name}"));
     group.throughput(Throughput::Elements(1));
     group.bench_function("assign", |b| {
-        b.iter(|| ipam.assign(&request(NEXT.fetch_add(1, Ordering::Relaxed))).unwrap())
+        b.iter(|| {
+            ipam.assign(&request(NEXT.fetch_add(1, Ordering::Relaxed)))
+                .unwrap()
+        })
     });
     group.bench_function("assign+release", |b| {
         b.iter(|| {
@@ -95,11 +104,11 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut c = Criterion::default().configure_from_args();
     bench_store(&mut c, "memory", MemoryStore::new());
-    let sqlite = SqliteStore::open(&dir.path().join("bench.db")).expect("sqlite store");
+    let sqlite = SqliteStore::open(dir.path().join("bench.db")).expect("sqlite store");
     bench_store(&mut c, "sqlite", sqlite);
     c.final_summary();
 
     round_trips("memory", MemoryStore::new(), 10_000);
-    let sqlite = SqliteStore::open(&dir.path().join("rt.db")).expect("sqlite store");
+    let sqlite = SqliteStore::open(dir.path().join("rt.db")).expect("sqlite store");
     round_trips("sqlite", sqlite, 10_000);
 }

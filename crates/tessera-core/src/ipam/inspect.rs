@@ -310,6 +310,10 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
                         e.home,
                         home.unwrap_or_default()
                     )),
+                    Some(e) if e.full && !b.marked_full => problems.push(format!(
+                        "block {} is marked full in its pool index but not in the block record, so a release would not clear the mark",
+                        b.cidr
+                    )),
                     Some(e) if e.full => {
                         let has_room = (0..block_len_u32(&t)).any(|off| {
                             let ip = crate::net::addr_in_block(&b.cidr, off);

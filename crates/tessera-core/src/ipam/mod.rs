@@ -28,7 +28,6 @@ pub use select::{
 };
 
 use crate::keys;
-use crate::net::Tiling;
 use crate::store::{Read, Store, StoreError, TxnOutcome};
 use plan::Plan;
 use records::decode;
@@ -272,7 +271,6 @@ impl<S: Store> Ipam<S> {
                 handle.addresses.push(HandleAddress {
                     ip: a.ip,
                     block: keys::block(&plan.home_of(&a.block), &a.block),
-                    pool: a.pool_cidr,
                 });
             }
             let handle_rev = handle_kv.map_or(0, |kv| kv.mod_revision);
@@ -301,14 +299,10 @@ impl<S: Store> Ipam<S> {
             let targets: Vec<plan::Target> = rec
                 .addresses
                 .iter()
-                .filter_map(|a| {
-                    let (_, block) = plan::parse_block_key(&a.block)?;
-                    Some(plan::Target {
-                        ip: a.ip,
-                        block_key: a.block.clone(),
-                        tiling: Tiling::of_block(a.pool, &block)?,
-                        handle: handle.to_string(),
-                    })
+                .map(|a| plan::Target {
+                    ip: a.ip,
+                    block_key: a.block.clone(),
+                    handle: handle.to_string(),
                 })
                 .collect();
             match plan::release(&self.store, &targets)? {
@@ -327,11 +321,10 @@ impl<S: Store> Ipam<S> {
             let mut targets = Vec::new();
             for ip in ips {
                 if let Some(info) = self.lookup(*ip)? {
-                    if let (Some(alloc), Some(tiling)) = (info.allocation, info.block.tiling()) {
+                    if let Some(alloc) = info.allocation {
                         targets.push(plan::Target {
                             ip: *ip,
                             block_key: info.block_key,
-                            tiling,
                             handle: alloc.handle,
                         });
                     }

@@ -22,9 +22,12 @@ struct PlannedBlock {
     /// Revision read (0 = the block is new).
     revision: i64,
     changed: bool,
+    /// Addresses were taken in this plan (as opposed to only a full flag being set).
+    allocated: bool,
     deleted: bool,
 }
 
+#[derive(Clone)]
 struct PlannedIndex {
     index: PoolIndex,
     /// The index as read, for writing back hints without this plan's claims.
@@ -84,6 +87,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                     block: decode(kv)?,
                     revision: kv.mod_revision,
                     changed: false,
+                    allocated: false,
                     deleted: false,
                 },
             );
@@ -150,6 +154,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                         block: decode(&kv)?,
                         revision: kv.mod_revision,
                         changed: false,
+                        allocated: false,
                         deleted: false,
                     },
                 );
@@ -191,6 +196,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         );
         b.next = (off + 1) % len;
         planned.changed = true;
+        planned.allocated = true;
         AssignedAddress {
             ip: addr_in_block(&b.cidr, off),
             pool: pool.name.clone(),
@@ -226,6 +232,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 block: Block::new(cidr, pool.cidr(), Some(node)),
                 revision: 0,
                 changed: true,
+                allocated: true,
                 deleted: false,
             },
         );
@@ -333,16 +340,34 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     /// for room skip them without reading them.
     fn mark_own_full(&mut self, pool: &PoolInfo) -> Result<(), IpamError> {
         let ctx = self.ctx;
-        let full: Vec<u128> = self
+        let full: Vec<String> = self
             .affine_keys(pool)
-            .iter()
-            .filter_map(|k| self.blocks.get(k))
-            .filter(|b| free_offset(ctx, &b.block).is_none())
-            .filter_map(|b| pool.tiling.ordinal_of_block(&b.block.cidr))
+            .into_iter()
+            .filter(|k| free_offset(ctx, &self.blocks[k].block).is_none())
             .collect();
-        let idx = self.index(pool.tiling)?;
-        for ordinal in full {
-            idx.changed |= idx.index.set_full(ordinal, true);
+        for key in full {
+            self.mark_full(pool.tiling, &key)?;
+        }
+        Ok(())
+    }
+
+    /// Sets the full flag of the block at `key` in its index and in the block itself.
+    fn mark_full(&mut self, tiling: Tiling, key: &str) -> Result<(), IpamError> {
+        let Some(ordinal) = self
+            .blocks
+            .get(key)
+            .and_then(|b| tiling.ordinal_of_block(&b.block.cidr))
+        else {
+            return Ok(());
+        };
+        let idx = self.index(tiling)?;
+        if idx.index.set_full(ordinal, true) {
+            idx.changed = true;
+            let pb = self.blocks.get_mut(key).expect("checked above");
+            if !pb.block.marked_full {
+                pb.block.marked_full = true;
+                pb.changed = true;
+            }
         }
         Ok(())
     }
@@ -376,8 +401,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             if let Some(a) = self.take_free(&key, pool, handle, attrs) {
                 return Ok(Some(a));
             }
-            let idx = self.indexes.get_mut(&pool.tiling).expect("read above");
-            idx.changed |= idx.index.set_full(ordinal, true);
+            self.mark_full(pool.tiling, &key)?;
         }
         Ok(None)
     }
@@ -500,8 +524,8 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     }
 
     /// After a failed request, keeps only what it learned about full blocks (best effort),
-    /// so the next request skips them without reading them. Only blocks this plan did not
-    /// change count: their fullness is a fact of the store, not of the abandoned plan.
+    /// so the next request skips them without reading them. Only blocks this plan took no
+    /// address from count: their fullness is a fact of the store, not of the abandoned plan.
     pub(super) fn save_hints(&self) {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
@@ -510,22 +534,33 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 continue;
             }
             let mut hints = idx.original.clone();
-            let mut learned = false;
             for e in &mut hints.blocks {
-                let stored_full = idx.index.entry(e.ordinal).is_some_and(|x| x.full)
-                    && tiling
-                        .block(e.ordinal)
-                        .and_then(|b| self.blocks.get(&keys::block(&e.home, &b)))
-                        .is_some_and(|b| !b.changed);
-                if stored_full && !e.full {
+                let Some(key) = tiling.block(e.ordinal).map(|b| keys::block(&e.home, &b)) else {
+                    continue;
+                };
+                let Some(pb) = self.blocks.get(&key) else {
+                    continue;
+                };
+                if !e.full
+                    && pb.block.marked_full
+                    && pb.changed
+                    && !pb.allocated
+                    && pb.revision != 0
+                {
                     e.full = true;
-                    learned = true;
+                    block_ops(&key, pb, &mut compares, &mut ops);
                 }
             }
-            if learned {
-                let key = keys::pool_index(tiling);
-                compares.push(Compare::unchanged(key.clone(), idx.revision));
-                ops.push(Op::Put(key, encode(&hints)));
+            if hints != idx.original {
+                index_ops(
+                    tiling,
+                    &PlannedIndex {
+                        index: hints,
+                        ..idx.clone()
+                    },
+                    &mut compares,
+                    &mut ops,
+                );
             }
         }
         if !ops.is_empty() {
@@ -576,7 +611,6 @@ fn index_ops(tiling: &Tiling, idx: &PlannedIndex, compares: &mut Vec<Compare>, o
 pub(super) struct Target {
     pub ip: IpAddr,
     pub block_key: String,
-    pub tiling: Tiling,
     pub handle: String,
 }
 
@@ -585,14 +619,16 @@ fn planned_block(kv: &KeyValue) -> Result<PlannedBlock, IpamError> {
         block: decode(kv)?,
         revision: kv.mod_revision,
         changed: false,
+        allocated: false,
         deleted: false,
     })
 }
 
-/// Releases the targets in one snapshot and one transaction. Returns `None` when a compare
-/// failed (the caller starts over), otherwise the addresses actually released. Handles that
-/// lose their last address are deleted; empty blocks are given back to their pool unless
-/// they are the last block of their node in an enabled pool.
+/// Releases the targets: one snapshot, one transaction, and in between a read of the pool
+/// indexes only when a block's full flag must be cleared or an emptied block given back.
+/// Returns `None` when a compare failed (the caller starts over), otherwise the addresses
+/// actually released. Handles that lose their last address are deleted; empty blocks are
+/// given back to their pool unless they are the last block of their node in an enabled pool.
 pub(super) fn release<S: Store + ?Sized>(
     store: &S,
     targets: &[Target],
@@ -604,11 +640,9 @@ pub(super) fn release<S: Store + ?Sized>(
         .iter()
         .filter_map(|t| parse_block_key(&t.block_key).map(|(h, _)| h))
         .collect();
-    let tilings: BTreeSet<Tiling> = targets.iter().map(|t| t.tiling).collect();
     let handles: BTreeSet<&str> = targets.iter().map(|t| t.handle.as_str()).collect();
     let mut reads = vec![Read::Prefix(keys::CONFIG_PREFIX.into())];
     reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
-    reads.extend(tilings.iter().map(|t| Read::Get(keys::pool_index(t))));
     reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
     let snap = store.read(&reads)?;
 
@@ -619,15 +653,9 @@ pub(super) fn release<S: Store + ?Sized>(
             blocks.insert(kv.key.clone(), planned_block(kv)?);
         }
     }
-    let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
-    for (i, tiling) in tilings.iter().enumerate() {
-        if let Some(kv) = snap.get(1 + homes.len() + i) {
-            indexes.insert(*tiling, read_index(Some(kv))?);
-        }
-    }
     let mut handle_recs: BTreeMap<String, (HandleRecord, i64, bool)> = BTreeMap::new();
     for (i, h) in handles.iter().enumerate() {
-        if let Some(kv) = snap.get(1 + homes.len() + tilings.len() + i) {
+        if let Some(kv) = snap.get(1 + homes.len() + i) {
             handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
         }
     }
@@ -654,13 +682,6 @@ pub(super) fn release<S: Store + ?Sized>(
             pb.block.allocations.remove(&off);
             pb.changed = true;
             released.push(t.ip);
-            // The block was possibly marked full: it has room now.
-            if let (Some(idx), Some(ord)) = (
-                indexes.get_mut(&t.tiling),
-                t.tiling.ordinal_of_block(&pb.block.cidr),
-            ) {
-                idx.changed |= idx.index.set_full(ord, false);
-            }
         }
     }
 
@@ -672,29 +693,59 @@ pub(super) fn release<S: Store + ?Sized>(
         .collect();
     for key in emptied {
         let b = &blocks[&key].block;
-        let Some(tiling) = b.tiling() else {
-            continue;
-        };
-        let pool_active = ctx.pool_by_tiling(&tiling).is_some_and(|p| !p.disabled);
+        let pool_active = b
+            .tiling()
+            .and_then(|t| ctx.pool_by_tiling(&t))
+            .is_some_and(|p| !p.disabled);
         let keep = pool_active
             && b.affinity.as_deref().is_some_and(|node| {
                 !blocks.iter().any(|(k, other)| {
                     k != &key && !other.deleted && other.block.affinity.as_deref() == Some(node)
                 })
             });
-        if keep {
-            continue;
+        if !keep {
+            blocks.get_mut(&key).expect("present").deleted = true;
         }
-        let block_cidr = b.cidr;
-        blocks.get_mut(&key).expect("present").deleted = true;
-        if let Some(idx) = indexes.get_mut(&tiling) {
-            if let Some(Ok(pos)) = tiling
-                .ordinal_of_block(&block_cidr)
-                .map(|o| idx.index.find(o))
-            {
+    }
+
+    // Blocks that were flagged full have room now; given-back blocks leave their index.
+    let needs_index: BTreeSet<Tiling> = blocks
+        .values()
+        .filter(|b| b.changed && (b.deleted || b.block.marked_full))
+        .filter_map(|b| b.block.tiling())
+        .collect();
+    let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
+    if !needs_index.is_empty() {
+        let reads: Vec<Read> = needs_index
+            .iter()
+            .map(|t| Read::Get(keys::pool_index(t)))
+            .collect();
+        let snap = store.read(&reads)?;
+        for (i, tiling) in needs_index.iter().enumerate() {
+            if let Some(kv) = snap.get(i) {
+                indexes.insert(*tiling, read_index(Some(kv))?);
+            }
+        }
+    }
+    for pb in blocks.values_mut().filter(|b| b.changed) {
+        let Some((tiling, ord)) = pb
+            .block
+            .tiling()
+            .and_then(|t| Some((t, t.ordinal_of_block(&pb.block.cidr)?)))
+        else {
+            continue;
+        };
+        pb.block.marked_full = false;
+        let Some(idx) = indexes.get_mut(&tiling) else {
+            continue;
+        };
+        if pb.deleted {
+            if let Ok(pos) = idx.index.find(ord) {
                 idx.index.blocks.remove(pos);
                 idx.changed = true;
             }
+        } else {
+            idx.changed |= idx.index.set_full(ord, false);
         }
     }
 

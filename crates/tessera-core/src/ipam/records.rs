@@ -60,6 +60,10 @@ pub struct Block {
     /// Allocated addresses by offset inside the block.
     #[serde(default)]
     pub allocations: BTreeMap<u32, Allocation>,
+    /// Mirrors the block's full flag in its pool index (both are written in one
+    /// transaction), so a release knows whether the index needs updating without reading it.
+    #[serde(rename = "full", default, skip_serializing_if = "std::ops::Not::not")]
+    pub marked_full: bool,
 }
 
 impl Block {
@@ -76,6 +80,7 @@ impl Block {
             affinity,
             next: 0,
             allocations: BTreeMap::new(),
+            marked_full: false,
         }
     }
 }
@@ -162,8 +167,6 @@ pub struct HandleAddress {
     pub ip: IpAddr,
     /// Key of the block holding it.
     pub block: String,
-    /// Network of the pool the block belongs to (names the pool index to update).
-    pub pool: IpNet,
 }
 
 /// A handle: which addresses one attachment holds, so release never scans blocks.
