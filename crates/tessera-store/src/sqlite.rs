@@ -1,0 +1,655 @@
+//! The embedded SQLite backend: one file on the local disk, shared by every Tessera process on
+//! the host.
+//!
+//! Layout: a `kv` table (key, value, create_rev, mod_rev) and a one-row `meta` table holding the
+//! format marker, the schema version and the global revision counter. Writes run inside
+//! `BEGIN IMMEDIATE`, so the write lock is taken before the compares are evaluated and a txn can
+//! never fail half-way with `SQLITE_BUSY` on lock upgrade; waiting for the lock is left to
+//! SQLite's busy handler. Reads run inside one deferred transaction, which in WAL mode pins one
+//! snapshot for the whole batch.
+
+use std::fs::{self, DirBuilder, OpenOptions, Permissions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::{Compare, KeyValue, Op, Read, ReadResult, Snapshot, Store, StoreError, TxnOutcome};
+
+/// Value of `meta.format`; anything else means the file belongs to some other program.
+const FORMAT_MARKER: &str = "tessera-store";
+
+/// Highest schema this code reads and writes. Bump it (and add a migration path) when the
+/// table layout changes; older binaries then refuse newer files instead of misreading them.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a process waits for another one to release the write lock. Txns are short (well
+/// under a millisecond each), so ten seconds only runs out when something is stuck.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE meta (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    format TEXT NOT NULL,
+    schema_version INTEGER NOT NULL,
+    revision INTEGER NOT NULL
+) STRICT;
+CREATE TABLE kv (
+    key TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL
+) STRICT;
+";
+
+const SQL_REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
+const SQL_BUMP: &str = "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision";
+const SQL_GET: &str = "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?1";
+const SQL_RANGE: &str =
+    "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key";
+const SQL_RANGE_OPEN: &str =
+    "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 ORDER BY key";
+const SQL_MOD_REV: &str = "SELECT mod_rev FROM kv WHERE key = ?1";
+const SQL_PUT: &str = "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev";
+const SQL_DELETE: &str = "DELETE FROM kv WHERE key = ?1";
+
+/// A [`Store`] kept in one SQLite file (the default backend).
+///
+/// Many processes may open the same file at once; each txn is serialised by SQLite's write lock
+/// and readers never block writers (WAL mode). Within a process the connection sits behind a
+/// mutex, so one `SqliteStore` can be shared between threads.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating the file (mode 0600) and any missing parent
+    /// directories (mode 0700) when it does not exist yet.
+    ///
+    /// Fails with [`StoreError::Corrupt`] when the file is not a SQLite database or is another
+    /// program's database, [`StoreError::Refused`] when it cannot be opened for reading and
+    /// writing, and [`StoreError::Unavailable`] when another process holds it locked too long.
+    /// A file that is not a Tessera store is never modified.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let given = path.as_ref();
+        // Absolute so that `describe()` and every error name the file unambiguously, whatever
+        // directory the caller later moves to.
+        let path = std::path::absolute(given).map_err(|e| StoreError::Unavailable {
+            endpoint: given.display().to_string(),
+            reason: format!(
+                "cannot resolve the path against the current directory ({e}); \
+                 pass an absolute path instead"
+            ),
+        })?;
+        ensure_file(&path)?;
+        let ctx = ErrCtx { path: &path };
+        let conn = Connection::open_with_flags(
+            &path,
+            // No SQLITE_OPEN_CREATE: the file was created above with the right mode, and if it
+            // vanished in between we would rather fail than let SQLite create it world-readable.
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| ctx.sqlite("opening the database", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| ctx.sqlite("setting the busy timeout", e))?;
+        let mut conn = conn;
+        let layout = inspect(&conn, &ctx)?;
+        // Only now that the file is known to be ours (or empty) may its header change.
+        set_wal(&conn, &ctx)?;
+        // Safe with WAL: a power loss may drop the last commits but never corrupts the file,
+        // and it saves an fsync on every txn.
+        conn.execute_batch("PRAGMA synchronous = NORMAL")
+            .map_err(|e| ctx.sqlite("setting synchronous mode", e))?;
+        if let Layout::Empty = layout {
+            create_schema(&mut conn, &ctx)?;
+        }
+        Ok(Self {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The absolute path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs SQLite's `PRAGMA integrity_check` over the whole file; for `tessera ipam check`
+    /// and tests. Returns [`StoreError::Corrupt`] listing the problems SQLite found.
+    pub fn integrity_check(&self) -> Result<(), StoreError> {
+        let ctx = self.ctx();
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare("PRAGMA integrity_check")
+            .map_err(|e| ctx.sqlite("checking integrity", e))?;
+        let problems = stmt
+            .query_map([], |row| row.get::<_, String>(0))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| ctx.sqlite("checking integrity", e))?;
+        if problems.len() == 1 && problems[0] == "ok" {
+            Ok(())
+        } else {
+            Err(ctx.corrupt(&format!(
+                "SQLite integrity check failed: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+
+    fn ctx(&self) -> ErrCtx<'_> {
+        ErrCtx { path: &self.path }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held unwound through a rusqlite `Transaction`, whose drop
+        // rolled back; the connection is therefore usable again.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Store for SqliteStore {
+    fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+        let ctx = self.ctx();
+        let err = |e| ctx.sqlite("reading", e);
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Deferred)
+            .map_err(err)?;
+        // The first SELECT starts the WAL read transaction; every later read in the batch sees
+        // the same snapshot, so the revision read here covers all results.
+        let revision = current_revision(&tx).map_err(err)?;
+        let mut results = Vec::with_capacity(reads.len());
+        for read in reads {
+            let result = match read {
+                Read::Get(key) => get(&tx, key),
+                Read::Prefix(prefix) => range(&tx, prefix),
+            }
+            .map_err(err)?;
+            results.push(result);
+        }
+        tx.commit().map_err(err)?;
+        Ok(Snapshot { revision, results })
+    }
+
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+        let ctx = self.ctx();
+        let err = |e| ctx.sqlite("writing", e);
+        let mut conn = self.lock();
+        // A compare-only txn writes nothing, so a snapshot is enough and it need not wait for
+        // the write lock.
+        let behavior = if ops.is_empty() {
+            TransactionBehavior::Deferred
+        } else {
+            TransactionBehavior::Immediate
+        };
+        let tx = conn.transaction_with_behavior(behavior).map_err(err)?;
+        for compare in compares {
+            let Compare::ModRevision(key, want) = compare;
+            let have = tx
+                .prepare_cached(SQL_MOD_REV)
+                .and_then(|mut s| s.query_row([key], |r| r.get::<_, i64>(0)).optional())
+                .map_err(err)?
+                .unwrap_or(0);
+            if have != *want {
+                // Dropping `tx` rolls back; nothing was written.
+                return Ok(TxnOutcome::Conflict);
+            }
+        }
+        if ops.is_empty() {
+            let revision = current_revision(&tx).map_err(err)?;
+            tx.commit().map_err(err)?;
+            return Ok(TxnOutcome::Committed(revision));
+        }
+        let revision: i64 = tx
+            .prepare_cached(SQL_BUMP)
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(err)?;
+        for op in ops {
+            match op {
+                Op::Put(key, value) => tx
+                    .prepare_cached(SQL_PUT)
+                    .and_then(|mut s| s.execute(params![key, value, revision])),
+                Op::Delete(key) => tx
+                    .prepare_cached(SQL_DELETE)
+                    .and_then(|mut s| s.execute([key])),
+            }
+            .map_err(err)?;
+        }
+        tx.commit().map_err(err)?;
+        Ok(TxnOutcome::Committed(revision))
+    }
+
+    fn describe(&self) -> String {
+        format!("sqlite:{}", self.path.display())
+    }
+}
+
+fn current_revision(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(SQL_REVISION)?
+        .query_row([], |r| r.get(0))
+}
+
+fn row_to_kv(row: &rusqlite::Row<'_>) -> rusqlite::Result<KeyValue> {
+    Ok(KeyValue {
+        key: row.get(0)?,
+        value: row.get(1)?,
+        create_revision: row.get(2)?,
+        mod_revision: row.get(3)?,
+    })
+}
+
+fn get(conn: &Connection, key: &str) -> rusqlite::Result<ReadResult> {
+    let mut stmt = conn.prepare_cached(SQL_GET)?;
+    let kv = stmt.query_row([key], row_to_kv).optional()?;
+    Ok(kv.into_iter().collect())
+}
+
+fn range(conn: &Connection, prefix: &str) -> rusqlite::Result<ReadResult> {
+    // A half-open interval lets SQLite walk the primary-key index instead of scanning.
+    match prefix_end(prefix) {
+        Some(end) => {
+            let mut stmt = conn.prepare_cached(SQL_RANGE)?;
+            let rows = stmt.query_map(params![prefix, end], row_to_kv)?;
+            rows.collect()
+        }
+        None => {
+            let mut stmt = conn.prepare_cached(SQL_RANGE_OPEN)?;
+            let rows = stmt.query_map([prefix], row_to_kv)?;
+            rows.collect()
+        }
+    }
+}
+
+/// The smallest string greater than every string that starts with `prefix`, or `None` when no
+/// such string exists (empty prefix, or one made only of U+10FFFF).
+///
+/// UTF-8 byte order equals code point order, so bumping the last code point gives a bound that
+/// is itself valid UTF-8 and compares correctly under SQLite's BINARY collation.
+pub(crate) fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 {
+            0x10FFFF => continue,
+            // Surrogates are not chars; the next scalar after U+D7FF is U+E000.
+            0xD7FF => '\u{E000}',
+            n => char::from_u32(n + 1).expect("successor of a scalar below U+D7FF or above U+DFFF"),
+        };
+        chars.push(next);
+        return Some(chars.into_iter().collect());
+    }
+    None
+}
+
+enum Layout {
+    /// No tables at all: a file this process (or a racing one) just created.
+    Empty,
+    /// A Tessera store of a schema version this code understands.
+    Tessera,
+}
+
+/// Number of schema objects, and whether one of them is a table named `meta`.
+fn schema_state(conn: &Connection) -> rusqlite::Result<(i64, bool)> {
+    conn.query_row(
+        "SELECT count(*), coalesce(sum(type = 'table' AND name = 'meta'), 0) > 0 \
+         FROM sqlite_schema",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// Decides what the file holds without writing to it, so that pointing Tessera at somebody
+/// else's database never changes that database.
+fn inspect(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<Layout, StoreError> {
+    let (objects, has_meta) = retry_busy(|| schema_state(conn))
+        .map_err(|e| ctx.sqlite("reading the database schema", e))?;
+    classify(conn, ctx, objects, has_meta)
+}
+
+fn classify(
+    conn: &Connection,
+    ctx: &ErrCtx<'_>,
+    objects: i64,
+    has_meta: bool,
+) -> Result<Layout, StoreError> {
+    if objects == 0 {
+        return Ok(Layout::Empty);
+    }
+    if !has_meta {
+        return Err(ctx.corrupt(
+            "it is a SQLite database of another program (it has tables but no Tessera `meta` \
+             table)",
+        ));
+    }
+    check_meta(conn, ctx)?;
+    Ok(Layout::Tessera)
+}
+
+fn check_meta(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
+    let meta = retry_busy(|| {
+        conn.query_row(
+            "SELECT format, schema_version FROM meta WHERE id = 1",
+            [],
+            |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+        )
+        .optional()
+    });
+    let (format, version) = match meta {
+        Ok(Some(meta)) => meta,
+        Ok(None) => return Err(ctx.corrupt("its `meta` table is empty")),
+        Err(e) if is_busy(&e) => return Err(ctx.sqlite("reading the store header", e)),
+        Err(e) => {
+            return Err(ctx.corrupt(&format!(
+                "it has a `meta` table that is not Tessera's ({e})"
+            )))
+        }
+    };
+    if format != FORMAT_MARKER {
+        return Err(ctx.corrupt(&format!(
+            "its format marker is {format:?}, expected {FORMAT_MARKER:?}"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Refused {
+            endpoint: ctx.shown(),
+            reason: format!(
+                "it was written by a newer Tessera (store schema version {version}, this binary \
+                 understands up to {SCHEMA_VERSION}); upgrade this binary"
+            ),
+        });
+    }
+    if version < 1 {
+        return Err(ctx.corrupt(&format!("its schema version {version} is invalid")));
+    }
+    Ok(())
+}
+
+fn set_wal(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
+    // journal_mode is persistent in the file header, so after the first open this is a no-op
+    // that only reports the mode.
+    let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)))
+        .map_err(|e| ctx.sqlite("switching to WAL journal mode", e))?;
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(StoreError::Refused {
+            endpoint: ctx.shown(),
+            reason: format!(
+                "SQLite could not switch the file to WAL journal mode (it stayed in {mode:?}); \
+                 keep the store on a local filesystem (not NFS or a read-only mount)"
+            ),
+        })
+    }
+}
+
+fn create_schema(conn: &mut Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
+    let (objects, has_meta) = retry_busy(|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have initialised the file between `inspect` and taking the
+        // lock; then leave it alone and judge what it wrote.
+        let state = schema_state(&tx)?;
+        if state.0 == 0 {
+            tx.execute_batch(SCHEMA)?;
+            tx.execute(
+                "INSERT INTO meta (id, format, schema_version, revision) VALUES (1, ?1, ?2, 0)",
+                params![FORMAT_MARKER, SCHEMA_VERSION],
+            )?;
+        }
+        tx.commit()?;
+        Ok(state)
+    })
+    .map_err(|e| ctx.sqlite("creating the store schema", e))?;
+    if objects != 0 {
+        classify(conn, ctx, objects, has_meta)?;
+    }
+    Ok(())
+}
+
+/// Retries `f` while SQLite reports the database busy, for up to [`BUSY_TIMEOUT`].
+///
+/// The busy handler covers ordinary lock waits, but SQLite skips it where waiting could
+/// deadlock: switching a fresh file to WAL while other processes hold shared locks on it, as
+/// happens when many processes open a new store at once. Failing the statement releases this
+/// connection's locks, so retrying from the top after a short sleep makes progress.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut pause = Duration::from_micros(500);
+    loop {
+        match f() {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                // Per-process jitter so that processes which collided do not retry in step.
+                let jitter = Duration::from_micros(u64::from(std::process::id() % 7) * 150);
+                std::thread::sleep(pause + jitter);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Creates the database file with mode 0600 (and its missing parents with 0700) unless it
+/// exists, and checks that this process may read and write it.
+fn ensure_file(path: &Path) -> Result<(), StoreError> {
+    // Common case first: the file exists and is ours; one open(2).
+    match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(path, "opening the database file", &e)),
+    }
+    let parent = path.parent().ok_or_else(|| StoreError::Refused {
+        endpoint: path.display().to_string(),
+        reason: "the path names no file; point --datastore at a file such as \
+                 /var/lib/tessera/tessera.db"
+            .to_string(),
+    })?;
+    create_private_dirs(parent, path)?;
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        // The umask may have stripped bits from 0600 (leaving even the owner without
+        // write access); fchmod sets the exact mode regardless.
+        Ok(file) => file
+            .set_permissions(Permissions::from_mode(0o600))
+            .map_err(|e| io_error(path, "setting mode 0600 on the new database file", &e)),
+        // Another process created it first; it set the mode.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io_error(path, "creating the database file", &e)),
+    }
+}
+
+/// Creates every missing directory above the database file with mode 0700, because the store
+/// holds which workload owns which address and is nobody else's business.
+fn create_private_dirs(dir: &Path, file: &Path) -> Result<(), StoreError> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    loop {
+        match fs::metadata(cur) {
+            Ok(meta) if meta.is_dir() => break,
+            Ok(_) => {
+                return Err(StoreError::Refused {
+                    endpoint: file.display().to_string(),
+                    reason: format!(
+                        "{} is not a directory, so the database file cannot be created below it; \
+                         point --datastore elsewhere",
+                        cur.display()
+                    ),
+                })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                missing.push(cur);
+                match cur.parent() {
+                    Some(parent) => cur = parent,
+                    None => break,
+                }
+            }
+            Err(e) => {
+                return Err(io_error(
+                    file,
+                    &format!("looking up directory {}", cur.display()),
+                    &e,
+                ))
+            }
+        }
+    }
+    for dir in missing.into_iter().rev() {
+        match DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => fs::set_permissions(dir, Permissions::from_mode(0o700)).map_err(|e| {
+                io_error(file, &format!("setting mode 0700 on {}", dir.display()), &e)
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(io_error(
+                    file,
+                    &format!("creating directory {}", dir.display()),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn io_error(path: &Path, doing: &str, e: &io::Error) -> StoreError {
+    let endpoint = path.display().to_string();
+    match e.kind() {
+        io::ErrorKind::PermissionDenied => StoreError::Refused {
+            endpoint,
+            reason: format!(
+                "{doing}: {e}; run as the user that owns the file (the default store of root \
+                 is /var/lib/tessera/tessera.db), fix its permissions, or point --datastore \
+                 elsewhere"
+            ),
+        },
+        io::ErrorKind::IsADirectory => StoreError::Refused {
+            endpoint,
+            reason: format!(
+                "{doing}: the path is a directory; point --datastore at a file, for example \
+                 {}",
+                path.join("tessera.db").display()
+            ),
+        },
+        io::ErrorKind::NotFound
+        | io::ErrorKind::NotADirectory
+        | io::ErrorKind::ReadOnlyFilesystem
+        | io::ErrorKind::InvalidInput => StoreError::Refused {
+            endpoint,
+            reason: format!("{doing}: {e}; point --datastore at a writable file path"),
+        },
+        _ => StoreError::Unavailable {
+            endpoint,
+            reason: format!("{doing}: {e}; check the disk and the path, then retry"),
+        },
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Turns SQLite and filesystem failures into [`StoreError`]s that name the file.
+struct ErrCtx<'a> {
+    path: &'a Path,
+}
+
+impl ErrCtx<'_> {
+    fn shown(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn corrupt(&self, what: &str) -> StoreError {
+        let p = self.path.display();
+        StoreError::Corrupt {
+            endpoint: p.to_string(),
+            reason: format!(
+                "{what}; move it away (for example `mv {p} {p}.broken`) or point --datastore \
+                 (or TESSERA_DATASTORE) elsewhere"
+            ),
+        }
+    }
+
+    fn sqlite(&self, doing: &str, e: rusqlite::Error) -> StoreError {
+        let endpoint = self.shown();
+        let Some(code) = e.sqlite_error_code() else {
+            // Not an engine error: a column held a value of the wrong type or bad UTF-8,
+            // which only happens when something other than Tessera wrote to the file.
+            return self.corrupt(&format!("{doing}: unexpected data ({e})"));
+        };
+        match code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable {
+                endpoint,
+                reason: format!(
+                    "{doing}: another process kept the database locked for more than {}s ({e}); \
+                     retry, and if it persists look for a hung process holding the file \
+                     (for example `fuser {}`)",
+                    BUSY_TIMEOUT.as_secs(),
+                    self.path.display()
+                ),
+            },
+            ErrorCode::NotADatabase => {
+                self.corrupt(&format!("{doing}: the file is not a SQLite database ({e})"))
+            }
+            ErrorCode::DatabaseCorrupt => {
+                self.corrupt(&format!("{doing}: the database file is damaged ({e})"))
+            }
+            // SQLITE_ERROR from our fixed statements means the tables do not look like ours.
+            ErrorCode::Unknown | ErrorCode::SchemaChanged | ErrorCode::TypeMismatch => {
+                self.corrupt(&format!("{doing}: the tables do not match Tessera's ({e})"))
+            }
+            ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::CannotOpen => {
+                StoreError::Refused {
+                    endpoint,
+                    reason: format!(
+                        "{doing}: {e}; make sure this user may read and write the file, its \
+                         directory and the -wal/-shm files next to it"
+                    ),
+                }
+            }
+            ErrorCode::TooBig => StoreError::Refused {
+                endpoint,
+                reason: format!("{doing}: {e}; the value exceeds SQLite's size limit"),
+            },
+            ErrorCode::DiskFull => StoreError::Unavailable {
+                endpoint,
+                reason: format!("{doing}: {e}; free space on the disk holding the file"),
+            },
+            _ => StoreError::Unavailable {
+                endpoint,
+                reason: format!("{doing}: {e}; check the disk and retry"),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_bumps_the_last_code_point() {
+        assert_eq!(prefix_end("a/").as_deref(), Some("a0"));
+        assert_eq!(prefix_end("").as_deref(), None);
+        assert_eq!(prefix_end("a\u{D7FF}").as_deref(), Some("a\u{E000}"));
+        assert_eq!(prefix_end("ab\u{10FFFF}").as_deref(), Some("ac"));
+        assert_eq!(prefix_end("\u{10FFFF}\u{10FFFF}").as_deref(), None);
+        assert_eq!(prefix_end("日").as_deref(), Some("旦"));
+    }
+}
