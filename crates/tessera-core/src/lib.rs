@@ -4,7 +4,9 @@
 
 pub mod ipam;
 pub mod keys;
+pub mod manifest;
 pub mod net;
 pub mod resources;
 pub mod selector;
 pub mod store;
+pub mod validate;

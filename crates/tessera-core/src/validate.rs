@@ -1,0 +1,1212 @@
+//! Calico's rules for resources, applied before anything is stored.
+//!
+//! [`validate`] checks one resource on its own and returns it with Calico's defaults filled in
+//! (`blockSize`, `ipipMode`, `vxlanMode`, `allowedUses`, `nodeSelector`, `assignmentMode`);
+//! [`check_pool_against`] checks a pool against the pools that already exist (no overlap, no
+//! change of `cidr` or `blockSize`). Every problem becomes one [`FieldError`] naming the field,
+//! what is wrong with it and what to write instead; all problems of a resource are reported at
+//! once in a [`ValidationError`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use crate::net::nets_overlap;
+use crate::resources::{
+    AllowedUse, AssignmentMode, EncapMode, IPAMConfiguration, IPPool, IPReservation, Kind,
+    Namespace, Node, ObjectMeta, Resource,
+};
+use crate::selector::Selector;
+
+/// Default block size of IPv4 pools.
+pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
+/// Default block size of IPv6 pools.
+pub const DEFAULT_BLOCK_SIZE_V6: u8 = 122;
+/// Smallest and largest allowed IPv4 block size.
+pub const BLOCK_SIZE_RANGE_V4: (u8, u8) = (20, 32);
+/// Smallest and largest allowed IPv6 block size.
+pub const BLOCK_SIZE_RANGE_V6: (u8, u8) = (116, 128);
+/// The selector a pool gets when it names none.
+pub const DEFAULT_NODE_SELECTOR: &str = "all()";
+/// The only allowed name of the IPAMConfiguration.
+pub const IPAM_CONFIG_NAME: &str = "default";
+
+/// One problem with one field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.cidr` or `spec.reservedCIDRs[1]`; empty for the document
+    /// as a whole.
+    pub field: String,
+    /// What is wrong and what to do about it.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// A problem with `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same problem with `prefix` put in front of the field path (`items[2]` + `spec.cidr`
+    /// gives `items[2].spec.cidr`).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.field = if self.field.is_empty() {
+            prefix.to_string()
+        } else if self.field.starts_with('[') {
+            format!("{prefix}{}", self.field)
+        } else {
+            format!("{prefix}.{}", self.field)
+        };
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            f.write_str(&self.reason)
+        } else {
+            write!(f, "{}: {}", self.field, self.reason)
+        }
+    }
+}
+
+/// Writes `Kind "name"` (or `Kind <unnamed>`).
+pub(crate) fn fmt_subject(f: &mut fmt::Formatter<'_>, kind: Kind, name: &str) -> fmt::Result {
+    if name.is_empty() {
+        write!(f, "{kind} <unnamed>")
+    } else {
+        write!(f, "{kind} {name:?}")
+    }
+}
+
+/// Writes field errors joined with `"; "`.
+pub(crate) fn fmt_errors(f: &mut fmt::Formatter<'_>, errors: &[FieldError]) -> fmt::Result {
+    for (i, e) in errors.iter().enumerate() {
+        if i > 0 {
+            f.write_str("; ")?;
+        }
+        write!(f, "{e}")?;
+    }
+    Ok(())
+}
+
+/// A resource that breaks one or more rules; nothing of it may be stored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationError {
+    /// Kind of the resource.
+    pub kind: Kind,
+    /// Name of the resource as given (may be empty or itself invalid).
+    pub name: String,
+    /// Every problem found, in field order.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt_subject(f, self.kind, &self.name)?;
+        f.write_str(" is invalid: ")?;
+        fmt_errors(f, &self.errors)
+    }
+}
+
+/// Checks a resource on its own and returns it with Calico's defaults filled in.
+///
+/// Rules for pools: a DNS-1123 name; a strictly masked IPv4 or IPv6 `cidr` outside the
+/// link-local ranges; `blockSize` 20–32 (IPv4) or 116–128 (IPv6) and no shorter than the pool's
+/// prefix; at most one of `ipipMode`/`vxlanMode` other than `Never`, no IPIP on IPv6;
+/// `allowedUses` without duplicates and with `LoadBalancer` alone; selectors that parse.
+pub fn validate(resource: Resource) -> Result<Resource, ValidationError> {
+    let kind = resource.kind();
+    let name = resource.name().to_string();
+    let mut errors = Vec::new();
+    let out = match resource {
+        Resource::IPPool(p) => Resource::IPPool(validate_pool(p, &mut errors)),
+        Resource::IPReservation(r) => Resource::IPReservation(validate_reservation(r, &mut errors)),
+        Resource::IPAMConfiguration(c) => {
+            Resource::IPAMConfiguration(validate_ipam_config(c, &mut errors))
+        }
+        Resource::Node(n) => Resource::Node(validate_node(n, &mut errors)),
+        Resource::Namespace(n) => Resource::Namespace(validate_namespace(n, &mut errors)),
+    };
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(ValidationError { kind, name, errors })
+    }
+}
+
+/// Checks a (validated) pool against the pools that exist already: it may not overlap any
+/// other pool, and if `existing` holds a pool of the same name, `cidr` and `blockSize` must
+/// not differ from it.
+pub fn check_pool_against(new: &IPPool, existing: &[IPPool]) -> Result<(), ValidationError> {
+    let mut errors = Vec::new();
+    let Ok(new_net) = parse_network(new.spec.cidr.trim(), false) else {
+        errors.push(FieldError::new(
+            "spec.cidr",
+            format!(
+                "{:?} is not a network address; validate the pool first",
+                new.spec.cidr
+            ),
+        ));
+        return Err(ValidationError {
+            kind: Kind::IPPool,
+            name: new.metadata.name.clone(),
+            errors,
+        });
+    };
+    let new_bs = effective_block_size(&new_net, new.spec.block_size);
+    for other in existing {
+        let other_net = parse_network(other.spec.cidr.trim(), false).ok();
+        if other.metadata.name == new.metadata.name {
+            let changed_cidr = match other_net {
+                Some(n) => n != new_net,
+                None => other.spec.cidr != new.spec.cidr,
+            };
+            if changed_cidr {
+                errors.push(FieldError::new(
+                    "spec.cidr",
+                    format!(
+                        "cannot be changed after the pool is created (it is {}, the new \
+                         manifest says {}); create a new pool and migrate (see docs)",
+                        other.spec.cidr, new_net
+                    ),
+                ));
+            }
+            let other_bs = other_net
+                .map(|n| effective_block_size(&n, other.spec.block_size))
+                .or(other.spec.block_size);
+            if other_bs.is_some() && other_bs != Some(new_bs) {
+                errors.push(FieldError::new(
+                    "spec.blockSize",
+                    format!(
+                        "cannot be changed after the pool is created (it is {}, the new \
+                         manifest says {}); create a new pool and migrate (see docs)",
+                        other_bs.unwrap_or_default(),
+                        new_bs
+                    ),
+                ));
+            }
+            continue;
+        }
+        if let Some(other_net) = other_net {
+            if nets_overlap(&new_net, &other_net) {
+                errors.push(FieldError::new(
+                    "spec.cidr",
+                    format!(
+                        "{new_net} overlaps {other_net} of IPPool {:?}; pools may not \
+                         overlap: choose a free range, or disable and delete the other pool \
+                         first",
+                        other.metadata.name
+                    ),
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ValidationError {
+            kind: Kind::IPPool,
+            name: new.metadata.name.clone(),
+            errors,
+        })
+    }
+}
+
+/// The block size a pool uses: the given one, or the family's default.
+pub fn effective_block_size(cidr: &IpNet, given: Option<u8>) -> u8 {
+    given.unwrap_or(match cidr {
+        IpNet::V4(_) => DEFAULT_BLOCK_SIZE_V4,
+        IpNet::V6(_) => DEFAULT_BLOCK_SIZE_V6,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pools
+
+fn validate_pool(mut pool: IPPool, errors: &mut Vec<FieldError>) -> IPPool {
+    check_metadata(&pool.metadata, NameRule::Subdomain, errors);
+    let spec = &mut pool.spec;
+
+    let net = match parse_cidr_field("spec.cidr", &spec.cidr, false) {
+        Ok(net) => Some(net),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    };
+    if let Some(net) = net {
+        spec.cidr = net.to_string();
+        let link_local: IpNet = match net {
+            IpNet::V4(_) => "169.254.0.0/16".parse().expect("constant"),
+            IpNet::V6(_) => "fe80::/10".parse().expect("constant"),
+        };
+        if nets_overlap(&net, &link_local) {
+            errors.push(FieldError::new(
+                "spec.cidr",
+                format!(
+                    "{net} overlaps the link-local range {link_local}, which cannot hold pod \
+                     addresses; choose a range outside it"
+                ),
+            ));
+        }
+    }
+
+    // Block size: range per family, and the pool must hold at least one block.
+    match net {
+        Some(net) => {
+            let v6 = matches!(net, IpNet::V6(_));
+            let (lo, hi) = if v6 {
+                BLOCK_SIZE_RANGE_V6
+            } else {
+                BLOCK_SIZE_RANGE_V4
+            };
+            let family = if v6 { "IPv6" } else { "IPv4" };
+            let bs = effective_block_size(&net, spec.block_size);
+            if !(lo..=hi).contains(&bs) {
+                errors.push(FieldError::new(
+                    "spec.blockSize",
+                    format!("{bs} is outside {lo}-{hi} for {family}"),
+                ));
+            } else if net.prefix_len() > bs {
+                let default_note = if spec.block_size.is_none() {
+                    " (the default)"
+                } else {
+                    ""
+                };
+                errors.push(FieldError::new(
+                    "spec.blockSize",
+                    format!(
+                        "the pool {net} is smaller than one /{bs} block{default_note}; set \
+                         blockSize to {} or more, or use a wider cidr",
+                        net.prefix_len()
+                    ),
+                ));
+            }
+            spec.block_size = Some(bs);
+        }
+        None => {
+            if let Some(bs) = spec.block_size {
+                let ok = (BLOCK_SIZE_RANGE_V4.0..=BLOCK_SIZE_RANGE_V4.1).contains(&bs)
+                    || (BLOCK_SIZE_RANGE_V6.0..=BLOCK_SIZE_RANGE_V6.1).contains(&bs);
+                if !ok {
+                    errors.push(FieldError::new(
+                        "spec.blockSize",
+                        format!("{bs} is outside 20-32 for IPv4 and 116-128 for IPv6"),
+                    ));
+                }
+            }
+        }
+    }
+
+    // Encapsulation.
+    let ipip = *spec.ipip_mode.get_or_insert(EncapMode::Never);
+    let vxlan = *spec.vxlan_mode.get_or_insert(EncapMode::Never);
+    if ipip != EncapMode::Never && vxlan != EncapMode::Never {
+        errors.push(FieldError::new(
+            "spec.vxlanMode",
+            format!(
+                "cannot be {vxlan:?} while ipipMode is {ipip:?}; a pool uses at most one \
+                 encapsulation: set one of them to Never"
+            ),
+        ));
+    }
+    if ipip != EncapMode::Never && matches!(net, Some(IpNet::V6(_))) {
+        errors.push(FieldError::new(
+            "spec.ipipMode",
+            format!(
+                "IPIP ({ipip:?}) is not supported on IPv6 pools; set ipipMode to Never (use \
+                 vxlanMode for IPv6 encapsulation)"
+            ),
+        ));
+    }
+
+    // Allowed uses.
+    let uses = match spec.allowed_uses.take() {
+        Some(u) if !u.is_empty() => u,
+        _ => vec![AllowedUse::Workload, AllowedUse::Tunnel],
+    };
+    let mut seen = Vec::new();
+    for u in &uses {
+        if seen.contains(u) {
+            errors.push(FieldError::new(
+                "spec.allowedUses",
+                format!("{u:?} is listed more than once; list each use once"),
+            ));
+        } else {
+            seen.push(*u);
+        }
+    }
+    if seen.contains(&AllowedUse::LoadBalancer) && seen.len() > 1 {
+        errors.push(FieldError::new(
+            "spec.allowedUses",
+            "LoadBalancer cannot be combined with Workload or Tunnel; put LoadBalancer \
+             addresses in a pool of their own",
+        ));
+    }
+    spec.allowed_uses = Some(uses);
+
+    // Selectors.
+    match spec.node_selector.as_deref() {
+        None => spec.node_selector = Some(DEFAULT_NODE_SELECTOR.to_string()),
+        Some(s) if s.trim().is_empty() => {
+            spec.node_selector = Some(DEFAULT_NODE_SELECTOR.to_string())
+        }
+        Some(s) => {
+            if let Some(e) = check_selector("spec.nodeSelector", s) {
+                errors.push(e);
+            }
+        }
+    }
+    match spec.namespace_selector.as_deref() {
+        None => {}
+        Some(s) if s.trim().is_empty() => spec.namespace_selector = None,
+        Some(s) => {
+            if let Some(e) = check_selector("spec.namespaceSelector", s) {
+                errors.push(e);
+            }
+        }
+    }
+    spec.assignment_mode
+        .get_or_insert(AssignmentMode::Automatic);
+    pool
+}
+
+fn check_selector(field: &str, text: &str) -> Option<FieldError> {
+    if let Some(hint) = typography_hint(text) {
+        return Some(FieldError::new(
+            field,
+            format!("{text:?} is not a valid selector: {hint}"),
+        ));
+    }
+    match Selector::parse(text) {
+        Ok(_) => None,
+        Err(e) => Some(FieldError::new(
+            field,
+            format!("{e}; write e.g. rack == \"0\" or has(zone) && zone in {{\"a\", \"b\"}}"),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reservations, IPAM configuration, nodes, namespaces
+
+fn validate_reservation(mut r: IPReservation, errors: &mut Vec<FieldError>) -> IPReservation {
+    check_metadata(&r.metadata, NameRule::Subdomain, errors);
+    for (i, text) in r.spec.reserved_cidrs.iter_mut().enumerate() {
+        let field = format!("spec.reservedCIDRs[{i}]");
+        match parse_cidr_field(&field, text, true) {
+            Ok(net) => *text = net.to_string(),
+            Err(e) => errors.push(e),
+        }
+    }
+    r
+}
+
+fn validate_ipam_config(c: IPAMConfiguration, errors: &mut Vec<FieldError>) -> IPAMConfiguration {
+    if c.metadata.name != IPAM_CONFIG_NAME {
+        let reason = if c.metadata.name.is_empty() {
+            format!("is required; the IPAMConfiguration is a single resource named {IPAM_CONFIG_NAME:?}")
+        } else {
+            format!(
+                "{:?} is not allowed; the IPAMConfiguration is a single resource named \
+                 {IPAM_CONFIG_NAME:?}",
+                c.metadata.name
+            )
+        };
+        errors.push(FieldError::new("metadata.name", reason));
+    }
+    check_labels(&c.metadata, errors);
+    c
+}
+
+fn validate_node(n: Node, errors: &mut Vec<FieldError>) -> Node {
+    check_metadata(&n.metadata, NameRule::Subdomain, errors);
+    n
+}
+
+fn validate_namespace(n: Namespace, errors: &mut Vec<FieldError>) -> Namespace {
+    check_metadata(&n.metadata, NameRule::Label, errors);
+    n
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata
+
+#[derive(Clone, Copy)]
+enum NameRule {
+    /// DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', at most 253 characters.
+    Subdomain,
+    /// DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters.
+    Label,
+}
+
+fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec<FieldError>) {
+    let problem = match rule {
+        NameRule::Subdomain => subdomain_problem(&meta.name),
+        NameRule::Label => dns_label_problem(&meta.name),
+    };
+    if let Some(problem) = problem {
+        let reason = if meta.name.is_empty() {
+            "is required".to_string()
+        } else {
+            let rule_text = match rule {
+                NameRule::Subdomain => {
+                    "use lowercase letters, digits, '-' and '.', starting and ending with a \
+                     letter or digit, at most 253 characters"
+                }
+                NameRule::Label => {
+                    "use lowercase letters, digits and '-', starting and ending with a letter \
+                     or digit, at most 63 characters"
+                }
+            };
+            format!(
+                "{:?} is not a valid name: {problem}; {rule_text}",
+                meta.name
+            )
+        };
+        errors.push(FieldError::new("metadata.name", reason));
+    }
+    check_labels(meta, errors);
+}
+
+fn check_labels(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
+    for (key, value) in &meta.labels {
+        let field = format!("metadata.labels.{key}");
+        if let Some(p) = qualified_name_problem(key) {
+            errors.push(FieldError::new(
+                &field,
+                format!("{key:?} is not a valid label key: {p}"),
+            ));
+        }
+        if let Some(p) = label_value_problem(value) {
+            errors.push(FieldError::new(
+                &field,
+                format!("{value:?} is not a valid label value: {p}"),
+            ));
+        }
+    }
+    check_annotation_keys(&meta.annotations, errors);
+}
+
+fn check_annotation_keys(annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
+    for key in annotations.keys() {
+        if let Some(p) = qualified_name_problem(key) {
+            errors.push(FieldError::new(
+                format!("metadata.annotations.{key}"),
+                format!("{key:?} is not a valid annotation key: {p}"),
+            ));
+        }
+    }
+}
+
+/// Why `name` is not a DNS-1123 subdomain, if it is not one.
+pub fn subdomain_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Some(hint) = typography_hint(name) {
+        return Some(hint);
+    }
+    if name.len() > 253 {
+        return Some(format!("it is {} characters long", name.len()));
+    }
+    for part in name.split('.') {
+        if let Some(p) = dns_part_problem(part, '.') {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Why `name` is not a DNS-1123 label (namespace names), if it is not one.
+pub fn dns_label_problem(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Some(hint) = typography_hint(name) {
+        return Some(hint);
+    }
+    if name.len() > 63 {
+        return Some(format!("it is {} characters long", name.len()));
+    }
+    dns_part_problem(name, '-')
+}
+
+fn dns_part_problem(part: &str, sep: char) -> Option<String> {
+    if part.is_empty() {
+        return Some(format!("it has an empty part between '{sep}' separators"));
+    }
+    if let Some(c) = part
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Some(if c.is_ascii_uppercase() {
+            format!("'{c}' is uppercase (write '{}')", c.to_ascii_lowercase())
+        } else {
+            format!("{c:?} is not allowed")
+        });
+    }
+    if part.starts_with('-') || part.ends_with('-') {
+        return Some("it starts or ends with '-'".into());
+    }
+    None
+}
+
+/// Why `key` is not a valid Kubernetes label or annotation key (`[prefix/]name`).
+pub fn qualified_name_problem(key: &str) -> Option<String> {
+    if let Some(hint) = typography_hint(key) {
+        return Some(hint);
+    }
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        if let Some(p) = subdomain_problem(prefix) {
+            return Some(format!(
+                "the prefix {prefix:?} is not a DNS subdomain ({p}); write e.g. \
+                 example.com/rack"
+            ));
+        }
+    }
+    if name.is_empty() {
+        return Some("the name part is empty".into());
+    }
+    if name.len() > 63 {
+        return Some(format!(
+            "the name part is {} characters long (at most 63)",
+            name.len()
+        ));
+    }
+    name_chars_problem(name).map(|p| {
+        format!("{p}; use letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
+    })
+}
+
+/// Why `value` is not a valid Kubernetes label value, if it is not one.
+pub fn label_value_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        return None;
+    }
+    if let Some(hint) = typography_hint(value) {
+        return Some(hint);
+    }
+    if value.len() > 63 {
+        return Some(format!(
+            "it is {} characters long (at most 63)",
+            value.len()
+        ));
+    }
+    name_chars_problem(value).map(|p| {
+        format!("{p}; use letters, digits, '-', '_' and '.', starting and ending with a letter or digit (or leave it empty)")
+    })
+}
+
+fn name_chars_problem(s: &str) -> Option<String> {
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Some(format!("{c:?} is not allowed"));
+    }
+    let first = s.chars().next()?;
+    let last = s.chars().last()?;
+    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
+        return Some("it must start and end with a letter or digit".into());
+    }
+    None
+}
+
+/// A hint when `text` holds characters that word processors and chat tools put in place of
+/// ASCII ones (curly quotes, dashes, non-breaking spaces).
+pub fn typography_hint(text: &str) -> Option<String> {
+    let mut found: Vec<char> = Vec::new();
+    for c in text.chars() {
+        if matches!(
+            c,
+            '\u{2018}'
+                | '\u{2019}'
+                | '\u{201A}'
+                | '\u{201B}'
+                | '\u{201C}'
+                | '\u{201D}'
+                | '\u{201E}'
+                | '\u{2032}'
+                | '\u{2033}'
+                | '\u{2010}'
+                | '\u{2011}'
+                | '\u{2012}'
+                | '\u{2013}'
+                | '\u{2014}'
+                | '\u{2212}'
+                | '\u{00A0}'
+                | '\u{202F}'
+        ) && !found.contains(&c)
+        {
+            found.push(c);
+        }
+    }
+    if found.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = found
+        .iter()
+        .map(|c| format!("{c} (U+{:04X})", *c as u32))
+        .collect();
+    let quotes = found
+        .iter()
+        .any(|c| matches!(c, '\u{2018}'..='\u{201E}' | '\u{2032}' | '\u{2033}'));
+    let dashes = found
+        .iter()
+        .any(|c| matches!(c, '\u{2010}'..='\u{2014}' | '\u{2212}'));
+    let spaces = found.iter().any(|c| matches!(c, '\u{00A0}' | '\u{202F}'));
+    let mut fixes = Vec::new();
+    if quotes {
+        fixes.push("plain ASCII quotes (\" or ')");
+    }
+    if dashes {
+        fixes.push("a plain '-'");
+    }
+    if spaces {
+        fixes.push("a plain space");
+    }
+    Some(format!(
+        "it contains typographic characters {} (often pasted from a web page or chat); \
+         replace them with {}",
+        list.join(", "),
+        fixes.join(" and ")
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// CIDRs
+
+/// Parses a strictly masked network; with `allow_single_ip`, a bare address becomes a /32 or
+/// /128. The error says what is wrong (without the field name).
+pub fn parse_network(text: &str, allow_single_ip: bool) -> Result<IpNet, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("is required, e.g. 192.168.0.0/16 or fd00:10::/64".into());
+    }
+    if let Some(hint) = typography_hint(text) {
+        return Err(format!("{text:?} is not a CIDR: {hint}"));
+    }
+    let Some((addr_text, len_text)) = text.split_once('/') else {
+        return match text.parse::<IpAddr>() {
+            Ok(addr) if allow_single_ip => Ok(IpNet::from(addr)),
+            Ok(addr) => {
+                let example = match addr {
+                    IpAddr::V4(_) => "/16",
+                    IpAddr::V6(_) => "/64",
+                };
+                Err(format!(
+                    "{text:?} has no prefix length; write a network such as {text}{example}"
+                ))
+            }
+            Err(_) => Err(format!(
+                "{text:?} is not a CIDR; write e.g. 192.168.0.0/16 or fd00:10::/64"
+            )),
+        };
+    };
+    let addr: IpAddr = addr_text.parse().map_err(|_| {
+        format!("{text:?} is not a CIDR: {addr_text:?} is not an IPv4 or IPv6 address")
+    })?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len: u8 = match len_text.parse::<u8>() {
+        Ok(l) if l <= max => l,
+        _ => {
+            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+            return Err(format!(
+                "{text:?} is not a CIDR: the prefix length {len_text:?} must be a number from 0 \
+                 to {max} for {family}"
+            ));
+        }
+    };
+    let net = match addr {
+        IpAddr::V4(a) => IpNet::V4(Ipv4Net::new(a, len).map_err(|e| e.to_string())?),
+        IpAddr::V6(a) => IpNet::V6(Ipv6Net::new(a, len).map_err(|e| e.to_string())?),
+    };
+    let masked = net.trunc();
+    if masked.addr() != net.addr() {
+        return Err(format!(
+            "{text:?} is not a network address (host bits set); use {masked}"
+        ));
+    }
+    Ok(masked)
+}
+
+fn parse_cidr_field(field: &str, text: &str, allow_single_ip: bool) -> Result<IpNet, FieldError> {
+    parse_network(text, allow_single_ip).map_err(|reason| FieldError::new(field, reason))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::IPPoolSpec;
+
+    fn pool(name: &str, cidr: &str) -> IPPool {
+        IPPool {
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+            spec: IPPoolSpec {
+                cidr: cidr.into(),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn check(p: IPPool) -> Result<IPPool, ValidationError> {
+        match validate(Resource::IPPool(p))? {
+            Resource::IPPool(p) => Ok(p),
+            _ => unreachable!(),
+        }
+    }
+
+    fn err(p: IPPool) -> String {
+        check(p).unwrap_err().to_string()
+    }
+
+    fn fields(p: IPPool) -> Vec<String> {
+        check(p)
+            .unwrap_err()
+            .errors
+            .into_iter()
+            .map(|e| e.field)
+            .collect()
+    }
+
+    #[test]
+    fn pool_defaults_are_filled_in() {
+        let p = check(pool("rack-0-ippool", "192.168.0.0/24")).unwrap();
+        assert_eq!(p.spec.block_size, Some(26));
+        assert_eq!(p.spec.ipip_mode, Some(EncapMode::Never));
+        assert_eq!(p.spec.vxlan_mode, Some(EncapMode::Never));
+        assert_eq!(
+            p.spec.allowed_uses,
+            Some(vec![AllowedUse::Workload, AllowedUse::Tunnel])
+        );
+        assert_eq!(p.spec.node_selector.as_deref(), Some("all()"));
+        assert_eq!(p.spec.namespace_selector, None);
+        assert_eq!(p.spec.assignment_mode, Some(AssignmentMode::Automatic));
+        let p6 = check(pool("v6", "fd00:10::/64")).unwrap();
+        assert_eq!(p6.spec.block_size, Some(122));
+    }
+
+    #[test]
+    fn pool_name_required_and_dns_subdomain() {
+        assert_eq!(
+            err(pool("", "10.0.0.0/16")),
+            "IPPool <unnamed> is invalid: metadata.name: is required"
+        );
+        assert_eq!(
+            err(pool("Rack_0", "10.0.0.0/16")),
+            "IPPool \"Rack_0\" is invalid: metadata.name: \"Rack_0\" is not a valid name: 'R' \
+             is uppercase (write 'r'); use lowercase letters, digits, '-' and '.', starting \
+             and ending with a letter or digit, at most 253 characters"
+        );
+        assert!(check(pool("rack-0.zone-a", "10.0.0.0/16")).is_ok());
+        assert_eq!(fields(pool("-a", "10.0.0.0/16")), ["metadata.name"]);
+        assert_eq!(fields(pool("a..b", "10.0.0.0/16")), ["metadata.name"]);
+        assert_eq!(
+            fields(pool(&"a".repeat(254), "10.0.0.0/16")),
+            ["metadata.name"]
+        );
+        assert!(check(pool(&"a".repeat(253), "10.0.0.0/16")).is_ok());
+    }
+
+    #[test]
+    fn pool_cidr_required_and_parses() {
+        assert_eq!(
+            err(pool("p", "")),
+            "IPPool \"p\" is invalid: spec.cidr: is required, e.g. 192.168.0.0/16 or fd00:10::/64"
+        );
+        assert_eq!(
+            err(pool("p", "10.0.0/16")),
+            "IPPool \"p\" is invalid: spec.cidr: \"10.0.0/16\" is not a CIDR: \"10.0.0\" is not \
+             an IPv4 or IPv6 address"
+        );
+        assert_eq!(
+            err(pool("p", "10.0.0.0/33")),
+            "IPPool \"p\" is invalid: spec.cidr: \"10.0.0.0/33\" is not a CIDR: the prefix \
+             length \"33\" must be a number from 0 to 32 for IPv4"
+        );
+        assert_eq!(
+            err(pool("p", "10.0.0.0")),
+            "IPPool \"p\" is invalid: spec.cidr: \"10.0.0.0\" has no prefix length; write a \
+             network such as 10.0.0.0/16"
+        );
+        assert!(check(pool("p", "fd00:10::/48")).is_ok());
+    }
+
+    #[test]
+    fn pool_cidr_strictly_masked() {
+        assert_eq!(
+            err(pool("rack-0-ippool", "10.0.0.1/16")),
+            "IPPool \"rack-0-ippool\" is invalid: spec.cidr: \"10.0.0.1/16\" is not a network \
+             address (host bits set); use 10.0.0.0/16"
+        );
+        assert_eq!(
+            err(pool("v6", "fd00::1/64")),
+            "IPPool \"v6\" is invalid: spec.cidr: \"fd00::1/64\" is not a network address \
+             (host bits set); use fd00::/64"
+        );
+        // Normalised text form.
+        let p = check(pool("v6", "FD00:0:0::/64")).unwrap();
+        assert_eq!(p.spec.cidr, "fd00::/64");
+    }
+
+    #[test]
+    fn pool_cidr_outside_link_local() {
+        assert_eq!(
+            err(pool("ll", "169.254.0.0/24")),
+            "IPPool \"ll\" is invalid: spec.cidr: 169.254.0.0/24 overlaps the link-local range \
+             169.254.0.0/16, which cannot hold pod addresses; choose a range outside it"
+        );
+        assert_eq!(fields(pool("ll", "fe80::/64")), ["spec.cidr"]);
+        assert_eq!(fields(pool("all", "0.0.0.0/0")), ["spec.cidr"]);
+        assert!(check(pool("near", "169.255.0.0/16")).is_ok());
+    }
+
+    #[test]
+    fn pool_block_size_range() {
+        let mut p = pool("internal-pool", "192.169.0.0/16");
+        p.spec.block_size = Some(33);
+        assert_eq!(
+            err(p.clone()),
+            "IPPool \"internal-pool\" is invalid: spec.blockSize: 33 is outside 20-32 for IPv4"
+        );
+        p.spec.block_size = Some(19);
+        assert_eq!(fields(p.clone()), ["spec.blockSize"]);
+        for bs in [20, 29, 32] {
+            p.spec.block_size = Some(bs);
+            assert!(check(p.clone()).is_ok(), "{bs}");
+        }
+        let mut p6 = pool("v6", "fd00::/64");
+        p6.spec.block_size = Some(26);
+        assert_eq!(
+            err(p6.clone()),
+            "IPPool \"v6\" is invalid: spec.blockSize: 26 is outside 116-128 for IPv6"
+        );
+        for bs in [116, 128] {
+            p6.spec.block_size = Some(bs);
+            assert!(check(p6.clone()).is_ok());
+        }
+    }
+
+    #[test]
+    fn pool_must_hold_one_block() {
+        assert_eq!(
+            err(pool("tiny", "10.0.0.0/28")),
+            "IPPool \"tiny\" is invalid: spec.blockSize: the pool 10.0.0.0/28 is smaller than \
+             one /26 block (the default); set blockSize to 28 or more, or use a wider cidr"
+        );
+        let mut p = pool("tiny", "10.0.0.0/28");
+        p.spec.block_size = Some(28);
+        assert!(check(p).is_ok());
+        // /31 and /32 pools are fine with a matching block size.
+        for (cidr, bs) in [
+            ("10.0.0.8/31", 31),
+            ("10.0.0.9/32", 32),
+            ("10.0.0.8/31", 32),
+        ] {
+            let mut p = pool("small", cidr);
+            p.spec.block_size = Some(bs);
+            assert!(check(p).is_ok(), "{cidr} {bs}");
+        }
+    }
+
+    #[test]
+    fn pool_one_encapsulation_only() {
+        let mut p = pool("p", "10.0.0.0/16");
+        p.spec.ipip_mode = Some(EncapMode::Always);
+        p.spec.vxlan_mode = Some(EncapMode::CrossSubnet);
+        assert_eq!(
+            err(p.clone()),
+            "IPPool \"p\" is invalid: spec.vxlanMode: cannot be CrossSubnet while ipipMode is \
+             Always; a pool uses at most one encapsulation: set one of them to Never"
+        );
+        p.spec.vxlan_mode = Some(EncapMode::Never);
+        assert!(check(p.clone()).is_ok());
+        p.spec.ipip_mode = None;
+        p.spec.vxlan_mode = Some(EncapMode::Always);
+        assert!(check(p).is_ok());
+    }
+
+    #[test]
+    fn no_ipip_on_ipv6() {
+        let mut p = pool("v6", "fd00::/64");
+        p.spec.ipip_mode = Some(EncapMode::CrossSubnet);
+        assert_eq!(fields(p.clone()), ["spec.ipipMode"]);
+        p.spec.ipip_mode = None;
+        p.spec.vxlan_mode = Some(EncapMode::Always);
+        assert!(check(p).is_ok());
+    }
+
+    #[test]
+    fn allowed_uses_rules() {
+        let mut p = pool("lb", "10.0.0.0/16");
+        p.spec.allowed_uses = Some(vec![AllowedUse::LoadBalancer]);
+        assert!(check(p.clone()).is_ok());
+        p.spec.allowed_uses = Some(vec![]);
+        assert_eq!(
+            check(p.clone()).unwrap().spec.allowed_uses,
+            Some(vec![AllowedUse::Workload, AllowedUse::Tunnel])
+        );
+        p.spec.allowed_uses = Some(vec![AllowedUse::Workload, AllowedUse::LoadBalancer]);
+        assert_eq!(
+            err(p.clone()),
+            "IPPool \"lb\" is invalid: spec.allowedUses: LoadBalancer cannot be combined with \
+             Workload or Tunnel; put LoadBalancer addresses in a pool of their own"
+        );
+        p.spec.allowed_uses = Some(vec![AllowedUse::Tunnel, AllowedUse::Tunnel]);
+        assert_eq!(
+            err(p.clone()),
+            "IPPool \"lb\" is invalid: spec.allowedUses: Tunnel is listed more than once; list \
+             each use once"
+        );
+        p.spec.allowed_uses = Some(vec![AllowedUse::Tunnel]);
+        assert!(check(p).is_ok());
+    }
+
+    #[test]
+    fn selectors_default_and_typography() {
+        let mut p = pool("p", "10.0.0.0/16");
+        p.spec.node_selector = Some("  ".into());
+        p.spec.namespace_selector = Some(String::new());
+        let ok = check(p.clone()).unwrap();
+        assert_eq!(ok.spec.node_selector.as_deref(), Some("all()"));
+        assert_eq!(ok.spec.namespace_selector, None);
+        p.spec.node_selector = Some("rack == \u{201C}0\u{201D}".into());
+        assert_eq!(
+            err(p.clone()),
+            "IPPool \"p\" is invalid: spec.nodeSelector: \"rack == \u{201C}0\u{201D}\" is not a \
+             valid selector: it contains typographic characters \u{201C} (U+201C), \u{201D} \
+             (U+201D) (often pasted from a web page or chat); replace them with plain ASCII \
+             quotes (\" or ')"
+        );
+        p.spec.node_selector = Some("rack == \"0\"".into());
+        p.spec.namespace_selector = Some("team == \u{2018}a\u{2019}".into());
+        assert_eq!(fields(p), ["spec.namespaceSelector"]);
+    }
+
+    #[test]
+    #[ignore = "needs selector parser"]
+    fn selectors_must_parse() {
+        let mut p = pool("p", "10.0.0.0/16");
+        p.spec.node_selector = Some("rack ==".into());
+        assert_eq!(fields(p.clone()), ["spec.nodeSelector"]);
+        p.spec.node_selector = Some("rack == \"0\"".into());
+        p.spec.namespace_selector = Some("team in {".into());
+        assert_eq!(fields(p.clone()), ["spec.namespaceSelector"]);
+        p.spec.namespace_selector = Some("has(team)".into());
+        assert!(check(p).is_ok());
+    }
+
+    #[test]
+    fn several_problems_reported_together() {
+        let mut p = pool("Bad", "10.0.0.1/8");
+        p.spec.block_size = Some(40);
+        p.spec.ipip_mode = Some(EncapMode::Always);
+        p.spec.vxlan_mode = Some(EncapMode::Always);
+        assert_eq!(
+            fields(p),
+            [
+                "metadata.name",
+                "spec.cidr",
+                "spec.blockSize",
+                "spec.vxlanMode"
+            ]
+        );
+    }
+
+    fn reservation(cidrs: &[&str]) -> Resource {
+        Resource::IPReservation(IPReservation {
+            metadata: ObjectMeta {
+                name: "reserved".into(),
+                ..Default::default()
+            },
+            spec: crate::resources::IPReservationSpec {
+                reserved_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
+            },
+        })
+    }
+
+    #[test]
+    fn reservation_normalises_single_addresses() {
+        let Resource::IPReservation(r) =
+            validate(reservation(&["10.0.0.5", "fd00::1", "10.1.0.0/24"])).unwrap()
+        else {
+            unreachable!()
+        };
+        assert_eq!(
+            r.spec.reserved_cidrs,
+            ["10.0.0.5/32", "fd00::1/128", "10.1.0.0/24"]
+        );
+    }
+
+    #[test]
+    fn reservation_cidrs_strictly_masked() {
+        let e = validate(reservation(&["10.0.0.0/24", "10.1.0.7/24", "nope"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "IPReservation \"reserved\" is invalid: spec.reservedCIDRs[1]: \"10.1.0.7/24\" is \
+             not a network address (host bits set); use 10.1.0.0/24; spec.reservedCIDRs[2]: \
+             \"nope\" is not a CIDR; write e.g. 192.168.0.0/16 or fd00:10::/64"
+        );
+    }
+
+    #[test]
+    fn ipam_configuration_must_be_named_default() {
+        let mut c = IPAMConfiguration::default();
+        c.metadata.name = "default".into();
+        assert!(validate(Resource::IPAMConfiguration(c.clone())).is_ok());
+        c.metadata.name = "mine".into();
+        assert_eq!(
+            validate(Resource::IPAMConfiguration(c))
+                .unwrap_err()
+                .to_string(),
+            "IPAMConfiguration \"mine\" is invalid: metadata.name: \"mine\" is not allowed; the \
+             IPAMConfiguration is a single resource named \"default\""
+        );
+    }
+
+    fn node(name: &str, labels: &[(&str, &str)]) -> Resource {
+        Resource::Node(Node {
+            metadata: ObjectMeta {
+                name: name.into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            },
+            spec: serde_json::Value::Null,
+        })
+    }
+
+    fn namespace(name: &str) -> Resource {
+        Resource::Namespace(Namespace {
+            metadata: ObjectMeta {
+                name: name.into(),
+                ..Default::default()
+            },
+        })
+    }
+
+    #[test]
+    fn node_names_are_subdomains() {
+        assert!(validate(node("kube-node-0.example.com", &[])).is_ok());
+        assert_eq!(
+            validate(node("kube_node", &[])).unwrap_err().errors[0].field,
+            "metadata.name"
+        );
+    }
+
+    #[test]
+    fn namespace_names_are_labels() {
+        assert!(validate(namespace("external-ns")).is_ok());
+        let e = validate(namespace("a.b")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Namespace \"a.b\" is invalid: metadata.name: \"a.b\" is not a valid name: '.' is \
+             not allowed; use lowercase letters, digits and '-', starting and ending with a \
+             letter or digit, at most 63 characters"
+        );
+        assert!(validate(namespace(&"a".repeat(64))).is_err());
+        assert!(validate(namespace(&"a".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn label_keys_and_values() {
+        assert!(validate(node(
+            "n",
+            &[
+                ("rack", "0"),
+                ("topology.kubernetes.io/zone", "eu-west-1a"),
+                ("empty", ""),
+                ("a_b.c-d", "X_y.z-1")
+            ]
+        ))
+        .is_ok());
+        let e = validate(node("n", &[("rack", "-0")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Node \"n\" is invalid: metadata.labels.rack: \"-0\" is not a valid label value: it \
+             must start and end with a letter or digit; use letters, digits, '-', '_' and '.', \
+             starting and ending with a letter or digit (or leave it empty)"
+        );
+        assert!(validate(node("n", &[("Bad Key", "x")])).is_err());
+        assert!(validate(node("n", &[("EXAMPLE.com/x", "x")])).is_err());
+        assert!(validate(node("n", &[("example.com/", "x")])).is_err());
+        assert!(validate(node("n", &[("k", &"v".repeat(64))])).is_err());
+        assert!(validate(node("n", &[(&"k".repeat(64), "v")])).is_err());
+        assert!(validate(node("n", &[("rack", "\u{201C}1\u{201D}")])).is_err());
+    }
+
+    #[test]
+    fn overlap_with_other_pools_refused() {
+        let existing = [check(pool("default-ipv4-ippool", "192.168.0.0/16")).unwrap()];
+        let new = check(pool("rack-0-ippool", "192.168.0.0/24")).unwrap();
+        assert_eq!(
+            check_pool_against(&new, &existing).unwrap_err().to_string(),
+            "IPPool \"rack-0-ippool\" is invalid: spec.cidr: 192.168.0.0/24 overlaps \
+             192.168.0.0/16 of IPPool \"default-ipv4-ippool\"; pools may not overlap: choose a \
+             free range, or disable and delete the other pool first"
+        );
+        let other = check(pool("rack-1-ippool", "192.168.1.0/24")).unwrap();
+        assert!(check_pool_against(&new, std::slice::from_ref(&other)).is_ok());
+        let v6 = check(pool("v6", "fd00::/64")).unwrap();
+        assert!(check_pool_against(&v6, &existing).is_ok());
+    }
+
+    #[test]
+    fn cidr_and_block_size_are_immutable() {
+        let stored = check(pool("p", "10.0.0.0/16")).unwrap();
+        // Same pool with other fields changed is fine, even when blockSize is now explicit.
+        let mut same = stored.clone();
+        same.spec.disabled = true;
+        same.spec.block_size = None;
+        assert!(check_pool_against(&check(same).unwrap(), std::slice::from_ref(&stored)).is_ok());
+        let moved = check(pool("p", "10.1.0.0/16")).unwrap();
+        assert_eq!(
+            check_pool_against(&moved, std::slice::from_ref(&stored))
+                .unwrap_err()
+                .to_string(),
+            "IPPool \"p\" is invalid: spec.cidr: cannot be changed after the pool is created \
+             (it is 10.0.0.0/16, the new manifest says 10.1.0.0/16); create a new pool and \
+             migrate (see docs)"
+        );
+        let mut resized = stored.clone();
+        resized.spec.block_size = Some(27);
+        assert_eq!(
+            check_pool_against(&resized, &[stored]).unwrap_err().errors,
+            [FieldError::new(
+                "spec.blockSize",
+                "cannot be changed after the pool is created (it is 26, the new manifest says \
+                 27); create a new pool and migrate (see docs)"
+            )]
+        );
+    }
+
+    #[test]
+    fn typography_hint_names_characters() {
+        assert_eq!(typography_hint("rack-0"), None);
+        assert_eq!(
+            typography_hint("rack\u{2013}0"),
+            Some(
+                "it contains typographic characters \u{2013} (U+2013) (often pasted from a web \
+                 page or chat); replace them with a plain '-'"
+                    .into()
+            )
+        );
+    }
+}
