@@ -2,6 +2,7 @@
 //! the datastore contract and the IP allocator. No I/O happens here; every read and write goes
 //! through the [`store::Store`] trait.
 
+pub mod catalog;
 pub mod ipam;
 pub mod keys;
 pub mod manifest;
