@@ -70,7 +70,12 @@ pub struct FileArgs {
 #[command(group(ArgGroup::new("what").required(true).args(["filename", "kind"])))]
 pub struct DeleteArgs {
     /// Manifest file naming the resources to delete; `-` reads standard input.
-    #[arg(short = 'f', long = "filename", value_name = "FILE", conflicts_with = "kind")]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        conflicts_with = "kind"
+    )]
     pub filename: Option<String>,
     /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace).
     pub kind: Option<String>,
@@ -125,7 +130,11 @@ pub struct MetaArgs {
     /// Name of the node or namespace (registered on first use when absent).
     pub name: String,
     /// `key=value` to set (the value may itself contain `=`), `key-` to remove.
-    #[arg(required = true, allow_hyphen_values = true, value_name = "KEY=VALUE|KEY-")]
+    #[arg(
+        required = true,
+        allow_hyphen_values = true,
+        value_name = "KEY=VALUE|KEY-"
+    )]
     pub changes: Vec<String>,
     /// Allow replacing a value that is already set.
     #[arg(long)]

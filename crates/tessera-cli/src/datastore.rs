@@ -16,8 +16,6 @@ pub enum Origin {
 
 /// An open datastore and how it was chosen.
 pub struct Datastore {
-    /// The datastore value as resolved (flag, environment or default).
-    pub url: String,
     /// How it was chosen.
     pub origin: Origin,
     /// The open store.
@@ -38,7 +36,7 @@ impl Datastore {
             create_parent_dir(&url)?;
         }
         let store = tessera_store::open(&url)?;
-        Ok(Self { url, origin, store })
+        Ok(Self { origin, store })
     }
 
     /// How `status` names the store, e.g. `sqlite:/home/u/.local/share/tessera/tessera.db`.

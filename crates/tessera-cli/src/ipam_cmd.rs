@@ -146,7 +146,9 @@ pub fn borrowed_table(usage: &Usage) -> String {
     )
 }
 
-fn ipam_config(store: &dyn Store) -> anyhow::Result<tessera_core::resources::IPAMConfigurationSpec> {
+fn ipam_config(
+    store: &dyn Store,
+) -> anyhow::Result<tessera_core::resources::IPAMConfigurationSpec> {
     match Catalog::new(store).get(Kind::IPAMConfiguration, IPAM_CONFIG_NAME)? {
         Resource::IPAMConfiguration(c) => Ok(c.spec),
         other => bail!(
@@ -178,7 +180,10 @@ fn show_ip(store: &dyn Store, ipam: &Ipam<&dyn Store>, ip: IpAddr) -> anyhow::Re
         .with_context(|| format!("cannot look up {ip}"))?;
     if let Some(alloc) = info.as_ref().and_then(|i| i.allocation.as_ref()) {
         let a = &alloc.attrs;
-        let mut out = format!("IP {ip} is in use\nAttributes:\n  handle: {}\n", alloc.handle);
+        let mut out = format!(
+            "IP {ip} is in use\nAttributes:\n  handle: {}\n",
+            alloc.handle
+        );
         for (name, value) in [
             ("namespace", &a.namespace),
             ("pod", &a.pod),
@@ -285,7 +290,11 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
             interface: args.interface.clone(),
             container_id: args.container_id.clone(),
         },
-        num_v4: if default_v4 { 1 } else { args.ipv4.unwrap_or(0) },
+        num_v4: if default_v4 {
+            1
+        } else {
+            args.ipv4.unwrap_or(0)
+        },
         num_v6: args.ipv6.unwrap_or(0),
         ips: args.ips.clone(),
         pools: args.pools.clone(),

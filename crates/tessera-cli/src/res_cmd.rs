@@ -21,9 +21,8 @@ const KIND_NAMES: &str = "ippool, ipreservation, ipamconfiguration, node, namesp
 
 /// Resolves a kind as kubectl/calicoctl accept it (`ippools`, `ipp`, `ns`, ...).
 pub fn parse_kind(name: &str) -> anyhow::Result<Kind> {
-    Kind::from_cli_name(name).with_context(|| {
-        format!("unknown resource type {name:?}; Tessera manages: {KIND_NAMES}")
-    })
+    Kind::from_cli_name(name)
+        .with_context(|| format!("unknown resource type {name:?}; Tessera manages: {KIND_NAMES}"))
 }
 
 /// The lower-case plural kubectl uses in hints (`ippools`, `namespaces`).

@@ -50,9 +50,7 @@ pub fn status(ds: &Datastore) -> anyhow::Result<String> {
     let origin = match ds.origin {
         Origin::Flag => " (from --datastore)",
         Origin::Env => " (from TESSERA_DATASTORE)",
-        Origin::Default => {
-            " (the default; choose another with --datastore or TESSERA_DATASTORE)"
-        }
+        Origin::Default => " (the default; choose another with --datastore or TESSERA_DATASTORE)",
     };
     let mut out = String::new();
     let _ = writeln!(out, "Datastore: {}{origin}", ds.describe());

@@ -131,7 +131,11 @@ mod tests {
     #[test]
     fn columns_pad_by_three_and_leave_the_last_column_alone() {
         let mut t = Columns::new(&["NAME", "CIDR", "SELECTOR"]);
-        t.push(vec!["default-ipv4-ippool".into(), "192.168.0.0/16".into(), "all()".into()]);
+        t.push(vec![
+            "default-ipv4-ippool".into(),
+            "192.168.0.0/16".into(),
+            "all()".into(),
+        ]);
         t.push(vec!["b".into(), "10.0.0.0/8".into(), "".into()]);
         assert_eq!(
             t.render(),

@@ -59,9 +59,9 @@ fn go_yaml_key_order(a: &str, b: &str) -> Ordering {
         }
         let number = |r: &[char]| {
             let digits: Vec<u32> = r[i..].iter().map_while(|c| c.to_digit(10)).collect();
-            let value = digits
-                .iter()
-                .fold(0u128, |acc, d| acc.saturating_mul(10).saturating_add(u128::from(*d)));
+            let value = digits.iter().fold(0u128, |acc, d| {
+                acc.saturating_mul(10).saturating_add(u128::from(*d))
+            });
             (value, digits.len())
         };
         let ((an, alen), (bn, blen)) = (number(&ar), number(&br));
@@ -269,7 +269,8 @@ fn is_base60(s: &str) -> bool {
 /// `2022-05-12`, `2022-05-12T14:34:03Z`: go-yaml reads these as timestamps.
 fn looks_like_timestamp(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
     if !(digits(0..4) && b.get(4) == Some(&b'-')) {
         return false;
     }
@@ -297,8 +298,21 @@ fn plain_allowed(s: &str) -> bool {
     let second = s.chars().nth(1);
     let indicator = matches!(
         first,
-        ',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%'
-            | '@' | '`'
+        ',' | '['
+            | ']'
+            | '{'
+            | '}'
+            | '#'
+            | '&'
+            | '*'
+            | '!'
+            | '|'
+            | '>'
+            | '\''
+            | '"'
+            | '%'
+            | '@'
+            | '`'
     );
     let dash_like = matches!(first, '-' | '?' | ':') && second.is_none_or(|c| c == ' ');
     if indicator || dash_like {
