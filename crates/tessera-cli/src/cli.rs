@@ -130,11 +130,7 @@ pub struct MetaArgs {
     /// Name of the node or namespace (registered on first use when absent).
     pub name: String,
     /// `key=value` to set (the value may itself contain `=`), `key-` to remove.
-    #[arg(
-        required = true,
-        allow_hyphen_values = true,
-        value_name = "KEY=VALUE|KEY-"
-    )]
+    #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
     pub changes: Vec<String>,
     /// Allow replacing a value that is already set.
     #[arg(long)]
