@@ -37,7 +37,7 @@ fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
         std::io::stdin()
             .read_to_string(&mut text)
             .context("cannot read manifests from standard input")?;
-        (text, "<stdin>".to_string())
+        (text, "stdin".to_string())
     } else {
         let text = std::fs::read_to_string(filename).with_context(|| {
             format!("cannot read {filename}; check the path given with -f (use -f - for standard input)")

@@ -537,7 +537,12 @@ fn unknown_field(field: &str, key: &str, accepted: &[&str], what: &str) -> Field
         reason.push_str(&format!(" did you mean {guess}?"));
     }
     if let Some(hint) = typography_hint(key) {
-        reason.push_str(&format!(" ({hint})"));
+        let mut chars = hint.chars();
+        let first = chars.next().map(|c| c.to_ascii_uppercase());
+        reason.push(' ');
+        reason.extend(first);
+        reason.push_str(chars.as_str());
+        reason.push('.');
     }
     reason.push_str(&format!(" {what} accepts {}", accepted.join(", ")));
     FieldError::new(field, reason)
@@ -1025,7 +1030,7 @@ mod tests {
             decode_document(pool_doc(json!({"\u{201C}cidr\u{201D}": "10.0.0.0/16"}))).unwrap_err();
         assert!(
             e.errors[0].reason.starts_with(
-                "unknown field; did you mean cidr? (it contains typographic characters"
+                "unknown field; did you mean cidr? It contains typographic characters"
             ),
             "{e}"
         );

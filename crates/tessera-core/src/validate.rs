@@ -433,7 +433,59 @@ fn validate_node(n: Node, errors: &mut Vec<FieldError>) -> Node {
 
 fn validate_namespace(n: Namespace, errors: &mut Vec<FieldError>) -> Namespace {
     check_metadata(&n.metadata, NameRule::Label, errors);
+    for key in POOL_LIST_ANNOTATIONS {
+        if let Some(value) = n.metadata.annotations.get(key) {
+            if let Some(problem) = pool_list_problem(value) {
+                errors.push(FieldError::new(
+                    format!("metadata.annotations.{key}"),
+                    problem,
+                ));
+            }
+        }
+    }
     n
+}
+
+/// Namespace and pod annotations whose value is a JSON list of pool names (or CIDRs).
+pub const POOL_LIST_ANNOTATIONS: [&str; 2] = [
+    "cni.projectcalico.org/ipv4pools",
+    "cni.projectcalico.org/ipv6pools",
+];
+
+/// Why an annotation value is not a JSON list of pool names, e.g. `["external-pool"]`.
+pub fn pool_list_problem(value: &str) -> Option<String> {
+    let ok = |v: &str| {
+        serde_json::from_str::<Vec<String>>(v)
+            .map(|names| names.iter().all(|n| !n.trim().is_empty()))
+            .unwrap_or(false)
+    };
+    if ok(value) {
+        return None;
+    }
+    let mut reason = format!("{value:?} is not a JSON list of pool names");
+    if let Some(hint) = typography_hint(value) {
+        reason.push_str(&format!(": {hint}"));
+        let fixed: String = value
+            .chars()
+            .map(|c| match c {
+                '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2033}' => '"',
+                '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{2032}' => '\'',
+                c => c,
+            })
+            .collect();
+        // Outer single quotes are shell quoting that ended up in the value.
+        let fixed = fixed
+            .strip_prefix('\'')
+            .and_then(|f| f.strip_suffix('\''))
+            .unwrap_or(&fixed)
+            .to_string();
+        if ok(&fixed) {
+            reason.push_str(&format!("; write {fixed}"));
+            return Some(reason);
+        }
+    }
+    reason.push_str("; write e.g. [\"external-pool\"]");
+    Some(reason)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1123,6 +1175,36 @@ mod tests {
         );
         assert!(validate(namespace(&"a".repeat(64))).is_err());
         assert!(validate(namespace(&"a".repeat(63))).is_ok());
+    }
+
+    #[test]
+    fn namespace_pool_annotations_are_json_lists() {
+        let ns = |value: &str| {
+            let mut meta = ObjectMeta {
+                name: "external-ns".into(),
+                ..Default::default()
+            };
+            meta.annotations
+                .insert("cni.projectcalico.org/ipv4pools".into(), value.into());
+            validate(Resource::Namespace(Namespace { metadata: meta }))
+        };
+        assert!(ns("[\"external-pool\"]").is_ok());
+        assert!(ns("[\"external-pool\", \"10.0.0.0/24\"]").is_ok());
+        // Seed 001, as pasted from the web page.
+        assert_eq!(
+            ns("\u{2018}[\u{201C}external-pool\"]\u{2019}")
+                .unwrap_err()
+                .to_string(),
+            "Namespace \"external-ns\" is invalid: \
+             metadata.annotations.cni.projectcalico.org/ipv4pools: \"\u{2018}[\u{201C}external-pool\\\"]\u{2019}\" \
+             is not a JSON list of pool names: it contains typographic characters \u{2018} \
+             (U+2018), \u{201C} (U+201C), \u{2019} (U+2019) (often pasted from a web page or \
+             chat); replace them with plain ASCII quotes (\" or '); write [\"external-pool\"]"
+        );
+        assert_eq!(
+            ns("external-pool").unwrap_err().errors[0].reason,
+            "\"external-pool\" is not a JSON list of pool names; write e.g. [\"external-pool\"]"
+        );
     }
 
     #[test]
