@@ -1,0 +1,174 @@
+//! Bad input and broken stores: every error names what was wrong and where, changes nothing,
+//! exits 1, and never panics.
+
+mod common;
+
+use common::Env;
+
+const TWO_POOLS_ONE_BAD: &str = r#"apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: good-pool
+spec:
+  cidr: 10.1.0.0/16
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: bad-pool
+spec:
+  cidr: 10.2.0.0/16
+  natOutgoin: true
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: worse-pool
+spec:
+  cidr: 10.3.0.0/16
+  blockSize: 33
+"#;
+
+#[test]
+fn one_invalid_document_changes_nothing_and_every_error_is_printed() {
+    let env = Env::new();
+    let file = env.write_file("pools.yaml", TWO_POOLS_ONE_BAD);
+    for command in ["apply", "create"] {
+        assert_eq!(
+            env.fails(&[command, "-f", &file]),
+            format!(
+                "Error: {file}: document 2 (line 8, IPPool \"bad-pool\"): spec.natOutgoin: unknown \
+                 field; did you mean natOutgoing? IPPool spec accepts cidr, blockSize, ipipMode, \
+                 vxlanMode, natOutgoing, disabled, disableBGPExport, nodeSelector, \
+                 namespaceSelector, allowedUses, assignmentMode\n\
+                 {file}: document 3 (line 16, IPPool \"worse-pool\"): spec.blockSize: 33 is \
+                 outside 20-32 for IPv4\n"
+            )
+        );
+    }
+    assert_eq!(env.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
+}
+
+#[test]
+fn unknown_kind_is_named_with_the_known_ones() {
+    let env = Env::new();
+    let expected = "Error: unknown resource type \"bgppeer\"; Tessera manages: ippool, \
+                    ipreservation, ipamconfiguration, node, namespace\n";
+    assert_eq!(env.fails(&["get", "bgppeer"]), expected);
+    assert_eq!(env.fails(&["delete", "bgppeer", "peer1"]), expected);
+}
+
+#[test]
+fn missing_resources_are_named() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["get", "ippool", "missing"]),
+        "Error: resource does not exist: IPPool(missing); see what exists with `tessera get ippools`\n"
+    );
+    assert_eq!(
+        env.fails(&["delete", "ippools", "default-ipv4-ippool", "other"]),
+        "Error: resource does not exist: IPPool(default-ipv4-ippool); see what exists with \
+         `tessera get ippools`\n\
+         resource does not exist: IPPool(other); see what exists with `tessera get ippools`\n"
+    );
+    assert_eq!(
+        env.fails(&["patch", "ippool", "missing", "-p", r#"{"spec": {"disabled": true}}"#]),
+        "Error: resource does not exist: IPPool(missing); see what exists with `tessera get ippools`\n"
+    );
+}
+
+#[test]
+fn bad_patches_and_label_arguments_are_explained() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["patch", "ippool", "p", "-p", "{spec: 1}"]),
+        "Error: the patch is not valid JSON (key must be a string at line 1 column 2); write a \
+         JSON merge patch such as -p '{\"spec\": {\"disabled\": true}}'\n"
+    );
+    assert_eq!(
+        env.fails(&["label", "node", "n1", "rack"]),
+        "Error: \"rack\" is neither key=value (to set) nor key- (to remove)\n"
+    );
+}
+
+#[test]
+fn unreadable_manifest_file_is_named() {
+    let env = Env::new();
+    let missing = env.dir().join("nope.yaml");
+    let missing = missing.to_string_lossy();
+    assert_eq!(
+        env.fails(&["apply", "-f", &missing]),
+        format!(
+            "Error: cannot read {missing}; check the path given with -f (use -f - for standard \
+             input): No such file or directory (os error 2)\n"
+        )
+    );
+}
+
+#[test]
+fn corrupt_store_file_is_named_without_a_panic() {
+    let env = Env::new();
+    std::fs::write(env.db(), "this is not a database, just text\n".repeat(200)).unwrap();
+    let db = env.db().display().to_string();
+    let expected = format!(
+        "Error: datastore {db} is corrupt or not a Tessera store: reading the database schema: \
+         the file is not a SQLite database (file is not a database); move it away (for example \
+         `mv {db} {db}.broken`) or point --datastore (or TESSERA_DATASTORE) elsewhere\n"
+    );
+    for args in [
+        &["get", "ippool"][..],
+        &["ipam", "show"],
+        &["ipam", "assign", "--node", "n", "--handle", "h"],
+        &["status"],
+    ] {
+        assert_eq!(env.fails(args), expected, "for {args:?}");
+    }
+}
+
+#[test]
+fn mistyped_datastore_url_is_refused() {
+    let env = Env::new();
+    let run = env
+        .command(&["get", "ippool"])
+        .args(["--datastore", "sqlit:/tmp/x.db"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stderr),
+        "Error: datastore \"sqlit:/tmp/x.db\" is not a valid datastore URL: unknown scheme \
+         \"sqlit\" (for a file whose name contains ':', write ./sqlit:/tmp/x.db or \
+         sqlite:sqlit:/tmp/x.db); accepted forms: a file path, sqlite:PATH, \
+         sqlite:///ABSOLUTE/PATH, memory, or etcd://HOST:PORT[,HOST:PORT] (etcds:// for TLS); \
+         set it with --datastore or TESSERA_DATASTORE\n"
+    );
+}
+
+#[test]
+fn assign_without_pools_says_what_to_create() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["ipam", "assign", "--node", "n1", "--handle", "h"]),
+        "Error: no enabled IPv4 IP pool selects node \"n1\"; create one with a matching \
+         nodeSelector, or label the node\n"
+    );
+    assert_eq!(
+        env.fails(&["ipam", "assign", "--node", "n1", "--handle", "h", "--pool", "nope"]),
+        "Error: IP pool \"nope\" does not exist; list pools with `tessera get ippool`\n"
+    );
+}
+
+#[test]
+fn empty_input_is_refused() {
+    let env = Env::new();
+    let run = env.run_with_input(&["apply", "-f", "-"], "# only a comment\n");
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            1,
+            "",
+            "Error: stdin: no resources found (the input is empty or holds only comments); pass \
+             a file with at least one manifest such as an IPPool\n"
+        )
+    );
+}
