@@ -292,8 +292,17 @@ pub enum MetaTarget {
     Annotations,
 }
 
+/// What one `label`/`annotate` command asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MetaChanges {
+    /// Keys to set, with their values.
+    pub sets: Vec<(String, String)>,
+    /// Keys to remove.
+    pub removes: Vec<String>,
+}
+
 /// Splits `key=value` (value may contain `=`) and `key-` arguments.
-pub fn parse_changes(changes: &[String]) -> anyhow::Result<(Vec<(String, String)>, Vec<String>)> {
+pub fn parse_changes(changes: &[String]) -> anyhow::Result<MetaChanges> {
     let mut sets = Vec::new();
     let mut removes = Vec::new();
     for change in changes {
@@ -308,14 +317,14 @@ pub fn parse_changes(changes: &[String]) -> anyhow::Result<(Vec<(String, String)
             bail!("{change:?} is neither key=value (to set) nor key- (to remove)");
         }
     }
-    Ok((sets, removes))
+    Ok(MetaChanges { sets, removes })
 }
 
 /// `label|annotate KIND NAME k=v... k-... [--overwrite]`, answered as kubectl does
 /// (`node/kube-node-0 labeled`).
 pub fn edit_meta(store: &dyn Store, target: MetaTarget, args: &MetaArgs) -> anyhow::Result<String> {
     let kind = parse_kind(&args.kind)?;
-    let (sets, removes) = parse_changes(&args.changes)?;
+    let MetaChanges { sets, removes } = parse_changes(&args.changes)?;
     let catalog = Catalog::new(store);
     let pick = |r: &Resource| match target {
         MetaTarget::Labels => r.metadata().labels.clone(),
@@ -377,7 +386,7 @@ mod tests {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        let (sets, removes) = parse_changes(&args).unwrap();
+        let MetaChanges { sets, removes } = parse_changes(&args).unwrap();
         assert_eq!(
             sets,
             [
