@@ -7,8 +7,9 @@ use std::net::IpAddr;
 use anyhow::{bail, Context as _};
 use serde_json::json;
 use tessera_core::catalog::Catalog;
-use tessera_core::ipam::{AssignRequest, Attributes, Context, Ipam, Usage};
+use tessera_core::ipam::{AssignRequest, Attributes, Block, Context, Ipam, Usage};
 use tessera_core::keys;
+use tessera_core::net::offset_in_block;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::Store;
 use tessera_core::validate::IPAM_CONFIG_NAME;
@@ -179,23 +180,7 @@ fn show_ip(store: &dyn Store, ipam: &Ipam<&dyn Store>, ip: IpAddr) -> anyhow::Re
         .lookup(ip)
         .with_context(|| format!("cannot look up {ip}"))?;
     if let Some(alloc) = info.as_ref().and_then(|i| i.allocation.as_ref()) {
-        let a = &alloc.attrs;
-        let mut out = format!(
-            "IP {ip} is in use\nAttributes:\n  handle: {}\n",
-            alloc.handle
-        );
-        for (name, value) in [
-            ("namespace", &a.namespace),
-            ("pod", &a.pod),
-            ("node", &a.node),
-            ("interface", &a.interface),
-            ("container", &a.container_id),
-        ] {
-            if let Some(v) = value {
-                let _ = writeln!(out, "  {name}: {v}");
-            }
-        }
-        return Ok(out);
+        return Ok(in_use(ip, &alloc.handle, &alloc.attrs));
     }
     let config = store
         .range(keys::CONFIG_PREFIX)
@@ -207,9 +192,51 @@ fn show_ip(store: &dyn Store, ipam: &Ipam<&dyn Store>, ip: IpAddr) -> anyhow::Re
         ));
     }
     if ctx.pool_containing(ip).is_none() {
+        // A workload keeps its address after its pool is deleted; the allocator's lookup goes
+        // through pools, so look in the leftover blocks before saying the address is free.
+        if let Some((handle, attrs)) = allocation_outside_pools(store, ip)? {
+            return Ok(in_use(ip, &handle, &attrs));
+        }
         return Ok(format!("IP {ip} is not in any IP pool\n"));
     }
     Ok(format!("IP {ip} is not assigned\n"))
+}
+
+/// `IP x is in use` with the attributes that are set.
+fn in_use(ip: IpAddr, handle: &str, a: &Attributes) -> String {
+    let mut out = format!("IP {ip} is in use\nAttributes:\n  handle: {handle}\n");
+    for (name, value) in [
+        ("namespace", &a.namespace),
+        ("pod", &a.pod),
+        ("node", &a.node),
+        ("interface", &a.interface),
+        ("container", &a.container_id),
+    ] {
+        if let Some(v) = value {
+            let _ = writeln!(out, "  {name}: {v}");
+        }
+    }
+    out
+}
+
+/// The holder of `ip` in a block whose pool no longer exists.
+fn allocation_outside_pools(
+    store: &dyn Store,
+    ip: IpAddr,
+) -> anyhow::Result<Option<(String, Attributes)>> {
+    for kv in store
+        .range(keys::BLOCK_PREFIX)
+        .context("cannot read IPAM blocks")?
+    {
+        let block: Block = serde_json::from_slice(&kv.value)
+            .with_context(|| format!("record {} is damaged; run `tessera ipam check`", kv.key))?;
+        if let Some(alloc) =
+            offset_in_block(&block.cidr, ip).and_then(|o| block.allocations.get(&o))
+        {
+            return Ok(Some((alloc.handle.clone(), alloc.attrs.clone())));
+        }
+    }
+    Ok(None)
 }
 
 /// `ipam check`: the report, failing when it found problems.

@@ -222,6 +222,13 @@ fn migrating_to_a_new_block_size() {
          +----------+-------------------------+-----------+------------+--------------+\n"
     );
     assert_eq!(
+        env.ok(&["ipam", "show", "--ip", "10.244.0.1"]),
+        "IP 10.244.0.1 is in use\n\
+         Attributes:\n\
+        \x20 handle: old-pod\n\
+        \x20 node: node1\n"
+    );
+    assert_eq!(
         env.ok_with_input(&["create", "-f", "-"], RECREATED_DEFAULT),
         "Successfully created 1 'IPPool' resource(s)\n"
     );
