@@ -859,6 +859,27 @@ items:
     }
 
     #[test]
+    fn mangled_input_never_panics() {
+        let json = r#"[{"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+             "metadata": {"name": "a"}, "spec": {"cidr": "10.0.0.0/16"}}]}]"#;
+        for text in [RACK_POOLS, NAMESPACE_POOLS, CRD_OUTPUT, json] {
+            let boundaries: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+            for &at in &boundaries {
+                let next = text[at..].chars().next().map_or(at, |c| at + c.len_utf8());
+                let _ = read_manifests(&text[..at], "cut");
+                let _ = read_manifests(&format!("{}{}", &text[..at], &text[next..]), "del");
+                for insert in [
+                    ":", "-", "\"", "\t", "{", "[", "\u{201C}", "\n---\n", "#", "%",
+                ] {
+                    let _ =
+                        read_manifests(&format!("{}{insert}{}", &text[..at], &text[at..]), "ins");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn json_element_offsets() {
         let text = r#"[ {"a": "]"}, [1, 2],"x" , 3 ]"#;
         let offs = json_array_element_offsets(text);

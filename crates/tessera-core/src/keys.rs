@@ -6,7 +6,7 @@
 
 use ipnet::IpNet;
 
-use crate::net::net_key;
+use crate::net::{net_key, Tiling};
 
 /// Prefix of everything configuration-like (one range read).
 pub const CONFIG_PREFIX: &str = "config/";
@@ -14,6 +14,10 @@ pub const CONFIG_PREFIX: &str = "config/";
 pub const IPAM_CONFIG: &str = "config/ipam";
 /// Prefix of pools.
 pub const POOL_PREFIX: &str = "config/pools/";
+/// Prefix of tiling markers: one per pool network and block size that has claimed blocks,
+/// so the allocator learns from its configuration read which leftover blocks of deleted or
+/// re-created pools it must stay clear of.
+pub const TILING_PREFIX: &str = "config/tilings/";
 /// Prefix of reservations.
 pub const RESERVATION_PREFIX: &str = "config/reservations/";
 /// Prefix of nodes.
@@ -60,9 +64,14 @@ pub fn block(home: &str, cidr: &IpNet) -> String {
     format!("{BLOCK_PREFIX}{home}/{}", net_key(cidr))
 }
 
-/// Key of the block index of the pool whose network is `pool_cidr`.
-pub fn pool_index(pool_cidr: &IpNet) -> String {
-    format!("{POOL_INDEX_PREFIX}{}", net_key(pool_cidr))
+/// Key of the block index of a tiling.
+pub fn pool_index(tiling: &Tiling) -> String {
+    format!("{POOL_INDEX_PREFIX}{}", tiling.key())
+}
+
+/// Key of the marker saying a tiling has claimed blocks.
+pub fn tiling_marker(tiling: &Tiling) -> String {
+    format!("{TILING_PREFIX}{}", tiling.key())
 }
 
 /// Key of a handle; `/` and `%` in the id are escaped so the id stays one key segment.

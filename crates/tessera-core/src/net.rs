@@ -65,8 +65,9 @@ pub fn parse_net_key(text: &str) -> Option<IpNet> {
     format!("{addr}/{len}").parse().ok()
 }
 
-/// How a pool is cut into aligned blocks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How a pool is cut into aligned blocks. A pool network plus a block size identifies the
+/// blocks carved from it, even after the pool itself is deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Tiling {
     /// The pool's network.
     pub pool: IpNet,
@@ -85,6 +86,22 @@ impl Tiling {
     /// True for IPv6 pools.
     pub fn is_v6(&self) -> bool {
         matches!(self.pool, IpNet::V6(_))
+    }
+
+    /// The tiling a block belongs to, from the block and its pool network.
+    pub fn of_block(pool: IpNet, block: &IpNet) -> Option<Self> {
+        Self::new(pool, block.prefix_len())
+    }
+
+    /// Key-safe text form: `10.0.0.0-16-26`.
+    pub fn key(&self) -> String {
+        format!("{}-{}", net_key(&self.pool), self.block_prefix)
+    }
+
+    /// Parses [`Tiling::key`] output.
+    pub fn parse_key(text: &str) -> Option<Self> {
+        let (net, prefix) = text.rsplit_once('-')?;
+        Self::new(parse_net_key(net)?, prefix.parse().ok()?)
     }
 
     /// Number of blocks in the pool: `2^(blockPrefix - poolPrefix)`.
@@ -212,6 +229,14 @@ mod tests {
             assert_eq!(parse_net_key(&net_key(&n)), Some(n));
         }
         assert_eq!(net_key(&net("fd00::/122")), "fd00::-122");
+    }
+
+    #[test]
+    fn tiling_keys_round_trip() {
+        let t = Tiling::new(net("fd00::/48"), 122).unwrap();
+        assert_eq!(t.key(), "fd00::-48-122");
+        assert_eq!(Tiling::parse_key(&t.key()), Some(t));
+        assert_eq!(Tiling::parse_key("10.0.0.0-16-8"), None);
     }
 
     #[test]

@@ -1051,7 +1051,6 @@ mod tests {
     }
 
     #[test]
-    #[ignore = "needs selector parser"]
     fn selectors_must_parse() {
         let mut p = pool("p", "10.0.0.0/16");
         p.spec.node_selector = Some("rack ==".into());

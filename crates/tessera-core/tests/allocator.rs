@@ -472,3 +472,39 @@ fn concurrent_nodes_never_share_an_address() {
     assert_eq!(all.len(), 20 * 40 * 2);
     assert_clean(&Ipam::new(s));
 }
+
+#[test]
+fn pools_replaced_under_running_workloads_never_double_allocate() {
+    // Seed 000: workloads hold addresses of the default /16 pool when it is deleted and the
+    // rack pools are created inside it. Existing addresses stay; new blocks avoid old ones.
+    let s = MemoryStore::new();
+    pool(&s, "default-ipv4-ippool", json!({"cidr": "192.168.0.0/16", "ipipMode": "Always", "natOutgoing": true}));
+    node(&s, "kube-node-0", &[("rack", "0")]);
+    let ipam = Ipam::new(s);
+    let old = ipam.assign(&v4("old", "kube-node-0")).unwrap().addresses[0].clone();
+    assert_eq!(old.block, "192.168.0.0/26".parse().unwrap());
+    ipam.store()
+        .txn(&[], &[tessera_core::store::Op::Delete(keys::pool("default-ipv4-ippool"))])
+        .unwrap();
+    pool(ipam.store(), "rack-0-ippool", json!({"cidr": "192.168.0.0/24", "blockSize": 27, "nodeSelector": "rack == \"0\""}));
+    let new = ipam.assign(&v4("new", "kube-node-0")).unwrap().addresses[0].clone();
+    assert_eq!(new.block, "192.168.0.64/27".parse().unwrap(), "the old /26 is avoided");
+    let fixed = AssignRequest {
+        handle: "fixed".into(),
+        node: "kube-node-0".into(),
+        ips: vec![ip("192.168.0.9")],
+        ..Default::default()
+    };
+    assert!(matches!(ipam.assign(&fixed).unwrap_err(), IpamError::LeftoverBlock { .. }));
+    let lookup = ipam.lookup(old.ip).unwrap().unwrap();
+    assert_eq!(lookup.allocation.unwrap().handle, "old");
+    let report = ipam.check().unwrap();
+    assert!(report.problems.is_empty(), "{:#?}", report.problems);
+    assert!(report.notes.iter().any(|n| n.contains("no IPPool defines any more")), "{:#?}", report.notes);
+    // Once the old workload is gone, its block and index disappear.
+    ipam.release_handle("old").unwrap();
+    assert!(ipam.store().get(&keys::block("kube-node-0", &old.block)).unwrap().is_none());
+    let fixed_now = ipam.assign(&fixed).unwrap();
+    assert_eq!(fixed_now.addresses[0].ip, ip("192.168.0.9"));
+    assert_clean(&ipam);
+}

@@ -12,7 +12,7 @@ mod sqlite;
 
 use std::path::PathBuf;
 
-pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+pub use sqlite::{SqliteStore, DEFAULT_BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use tessera_core::store::*;
 
 /// Environment variable naming the datastore when no `--datastore` flag is given.

@@ -26,9 +26,9 @@ const FORMAT_MARKER: &str = "tessera-store";
 /// table layout changes; older binaries then refuse newer files instead of misreading them.
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// How long a process waits for another one to release the write lock. Txns are short (well
-/// under a millisecond each), so ten seconds only runs out when something is stuck.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a process waits by default for another one to release the write lock. Txns are
+/// short (well under a millisecond each), so ten seconds only runs out when something is stuck.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SCHEMA: &str = "
 CREATE TABLE meta (
@@ -64,6 +64,7 @@ const SQL_DELETE: &str = "DELETE FROM kv WHERE key = ?1";
 /// mutex, so one `SqliteStore` can be shared between threads.
 pub struct SqliteStore {
     path: PathBuf,
+    busy_timeout: Duration,
     conn: Mutex<Connection>,
 }
 
@@ -84,6 +85,15 @@ impl SqliteStore {
     /// writing, and [`StoreError::Unavailable`] when another process holds it locked too long.
     /// A file that is not a Tessera store is never modified.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with_busy_timeout(path, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// Like [`SqliteStore::open`], waiting at most `busy_timeout` for other processes' locks
+    /// (on open and on every txn) before failing with [`StoreError::Unavailable`].
+    pub fn open_with_busy_timeout(
+        path: impl AsRef<Path>,
+        busy_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let given = path.as_ref();
         // Absolute so that `describe()` and every error name the file unambiguously, whatever
         // directory the caller later moves to.
@@ -95,17 +105,19 @@ impl SqliteStore {
             ),
         })?;
         ensure_file(&path)?;
-        let ctx = ErrCtx { path: &path };
-        let conn = Connection::open_with_flags(
+        let ctx = ErrCtx {
+            path: &path,
+            busy_timeout,
+        };
+        let mut conn = Connection::open_with_flags(
             &path,
             // No SQLITE_OPEN_CREATE: the file was created above with the right mode, and if it
             // vanished in between we would rather fail than let SQLite create it world-readable.
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
         .map_err(|e| ctx.sqlite("opening the database", e))?;
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(busy_timeout)
             .map_err(|e| ctx.sqlite("setting the busy timeout", e))?;
-        let mut conn = conn;
         let layout = inspect(&conn, &ctx)?;
         // Only now that the file is known to be ours (or empty) may its header change.
         set_wal(&conn, &ctx)?;
@@ -118,6 +130,7 @@ impl SqliteStore {
         }
         Ok(Self {
             path,
+            busy_timeout,
             conn: Mutex::new(conn),
         })
     }
@@ -150,7 +163,10 @@ impl SqliteStore {
     }
 
     fn ctx(&self) -> ErrCtx<'_> {
-        ErrCtx { path: &self.path }
+        ErrCtx {
+            path: &self.path,
+            busy_timeout: self.busy_timeout,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
@@ -313,7 +329,7 @@ fn schema_state(conn: &Connection) -> rusqlite::Result<(i64, bool)> {
 /// Decides what the file holds without writing to it, so that pointing Tessera at somebody
 /// else's database never changes that database.
 fn inspect(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<Layout, StoreError> {
-    let (objects, has_meta) = retry_busy(|| schema_state(conn))
+    let (objects, has_meta) = retry_busy(ctx, || schema_state(conn))
         .map_err(|e| ctx.sqlite("reading the database schema", e))?;
     classify(conn, ctx, objects, has_meta)
 }
@@ -338,7 +354,7 @@ fn classify(
 }
 
 fn check_meta(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
-    let meta = retry_busy(|| {
+    let meta = retry_busy(ctx, || {
         conn.query_row(
             "SELECT format, schema_version FROM meta WHERE id = 1",
             [],
@@ -379,8 +395,10 @@ fn check_meta(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
 fn set_wal(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
     // journal_mode is persistent in the file header, so after the first open this is a no-op
     // that only reports the mode.
-    let mode: String = retry_busy(|| conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)))
-        .map_err(|e| ctx.sqlite("switching to WAL journal mode", e))?;
+    let mode: String = retry_busy(ctx, || {
+        conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+    })
+    .map_err(|e| ctx.sqlite("switching to WAL journal mode", e))?;
     if mode.eq_ignore_ascii_case("wal") {
         Ok(())
     } else {
@@ -395,7 +413,7 @@ fn set_wal(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
 }
 
 fn create_schema(conn: &mut Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
-    let (objects, has_meta) = retry_busy(|| {
+    let (objects, has_meta) = retry_busy(ctx, || {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Another process may have initialised the file between `inspect` and taking the
         // lock; then leave it alone and judge what it wrote.
@@ -417,14 +435,17 @@ fn create_schema(conn: &mut Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Retries `f` while SQLite reports the database busy, for up to [`BUSY_TIMEOUT`].
+/// Retries `f` while SQLite reports the database busy, for up to the busy timeout.
 ///
 /// The busy handler covers ordinary lock waits, but SQLite skips it where waiting could
 /// deadlock: switching a fresh file to WAL while other processes hold shared locks on it, as
 /// happens when many processes open a new store at once. Failing the statement releases this
 /// connection's locks, so retrying from the top after a short sleep makes progress.
-fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+fn retry_busy<T>(
+    ctx: &ErrCtx<'_>,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + ctx.busy_timeout;
     let mut pause = Duration::from_micros(500);
     loop {
         match f() {
@@ -568,6 +589,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// Turns SQLite and filesystem failures into [`StoreError`]s that name the file.
 struct ErrCtx<'a> {
     path: &'a Path,
+    busy_timeout: Duration,
 }
 
 impl ErrCtx<'_> {
@@ -597,10 +619,10 @@ impl ErrCtx<'_> {
             ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable {
                 endpoint,
                 reason: format!(
-                    "{doing}: another process kept the database locked for more than {}s ({e}); \
-                     retry, and if it persists look for a hung process holding the file \
+                    "{doing}: another process kept the database locked for more than {:?} \
+                     ({e}); retry, and if it persists look for a hung process holding the file \
                      (for example `fuser {}`)",
-                    BUSY_TIMEOUT.as_secs(),
+                    self.busy_timeout,
                     self.path.display()
                 ),
             },

@@ -105,10 +105,7 @@ impl PoolInfo {
     /// An IPv4 pool's own network and broadcast addresses are never handed out (pools of
     /// /31 and /32 have no such addresses to spare).
     pub fn is_edge_address(&self, addr: IpAddr) -> bool {
-        let pool = self.cidr();
-        !self.is_v6()
-            && pool.prefix_len() <= 30
-            && (addr == pool.network() || addr == pool.broadcast())
+        is_edge_address(&self.cidr(), addr)
     }
 }
 
@@ -125,6 +122,8 @@ pub struct Context {
     pub node_labels: BTreeMap<String, String>,
     /// The pod's namespace, when known and stored.
     pub namespace: Option<Namespace>,
+    /// Tilings that hold claimed blocks (current pools and leftovers of deleted ones).
+    pub tilings: Vec<Tiling>,
 }
 
 impl Context {
@@ -141,6 +140,12 @@ impl Context {
                 ctx.config = c.spec;
             } else if kv.key.starts_with(keys::POOL_PREFIX) {
                 ctx.pools.push(PoolInfo::from_kv(kv)?);
+            } else if let Some(t) = kv.key.strip_prefix(keys::TILING_PREFIX) {
+                let tiling = Tiling::parse_key(t).ok_or_else(|| IpamError::CorruptRecord {
+                    key: kv.key.clone(),
+                    reason: "the key does not name a pool network and block size".into(),
+                })?;
+                ctx.tilings.push(tiling);
             } else if kv.key.starts_with(keys::RESERVATION_PREFIX) {
                 let r: IPReservation = decode(kv)?;
                 for text in &r.spec.reserved_cidrs {
@@ -171,6 +176,22 @@ impl Context {
     /// The pool whose network is exactly `cidr`.
     pub fn pool_by_cidr(&self, cidr: &IpNet) -> Option<&PoolInfo> {
         self.pools.iter().find(|p| p.cidr() == *cidr)
+    }
+
+    /// The pool whose tiling is `tiling`, if it still exists.
+    pub fn pool_by_tiling(&self, tiling: &Tiling) -> Option<&PoolInfo> {
+        self.pools.iter().find(|p| p.tiling == *tiling)
+    }
+
+    /// Tilings with claimed blocks that overlap `pool` but belong to no current pool: blocks
+    /// left behind by a deleted pool, or by a pool created again with another block size.
+    pub fn leftover_tilings(&self, pool: &PoolInfo) -> Vec<Tiling> {
+        self.tilings
+            .iter()
+            .filter(|t| **t != pool.tiling && self.pool_by_tiling(t).is_none())
+            .filter(|t| crate::net::nets_overlap(&t.pool, &pool.cidr()))
+            .copied()
+            .collect()
     }
 
     /// The pool containing `addr`.
@@ -218,6 +239,13 @@ impl Context {
         });
         (!usable).then_some(ordinal + 1)
     }
+}
+
+/// Whether `addr` is the network or broadcast address of an IPv4 pool of /30 or larger.
+pub fn is_edge_address(pool: &IpNet, addr: IpAddr) -> bool {
+    matches!(pool, IpNet::V4(_))
+        && pool.prefix_len() <= 30
+        && (addr == pool.network() || addr == pool.broadcast())
 }
 
 /// Block length as u32 (blocks hold at most 2^12 addresses for valid pools; clamp otherwise).

@@ -10,8 +10,10 @@ use crate::keys;
 use crate::net::{net_first, net_size, offset_in_block};
 use crate::store::{Read, Store};
 
-use super::context::{block_len_u32, Context};
+use super::context::{block_len_u32, is_edge_address, Context};
 use super::plan::{allocated, parse_block_key};
+use crate::net::Tiling;
+
 use super::records::{decode, Allocation, Block, HandleRecord, PoolIndex};
 use super::IpamError;
 
@@ -20,7 +22,7 @@ use super::IpamError;
 pub struct AddressInfo {
     /// The address.
     pub ip: IpAddr,
-    /// Name of the pool containing it.
+    /// Name of the pool containing it (empty when only a deleted pool's block holds it).
     pub pool: String,
     /// Reservation holding it, if any.
     pub reservation: Option<String>,
@@ -32,30 +34,42 @@ pub struct AddressInfo {
     pub allocation: Option<Allocation>,
 }
 
-/// Finds an address's pool, block and allocation. `Ok(None)` when no pool holds the address
-/// or its block has never been claimed.
+/// Finds an address's pool, block and allocation. `Ok(None)` when no block holds the
+/// address (never claimed, or outside every pool).
 pub(super) fn lookup<S: Store + ?Sized>(
     store: &S,
     ip: IpAddr,
 ) -> Result<Option<AddressInfo>, IpamError> {
     let snap = store.read(&[Read::Prefix(keys::CONFIG_PREFIX.into())])?;
     let ctx = Context::from_records(snap.list(0), None, None)?;
-    let Some(pool) = ctx.pool_containing(ip) else {
+    let pool = ctx.pool_containing(ip);
+    // The address's block may belong to the pool's tiling or to a leftover one.
+    let mut tilings: Vec<Tiling> = pool.map(|p| p.tiling).into_iter().collect();
+    tilings.extend(
+        ctx.tilings
+            .iter()
+            .filter(|t| t.pool.contains(&ip) && Some(**t) != pool.map(|p| p.tiling)),
+    );
+    let reads: Vec<Read> = tilings
+        .iter()
+        .map(|t| Read::Get(keys::pool_index(t)))
+        .collect();
+    let snap = store.read(&reads)?;
+    let mut found = None;
+    for (i, tiling) in tilings.iter().enumerate() {
+        let Some(kv) = snap.get(i) else { continue };
+        let index: PoolIndex = decode(kv)?;
+        let located = tiling
+            .block_ordinal_of(ip)
+            .and_then(|o| Some((index.entry(o)?.home.clone(), tiling.block(o)?)));
+        if let Some((home, block)) = located {
+            found = Some(keys::block(&home, &block));
+            break;
+        }
+    }
+    let Some(block_key) = found else {
         return Ok(None);
     };
-    let Some(kv) = store.get(&keys::pool_index(&pool.cidr()))? else {
-        return Ok(None);
-    };
-    let index: PoolIndex = decode(&kv)?;
-    let Some(block_cidr) = crate::net::Tiling::new(pool.cidr(), index.block_prefix)
-        .and_then(|t| t.block_ordinal_of(ip).and_then(|o| Some((o, t.block(o)?))))
-    else {
-        return Ok(None);
-    };
-    let Some(entry) = index.entry(block_cidr.0) else {
-        return Ok(None);
-    };
-    let block_key = keys::block(&entry.home, &block_cidr.1);
     let Some(kv) = store.get(&block_key)? else {
         return Ok(None);
     };
@@ -64,7 +78,7 @@ pub(super) fn lookup<S: Store + ?Sized>(
         offset_in_block(&block.cidr, ip).and_then(|o| block.allocations.get(&o).cloned());
     Ok(Some(AddressInfo {
         ip,
-        pool: pool.name.clone(),
+        pool: pool.map(|p| p.name.clone()).unwrap_or_default(),
         reservation: ctx.reservation_of(ip).map(str::to_string),
         block_key,
         block,
@@ -198,17 +212,20 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
     }
     report.blocks = blocks.len();
 
-    let mut indexes: BTreeMap<IpNet, PoolIndex> = BTreeMap::new();
+    let mut indexes: BTreeMap<Tiling, PoolIndex> = BTreeMap::new();
     for kv in snap.list(2) {
         let cidr = kv
             .key
             .strip_prefix(keys::POOL_INDEX_PREFIX)
-            .and_then(crate::net::parse_net_key);
+            .and_then(Tiling::parse_key);
         match (cidr, decode::<PoolIndex>(kv)) {
             (Some(c), Ok(i)) => {
                 indexes.insert(c, i);
             }
-            (None, _) => problems.push(format!("pool index key {} is not a network", kv.key)),
+            (None, _) => problems.push(format!(
+                "pool index key {} does not name a pool network and block size",
+                kv.key
+            )),
             (_, Err(e)) => problems.push(e.to_string()),
         }
     }
@@ -252,7 +269,7 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
             net_first(&b.cidr) + (net_size(&b.cidr) - 1),
             b.cidr,
         ));
-        let pool = ctx.pool_by_cidr(&b.pool);
+        let pool = b.tiling().and_then(|t| ctx.pool_by_tiling(&t));
         match pool {
             None => report.notes.push(format!(
                 "block {} belongs to pool network {} which no IPPool defines any more ({} address(es) still allocated)",
@@ -272,14 +289,14 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
                 .push(format!("block {} has no node affinity", b.cidr));
         }
         // Index agreement.
-        match indexes.get(&b.pool) {
+        let tiling = b.tiling();
+        match tiling.and_then(|t| Some((t, indexes.get(&t)?))) {
             None => problems.push(format!(
                 "block {} is missing from the index of pool network {}",
                 b.cidr, b.pool
             )),
-            Some(idx) => {
-                let ord = crate::net::Tiling::new(b.pool, idx.block_prefix)
-                    .and_then(|t| t.ordinal_of_block(&b.cidr));
+            Some((t, idx)) => {
+                let ord = t.ordinal_of_block(&b.cidr);
                 let home = parse_block_key(key).map(|(h, _)| h);
                 match ord.and_then(|o| idx.entry(o)) {
                     None => problems.push(format!(
@@ -293,26 +310,21 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
                         e.home,
                         home.unwrap_or_default()
                     )),
-                    Some(e) => {
-                        let len =
-                            u64::from(pool.map(|p| block_len_u32(&p.tiling)).unwrap_or(u32::MAX));
-                        if e.full && (b.allocations.len() as u64) < len {
-                            let has_room = pool.is_none_or(|p| {
-                                (0..block_len_u32(&p.tiling)).any(|off| {
-                                    let ip = crate::net::addr_in_block(&b.cidr, off);
-                                    !b.allocations.contains_key(&off)
-                                        && !p.is_edge_address(ip)
-                                        && ctx.reservation_of(ip).is_none()
-                                })
-                            });
-                            if has_room {
-                                problems.push(format!(
-                                    "block {} is marked full in its pool index but has free addresses",
-                                    b.cidr
-                                ));
-                            }
+                    Some(e) if e.full => {
+                        let has_room = (0..block_len_u32(&t)).any(|off| {
+                            let ip = crate::net::addr_in_block(&b.cidr, off);
+                            !b.allocations.contains_key(&off)
+                                && !is_edge_address(&b.pool, ip)
+                                && ctx.reservation_of(ip).is_none()
+                        });
+                        if has_room {
+                            problems.push(format!(
+                                "block {} is marked full in its pool index but has free addresses",
+                                b.cidr
+                            ));
                         }
                     }
+                    Some(_) => {}
                 }
             }
         }
@@ -370,14 +382,15 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
     // Index entries without blocks.
     let block_keys: std::collections::HashSet<&str> =
         blocks.iter().map(|(k, _)| k.as_str()).collect();
-    for (cidr, idx) in &indexes {
-        let Some(tiling) = crate::net::Tiling::new(*cidr, idx.block_prefix) else {
+    let markers: std::collections::HashSet<&Tiling> = ctx.tilings.iter().collect();
+    for (tiling, idx) in &indexes {
+        let cidr = tiling.pool;
+        if !markers.contains(tiling) {
             problems.push(format!(
-                "index of {cidr} has an impossible block size /{}",
-                idx.block_prefix
+                "index of {cidr} (/{} blocks) has no tiling marker, so allocators would not see its blocks",
+                tiling.block_prefix
             ));
-            continue;
-        };
+        }
         for e in &idx.blocks {
             match tiling.block(e.ordinal) {
                 Some(bc) if block_keys.contains(keys::block(&e.home, &bc).as_str()) => {}

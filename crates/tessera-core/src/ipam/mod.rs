@@ -28,6 +28,7 @@ pub use select::{
 };
 
 use crate::keys;
+use crate::net::Tiling;
 use crate::store::{Read, Store, StoreError, TxnOutcome};
 use plan::Plan;
 use records::decode;
@@ -119,6 +120,14 @@ pub enum IpamError {
         ip: IpAddr,
         /// Pool name.
         pool: String,
+    },
+    /// A requested address lies in a block left over from a deleted or re-cut pool.
+    #[error("address {ip} lies in block {block}, left over from a deleted pool and still holding addresses; release those first (`tessera ipam show --show-blocks` lists them)")]
+    LeftoverBlock {
+        /// The address.
+        ip: IpAddr,
+        /// The leftover block.
+        block: IpNet,
     },
     /// Too many concurrent writers touched the same records.
     #[error("gave up after {0} attempts: the datastore is too busy with concurrent changes to the same records; try again")]
@@ -292,11 +301,14 @@ impl<S: Store> Ipam<S> {
             let targets: Vec<plan::Target> = rec
                 .addresses
                 .iter()
-                .map(|a| plan::Target {
-                    ip: a.ip,
-                    block_key: a.block.clone(),
-                    pool: a.pool,
-                    handle: handle.to_string(),
+                .filter_map(|a| {
+                    let (_, block) = plan::parse_block_key(&a.block)?;
+                    Some(plan::Target {
+                        ip: a.ip,
+                        block_key: a.block.clone(),
+                        tiling: Tiling::of_block(a.pool, &block)?,
+                        handle: handle.to_string(),
+                    })
                 })
                 .collect();
             match plan::release(&self.store, &targets)? {
@@ -315,11 +327,11 @@ impl<S: Store> Ipam<S> {
             let mut targets = Vec::new();
             for ip in ips {
                 if let Some(info) = self.lookup(*ip)? {
-                    if let Some(alloc) = info.allocation {
+                    if let (Some(alloc), Some(tiling)) = (info.allocation, info.block.tiling()) {
                         targets.push(plan::Target {
                             ip: *ip,
                             block_key: info.block_key,
-                            pool: info.block.pool,
+                            tiling,
                             handle: alloc.handle,
                         });
                     }

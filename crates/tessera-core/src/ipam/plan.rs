@@ -7,10 +7,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::keys;
-use crate::net::{addr_in_block, offset_in_block, parse_net_key};
+use crate::net::{addr_in_block, offset_in_block, parse_net_key, Tiling};
 use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
 
-use super::context::{block_len_u32, Context, PoolInfo};
+use super::context::{block_len_u32, is_edge_address, Context, PoolInfo};
 use super::records::{
     decode, encode, Allocation, Attributes, Block, HandleRecord, IndexEntry, PoolIndex,
 };
@@ -27,6 +27,8 @@ struct PlannedBlock {
 
 struct PlannedIndex {
     index: PoolIndex,
+    /// The index as read, for writing back hints without this plan's claims.
+    original: PoolIndex,
     revision: i64,
     changed: bool,
 }
@@ -37,7 +39,7 @@ pub(super) struct Plan<'a, S: ?Sized> {
     ctx: &'a Context,
     node: &'a str,
     blocks: BTreeMap<String, PlannedBlock>,
-    indexes: BTreeMap<IpNet, PlannedIndex>,
+    indexes: BTreeMap<Tiling, PlannedIndex>,
     pools_used: BTreeSet<usize>,
 }
 
@@ -50,8 +52,8 @@ pub(super) fn parse_block_key(key: &str) -> Option<(&str, IpNet)> {
 
 /// The first free offset of a block, starting at its cursor, skipping the pool's edge
 /// addresses and reserved addresses.
-fn free_offset(ctx: &Context, pool: &PoolInfo, block: &Block) -> Option<u32> {
-    let len = block_len_u32(&pool.tiling);
+fn free_offset(ctx: &Context, block: &Block) -> Option<u32> {
+    let len = u32::try_from(crate::net::net_size(&block.cidr)).unwrap_or(u32::MAX);
     if block.allocations.len() as u64 >= u64::from(len) {
         return None;
     }
@@ -62,7 +64,7 @@ fn free_offset(ctx: &Context, pool: &PoolInfo, block: &Block) -> Option<u32> {
             return false;
         }
         let addr = addr_in_block(&block.cidr, off);
-        !pool.is_edge_address(addr) && !reserved.iter().any(|n| n.contains(&addr))
+        !is_edge_address(&block.pool, addr) && !reserved.iter().any(|n| n.contains(&addr))
     })
 }
 
@@ -114,37 +116,26 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .unwrap_or_else(|| self.node.to_string())
     }
 
-    fn index(&mut self, pool: &PoolInfo) -> Result<&mut PlannedIndex, IpamError> {
-        let cidr = pool.cidr();
-        if !self.indexes.contains_key(&cidr) {
-            let kv = self.store.get(&keys::pool_index(&cidr))?;
-            let planned = match kv {
-                Some(kv) => PlannedIndex {
-                    index: decode(&kv)?,
-                    revision: kv.mod_revision,
-                    changed: false,
-                },
-                None => PlannedIndex {
-                    index: PoolIndex {
-                        block_prefix: pool.tiling.block_prefix,
-                        blocks: Vec::new(),
-                    },
-                    revision: 0,
-                    changed: false,
-                },
-            };
-            if planned.index.block_prefix != pool.tiling.block_prefix {
-                return Err(IpamError::CorruptRecord {
-                    key: keys::pool_index(&cidr),
-                    reason: format!(
-                        "blocks of {cidr} were cut at /{} but pool {:?} says blockSize {}; release the old blocks first",
-                        planned.index.block_prefix, pool.name, pool.tiling.block_prefix
-                    ),
-                });
-            }
-            self.indexes.insert(cidr, planned);
+    fn index(&mut self, tiling: Tiling) -> Result<&mut PlannedIndex, IpamError> {
+        if !self.indexes.contains_key(&tiling) {
+            let planned = read_index(self.store.get(&keys::pool_index(&tiling))?.as_ref())?;
+            self.indexes.insert(tiling, planned);
         }
-        Ok(self.indexes.get_mut(&cidr).expect("inserted above"))
+        Ok(self.indexes.get_mut(&tiling).expect("inserted above"))
+    }
+
+    /// Blocks of leftover tilings (deleted or re-cut pools) that overlap `pool`: new blocks
+    /// must stay clear of them while they still hold addresses.
+    fn leftover_blocks(&mut self, pool: &PoolInfo) -> Result<Vec<(IpNet, String)>, IpamError> {
+        let mut out = Vec::new();
+        for tiling in self.ctx.leftover_tilings(pool) {
+            let idx = self.index(tiling)?;
+            out.extend(idx.index.blocks.iter().filter_map(|e| {
+                let b = tiling.block(e.ordinal)?;
+                crate::net::nets_overlap(&b, &pool.cidr()).then(|| (b, keys::block(&e.home, &b)))
+            }));
+        }
+        Ok(out)
     }
 
     fn fetch_block(&mut self, key: &str) -> Result<bool, IpamError> {
@@ -178,7 +169,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     ) -> Option<AssignedAddress> {
         let ctx = self.ctx;
         let planned = self.blocks.get_mut(key)?;
-        let off = free_offset(ctx, pool, &planned.block)?;
+        let off = free_offset(ctx, &planned.block)?;
         Some(Self::occupy(planned, pool, off, handle, attrs))
     }
 
@@ -218,7 +209,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .expect("ordinal within the tiling");
         let key = keys::block(self.node, &cidr);
         let node = self.node.to_string();
-        let idx = self.index(pool)?;
+        let idx = self.index(pool.tiling)?;
         let pos = idx.index.find(ordinal).unwrap_err();
         idx.index.blocks.insert(
             pos,
@@ -246,7 +237,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .iter()
             .filter(|(_, b)| {
                 !b.deleted
-                    && b.block.pool == pool.cidr()
+                    && b.block.tiling() == Some(pool.tiling)
                     && b.block.affinity.as_deref() == Some(self.node)
             })
             .map(|(k, _)| k.clone())
@@ -282,11 +273,17 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             for pool in pools {
                 self.mark_own_full(pool)?;
                 let ctx = self.ctx;
+                let leftovers = self.leftover_blocks(pool)?;
                 let count = pool.tiling.block_count();
-                let free = self
-                    .index(pool)?
-                    .index
-                    .first_unclaimed(count, |o| ctx.skip_unusable_block(pool, o));
+                let free = self.index(pool.tiling)?.index.first_unclaimed(count, |o| {
+                    ctx.skip_unusable_block(pool, o).or_else(|| {
+                        let b = pool.tiling.block(o)?;
+                        leftovers
+                            .iter()
+                            .any(|(l, _)| crate::net::nets_overlap(l, &b))
+                            .then_some(o + 1)
+                    })
+                });
                 if let Some(ordinal) = free {
                     let key = self.claim(pool, ordinal)?;
                     let a = self
@@ -340,10 +337,10 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .affine_keys(pool)
             .iter()
             .filter_map(|k| self.blocks.get(k))
-            .filter(|b| free_offset(ctx, pool, &b.block).is_none())
+            .filter(|b| free_offset(ctx, &b.block).is_none())
             .filter_map(|b| pool.tiling.ordinal_of_block(&b.block.cidr))
             .collect();
-        let idx = self.index(pool)?;
+        let idx = self.index(pool.tiling)?;
         for ordinal in full {
             idx.changed |= idx.index.set_full(ordinal, true);
         }
@@ -357,9 +354,8 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         handle: &str,
         attrs: &Attributes,
     ) -> Result<Option<AssignedAddress>, IpamError> {
-        let cidr = pool.cidr();
         let candidates: Vec<(u128, String)> = self
-            .index(pool)?
+            .index(pool.tiling)?
             .index
             .blocks
             .iter()
@@ -380,7 +376,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             if let Some(a) = self.take_free(&key, pool, handle, attrs) {
                 return Ok(Some(a));
             }
-            let idx = self.indexes.get_mut(&cidr).expect("read above");
+            let idx = self.indexes.get_mut(&pool.tiling).expect("read above");
             idx.changed |= idx.index.set_full(ordinal, true);
         }
         Ok(None)
@@ -417,13 +413,32 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .tiling
             .block(ordinal)
             .expect("ordinal within the tiling");
-        let entry = self.index(pool)?.index.entry(ordinal).cloned();
+        let leftover = self
+            .leftover_blocks(pool)?
+            .into_iter()
+            .find(|(b, _)| crate::net::nets_overlap(b, &block_cidr));
+        if let Some((old_block, old_key)) = leftover {
+            if self.fetch_block(&old_key)? {
+                let b = &self.blocks[&old_key].block;
+                if let Some(a) = offset_in_block(&b.cidr, ip).and_then(|o| b.allocations.get(&o)) {
+                    return Err(IpamError::AddressInUse {
+                        ip,
+                        handle: a.handle.clone(),
+                    });
+                }
+            }
+            return Err(IpamError::LeftoverBlock {
+                ip,
+                block: old_block,
+            });
+        }
+        let entry = self.index(pool.tiling)?.index.entry(ordinal).cloned();
         let key = match entry {
             Some(e) => {
                 let key = keys::block(&e.home, &block_cidr);
                 if !self.fetch_block(&key)? {
                     return Err(IpamError::CorruptRecord {
-                        key: keys::pool_index(&pool.cidr()),
+                        key: keys::pool_index(&pool.tiling),
                         reason: format!(
                             "lists block {block_cidr} under {:?} but the block is missing",
                             e.home
@@ -453,21 +468,13 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         for (key, b) in &self.blocks {
-            if !b.changed {
-                continue;
+            if b.changed {
+                block_ops(key, b, &mut compares, &mut ops);
             }
-            compares.push(Compare::unchanged(key.clone(), b.revision));
-            ops.push(if b.deleted {
-                Op::Delete(key.clone())
-            } else {
-                Op::Put(key.clone(), encode(&b.block))
-            });
         }
-        for (cidr, idx) in &self.indexes {
+        for (tiling, idx) in &self.indexes {
             if idx.changed {
-                let key = keys::pool_index(cidr);
-                compares.push(Compare::unchanged(key.clone(), idx.revision));
-                ops.push(Op::Put(key, encode(&idx.index)));
+                index_ops(tiling, idx, &mut compares, &mut ops);
             }
         }
         for slot in &self.pools_used {
@@ -493,24 +500,32 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     }
 
     /// After a failed request, keeps only what it learned about full blocks (best effort),
-    /// so the next request skips them without reading them.
+    /// so the next request skips them without reading them. Only blocks this plan did not
+    /// change count: their fullness is a fact of the store, not of the abandoned plan.
     pub(super) fn save_hints(&self) {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
-        for (cidr, idx) in &self.indexes {
-            if idx.changed && idx.revision != 0 {
-                let key = keys::pool_index(cidr);
-                let mut only_full = idx.index.clone();
-                // Drop claims made by this plan: their blocks are not being written.
-                only_full.blocks.retain(|e| {
-                    let cidr_of = |o| self.ctx.pool_by_cidr(cidr).and_then(|p| p.tiling.block(o));
-                    cidr_of(e.ordinal)
-                        .map(|b| keys::block(&e.home, &b))
-                        .and_then(|k| self.blocks.get(&k))
-                        .is_none_or(|b| b.revision != 0)
-                });
+        for (tiling, idx) in &self.indexes {
+            if !idx.changed || idx.revision == 0 {
+                continue;
+            }
+            let mut hints = idx.original.clone();
+            let mut learned = false;
+            for e in &mut hints.blocks {
+                let stored_full = idx.index.entry(e.ordinal).is_some_and(|x| x.full)
+                    && tiling
+                        .block(e.ordinal)
+                        .and_then(|b| self.blocks.get(&keys::block(&e.home, &b)))
+                        .is_some_and(|b| !b.changed);
+                if stored_full && !e.full {
+                    e.full = true;
+                    learned = true;
+                }
+            }
+            if learned {
+                let key = keys::pool_index(tiling);
                 compares.push(Compare::unchanged(key.clone(), idx.revision));
-                ops.push(Op::Put(key, encode(&only_full)));
+                ops.push(Op::Put(key, encode(&hints)));
             }
         }
         if !ops.is_empty() {
@@ -519,12 +534,59 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     }
 }
 
+fn read_index(kv: Option<&KeyValue>) -> Result<PlannedIndex, IpamError> {
+    let (index, revision) = match kv {
+        Some(kv) => (decode::<PoolIndex>(kv)?, kv.mod_revision),
+        None => (PoolIndex::default(), 0),
+    };
+    Ok(PlannedIndex {
+        original: index.clone(),
+        index,
+        revision,
+        changed: false,
+    })
+}
+
+fn block_ops(key: &str, b: &PlannedBlock, compares: &mut Vec<Compare>, ops: &mut Vec<Op>) {
+    compares.push(Compare::unchanged(key, b.revision));
+    ops.push(if b.deleted {
+        Op::Delete(key.to_string())
+    } else {
+        Op::Put(key.to_string(), encode(&b.block))
+    });
+}
+
+/// Writes an index; an index that lost its last block is deleted with its tiling marker, and
+/// a new one gets its marker.
+fn index_ops(tiling: &Tiling, idx: &PlannedIndex, compares: &mut Vec<Compare>, ops: &mut Vec<Op>) {
+    let key = keys::pool_index(tiling);
+    compares.push(Compare::unchanged(key.clone(), idx.revision));
+    if idx.index.blocks.is_empty() {
+        ops.push(Op::Delete(key));
+        ops.push(Op::Delete(keys::tiling_marker(tiling)));
+    } else {
+        ops.push(Op::Put(key, encode(&idx.index)));
+        if idx.revision == 0 {
+            ops.push(Op::Put(keys::tiling_marker(tiling), b"{}".to_vec()));
+        }
+    }
+}
+
 /// One address to release, as a handle or a lookup located it.
 pub(super) struct Target {
     pub ip: IpAddr,
     pub block_key: String,
-    pub pool: IpNet,
+    pub tiling: Tiling,
     pub handle: String,
+}
+
+fn planned_block(kv: &KeyValue) -> Result<PlannedBlock, IpamError> {
+    Ok(PlannedBlock {
+        block: decode(kv)?,
+        revision: kv.mod_revision,
+        changed: false,
+        deleted: false,
+    })
 }
 
 /// Releases the targets in one snapshot and one transaction. Returns `None` when a compare
@@ -542,11 +604,11 @@ pub(super) fn release<S: Store + ?Sized>(
         .iter()
         .filter_map(|t| parse_block_key(&t.block_key).map(|(h, _)| h))
         .collect();
-    let pools: BTreeSet<IpNet> = targets.iter().map(|t| t.pool).collect();
+    let tilings: BTreeSet<Tiling> = targets.iter().map(|t| t.tiling).collect();
     let handles: BTreeSet<&str> = targets.iter().map(|t| t.handle.as_str()).collect();
-    let mut reads = vec![Read::Prefix(keys::POOL_PREFIX.into())];
+    let mut reads = vec![Read::Prefix(keys::CONFIG_PREFIX.into())];
     reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
-    reads.extend(pools.iter().map(|p| Read::Get(keys::pool_index(p))));
+    reads.extend(tilings.iter().map(|t| Read::Get(keys::pool_index(t))));
     reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
     let snap = store.read(&reads)?;
 
@@ -554,33 +616,18 @@ pub(super) fn release<S: Store + ?Sized>(
     let mut blocks: BTreeMap<String, PlannedBlock> = BTreeMap::new();
     for i in 0..homes.len() {
         for kv in snap.list(1 + i) {
-            blocks.insert(
-                kv.key.clone(),
-                PlannedBlock {
-                    block: decode(kv)?,
-                    revision: kv.mod_revision,
-                    changed: false,
-                    deleted: false,
-                },
-            );
+            blocks.insert(kv.key.clone(), planned_block(kv)?);
         }
     }
-    let mut indexes: BTreeMap<IpNet, PlannedIndex> = BTreeMap::new();
-    for (i, pool) in pools.iter().enumerate() {
+    let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
+    for (i, tiling) in tilings.iter().enumerate() {
         if let Some(kv) = snap.get(1 + homes.len() + i) {
-            indexes.insert(
-                *pool,
-                PlannedIndex {
-                    index: decode(kv)?,
-                    revision: kv.mod_revision,
-                    changed: false,
-                },
-            );
+            indexes.insert(*tiling, read_index(Some(kv))?);
         }
     }
     let mut handle_recs: BTreeMap<String, (HandleRecord, i64, bool)> = BTreeMap::new();
     for (i, h) in handles.iter().enumerate() {
-        if let Some(kv) = snap.get(1 + homes.len() + pools.len() + i) {
+        if let Some(kv) = snap.get(1 + homes.len() + tilings.len() + i) {
             handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
         }
     }
@@ -608,10 +655,11 @@ pub(super) fn release<S: Store + ?Sized>(
             pb.changed = true;
             released.push(t.ip);
             // The block was possibly marked full: it has room now.
-            if let Some(idx) = indexes.get_mut(&t.pool) {
-                if let Some(ord) = index_ordinal(&t.pool, &idx.index, &pb.block.cidr) {
-                    idx.changed |= idx.index.set_full(ord, false);
-                }
+            if let (Some(idx), Some(ord)) = (
+                indexes.get_mut(&t.tiling),
+                t.tiling.ordinal_of_block(&pb.block.cidr),
+            ) {
+                idx.changed |= idx.index.set_full(ord, false);
             }
         }
     }
@@ -624,8 +672,10 @@ pub(super) fn release<S: Store + ?Sized>(
         .collect();
     for key in emptied {
         let b = &blocks[&key].block;
-        let pool = ctx.pool_by_cidr(&b.pool);
-        let pool_active = pool.is_some_and(|p| !p.disabled);
+        let Some(tiling) = b.tiling() else {
+            continue;
+        };
+        let pool_active = ctx.pool_by_tiling(&tiling).is_some_and(|p| !p.disabled);
         let keep = pool_active
             && b.affinity.as_deref().is_some_and(|node| {
                 !blocks.iter().any(|(k, other)| {
@@ -635,12 +685,12 @@ pub(super) fn release<S: Store + ?Sized>(
         if keep {
             continue;
         }
-        let (pool_cidr, block_cidr) = (b.pool, b.cidr);
-        let pb = blocks.get_mut(&key).expect("present");
-        pb.deleted = true;
-        if let Some(idx) = indexes.get_mut(&pool_cidr) {
-            if let Some(Ok(pos)) =
-                index_ordinal(&pool_cidr, &idx.index, &block_cidr).map(|o| idx.index.find(o))
+        let block_cidr = b.cidr;
+        blocks.get_mut(&key).expect("present").deleted = true;
+        if let Some(idx) = indexes.get_mut(&tiling) {
+            if let Some(Ok(pos)) = tiling
+                .ordinal_of_block(&block_cidr)
+                .map(|o| idx.index.find(o))
             {
                 idx.index.blocks.remove(pos);
                 idx.changed = true;
@@ -652,23 +702,12 @@ pub(super) fn release<S: Store + ?Sized>(
     let mut ops = Vec::new();
     for (key, b) in &blocks {
         if b.changed {
-            compares.push(Compare::unchanged(key.clone(), b.revision));
-            ops.push(if b.deleted {
-                Op::Delete(key.clone())
-            } else {
-                Op::Put(key.clone(), encode(&b.block))
-            });
+            block_ops(key, b, &mut compares, &mut ops);
         }
     }
-    for (cidr, idx) in &indexes {
+    for (tiling, idx) in &indexes {
         if idx.changed {
-            let key = keys::pool_index(cidr);
-            compares.push(Compare::unchanged(key.clone(), idx.revision));
-            ops.push(if idx.index.blocks.is_empty() {
-                Op::Delete(key)
-            } else {
-                Op::Put(key, encode(&idx.index))
-            });
+            index_ops(tiling, idx, &mut compares, &mut ops);
         }
     }
     for (id, (rec, rev, changed)) in &handle_recs {
@@ -697,55 +736,56 @@ pub(super) fn release_node<S: Store + ?Sized>(
     store: &S,
     node: &str,
 ) -> Result<Option<usize>, IpamError> {
-    let blocks_kv = store.range(&keys::blocks_of(node))?;
-    let mut blocks = Vec::new();
-    for kv in &blocks_kv {
-        let b: Block = decode(kv)?;
-        if b.affinity.as_deref() == Some(node) {
-            blocks.push((kv, b));
+    let mut blocks = BTreeMap::new();
+    for kv in store.range(&keys::blocks_of(node))? {
+        let pb = planned_block(&kv)?;
+        if pb.block.affinity.as_deref() == Some(node) {
+            blocks.insert(kv.key.clone(), pb);
         }
     }
     if blocks.is_empty() {
         return Ok(Some(0));
     }
-    let pools: BTreeSet<IpNet> = blocks.iter().map(|(_, b)| b.pool).collect();
-    let reads: Vec<Read> = pools
+    let tilings: BTreeSet<Tiling> = blocks.values().filter_map(|b| b.block.tiling()).collect();
+    let reads: Vec<Read> = tilings
         .iter()
-        .map(|p| Read::Get(keys::pool_index(p)))
+        .map(|t| Read::Get(keys::pool_index(t)))
         .collect();
     let snap = store.read(&reads)?;
-    let mut indexes: BTreeMap<IpNet, (PoolIndex, i64, bool)> = BTreeMap::new();
-    for (i, p) in pools.iter().enumerate() {
+    let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
+    for (i, t) in tilings.iter().enumerate() {
         if let Some(kv) = snap.get(i) {
-            indexes.insert(*p, (decode(kv)?, kv.mod_revision, false));
+            indexes.insert(*t, read_index(Some(kv))?);
+        }
+    }
+    for pb in blocks.values_mut() {
+        pb.changed = true;
+        if pb.block.allocations.is_empty() {
+            pb.deleted = true;
+            let ord = pb
+                .block
+                .tiling()
+                .and_then(|t| Some((t, t.ordinal_of_block(&pb.block.cidr)?)));
+            if let Some((t, ord)) = ord {
+                if let Some(idx) = indexes.get_mut(&t) {
+                    if let Ok(pos) = idx.index.find(ord) {
+                        idx.index.blocks.remove(pos);
+                        idx.changed = true;
+                    }
+                }
+            }
+        } else {
+            pb.block.affinity = None;
         }
     }
     let mut compares = Vec::new();
     let mut ops = Vec::new();
-    for (kv, mut b) in blocks.iter().map(|(kv, b)| (*kv, b.clone())) {
-        compares.push(Compare::unchanged(kv.key.clone(), kv.mod_revision));
-        if b.allocations.is_empty() {
-            ops.push(Op::Delete(kv.key.clone()));
-            if let Some((idx, _, changed)) = indexes.get_mut(&b.pool) {
-                if let Some(Ok(pos)) = index_ordinal(&b.pool, idx, &b.cidr).map(|o| idx.find(o)) {
-                    idx.blocks.remove(pos);
-                    *changed = true;
-                }
-            }
-        } else {
-            b.affinity = None;
-            ops.push(Op::Put(kv.key.clone(), encode(&b)));
-        }
+    for (key, b) in &blocks {
+        block_ops(key, b, &mut compares, &mut ops);
     }
-    for (cidr, (idx, rev, changed)) in &indexes {
-        if *changed {
-            let key = keys::pool_index(cidr);
-            compares.push(Compare::unchanged(key.clone(), *rev));
-            ops.push(if idx.blocks.is_empty() {
-                Op::Delete(key)
-            } else {
-                Op::Put(key, encode(idx))
-            });
+    for (tiling, idx) in &indexes {
+        if idx.changed {
+            index_ops(tiling, idx, &mut compares, &mut ops);
         }
     }
     match store.txn(&compares, &ops)? {
@@ -760,9 +800,4 @@ pub(super) fn allocated(block: &Block) -> impl Iterator<Item = (IpAddr, &Allocat
         .allocations
         .iter()
         .map(move |(off, a)| (addr_in_block(&block.cidr, *off), a))
-}
-
-/// Ordinal of `block` in the tiling an index was built with.
-fn index_ordinal(pool: &IpNet, index: &PoolIndex, block: &IpNet) -> Option<u128> {
-    crate::net::Tiling::new(*pool, index.block_prefix)?.ordinal_of_block(block)
 }

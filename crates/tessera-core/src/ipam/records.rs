@@ -63,6 +63,11 @@ pub struct Block {
 }
 
 impl Block {
+    /// The tiling the block was cut from.
+    pub fn tiling(&self) -> Option<crate::net::Tiling> {
+        crate::net::Tiling::of_block(self.pool, &self.cidr)
+    }
+
     /// A new, empty block.
     pub fn new(cidr: IpNet, pool: IpNet, affinity: Option<String>) -> Self {
         Self {
@@ -90,12 +95,10 @@ pub struct IndexEntry {
     pub full: bool,
 }
 
-/// Per-pool index of claimed blocks, so that claiming a block or telling that a pool is
-/// exhausted never lists the blocks themselves.
+/// Index of the claimed blocks of one tiling (pool network + block size), so that claiming
+/// a block or telling that a pool is exhausted never lists the blocks themselves.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolIndex {
-    /// Block prefix length the pool was tiled with when the index was created.
-    pub block_prefix: u8,
     /// Claimed blocks, sorted by ordinal.
     #[serde(default)]
     pub blocks: Vec<IndexEntry>,
@@ -195,7 +198,6 @@ mod tests {
 
     fn index(ords: &[u128]) -> PoolIndex {
         PoolIndex {
-            block_prefix: 26,
             blocks: ords
                 .iter()
                 .map(|&o| IndexEntry {
