@@ -32,18 +32,28 @@ fn plural(kind: Kind) -> String {
 
 /// Reads a manifest file, or standard input for `-`, and decodes every document.
 fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
-    let (text, source) = if filename == "-" {
-        let mut text = String::new();
+    let (bytes, source) = if filename == "-" {
+        let mut bytes = Vec::new();
         std::io::stdin()
-            .read_to_string(&mut text)
+            .read_to_end(&mut bytes)
             .context("cannot read manifests from standard input")?;
-        (text, "stdin".to_string())
+        (bytes, "stdin".to_string())
     } else {
-        let text = std::fs::read_to_string(filename).with_context(|| {
-            format!("cannot read {filename}; check the path given with -f (use -f - for standard input)")
+        let bytes = std::fs::read(filename).with_context(|| {
+            format!(
+                "cannot read {filename}; check the path given with -f (use -f - for standard \
+                 input)"
+            )
         })?;
-        (text, filename.to_string())
+        (bytes, filename.to_string())
     };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{source} is not UTF-8 text (invalid byte at offset {}); manifests must be YAML or \
+             JSON saved as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     Ok(crate::manifest::read_manifests(&text, &source)?)
 }
 

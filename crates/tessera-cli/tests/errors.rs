@@ -172,3 +172,44 @@ fn empty_input_is_refused() {
         )
     );
 }
+
+#[test]
+fn garbage_input_is_an_error_never_a_panic() {
+    let env = Env::new();
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("binary", vec![0xff, 0xfe, 0x00, 0x41, 0x9c]),
+        ("nul bytes", b"apiVersion: projectcalico.org/v3\0\0".to_vec()),
+        ("deep nesting", deep.into_bytes()),
+        ("scalar", b"42\n".to_vec()),
+        ("list of scalars", b"- 1\n- two\n".to_vec()),
+        ("tabs", b"kind:\tIPPool\n\tmetadata: x\n".to_vec()),
+        ("huge number", b"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.0.0.0/8\n  blockSize: 99999999999999999999999\n".to_vec()),
+        ("wrong types", b"apiVersion: 3\nkind: [IPPool]\nmetadata: 7\nspec: true\n".to_vec()),
+        ("half json", b"{\"apiVersion\": \"projectcalico.org/v3\", \"kind\": \"IPP".to_vec()),
+        ("anchors", b"a: &x [*x]\n".to_vec()),
+    ];
+    for (what, bytes) in inputs {
+        let path = env.dir().join("input");
+        std::fs::write(&path, &bytes).unwrap();
+        for command in ["apply", "create", "replace", "delete"] {
+            let run = env.run(&[command, "-f", &path.to_string_lossy()]);
+            assert_eq!(run.code, 1, "{what} with {command}: {run:?}");
+            assert!(run.stdout.is_empty(), "{what} with {command}: {run:?}");
+            assert!(
+                run.stderr.starts_with("Error: ") && !run.stderr.contains("panicked"),
+                "{what} with {command}: {run:?}"
+            );
+        }
+    }
+    assert_eq!(env.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
+    std::fs::write(env.dir().join("latin1.yaml"), b"kind: IPPool # caf\xe9\n").unwrap();
+    let latin1 = env.dir().join("latin1.yaml").to_string_lossy().into_owned();
+    assert_eq!(
+        env.fails(&["apply", "-f", &latin1]),
+        format!(
+            "Error: {latin1} is not UTF-8 text (invalid byte at offset 18); manifests must be \
+             YAML or JSON saved as UTF-8\n"
+        )
+    );
+}
