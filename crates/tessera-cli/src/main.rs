@@ -25,9 +25,19 @@ use ipam_cmd::Report;
 use res_cmd::{MetaTarget, WriteMode};
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (matches, cli) = match parsed {
+        Ok(both) => both,
+        Err(e) if e.use_stderr() => {
+            // Usage errors look and exit like every other error (calicoctl and kubectl exit 1
+            // on them too), with clap's usage hint kept below the message.
+            let text = e.render().to_string();
+            eprint!("Error: {}", text.strip_prefix("error: ").unwrap_or(&text));
+            return ExitCode::FAILURE;
+        }
+        // --help and --version.
         Err(e) => e.exit(),
     };
     let origin = match matches.value_source("datastore") {

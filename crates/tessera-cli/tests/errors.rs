@@ -213,3 +213,23 @@ fn garbage_input_is_an_error_never_a_panic() {
         )
     );
 }
+
+#[test]
+fn usage_errors_exit_1_with_the_usage_hint() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["ipam", "show", "--ip", "192.168.0.300"]),
+        "Error: invalid value '192.168.0.300' for '--ip <IP>': invalid IP address syntax\n\
+         \n\
+         For more information, try '--help'.\n"
+    );
+    assert_eq!(
+        env.fails(&["ipam", "release"]),
+        "Error: the following required arguments were not provided:\n\
+        \x20 <--handle <HANDLE>|--ip <IP>...>\n\
+         \n\
+         Usage: tessera ipam release <--handle <HANDLE>|--ip <IP>...>\n\
+         \n\
+         For more information, try '--help'.\n"
+    );
+}
