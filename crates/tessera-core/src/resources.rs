@@ -242,17 +242,18 @@ impl Kind {
     }
 
     /// Resolves a kind name as kubectl/calicoctl accept it on the command line
-    /// (`ippool`, `ippools`, `IPPool`, `ipreservations`, `ns`, ...).
+    /// (`ippool`, `ippools`, `ipp`, `IPPool`, `ipreservations`, `ns`, ...), including
+    /// calicoctl's short aliases.
     pub fn from_cli_name(name: &str) -> Option<Kind> {
         let lower = name.to_ascii_lowercase();
         let lower = lower.split('.').next().unwrap_or_default();
         Some(match lower {
-            "ippool" | "ippools" | "pool" | "pools" => Kind::IPPool,
+            "ippool" | "ippools" | "ipp" | "ipps" | "pool" | "pools" => Kind::IPPool,
             "ipreservation" | "ipreservations" => Kind::IPReservation,
             "ipamconfiguration" | "ipamconfigurations" | "ipamconfig" | "ipamconfigs" => {
                 Kind::IPAMConfiguration
             }
-            "node" | "nodes" | "no" => Kind::Node,
+            "node" | "nodes" | "no" | "nos" => Kind::Node,
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
             _ => return None,
         })

@@ -1,0 +1,242 @@
+//! Command-line syntax. Command, flag and kind names follow calicoctl and kubectl so that
+//! existing runbooks work with `tessera` in place of `calicoctl`/`kubectl`.
+
+use std::net::IpAddr;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+
+/// Tessera: IP address management for Kubernetes and CNI.
+#[derive(Debug, Parser)]
+#[command(name = "tessera", version, propagate_version = true)]
+#[command(
+    about = "Tessera: IP address management for Kubernetes and CNI",
+    long_about = "Tessera: IP address management for Kubernetes and CNI.\n\n\
+        Manage IP pools, reservations, nodes and namespaces with calicoctl/kubectl-style \
+        commands, and inspect or change address assignments with `tessera ipam`."
+)]
+pub struct Cli {
+    /// Datastore to use: a SQLite file path, sqlite:PATH, or memory. Default: the system
+    /// store /var/lib/tessera/tessera.db for root, ~/.local/share/tessera/tessera.db for
+    /// other users.
+    #[arg(long, global = true, env = "TESSERA_DATASTORE", value_name = "URL")]
+    pub datastore: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or update resources from a file or stdin (`-f -`).
+    Apply(FileArgs),
+    /// Create resources from a file or stdin; fails if any already exists.
+    Create(FileArgs),
+    /// Replace existing resources from a file or stdin; fails if any does not exist.
+    Replace(FileArgs),
+    /// Delete resources named in a file, or by kind and name.
+    Delete(DeleteArgs),
+    /// Display resources.
+    Get(GetArgs),
+    /// Change a resource with a JSON merge patch.
+    Patch(PatchArgs),
+    /// Add, change or remove labels of a node or namespace.
+    Label(MetaArgs),
+    /// Add, change or remove annotations of a namespace or node.
+    Annotate(MetaArgs),
+    /// Inspect and change IP address management.
+    Ipam {
+        /// IPAM command.
+        #[command(subcommand)]
+        command: IpamCommand,
+    },
+    /// Show which datastore is in use and what it holds.
+    Status,
+    /// Print the version.
+    Version,
+}
+
+/// `-f FILE|-`.
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// Manifest file (multi-document YAML or JSON); `-` reads standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub filename: String,
+}
+
+/// `delete -f FILE` or `delete KIND NAME...`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["filename", "kind"])))]
+pub struct DeleteArgs {
+    /// Manifest file naming the resources to delete; `-` reads standard input.
+    #[arg(
+        short = 'f',
+        long = "filename",
+        value_name = "FILE",
+        conflicts_with = "kind"
+    )]
+    pub filename: Option<String>,
+    /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace).
+    pub kind: Option<String>,
+    /// Names of the resources.
+    #[arg(requires = "kind")]
+    pub names: Vec<String>,
+    /// Do not fail when a resource does not exist.
+    #[arg(long)]
+    pub skip_not_exists: bool,
+}
+
+/// Output format of `get`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GetOutput {
+    /// The table with every column.
+    Wide,
+    /// Manifests as YAML.
+    Yaml,
+    /// Manifests as JSON.
+    Json,
+}
+
+/// `get KIND [NAME...]`.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace).
+    pub kind: String,
+    /// Names of the resources; all of the kind when none are given.
+    pub names: Vec<String>,
+    /// Output format: the default table, wide, yaml or json.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<GetOutput>,
+}
+
+/// `patch KIND NAME -p JSON`.
+#[derive(Debug, Args)]
+pub struct PatchArgs {
+    /// Kind of the resource.
+    pub kind: String,
+    /// Name of the resource.
+    pub name: String,
+    /// JSON merge patch, e.g. '{"spec": {"disabled": true}}'.
+    #[arg(short = 'p', long = "patch", value_name = "JSON")]
+    pub patch: String,
+}
+
+/// `label|annotate KIND NAME key=value... key-...`.
+#[derive(Debug, Args)]
+pub struct MetaArgs {
+    /// Kind: node or namespace.
+    pub kind: String,
+    /// Name of the node or namespace (registered on first use when absent).
+    pub name: String,
+    /// `key=value` to set (the value may itself contain `=`), `key-` to remove.
+    #[arg(required = true, value_name = "KEY=VALUE|KEY-")]
+    pub changes: Vec<String>,
+    /// Allow replacing a value that is already set.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+/// `tessera ipam ...`.
+#[derive(Debug, Subcommand)]
+pub enum IpamCommand {
+    /// Show pool and block usage, one address, borrowed addresses or the configuration.
+    Show(ShowArgs),
+    /// Check IPAM records for inconsistencies; exits 1 when there are problems.
+    Check,
+    /// Change the IPAM configuration.
+    Configure(ConfigureArgs),
+    /// Assign addresses to a handle (as the CNI plugin would).
+    Assign(AssignArgs),
+    /// Release the addresses of a handle, or single addresses.
+    Release(ReleaseArgs),
+}
+
+/// `ipam show`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("view").args(["show_blocks", "show_borrowed", "show_configuration", "ip"])))]
+pub struct ShowArgs {
+    /// Also list every block under its pool.
+    #[arg(long)]
+    pub show_blocks: bool,
+    /// List addresses that nodes borrowed from blocks affine to other nodes.
+    #[arg(long)]
+    pub show_borrowed: bool,
+    /// Show the IPAM configuration.
+    #[arg(long)]
+    pub show_configuration: bool,
+    /// Show who holds one address.
+    #[arg(long, value_name = "IP")]
+    pub ip: Option<IpAddr>,
+}
+
+/// `ipam configure`.
+#[derive(Debug, Args)]
+pub struct ConfigureArgs {
+    /// Never borrow addresses from blocks affine to other nodes.
+    #[arg(long = "strictaffinity", value_name = "true|false")]
+    pub strict_affinity: Option<bool>,
+    /// Claim new blocks on demand.
+    #[arg(long = "autoallocateblocks", value_name = "true|false")]
+    pub auto_allocate_blocks: Option<bool>,
+    /// Most blocks one node may claim (0 = no limit).
+    #[arg(long = "max-blocks-per-host", value_name = "N")]
+    pub max_blocks_per_host: Option<u32>,
+}
+
+/// Output format of `ipam assign`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AssignOutput {
+    /// Handle and addresses with their pools and blocks, as JSON.
+    Json,
+}
+
+/// `ipam assign`.
+#[derive(Debug, Args)]
+pub struct AssignArgs {
+    /// Node the workload runs on.
+    #[arg(long)]
+    pub node: String,
+    /// Handle to hold the addresses (release it with `ipam release --handle`).
+    #[arg(long)]
+    pub handle: String,
+    /// Namespace of the pod (its pool annotations and labels apply).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Pod name.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// Interface inside the container.
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Container id.
+    #[arg(long)]
+    pub container_id: Option<String>,
+    /// Pool to draw from, by name or CIDR; repeat for fallback order.
+    #[arg(long = "pool", value_name = "POOL")]
+    pub pools: Vec<String>,
+    /// Specific address to assign; repeatable.
+    #[arg(long = "ip", value_name = "IP")]
+    pub ips: Vec<IpAddr>,
+    /// Number of IPv4 addresses (default 1 when no count and no --ip is given).
+    #[arg(long, value_name = "N")]
+    pub ipv4: Option<u32>,
+    /// Number of IPv6 addresses.
+    #[arg(long, value_name = "N")]
+    pub ipv6: Option<u32>,
+    /// Output format: one address per line by default, or json.
+    #[arg(short = 'o', long = "output", value_enum)]
+    pub output: Option<AssignOutput>,
+}
+
+/// `ipam release`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("what").required(true).args(["handle", "ips"])))]
+pub struct ReleaseArgs {
+    /// Release every address of this handle.
+    #[arg(long, conflicts_with = "ips")]
+    pub handle: Option<String>,
+    /// Release these addresses, whoever holds them.
+    #[arg(long = "ip", value_name = "IP", num_args = 1..)]
+    pub ips: Vec<IpAddr>,
+}

@@ -1,0 +1,416 @@
+//! Resource commands in calicoctl/kubectl style: apply, create, replace, delete, get, patch,
+//! label and annotate. Every write goes through [`Catalog`], which validates the whole input
+//! first and writes all of it or nothing.
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+
+use anyhow::{bail, Context as _};
+use serde_json::{json, Value};
+use tessera_core::catalog::{Catalog, CatalogError, Outcome};
+use tessera_core::ipam::Ipam;
+use tessera_core::resources::{Kind, Resource};
+use tessera_core::store::Store;
+
+use crate::cli::{DeleteArgs, GetArgs, GetOutput, MetaArgs, PatchArgs};
+use crate::table::Columns;
+use crate::yaml::to_yaml;
+
+/// Kind names accepted on the command line, for error messages.
+const KIND_NAMES: &str = "ippool, ipreservation, ipamconfiguration, node, namespace";
+
+/// Resolves a kind as kubectl/calicoctl accept it (`ippools`, `ipp`, `ns`, ...).
+pub fn parse_kind(name: &str) -> anyhow::Result<Kind> {
+    Kind::from_cli_name(name)
+        .with_context(|| format!("unknown resource type {name:?}; Tessera manages: {KIND_NAMES}"))
+}
+
+/// The lower-case plural kubectl uses in hints (`ippools`, `namespaces`).
+fn plural(kind: Kind) -> String {
+    format!("{}s", kind.as_str().to_ascii_lowercase())
+}
+
+/// Reads a manifest file, or standard input for `-`, and decodes every document.
+fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
+    let (bytes, source) = if filename == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read manifests from standard input")?;
+        (bytes, "stdin".to_string())
+    } else {
+        let bytes = std::fs::read(filename).with_context(|| {
+            format!(
+                "cannot read {filename}; check the path given with -f (use -f - for standard \
+                 input)"
+            )
+        })?;
+        (bytes, filename.to_string())
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{source} is not UTF-8 text (invalid byte at offset {}); manifests must be YAML or \
+             JSON saved as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
+    Ok(crate::manifest::read_manifests(&text, &source)?)
+}
+
+/// `Successfully <verb> N '<Kind>' resource(s)`, one line per kind in order of first
+/// appearance, as calicoctl prints it.
+fn summary(verb: &str, kinds: impl IntoIterator<Item = Kind>) -> String {
+    let mut counts: Vec<(Kind, usize)> = Vec::new();
+    for kind in kinds {
+        match counts.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((kind, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(kind, n)| format!("Successfully {verb} {n} '{kind}' resource(s)\n"))
+        .collect()
+}
+
+/// Turns catalog errors into messages in calicoctl's words where users grep for them.
+fn explain(err: CatalogError) -> anyhow::Error {
+    let lines: Vec<String> = err
+        .problems()
+        .into_iter()
+        .map(|p| match p {
+            CatalogError::NotFound { kind, name } => format!(
+                "resource does not exist: {kind}({name}); see what exists with `tessera get {}`",
+                plural(*kind)
+            ),
+            other => other.to_string(),
+        })
+        .collect();
+    anyhow::anyhow!(lines.join("\n"))
+}
+
+/// Which manifest command to run.
+#[derive(Clone, Copy, Debug)]
+pub enum WriteMode {
+    /// Create or update.
+    Apply,
+    /// Create only.
+    Create,
+    /// Update only.
+    Replace,
+}
+
+/// `apply|create|replace -f FILE`.
+pub fn write(store: &dyn Store, mode: WriteMode, filename: &str) -> anyhow::Result<String> {
+    let resources = read_resources(filename)?;
+    if resources.is_empty() {
+        bail!("{filename} holds no resources; nothing was changed");
+    }
+    let catalog = Catalog::new(store);
+    let (outcomes, verb) = match mode {
+        WriteMode::Apply => (catalog.apply(&resources), "applied"),
+        WriteMode::Create => (catalog.create(&resources), "created"),
+        WriteMode::Replace => (catalog.replace(&resources), "replaced"),
+    };
+    let outcomes = outcomes.map_err(explain)?;
+    Ok(summary(verb, outcomes.iter().map(|o| o.kind)))
+}
+
+/// `delete -f FILE` or `delete KIND NAME...`.
+pub fn delete(store: &dyn Store, args: &DeleteArgs) -> anyhow::Result<String> {
+    let targets: Vec<(Kind, String)> = match (&args.filename, &args.kind) {
+        (Some(file), _) => read_resources(file)?
+            .iter()
+            .map(|r| (r.kind(), r.name().to_string()))
+            .collect(),
+        (None, Some(kind)) => {
+            let kind = parse_kind(kind)?;
+            if args.names.is_empty() {
+                bail!(
+                    "name which {} to delete: tessera delete {} NAME...",
+                    plural(kind),
+                    kind.as_str().to_ascii_lowercase()
+                );
+            }
+            args.names.iter().map(|n| (kind, n.clone())).collect()
+        }
+        (None, None) => bail!("give -f FILE or KIND NAME..."),
+    };
+    let outcomes: Vec<Outcome> = Catalog::new(store)
+        .delete(&targets, args.skip_not_exists)
+        .map_err(explain)?;
+    // Like Calico, a node that leaves gives up its blocks: empty ones are freed for other
+    // nodes, ones still holding addresses stay, without affinity, until those are released.
+    let ipam = Ipam::new(store);
+    for o in outcomes.iter().filter(|o| o.kind == Kind::Node) {
+        ipam.release_node(&o.name).with_context(|| {
+            format!(
+                "node {} was deleted, but releasing its blocks failed; run `tessera delete node \
+                 {} --skip-not-exists` again",
+                o.name, o.name
+            )
+        })?;
+    }
+    if outcomes.is_empty() {
+        let kind = targets.first().map(|t| t.0).unwrap_or(Kind::IPPool);
+        return Ok(format!("Successfully deleted 0 '{kind}' resource(s)\n"));
+    }
+    Ok(summary("deleted", outcomes.iter().map(|o| o.kind)))
+}
+
+/// `get KIND [NAME...] [-o wide|yaml|json]`.
+pub fn get(store: &dyn Store, args: &GetArgs) -> anyhow::Result<String> {
+    let kind = parse_kind(&args.kind)?;
+    let catalog = Catalog::new(store);
+    let resources: Vec<Resource> = if args.names.is_empty() {
+        catalog.list(kind).map_err(explain)?
+    } else {
+        let mut found = Vec::new();
+        let mut missing = Vec::new();
+        for name in &args.names {
+            match catalog.get(kind, name) {
+                Ok(r) => found.push(r),
+                Err(e @ CatalogError::NotFound { .. }) => missing.push(e),
+                Err(e) => return Err(explain(e)),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(explain(CatalogError::Many(missing)));
+        }
+        found
+    };
+    let single = args.names.len() == 1;
+    match args.output {
+        Some(GetOutput::Yaml) => Ok(to_yaml(&document(kind, &resources, single))),
+        Some(GetOutput::Json) => Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&document(kind, &resources, single))?
+        )),
+        wide => Ok(table(kind, &resources, wide == Some(GetOutput::Wide))),
+    }
+}
+
+/// One manifest for a named resource, calicoctl's `<Kind>List` otherwise.
+fn document(kind: Kind, resources: &[Resource], single: bool) -> Value {
+    if single {
+        if let Some(r) = resources.first() {
+            return r.to_manifest();
+        }
+    }
+    let items: Vec<Value> = resources.iter().map(Resource::to_manifest).collect();
+    json!({
+        "apiVersion": kind.api_version(),
+        "items": items,
+        "kind": format!("{kind}List"),
+    })
+}
+
+/// `k=v,k=v` like `kubectl get --show-labels`, `<none>` when empty.
+fn label_list(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "<none>".to_string();
+    }
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn table(kind: Kind, resources: &[Resource], wide: bool) -> String {
+    let mut t = match (kind, wide) {
+        (Kind::IPPool, false) => Columns::new(&["NAME", "CIDR", "SELECTOR"]),
+        (Kind::IPPool, true) => Columns::new(&[
+            "NAME",
+            "CIDR",
+            "NAT",
+            "IPIPMODE",
+            "VXLANMODE",
+            "DISABLED",
+            "DISABLEBGPEXPORT",
+            "SELECTOR",
+        ]),
+        (Kind::IPReservation, _) => Columns::new(&["NAME", "CIDRS"]),
+        (Kind::IPAMConfiguration, _) => Columns::new(&[
+            "NAME",
+            "STRICTAFFINITY",
+            "AUTOALLOCATEBLOCKS",
+            "MAXBLOCKSPERHOST",
+        ]),
+        (Kind::Node | Kind::Namespace, false) => Columns::new(&["NAME"]),
+        (Kind::Node | Kind::Namespace, true) => Columns::new(&["NAME", "LABELS"]),
+    };
+    for r in resources {
+        let name = r.name().to_string();
+        let row = match r {
+            Resource::IPPool(p) => {
+                let s = &p.spec;
+                let selector = s.node_selector.clone().unwrap_or_else(|| "all()".into());
+                if wide {
+                    vec![
+                        name,
+                        s.cidr.clone(),
+                        s.nat_outgoing.to_string(),
+                        format!("{:?}", s.ipip_mode.unwrap_or_default()),
+                        format!("{:?}", s.vxlan_mode.unwrap_or_default()),
+                        s.disabled.to_string(),
+                        s.disable_bgp_export.to_string(),
+                        selector,
+                    ]
+                } else {
+                    vec![name, s.cidr.clone(), selector]
+                }
+            }
+            Resource::IPReservation(r) => vec![name, r.spec.reserved_cidrs.join(",")],
+            Resource::IPAMConfiguration(c) => vec![
+                name,
+                c.spec.strict_affinity.to_string(),
+                c.spec.auto_allocate_blocks.to_string(),
+                c.spec.max_blocks_per_host.to_string(),
+            ],
+            Resource::Node(_) | Resource::Namespace(_) if wide => {
+                vec![name, label_list(&r.metadata().labels)]
+            }
+            Resource::Node(_) | Resource::Namespace(_) => vec![name],
+        };
+        t.push(row);
+    }
+    t.render()
+}
+
+/// `patch KIND NAME -p JSON`.
+pub fn patch(store: &dyn Store, args: &PatchArgs) -> anyhow::Result<String> {
+    let kind = parse_kind(&args.kind)?;
+    let patch: Value = serde_json::from_str(&args.patch).map_err(|e| {
+        anyhow::anyhow!(
+            "the patch is not valid JSON ({e}); write a JSON merge patch such as \
+             -p '{{\"spec\": {{\"disabled\": true}}}}'"
+        )
+    })?;
+    Catalog::new(store)
+        .patch(kind, &args.name, &patch)
+        .map_err(explain)?;
+    Ok(format!("Successfully patched 1 '{kind}' resource\n"))
+}
+
+/// Which metadata map `label`/`annotate` change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaTarget {
+    /// `metadata.labels`.
+    Labels,
+    /// `metadata.annotations`.
+    Annotations,
+}
+
+/// What one `label`/`annotate` command asks for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MetaChanges {
+    /// Keys to set, with their values.
+    pub sets: Vec<(String, String)>,
+    /// Keys to remove.
+    pub removes: Vec<String>,
+}
+
+/// Splits `key=value` (value may contain `=`) and `key-` arguments.
+pub fn parse_changes(changes: &[String]) -> anyhow::Result<MetaChanges> {
+    let mut sets = Vec::new();
+    let mut removes = Vec::new();
+    for change in changes {
+        if let Some((k, v)) = change.split_once('=') {
+            if k.is_empty() {
+                bail!("{change:?} has no key before '='; write key=value");
+            }
+            sets.push((k.to_string(), v.to_string()));
+        } else if let Some(k) = change.strip_suffix('-').filter(|k| !k.is_empty()) {
+            removes.push(k.to_string());
+        } else {
+            bail!("{change:?} is neither key=value (to set) nor key- (to remove)");
+        }
+    }
+    Ok(MetaChanges { sets, removes })
+}
+
+/// `label|annotate KIND NAME k=v... k-... [--overwrite]`, answered as kubectl does
+/// (`node/kube-node-0 labeled`).
+pub fn edit_meta(store: &dyn Store, target: MetaTarget, args: &MetaArgs) -> anyhow::Result<String> {
+    let kind = parse_kind(&args.kind)?;
+    let MetaChanges { sets, removes } = parse_changes(&args.changes)?;
+    let catalog = Catalog::new(store);
+    let pick = |r: &Resource| match target {
+        MetaTarget::Labels => r.metadata().labels.clone(),
+        MetaTarget::Annotations => r.metadata().annotations.clone(),
+    };
+    let before = match catalog.get(kind, &args.name) {
+        Ok(r) => Some(pick(&r)),
+        Err(CatalogError::NotFound { .. }) => None,
+        Err(e) => return Err(explain(e)),
+    };
+    let after = match target {
+        MetaTarget::Labels => catalog.label(kind, &args.name, &sets, &removes, args.overwrite),
+        MetaTarget::Annotations => {
+            catalog.annotate(kind, &args.name, &sets, &removes, args.overwrite)
+        }
+    }
+    .map_err(explain)?;
+    let after = pick(&after);
+    let before = before.unwrap_or_default();
+    let word = match target {
+        MetaTarget::Annotations => "annotated",
+        MetaTarget::Labels if before == after => "not labeled",
+        MetaTarget::Labels if after.len() < before.len() && !args.overwrite => "unlabeled",
+        MetaTarget::Labels => "labeled",
+    };
+    Ok(format!(
+        "{}/{} {word}\n",
+        kind.as_str().to_ascii_lowercase(),
+        args.name
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_group_by_kind_in_order() {
+        let s = summary(
+            "applied",
+            [Kind::IPPool, Kind::Node, Kind::IPPool, Kind::Namespace],
+        );
+        assert_eq!(
+            s,
+            "Successfully applied 2 'IPPool' resource(s)\n\
+             Successfully applied 1 'Node' resource(s)\n\
+             Successfully applied 1 'Namespace' resource(s)\n"
+        );
+    }
+
+    #[test]
+    fn changes_split_on_the_first_equals_sign() {
+        let args: Vec<String> = [
+            "cni.projectcalico.org/ipv4pools=[\"external-pool\"]",
+            "a=b=c",
+            "gone-",
+            "empty=",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let MetaChanges { sets, removes } = parse_changes(&args).unwrap();
+        assert_eq!(
+            sets,
+            [
+                (
+                    "cni.projectcalico.org/ipv4pools".to_string(),
+                    "[\"external-pool\"]".to_string()
+                ),
+                ("a".to_string(), "b=c".to_string()),
+                ("empty".to_string(), String::new()),
+            ]
+        );
+        assert_eq!(removes, ["gone"]);
+        assert!(parse_changes(&["bare".to_string()]).is_err());
+        assert!(parse_changes(&["=v".to_string()]).is_err());
+        assert!(parse_changes(&["-".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! A small YAML emitter for JSON values that prints what `calicoctl -o yaml` and
+//! `kubectl -o yaml` print: keys sorted the way go-yaml sorts them, block style, lists not
+//! indented under their key, and strings quoted only when YAML 1.1 would read them as
+//! something else.
+//!
+//! Runbooks diff this output against saved copies, so the exact layout matters more than
+//! generality; anything a JSON value can hold round-trips through any YAML parser.
+
+use std::cmp::Ordering;
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+/// Renders `value` as one YAML document (no leading `---`), ending with a newline.
+pub fn to_yaml(value: &Value) -> String {
+    let mut out = String::new();
+    match value {
+        Value::Object(map) if !map.is_empty() => write_map(&mut out, map, 0),
+        Value::Array(items) if !items.is_empty() => write_seq(&mut out, items, 0),
+        scalar => {
+            out.push_str(&inline(scalar, 0));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn indent(out: &mut String, n: usize) {
+    out.extend(std::iter::repeat_n(' ', n));
+}
+
+/// Keys in go-yaml's order (runs of digits compare as numbers, non-letters sort before
+/// letters), which is what every Calico and Kubernetes tool prints.
+fn sorted_keys(map: &Map<String, Value>) -> Vec<&String> {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort_by(|a, b| go_yaml_key_order(a, b));
+    keys
+}
+
+fn go_yaml_key_order(a: &str, b: &str) -> Ordering {
+    let ar: Vec<char> = a.chars().collect();
+    let br: Vec<char> = b.chars().collect();
+    let mut i = 0;
+    while i < ar.len() && i < br.len() {
+        if ar[i] == br[i] {
+            i += 1;
+            continue;
+        }
+        let (al, bl) = (ar[i].is_alphabetic(), br[i].is_alphabetic());
+        if al && bl {
+            return ar[i].cmp(&br[i]);
+        }
+        if al || bl {
+            return if bl {
+                Ordering::Less
+            } else {
+                Ordering::Greater
+            };
+        }
+        let number = |r: &[char]| {
+            let digits: Vec<u32> = r[i..].iter().map_while(|c| c.to_digit(10)).collect();
+            let value = digits.iter().fold(0u128, |acc, d| {
+                acc.saturating_mul(10).saturating_add(u128::from(*d))
+            });
+            (value, digits.len())
+        };
+        let ((an, alen), (bn, blen)) = (number(&ar), number(&br));
+        if an != bn {
+            return an.cmp(&bn);
+        }
+        if alen != blen {
+            return alen.cmp(&blen);
+        }
+        return ar[i].cmp(&br[i]);
+    }
+    ar.len().cmp(&br.len())
+}
+
+fn is_block(value: &Value) -> bool {
+    match value {
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => false,
+    }
+}
+
+fn write_map(out: &mut String, map: &Map<String, Value>, level: usize) {
+    for (i, key) in sorted_keys(map).into_iter().enumerate() {
+        // The first key of a map inside a list item sits on the item's `- ` line.
+        if i > 0 || !out.ends_with("- ") {
+            indent(out, level);
+        }
+        out.push_str(&scalar_string(key, level));
+        out.push(':');
+        write_value_after_key(out, &map[key], level);
+    }
+}
+
+fn write_value_after_key(out: &mut String, value: &Value, level: usize) {
+    match value {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            write_map(out, m, level + 2);
+        }
+        // go-yaml does not indent a list under its key.
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            write_seq(out, a, level);
+        }
+        other => {
+            out.push(' ');
+            out.push_str(&inline(other, level));
+            out.push('\n');
+        }
+    }
+}
+
+fn write_seq(out: &mut String, items: &[Value], level: usize) {
+    for item in items {
+        if !out.ends_with("- ") {
+            indent(out, level);
+        }
+        out.push_str("- ");
+        match item {
+            Value::Object(m) if !m.is_empty() => write_map(out, m, level + 2),
+            Value::Array(a) if !a.is_empty() => write_seq(out, a, level + 2),
+            other => {
+                out.push_str(&inline(other, level));
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// A scalar or empty collection written on the current line. `level` is the indentation of
+/// the line, used by multi-line strings.
+fn inline(value: &Value, level: usize) -> String {
+    debug_assert!(!is_block(value));
+    match value {
+        Value::Null => "null".to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => scalar_string(s, level),
+        Value::Array(_) => "[]".to_string(),
+        Value::Object(_) => "{}".to_string(),
+    }
+}
+
+/// A string in the style go-yaml picks: plain when that reads back as the same string,
+/// double-quoted when plain would read as another type, single-quoted when plain is not
+/// allowed, a literal block when it spans lines.
+fn scalar_string(s: &str, level: usize) -> String {
+    if s.is_empty() {
+        return "\"\"".to_string();
+    }
+    if s.chars().any(|c| c.is_control() && c != '\n') {
+        return double_quoted(s);
+    }
+    if s.contains('\n') {
+        return literal_block(s, level);
+    }
+    if resolves_to_non_string(s) {
+        return double_quoted(s);
+    }
+    if plain_allowed(s) {
+        return s.to_string();
+    }
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn literal_block(s: &str, level: usize) -> String {
+    let body = s.strip_suffix('\n').unwrap_or(s);
+    let chomp = if s.ends_with('\n') { "" } else { "-" };
+    if body.starts_with(' ') || s.ends_with("\n\n") {
+        // A leading space would need an indentation indicator; quoting is simpler and exact.
+        return double_quoted(s);
+    }
+    let mut out = format!("|{chomp}");
+    for line in body.split('\n') {
+        out.push('\n');
+        if !line.is_empty() {
+            out.extend(std::iter::repeat_n(' ', level + 2));
+            out.push_str(line);
+        }
+    }
+    out
+}
+
+fn double_quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04X}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether a plain scalar with this text would be read by a YAML 1.1 parser (go-yaml, which
+/// Kubernetes tools use) as null, a boolean, a number or a timestamp.
+fn resolves_to_non_string(s: &str) -> bool {
+    const WORDS: &[&str] = &[
+        "~", "null", "Null", "NULL", "y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO",
+        "true", "True", "TRUE", "false", "False", "FALSE", "on", "On", "ON", "off", "Off", "OFF",
+        ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan",
+        ".NaN", ".NAN", "<<",
+    ];
+    if WORDS.contains(&s) {
+        return true;
+    }
+    let Some(first) = s.chars().next() else {
+        return true;
+    };
+    if !matches!(first, '+' | '-' | '.' | '0'..='9') {
+        return false;
+    }
+    let plain: String = s.chars().filter(|&c| c != '_').collect();
+    let unsigned = plain.trim_start_matches(['+', '-']);
+    let radix_int = |prefix: &str, radix: u32| {
+        unsigned
+            .strip_prefix(prefix)
+            .is_some_and(|d| !d.is_empty() && u128::from_str_radix(d, radix).is_ok())
+    };
+    if radix_int("0x", 16) || radix_int("0b", 2) || radix_int("0o", 8) {
+        return true;
+    }
+    if !unsigned.is_empty() && unsigned.chars().all(|c| c.is_ascii_digit()) {
+        return true;
+    }
+    if unsigned.chars().any(|c| c.is_ascii_digit()) && plain.parse::<f64>().is_ok() {
+        return true;
+    }
+    is_base60(unsigned) || looks_like_timestamp(s)
+}
+
+/// `1:20`, `190:20:30.15`: YAML 1.1 sexagesimal numbers.
+fn is_base60(s: &str) -> bool {
+    let mut parts = s.split(':');
+    let Some(head) = parts.next() else {
+        return false;
+    };
+    let mut rest: Vec<&str> = parts.collect();
+    if rest.is_empty() || head.is_empty() || !head.chars().all(|c| c.is_ascii_digit()) {
+        return false;
+    }
+    if let Some(last) = rest.last_mut() {
+        if let Some((whole, frac)) = last.split_once('.') {
+            if !frac.chars().all(|c| c.is_ascii_digit()) {
+                return false;
+            }
+            *last = whole;
+        }
+    }
+    rest.iter().all(|p| {
+        !p.is_empty() && p.len() <= 2 && p.chars().all(|c| c.is_ascii_digit()) && p < &"60"
+    })
+}
+
+/// `2022-05-12`, `2022-05-12T14:34:03Z`: go-yaml reads these as timestamps.
+fn looks_like_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|x| x.iter().all(u8::is_ascii_digit));
+    if !(digits(0..4) && b.get(4) == Some(&b'-')) {
+        return false;
+    }
+    let mut i = 5;
+    let month = (i..b.len()).take_while(|&j| b[j].is_ascii_digit()).count();
+    if !(1..=2).contains(&month) {
+        return false;
+    }
+    i += month;
+    if b.get(i) != Some(&b'-') {
+        return false;
+    }
+    i += 1;
+    let day = (i..b.len()).take_while(|&j| b[j].is_ascii_digit()).count();
+    if !(1..=2).contains(&day) {
+        return false;
+    }
+    i += day;
+    i == b.len() || matches!(b[i], b'T' | b't' | b' ' | b'\t')
+}
+
+/// Whether the string may be written as a plain scalar in block context.
+fn plain_allowed(s: &str) -> bool {
+    let first = s.chars().next().unwrap_or(' ');
+    let second = s.chars().nth(1);
+    let indicator = matches!(
+        first,
+        ',' | '['
+            | ']'
+            | '{'
+            | '}'
+            | '#'
+            | '&'
+            | '*'
+            | '!'
+            | '|'
+            | '>'
+            | '\''
+            | '"'
+            | '%'
+            | '@'
+            | '`'
+    );
+    let dash_like = matches!(first, '-' | '?' | ':') && second.is_none_or(|c| c == ' ');
+    if indicator || dash_like {
+        return false;
+    }
+    if s.starts_with("---") || s.starts_with("...") {
+        return false;
+    }
+    if s.starts_with(' ') || s.ends_with(' ') || s.ends_with(':') {
+        return false;
+    }
+    !(s.contains(": ") || s.contains(" #") || s.contains('\t'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pool_manifest_matches_calicoctl_layout() {
+        let v = json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": "default-ipv4-ippool", "resourceVersion": "689",
+                         "creationTimestamp": "2022-05-12T14:34:03Z",
+                         "annotations": {"projectcalico.org/metadata": "{\"uid\":\"x\"}"}},
+            "spec": {"cidr": "10.244.0.0/18", "blockSize": 26, "natOutgoing": true,
+                     "allowedUses": ["Workload", "Tunnel"], "nodeSelector": "all()",
+                     "ipipMode": "Never", "vxlanMode": "Always"}
+        });
+        assert_eq!(
+            to_yaml(&v),
+            "apiVersion: projectcalico.org/v3\n\
+             kind: IPPool\n\
+             metadata:\n\
+            \x20 annotations:\n\
+            \x20   projectcalico.org/metadata: '{\"uid\":\"x\"}'\n\
+            \x20 creationTimestamp: \"2022-05-12T14:34:03Z\"\n\
+            \x20 name: default-ipv4-ippool\n\
+            \x20 resourceVersion: \"689\"\n\
+             spec:\n\
+            \x20 allowedUses:\n\
+            \x20 - Workload\n\
+            \x20 - Tunnel\n\
+            \x20 blockSize: 26\n\
+            \x20 cidr: 10.244.0.0/18\n\
+            \x20 ipipMode: Never\n\
+            \x20 natOutgoing: true\n\
+            \x20 nodeSelector: all()\n\
+            \x20 vxlanMode: Always\n"
+        );
+    }
+
+    #[test]
+    fn lists_of_maps_and_empties() {
+        let v = json!({"items": [{"b": 1, "a": {"x": []}}, {"c": {}}], "kind": "IPPoolList"});
+        assert_eq!(
+            to_yaml(&v),
+            "items:\n- a:\n    x: []\n  b: 1\n- c: {}\nkind: IPPoolList\n"
+        );
+    }
+
+    #[test]
+    fn quoting_rules() {
+        for (s, want) in [
+            ("rack == \"0\"", "rack == \"0\""),
+            ("!all()", "'!all()'"),
+            ("[\"external-pool\"]", "'[\"external-pool\"]'"),
+            ("true", "\"true\""),
+            ("yes", "\"yes\""),
+            ("12", "\"12\""),
+            ("1e3", "\"1e3\""),
+            ("0x1F", "\"0x1F\""),
+            ("1:20", "\"1:20\""),
+            ("2024-01-02", "\"2024-01-02\""),
+            ("192.168.0.0/24", "192.168.0.0/24"),
+            ("fd00::/48", "fd00::/48"),
+            ("a: b", "'a: b'"),
+            ("it's", "it's"),
+            ("'q'", "'''q'''"),
+            ("", "\"\""),
+            ("-x", "-x"),
+            ("- x", "'- x'"),
+            ("inf", "inf"),
+            ("tab\there", "\"tab\\there\""),
+        ] {
+            assert_eq!(scalar_string(s, 0), want, "for {s:?}");
+        }
+    }
+
+    #[test]
+    fn multi_line_strings_are_literal_blocks() {
+        let v = json!({"a": {"note": "one\ntwo\n"}});
+        assert_eq!(to_yaml(&v), "a:\n  note: |\n    one\n    two\n");
+        let v = json!({"note": "one\n\ntwo"});
+        assert_eq!(to_yaml(&v), "note: |-\n  one\n\n  two\n");
+    }
+
+    #[test]
+    fn key_order_follows_go_yaml() {
+        let mut keys = vec!["b10", "b9", "a_b", "aB", "A", "a"];
+        keys.sort_by(|a, b| go_yaml_key_order(a, b));
+        assert_eq!(keys, ["A", "a", "a_b", "aB", "b9", "b10"]);
+    }
+}

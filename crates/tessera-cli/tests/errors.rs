@@ -1,0 +1,235 @@
+//! Bad input and broken stores: every error names what was wrong and where, changes nothing,
+//! exits 1, and never panics.
+
+mod common;
+
+use common::Env;
+
+const TWO_POOLS_ONE_BAD: &str = r#"apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: good-pool
+spec:
+  cidr: 10.1.0.0/16
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: bad-pool
+spec:
+  cidr: 10.2.0.0/16
+  natOutgoin: true
+---
+apiVersion: projectcalico.org/v3
+kind: IPPool
+metadata:
+  name: worse-pool
+spec:
+  cidr: 10.3.0.0/16
+  blockSize: 33
+"#;
+
+#[test]
+fn one_invalid_document_changes_nothing_and_every_error_is_printed() {
+    let env = Env::new();
+    let file = env.write_file("pools.yaml", TWO_POOLS_ONE_BAD);
+    for command in ["apply", "create"] {
+        assert_eq!(
+            env.fails(&[command, "-f", &file]),
+            format!(
+                "Error: {file}: document 2 (line 8, IPPool \"bad-pool\"): spec.natOutgoin: unknown \
+                 field; did you mean natOutgoing? IPPool spec accepts cidr, blockSize, ipipMode, \
+                 vxlanMode, natOutgoing, disabled, disableBGPExport, nodeSelector, \
+                 namespaceSelector, allowedUses, assignmentMode\n\
+                 {file}: document 3 (line 16, IPPool \"worse-pool\"): spec.blockSize: 33 is \
+                 outside 20-32 for IPv4\n"
+            )
+        );
+    }
+    assert_eq!(env.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
+}
+
+#[test]
+fn unknown_kind_is_named_with_the_known_ones() {
+    let env = Env::new();
+    let expected = "Error: unknown resource type \"bgppeer\"; Tessera manages: ippool, \
+                    ipreservation, ipamconfiguration, node, namespace\n";
+    assert_eq!(env.fails(&["get", "bgppeer"]), expected);
+    assert_eq!(env.fails(&["delete", "bgppeer", "peer1"]), expected);
+}
+
+#[test]
+fn missing_resources_are_named() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["get", "ippool", "missing"]),
+        "Error: resource does not exist: IPPool(missing); see what exists with `tessera get ippools`\n"
+    );
+    assert_eq!(
+        env.fails(&["delete", "ippools", "default-ipv4-ippool", "other"]),
+        "Error: resource does not exist: IPPool(default-ipv4-ippool); see what exists with \
+         `tessera get ippools`\n\
+         resource does not exist: IPPool(other); see what exists with `tessera get ippools`\n"
+    );
+    assert_eq!(
+        env.fails(&["patch", "ippool", "missing", "-p", r#"{"spec": {"disabled": true}}"#]),
+        "Error: resource does not exist: IPPool(missing); see what exists with `tessera get ippools`\n"
+    );
+}
+
+#[test]
+fn bad_patches_and_label_arguments_are_explained() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["patch", "ippool", "p", "-p", "{spec: 1}"]),
+        "Error: the patch is not valid JSON (key must be a string at line 1 column 2); write a \
+         JSON merge patch such as -p '{\"spec\": {\"disabled\": true}}'\n"
+    );
+    assert_eq!(
+        env.fails(&["label", "node", "n1", "rack"]),
+        "Error: \"rack\" is neither key=value (to set) nor key- (to remove)\n"
+    );
+}
+
+#[test]
+fn unreadable_manifest_file_is_named() {
+    let env = Env::new();
+    let missing = env.dir().join("nope.yaml");
+    let missing = missing.to_string_lossy();
+    assert_eq!(
+        env.fails(&["apply", "-f", &missing]),
+        format!(
+            "Error: cannot read {missing}; check the path given with -f (use -f - for standard \
+             input): No such file or directory (os error 2)\n"
+        )
+    );
+}
+
+#[test]
+fn corrupt_store_file_is_named_without_a_panic() {
+    let env = Env::new();
+    std::fs::write(env.db(), "this is not a database, just text\n".repeat(200)).unwrap();
+    let db = env.db().display().to_string();
+    let expected = format!(
+        "Error: datastore {db} is corrupt or not a Tessera store: reading the database schema: \
+         the file is not a SQLite database (file is not a database); move it away (for example \
+         `mv {db} {db}.broken`) or point --datastore (or TESSERA_DATASTORE) elsewhere\n"
+    );
+    for args in [
+        &["get", "ippool"][..],
+        &["ipam", "show"],
+        &["ipam", "assign", "--node", "n", "--handle", "h"],
+        &["status"],
+    ] {
+        assert_eq!(env.fails(args), expected, "for {args:?}");
+    }
+}
+
+#[test]
+fn mistyped_datastore_url_is_refused() {
+    let env = Env::new();
+    let run = env
+        .command(&["get", "ippool"])
+        .args(["--datastore", "sqlit:/tmp/x.db"])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stderr),
+        "Error: datastore \"sqlit:/tmp/x.db\" is not a valid datastore URL: unknown scheme \
+         \"sqlit\" (for a file whose name contains ':', write ./sqlit:/tmp/x.db or \
+         sqlite:sqlit:/tmp/x.db); accepted forms: a file path, sqlite:PATH, \
+         sqlite:///ABSOLUTE/PATH, memory, or etcd://HOST:PORT[,HOST:PORT] (etcds:// for TLS); \
+         set it with --datastore or TESSERA_DATASTORE\n"
+    );
+}
+
+#[test]
+fn assign_without_pools_says_what_to_create() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["ipam", "assign", "--node", "n1", "--handle", "h"]),
+        "Error: no enabled IPv4 IP pool selects node \"n1\"; create one with a matching \
+         nodeSelector, or label the node\n"
+    );
+    assert_eq!(
+        env.fails(&["ipam", "assign", "--node", "n1", "--handle", "h", "--pool", "nope"]),
+        "Error: IP pool \"nope\" does not exist; list pools with `tessera get ippool`\n"
+    );
+}
+
+#[test]
+fn empty_input_is_refused() {
+    let env = Env::new();
+    let run = env.run_with_input(&["apply", "-f", "-"], "# only a comment\n");
+    assert_eq!(
+        (run.code, run.stdout.as_str(), run.stderr.as_str()),
+        (
+            1,
+            "",
+            "Error: stdin: no resources found (the input is empty or holds only comments); pass \
+             a file with at least one manifest such as an IPPool\n"
+        )
+    );
+}
+
+#[test]
+fn garbage_input_is_an_error_never_a_panic() {
+    let env = Env::new();
+    let deep = format!("{}1{}", "[".repeat(5000), "]".repeat(5000));
+    let inputs: Vec<(&str, Vec<u8>)> = vec![
+        ("binary", vec![0xff, 0xfe, 0x00, 0x41, 0x9c]),
+        ("nul bytes", b"apiVersion: projectcalico.org/v3\0\0".to_vec()),
+        ("deep nesting", deep.into_bytes()),
+        ("scalar", b"42\n".to_vec()),
+        ("list of scalars", b"- 1\n- two\n".to_vec()),
+        ("tabs", b"kind:\tIPPool\n\tmetadata: x\n".to_vec()),
+        ("huge number", b"apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  cidr: 10.0.0.0/8\n  blockSize: 99999999999999999999999\n".to_vec()),
+        ("wrong types", b"apiVersion: 3\nkind: [IPPool]\nmetadata: 7\nspec: true\n".to_vec()),
+        ("half json", b"{\"apiVersion\": \"projectcalico.org/v3\", \"kind\": \"IPP".to_vec()),
+        ("anchors", b"a: &x [*x]\n".to_vec()),
+    ];
+    for (what, bytes) in inputs {
+        let path = env.dir().join("input");
+        std::fs::write(&path, &bytes).unwrap();
+        for command in ["apply", "create", "replace", "delete"] {
+            let run = env.run(&[command, "-f", &path.to_string_lossy()]);
+            assert_eq!(run.code, 1, "{what} with {command}: {run:?}");
+            assert!(run.stdout.is_empty(), "{what} with {command}: {run:?}");
+            assert!(
+                run.stderr.starts_with("Error: ") && !run.stderr.contains("panicked"),
+                "{what} with {command}: {run:?}"
+            );
+        }
+    }
+    assert_eq!(env.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
+    std::fs::write(env.dir().join("latin1.yaml"), b"kind: IPPool # caf\xe9\n").unwrap();
+    let latin1 = env.dir().join("latin1.yaml").to_string_lossy().into_owned();
+    assert_eq!(
+        env.fails(&["apply", "-f", &latin1]),
+        format!(
+            "Error: {latin1} is not UTF-8 text (invalid byte at offset 18); manifests must be \
+             YAML or JSON saved as UTF-8\n"
+        )
+    );
+}
+
+#[test]
+fn usage_errors_exit_1_with_the_usage_hint() {
+    let env = Env::new();
+    assert_eq!(
+        env.fails(&["ipam", "show", "--ip", "192.168.0.300"]),
+        "Error: invalid value '192.168.0.300' for '--ip <IP>': invalid IP address syntax\n\
+         \n\
+         For more information, try '--help'.\n"
+    );
+    assert_eq!(
+        env.fails(&["ipam", "release"]),
+        "Error: the following required arguments were not provided:\n\
+        \x20 <--handle <HANDLE>|--ip <IP>...>\n\
+         \n\
+         Usage: tessera ipam release <--handle <HANDLE>|--ip <IP>...>\n\
+         \n\
+         For more information, try '--help'.\n"
+    );
+}
