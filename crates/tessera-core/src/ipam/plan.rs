@@ -278,6 +278,12 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             && (cfg.max_blocks_per_host == 0 || owned < cfg.max_blocks_per_host as usize);
         if may_claim {
             for pool in pools {
+                // Another process of this node may have claimed a block since the snapshot:
+                // use it rather than claim a second one.
+                if let Some(a) = self.use_late_claims(pool, handle, attrs)? {
+                    self.pools_used.insert(self.pool_slot(pool));
+                    return Ok(a);
+                }
                 self.mark_own_full(pool)?;
                 let ctx = self.ctx;
                 let leftovers = self.leftover_blocks(pool)?;
@@ -334,6 +340,38 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 .join(", "),
             reason,
         })
+    }
+
+    /// Takes an address from a block of this node that the index lists but the snapshot did
+    /// not have (claimed concurrently by another process on the node).
+    fn use_late_claims(
+        &mut self,
+        pool: &PoolInfo,
+        handle: &str,
+        attrs: &Attributes,
+    ) -> Result<Option<AssignedAddress>, IpamError> {
+        let node = self.node;
+        let listed: Vec<String> = self
+            .index(pool.tiling)?
+            .index
+            .blocks
+            .iter()
+            .filter(|e| e.home == node)
+            .filter_map(|e| pool.tiling.block(e.ordinal).map(|b| keys::block(node, &b)))
+            .collect();
+        let late: Vec<String> = listed
+            .into_iter()
+            .filter(|k| !self.blocks.contains_key(k))
+            .collect();
+        for key in late {
+            if self.fetch_block(&key)? && self.blocks[&key].block.affinity.as_deref() == Some(node)
+            {
+                if let Some(a) = self.take_free(&key, pool, handle, attrs) {
+                    return Ok(Some(a));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Marks this node's full blocks of `pool` as full in the index, so other nodes looking
