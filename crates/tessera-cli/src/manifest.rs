@@ -476,30 +476,7 @@ spec:
 ";
 
     /// Seed 001: pools.yaml with two small pools for two namespaces.
-    const NAMESPACE_POOLS: &str = "\
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata:
-  name: external-pool
-spec:
-  cidr: 172.16.0.0/26
-  blockSize: 29
-  ipipMode: Always
-  natOutgoing: true
-
----
-
-
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata:
-  name: internal-pool
-spec:
-  cidr: 192.169.0.0/24
-  blockSize: 29
-  ipipMode: Always
-  natOutgoing: true
-";
+    const NAMESPACE_POOLS: &str = include_str!("../../../examples/namespace-pools.yaml");
 
     /// Seed 002: the extra pool, the temporary pool and the recreated default pool.
     const MIGRATION_POOLS: &str = "\
@@ -609,7 +586,7 @@ spec:
         );
         assert_eq!(
             error(&text, "pools.yaml"),
-            "pools.yaml: document 2 (line 14, IPPool \"internal-pool\"): spec.blockSize: 33 is \
+            "pools.yaml: document 2 (line 17, IPPool \"internal-pool\"): spec.blockSize: 33 is \
              outside 20-32 for IPv4"
         );
     }

@@ -4,29 +4,7 @@ mod common;
 
 use common::Env;
 
-const POOLS_YAML: &str = r#"apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata:
-  name: external-pool
-spec:
-  cidr: 172.16.0.0/26
-  blockSize: 29
-  ipipMode: Always
-  natOutgoing: true
-
----
-
-
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata:
-  name: internal-pool
-spec:
-  cidr: 192.169.0.0/24
-  blockSize: 29
-  ipipMode: Always
-  natOutgoing: true
-"#;
+const POOLS_YAML: &str = include_str!("../../../examples/namespace-pools.yaml");
 
 const NODE: &str = "casey-crc-kadm-node-0";
 

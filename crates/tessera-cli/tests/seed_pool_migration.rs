@@ -28,17 +28,7 @@ spec:
   natOutgoing: true
 "#;
 
-const RECREATED_DEFAULT: &str = r#"
-apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata:
-  name: default-ipv4-ippool
-spec:
-  blockSize: 27   # change blockSize from 26 to 27
-  cidr: 192.0.0.0/16
-  ipipMode: Always
-  natOutgoing: true
-"#;
+const RECREATED_DEFAULT: &str = include_str!("../../../examples/default-pool-blocksize-27.yaml");
 
 fn assign(env: &Env, handle: &str) -> String {
     env.ok(&["ipam", "assign", "--node", "node1", "--handle", handle])

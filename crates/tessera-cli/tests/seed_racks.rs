@@ -26,15 +26,7 @@ spec:
   nodeSelector: rack == "1"
 "#;
 
-const DEFAULT_POOL: &str = r#"apiVersion: projectcalico.org/v3
-kind: IPPool
-metadata:
-  name: default-ipv4-ippool
-spec:
-  cidr: 192.168.0.0/16
-  ipipMode: Always
-  natOutgoing: true
-"#;
+const DEFAULT_POOL: &str = include_str!("../../../examples/default-pool.yaml");
 
 /// Creates the rack pools and labels the four nodes as the walkthrough does.
 fn racks() -> Env {
