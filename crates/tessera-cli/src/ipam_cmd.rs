@@ -7,9 +7,8 @@ use std::net::IpAddr;
 use anyhow::{bail, Context as _};
 use serde_json::json;
 use tessera_core::catalog::Catalog;
-use tessera_core::ipam::{AssignRequest, Attributes, Block, Context, Ipam, Usage};
+use tessera_core::ipam::{AssignRequest, Attributes, Context, Ipam, Usage};
 use tessera_core::keys;
-use tessera_core::net::offset_in_block;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::Store;
 use tessera_core::validate::IPAM_CONFIG_NAME;
@@ -192,11 +191,6 @@ fn show_ip(store: &dyn Store, ipam: &Ipam<&dyn Store>, ip: IpAddr) -> anyhow::Re
         ));
     }
     if ctx.pool_containing(ip).is_none() {
-        // A workload keeps its address after its pool is deleted; the allocator's lookup goes
-        // through pools, so look in the leftover blocks before saying the address is free.
-        if let Some((handle, attrs)) = allocation_outside_pools(store, ip)? {
-            return Ok(in_use(ip, &handle, &attrs));
-        }
         return Ok(format!("IP {ip} is not in any IP pool\n"));
     }
     Ok(format!("IP {ip} is not assigned\n"))
@@ -217,26 +211,6 @@ fn in_use(ip: IpAddr, handle: &str, a: &Attributes) -> String {
         }
     }
     out
-}
-
-/// The holder of `ip` in a block whose pool no longer exists.
-fn allocation_outside_pools(
-    store: &dyn Store,
-    ip: IpAddr,
-) -> anyhow::Result<Option<(String, Attributes)>> {
-    for kv in store
-        .range(keys::BLOCK_PREFIX)
-        .context("cannot read IPAM blocks")?
-    {
-        let block: Block = serde_json::from_slice(&kv.value)
-            .with_context(|| format!("record {} is damaged; run `tessera ipam check`", kv.key))?;
-        if let Some(alloc) =
-            offset_in_block(&block.cidr, ip).and_then(|o| block.allocations.get(&o))
-        {
-            return Ok(Some((alloc.handle.clone(), alloc.attrs.clone())));
-        }
-    }
-    Ok(None)
 }
 
 /// `ipam check`: the report, failing when it found problems.

@@ -56,6 +56,17 @@ fn bench_store<S: Store>(c: &mut Criterion, name: &str, store: S) {
     let ipam = Ipam::new(store);
     let mut group = c.benchmark_group(format!("allocator/{name}"));
     group.throughput(Throughput::Elements(1));
+    // Baseline: the store alone, one unconditional transaction writing a block-sized value.
+    let value = vec![b'x'; 2048];
+    group.bench_function("raw-put", |b| {
+        b.iter(|| {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let key = format!("bench/raw/{}", n % 4096);
+            ipam.store()
+                .txn(&[], &[Op::Put(key, value.clone())])
+                .unwrap()
+        })
+    });
     group.bench_function("assign", |b| {
         b.iter(|| {
             ipam.assign(&request(NEXT.fetch_add(1, Ordering::Relaxed)))

@@ -14,7 +14,7 @@ use super::context::{block_len_u32, is_edge_address, Context};
 use super::plan::{allocated, parse_block_key};
 use crate::net::Tiling;
 
-use super::records::{decode, Allocation, Block, HandleRecord, PoolIndex};
+use super::records::{decode, Allocation, Attributes, Block, HandleRecord, PoolIndex};
 use super::IpamError;
 
 /// Where one address stands.
@@ -74,8 +74,20 @@ pub(super) fn lookup<S: Store + ?Sized>(
         return Ok(None);
     };
     let block: Block = decode(&kv)?;
-    let allocation =
-        offset_in_block(&block.cidr, ip).and_then(|o| block.allocations.get(&o).cloned());
+    let allocation = match offset_in_block(&block.cidr, ip).and_then(|o| block.allocations.get(&o))
+    {
+        None => None,
+        Some(handle) => {
+            let attrs = match store.get(&keys::handle(handle))? {
+                Some(kv) => decode::<HandleRecord>(&kv)?.attrs,
+                None => Default::default(),
+            };
+            Some(Allocation {
+                handle: handle.clone(),
+                attrs,
+            })
+        }
+    };
     Ok(Some(AddressInfo {
         ip,
         pool: pool.map(|p| p.name.clone()).unwrap_or_default(),
@@ -147,12 +159,25 @@ pub(super) fn usage<S: Store + ?Sized>(store: &S) -> Result<Usage, IpamError> {
             blocks: Vec::new(),
         })
         .collect();
+    let mut attrs_of: HashMap<String, Attributes> = HashMap::new();
+    for kv in snap.list(3) {
+        let h: HandleRecord = decode(kv)?;
+        attrs_of.insert(h.id, h.attrs);
+    }
     for kv in snap.list(1) {
         let block: Block = decode(kv)?;
         let in_use = block.allocations.len() as u128;
         let borrowed = allocated(&block)
-            .filter(|(_, a)| a.attrs.node.is_some() && a.attrs.node != block.affinity)
-            .map(|(ip, a)| (ip, a.clone()))
+            .filter_map(|(ip, handle)| {
+                let attrs = attrs_of.get(handle)?;
+                (attrs.node.is_some() && attrs.node != block.affinity).then(|| {
+                    let allocation = Allocation {
+                        handle: handle.clone(),
+                        attrs: attrs.clone(),
+                    };
+                    (ip, allocation)
+                })
+            })
             .collect();
         let usage = BlockUsage {
             cidr: block.cidr,
@@ -333,7 +358,7 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
             }
         }
         // Allocations.
-        for (ip, a) in allocated(b) {
+        for (ip, handle) in allocated(b) {
             report.allocations += 1;
             if let Some(other) = seen_ips.insert(ip, b.cidr.to_string()) {
                 problems.push(format!(
@@ -345,24 +370,24 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
                 if p.is_edge_address(ip) {
                     problems.push(format!(
                         "address {ip} is the network or broadcast address of pool {:?} but is allocated to handle {:?}",
-                        p.name, a.handle
+                        p.name, handle
                     ));
                 }
             }
             if let Some(r) = ctx.reservation_of(ip) {
                 problems.push(format!(
                     "address {ip} is reserved by IPReservation {r:?} but allocated to handle {:?}",
-                    a.handle
+                    handle
                 ));
             }
-            match handles.get(&a.handle) {
+            match handles.get(handle) {
                 None => problems.push(format!(
                     "address {ip} in block {} is allocated to handle {:?}, which does not exist",
-                    b.cidr, a.handle
+                    b.cidr, handle
                 )),
                 Some(h) if !h.addresses.iter().any(|x| x.ip == ip) => problems.push(format!(
                     "address {ip} in block {} is allocated to handle {:?}, which does not list it",
-                    b.cidr, a.handle
+                    b.cidr, handle
                 )),
                 _ => {}
             }
@@ -419,7 +444,7 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
             let held = by_key.get(a.block.as_str()).is_some_and(|b| {
                 offset_in_block(&b.cidr, a.ip)
                     .and_then(|o| b.allocations.get(&o))
-                    .is_some_and(|x| x.handle == h.id)
+                    .is_some_and(|x| *x == h.id)
             });
             if !held {
                 problems.push(format!(

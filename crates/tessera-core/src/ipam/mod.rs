@@ -250,7 +250,7 @@ impl<S: Store> Ipam<S> {
 
             let mut got = Vec::new();
             for ip in &req.ips {
-                got.push(plan.assign_specific(*ip, &req.handle, &attrs)?);
+                got.push(plan.assign_specific(*ip, &req.handle)?);
             }
             for (family, count) in [(Family::V4, req.num_v4), (Family::V6, req.num_v6)] {
                 if count == 0 {
@@ -258,7 +258,7 @@ impl<S: Store> Ipam<S> {
                 }
                 let pools = select::candidate_pools(&ctx, family, &req.node, req)?;
                 for _ in 0..count {
-                    match plan.assign_auto(&pools, family, &req.handle, &attrs) {
+                    match plan.assign_auto(&pools, family, &req.handle) {
                         Ok(a) => got.push(a),
                         Err(e) => {
                             plan.save_hints();

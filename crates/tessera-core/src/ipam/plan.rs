@@ -11,9 +11,7 @@ use crate::net::{addr_in_block, offset_in_block, parse_net_key, Tiling};
 use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
 
 use super::context::{block_len_u32, is_edge_address, Context, PoolInfo};
-use super::records::{
-    decode, encode, Allocation, Attributes, Block, HandleRecord, IndexEntry, PoolIndex,
-};
+use super::records::{decode, encode, Block, HandleRecord, IndexEntry, PoolIndex};
 use super::select::Family;
 use super::{AssignedAddress, IpamError};
 
@@ -165,17 +163,11 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     }
 
     /// Takes a free address in the block at `key`, if it has one.
-    fn take_free(
-        &mut self,
-        key: &str,
-        pool: &PoolInfo,
-        handle: &str,
-        attrs: &Attributes,
-    ) -> Option<AssignedAddress> {
+    fn take_free(&mut self, key: &str, pool: &PoolInfo, handle: &str) -> Option<AssignedAddress> {
         let ctx = self.ctx;
         let planned = self.blocks.get_mut(key)?;
         let off = free_offset(ctx, &planned.block)?;
-        Some(Self::occupy(planned, pool, off, handle, attrs))
+        Some(Self::occupy(planned, pool, off, handle))
     }
 
     fn occupy(
@@ -183,17 +175,10 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         pool: &PoolInfo,
         off: u32,
         handle: &str,
-        attrs: &Attributes,
     ) -> AssignedAddress {
         let len = block_len_u32(&pool.tiling);
         let b = &mut planned.block;
-        b.allocations.insert(
-            off,
-            Allocation {
-                handle: handle.to_string(),
-                attrs: attrs.clone(),
-            },
-        );
+        b.allocations.insert(off, handle.to_string());
         b.next = (off + 1) % len;
         planned.changed = true;
         planned.allocated = true;
@@ -258,11 +243,10 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         pools: &[&PoolInfo],
         family: Family,
         handle: &str,
-        attrs: &Attributes,
     ) -> Result<AssignedAddress, IpamError> {
         for pool in pools {
             for key in self.affine_keys(pool) {
-                if let Some(a) = self.take_free(&key, pool, handle, attrs) {
+                if let Some(a) = self.take_free(&key, pool, handle) {
                     self.pools_used.insert(self.pool_slot(pool));
                     return Ok(a);
                 }
@@ -280,7 +264,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             for pool in pools {
                 // Another process of this node may have claimed a block since the snapshot:
                 // use it rather than claim a second one.
-                if let Some(a) = self.use_late_claims(pool, handle, attrs)? {
+                if let Some(a) = self.use_late_claims(pool, handle)? {
                     self.pools_used.insert(self.pool_slot(pool));
                     return Ok(a);
                 }
@@ -300,7 +284,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 if let Some(ordinal) = free {
                     let key = self.claim(pool, ordinal)?;
                     let a = self
-                        .take_free(&key, pool, handle, attrs)
+                        .take_free(&key, pool, handle)
                         .expect("a usable new block has a free address");
                     self.pools_used.insert(self.pool_slot(pool));
                     return Ok(a);
@@ -309,7 +293,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         }
         if !cfg.strict_affinity {
             for pool in pools {
-                if let Some(a) = self.borrow(pool, handle, attrs)? {
+                if let Some(a) = self.borrow(pool, handle)? {
                     self.pools_used.insert(self.pool_slot(pool));
                     return Ok(a);
                 }
@@ -348,7 +332,6 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         &mut self,
         pool: &PoolInfo,
         handle: &str,
-        attrs: &Attributes,
     ) -> Result<Option<AssignedAddress>, IpamError> {
         let node = self.node;
         let listed: Vec<String> = self
@@ -366,7 +349,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         for key in late {
             if self.fetch_block(&key)? && self.blocks[&key].block.affinity.as_deref() == Some(node)
             {
-                if let Some(a) = self.take_free(&key, pool, handle, attrs) {
+                if let Some(a) = self.take_free(&key, pool, handle) {
                     return Ok(Some(a));
                 }
             }
@@ -415,7 +398,6 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         &mut self,
         pool: &PoolInfo,
         handle: &str,
-        attrs: &Attributes,
     ) -> Result<Option<AssignedAddress>, IpamError> {
         let candidates: Vec<(u128, String)> = self
             .index(pool.tiling)?
@@ -436,7 +418,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             if self.blocks[&key].block.affinity.as_deref() == Some(self.node) {
                 continue; // Own blocks were tried first.
             }
-            if let Some(a) = self.take_free(&key, pool, handle, attrs) {
+            if let Some(a) = self.take_free(&key, pool, handle) {
                 return Ok(Some(a));
             }
             self.mark_full(pool.tiling, &key)?;
@@ -449,7 +431,6 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         &mut self,
         ip: IpAddr,
         handle: &str,
-        attrs: &Attributes,
     ) -> Result<AssignedAddress, IpamError> {
         let ctx = self.ctx;
         let pool = ctx
@@ -482,10 +463,10 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         if let Some((old_block, old_key)) = leftover {
             if self.fetch_block(&old_key)? {
                 let b = &self.blocks[&old_key].block;
-                if let Some(a) = offset_in_block(&b.cidr, ip).and_then(|o| b.allocations.get(&o)) {
+                if let Some(h) = offset_in_block(&b.cidr, ip).and_then(|o| b.allocations.get(&o)) {
                     return Err(IpamError::AddressInUse {
                         ip,
-                        handle: a.handle.clone(),
+                        handle: h.clone(),
                     });
                 }
             }
@@ -516,11 +497,11 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         if let Some(existing) = planned.block.allocations.get(&off) {
             return Err(IpamError::AddressInUse {
                 ip,
-                handle: existing.handle.clone(),
+                handle: existing.clone(),
             });
         }
         let next = planned.block.next;
-        let a = Self::occupy(planned, pool, off, handle, attrs);
+        let a = Self::occupy(planned, pool, off, handle);
         planned.block.next = next; // A fixed address does not move the cursor.
         self.pools_used.insert(self.pool_slot(pool));
         Ok(a)
@@ -662,11 +643,13 @@ fn planned_block(kv: &KeyValue) -> Result<PlannedBlock, IpamError> {
     })
 }
 
-/// Releases the targets: one snapshot, one transaction, and in between a read of the pool
-/// indexes only when a block's full flag must be cleared or an emptied block given back.
-/// Returns `None` when a compare failed (the caller starts over), otherwise the addresses
-/// actually released. Handles that lose their last address are deleted; empty blocks are
-/// given back to their pool unless they are the last block of their node in an enabled pool.
+/// Releases the targets: one snapshot of the blocks and handles involved, then one
+/// transaction. Only when a block's full flag must be cleared or a block became empty is
+/// there a read in between (the pool indexes, and the home's other blocks to decide whether
+/// the empty block is its node's last). Returns `None` when a compare failed (the caller
+/// starts over), otherwise the addresses actually released. Handles that lose their last
+/// address are deleted; empty blocks are given back to their pool unless they are the last
+/// block of their node in an enabled pool.
 pub(super) fn release<S: Store + ?Sized>(
     store: &S,
     targets: &[Target],
@@ -674,26 +657,23 @@ pub(super) fn release<S: Store + ?Sized>(
     if targets.is_empty() {
         return Ok(Some(Vec::new()));
     }
-    let homes: BTreeSet<&str> = targets
-        .iter()
-        .filter_map(|t| parse_block_key(&t.block_key).map(|(h, _)| h))
-        .collect();
+    let block_keys: BTreeSet<&str> = targets.iter().map(|t| t.block_key.as_str()).collect();
     let handles: BTreeSet<&str> = targets.iter().map(|t| t.handle.as_str()).collect();
     let mut reads = vec![Read::Prefix(keys::CONFIG_PREFIX.into())];
-    reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
+    reads.extend(block_keys.iter().map(|k| Read::Get(k.to_string())));
     reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
     let snap = store.read(&reads)?;
 
     let ctx = Context::from_records(snap.list(0), None, None)?;
     let mut blocks: BTreeMap<String, PlannedBlock> = BTreeMap::new();
-    for i in 0..homes.len() {
-        for kv in snap.list(1 + i) {
-            blocks.insert(kv.key.clone(), planned_block(kv)?);
+    for (i, key) in block_keys.iter().enumerate() {
+        if let Some(kv) = snap.get(1 + i) {
+            blocks.insert(key.to_string(), planned_block(kv)?);
         }
     }
     let mut handle_recs: BTreeMap<String, (HandleRecord, i64, bool)> = BTreeMap::new();
     for (i, h) in handles.iter().enumerate() {
-        if let Some(kv) = snap.get(1 + homes.len() + i) {
+        if let Some(kv) = snap.get(1 + block_keys.len() + i) {
             handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
         }
     }
@@ -711,58 +691,64 @@ pub(super) fn release<S: Store + ?Sized>(
         let Some(off) = offset_in_block(&pb.block.cidr, t.ip) else {
             continue;
         };
-        if pb
-            .block
-            .allocations
-            .get(&off)
-            .is_some_and(|a| a.handle == t.handle)
-        {
+        if pb.block.allocations.get(&off) == Some(&t.handle) {
             pb.block.allocations.remove(&off);
             pb.changed = true;
             released.push(t.ip);
         }
     }
 
-    // Give back blocks that became empty.
-    let emptied: Vec<String> = blocks
+    // Blocks flagged full have room now; emptied blocks may go back to their pool.
+    let emptied: Vec<&String> = blocks
         .iter()
         .filter(|(_, b)| b.changed && b.block.allocations.is_empty())
-        .map(|(k, _)| k.clone())
+        .map(|(k, _)| k)
         .collect();
+    let homes: BTreeSet<&str> = emptied
+        .iter()
+        .filter_map(|k| parse_block_key(k).map(|(h, _)| h))
+        .collect();
+    let tilings: BTreeSet<Tiling> = blocks
+        .values()
+        .filter(|b| b.changed && (b.block.marked_full || b.block.allocations.is_empty()))
+        .filter_map(|b| b.block.tiling())
+        .collect();
+    let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
+    let mut home_blocks: BTreeMap<String, Block> = BTreeMap::new();
+    if !tilings.is_empty() || !homes.is_empty() {
+        let mut reads: Vec<Read> = tilings
+            .iter()
+            .map(|t| Read::Get(keys::pool_index(t)))
+            .collect();
+        reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
+        let snap = store.read(&reads)?;
+        for (i, tiling) in tilings.iter().enumerate() {
+            if let Some(kv) = snap.get(i) {
+                indexes.insert(*tiling, read_index(Some(kv))?);
+            }
+        }
+        for i in 0..homes.len() {
+            for kv in snap.list(tilings.len() + i) {
+                home_blocks.insert(kv.key.clone(), decode(kv)?);
+            }
+        }
+    }
+    let emptied: Vec<String> = emptied.into_iter().cloned().collect();
     for key in emptied {
         let b = &blocks[&key].block;
         let pool_active = b
             .tiling()
             .and_then(|t| ctx.pool_by_tiling(&t))
             .is_some_and(|p| !p.disabled);
-        let keep = pool_active
-            && b.affinity.as_deref().is_some_and(|node| {
-                !blocks.iter().any(|(k, other)| {
-                    k != &key && !other.deleted && other.block.affinity.as_deref() == Some(node)
-                })
-            });
-        if !keep {
+        let is_last_of_node = b.affinity.as_deref().is_some_and(|node| {
+            !home_blocks.iter().any(|(k, other)| {
+                *k != key
+                    && other.affinity.as_deref() == Some(node)
+                    && blocks.get(k).is_none_or(|p| !p.deleted)
+            })
+        });
+        if !(pool_active && is_last_of_node) {
             blocks.get_mut(&key).expect("present").deleted = true;
-        }
-    }
-
-    // Blocks that were flagged full have room now; given-back blocks leave their index.
-    let needs_index: BTreeSet<Tiling> = blocks
-        .values()
-        .filter(|b| b.changed && (b.deleted || b.block.marked_full))
-        .filter_map(|b| b.block.tiling())
-        .collect();
-    let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
-    if !needs_index.is_empty() {
-        let reads: Vec<Read> = needs_index
-            .iter()
-            .map(|t| Read::Get(keys::pool_index(t)))
-            .collect();
-        let snap = store.read(&reads)?;
-        for (i, tiling) in needs_index.iter().enumerate() {
-            if let Some(kv) = snap.get(i) {
-                indexes.insert(*tiling, read_index(Some(kv))?);
-            }
         }
     }
     for pb in blocks.values_mut().filter(|b| b.changed) {
@@ -883,8 +869,8 @@ pub(super) fn release_node<S: Store + ?Sized>(
     }
 }
 
-/// The addresses of a block that are allocated, with their allocation.
-pub(super) fn allocated(block: &Block) -> impl Iterator<Item = (IpAddr, &Allocation)> {
+/// The addresses of a block that are allocated, with their handle.
+pub(super) fn allocated(block: &Block) -> impl Iterator<Item = (IpAddr, &String)> {
     block
         .allocations
         .iter()

@@ -10,8 +10,7 @@ use crate::store::KeyValue;
 
 use super::IpamError;
 
-/// Who an address was given to. Kept both in the block (so `ipam show --ip` and `ipam check`
-/// need no handle lookup) and in the handle.
+/// Who an address was given to; kept in the handle record.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attributes {
     /// Pod namespace.
@@ -31,14 +30,13 @@ pub struct Attributes {
     pub container_id: Option<String>,
 }
 
-/// One allocated address inside a block.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One allocated address as the admin views show it: its handle and, from the handle
+/// record, who it was given to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allocation {
     /// Handle that owns the address.
-    #[serde(rename = "h")]
     pub handle: String,
     /// Who the address was given to.
-    #[serde(rename = "a", default)]
     pub attrs: Attributes,
 }
 
@@ -57,9 +55,10 @@ pub struct Block {
     /// not handed out again at once.
     #[serde(default)]
     pub next: u32,
-    /// Allocated addresses by offset inside the block.
+    /// Allocated addresses: offset inside the block → handle id. Who an address is for is
+    /// kept in the handle only, so the blocks a node reads on every allocation stay small.
     #[serde(default)]
-    pub allocations: BTreeMap<u32, Allocation>,
+    pub allocations: BTreeMap<u32, String>,
     /// Mirrors the block's full flag in its pool index (both are written in one
     /// transaction), so a release knows whether the index needs updating without reading it.
     #[serde(rename = "full", default, skip_serializing_if = "std::ops::Not::not")]
