@@ -18,6 +18,12 @@ pub const POOL_PREFIX: &str = "config/pools/";
 /// so the allocator learns from its configuration read which leftover blocks of deleted or
 /// re-created pools it must stay clear of.
 pub const TILING_PREFIX: &str = "config/tilings/";
+/// Prefix of SpiderIPPools.
+pub const SPIDER_POOL_PREFIX: &str = "config/spiderippools/";
+/// Prefix of SpiderSubnets.
+pub const SPIDER_SUBNET_PREFIX: &str = "config/spidersubnets/";
+/// Prefix of SpiderReservedIPs.
+pub const SPIDER_RESERVED_PREFIX: &str = "config/spiderreservedips/";
 /// Prefix of reservations.
 pub const RESERVATION_PREFIX: &str = "config/reservations/";
 /// Prefix of nodes.
@@ -37,6 +43,21 @@ pub const SHARED_HOME: &str = "_shared";
 /// Key of a pool.
 pub fn pool(name: &str) -> String {
     format!("{POOL_PREFIX}{name}")
+}
+
+/// Key of a SpiderIPPool.
+pub fn spider_pool(name: &str) -> String {
+    format!("{SPIDER_POOL_PREFIX}{name}")
+}
+
+/// Key of a SpiderSubnet.
+pub fn spider_subnet(name: &str) -> String {
+    format!("{SPIDER_SUBNET_PREFIX}{name}")
+}
+
+/// Key of a SpiderReservedIP.
+pub fn spider_reserved(name: &str) -> String {
+    format!("{SPIDER_RESERVED_PREFIX}{name}")
 }
 
 /// Key of a reservation.
