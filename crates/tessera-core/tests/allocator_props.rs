@@ -25,6 +25,7 @@ enum Step {
         v4: u32,
         v6: u32,
         fixed: Option<u8>,
+        spider: bool,
     },
     ReleaseHandle(usize),
     ReleaseIp(usize),
@@ -50,8 +51,8 @@ const SHARED_VARIANTS: [(&str, u8); 3] = [
 
 fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
-        6 => (0..NODES, 0..3u32, 0..2u32, proptest::option::weighted(0.15, any::<u8>()))
-            .prop_map(|(node, v4, v6, fixed)| Step::Assign { node, v4, v6, fixed }),
+        6 => (0..NODES, 0..3u32, 0..2u32, proptest::option::weighted(0.15, any::<u8>()), proptest::bool::weighted(0.25))
+            .prop_map(|(node, v4, v6, fixed, spider)| Step::Assign { node, v4, v6, fixed, spider }),
         3 => any::<usize>().prop_map(Step::ReleaseHandle),
         1 => any::<usize>().prop_map(Step::ReleaseIp),
         1 => (0..NODES, 0..3u8).prop_map(|(node, rack)| Step::Relabel { node, rack }),
@@ -88,6 +89,13 @@ impl World {
         );
         pool(&s, "v6", json!({"cidr": "fd00::/121", "blockSize": 125}));
         reservation(&s, "r", &["10.0.0.16/30", "10.1.0.9"]);
+        // A Spiderpool pool shared by every node, with holes.
+        spider_pool(
+            &s,
+            "sp",
+            json!({"subnet": "10.8.0.0/22", "ips": ["10.8.0.60-10.8.0.70", "10.8.1.0-10.8.1.40"], "excludeIPs": ["10.8.0.64"]}),
+        );
+        spider_reserved(&s, "sr", &["10.8.1.5-10.8.1.9"]);
         for (i, r) in racks.iter().enumerate() {
             node(&s, &format!("n{i}"), &[("rack", &r.to_string())]);
         }
@@ -112,6 +120,7 @@ impl World {
                 v4,
                 v6,
                 fixed,
+                spider,
             } => {
                 let handle = format!("h{}", self.next_handle);
                 self.next_handle += 1;
@@ -124,6 +133,9 @@ impl World {
                 };
                 if let Some(f) = fixed {
                     req.ips.push(format!("10.0.0.{}", f % 128).parse().unwrap());
+                }
+                if *spider {
+                    req.pools = vec!["sp".into()];
                 }
                 if req.num_v4 == 0 && req.num_v6 == 0 && req.ips.is_empty() {
                     req.num_v4 = 1;
@@ -144,6 +156,7 @@ impl World {
                                 "rack-0" => "rack == \"0\"",
                                 "rack-1" => "rack in {'1'}",
                                 "shared" => SHARED_SELECTOR,
+                                "sp" => "all()",
                                 _ => "all()",
                             };
                             assert!(

@@ -83,3 +83,21 @@ pub fn in_namespace(mut req: AssignRequest, ns: &str) -> AssignRequest {
     };
     req
 }
+
+pub fn spider_pool(store: &dyn Store, name: &str, spec: serde_json::Value) {
+    put(
+        store,
+        &keys::spider_pool(name),
+        json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+               "metadata": {"name": name}, "spec": spec}),
+    );
+}
+
+pub fn spider_reserved(store: &dyn Store, name: &str, ips: &[&str]) {
+    put(
+        store,
+        &keys::spider_reserved(name),
+        json!({"apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderReservedIP",
+               "metadata": {"name": name}, "spec": {"ips": ips}}),
+    );
+}

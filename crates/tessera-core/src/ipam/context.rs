@@ -7,12 +7,14 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::keys;
-use crate::net::{net_first, net_size, Tiling};
+use crate::net::{net_first, Tiling};
+use crate::ranges::IpRangeSet;
 use crate::resources::{
     AllowedUse, AssignmentMode, IPAMConfiguration, IPAMConfigurationSpec, IPPool, IPReservation,
     Namespace, Node,
 };
 use crate::selector::Selector;
+use crate::spider::{LabelSelector, Route, SpiderIPPool, SpiderReservedIP};
 use crate::store::KeyValue;
 
 use super::records::decode;
@@ -39,9 +41,155 @@ pub struct PoolInfo {
     pub manual: bool,
     /// Whether workloads may take addresses from the pool.
     pub workload: bool,
+    /// Set for Spiderpool pools: explicit addresses, gateway, routes and affinities.
+    pub spider: Option<SpiderInfo>,
+}
+
+/// What a SpiderIPPool adds to a pool: its own address set inside a shared subnet tiling,
+/// what workloads get with an address, and who may use it.
+#[derive(Clone, Debug)]
+pub struct SpiderInfo {
+    /// `ips` minus `excludeIPs`.
+    pub addresses: IpRangeSet,
+    /// Gateway for workloads.
+    pub gateway: Option<IpAddr>,
+    /// Routes for workloads.
+    pub routes: Vec<Route>,
+    /// VLAN id.
+    pub vlan: Option<i64>,
+    /// A cluster default pool.
+    pub default: bool,
+    /// Pod label selector.
+    pub pod_affinity: Option<LabelSelector>,
+    /// Namespace label selector.
+    pub namespace_affinity: Option<LabelSelector>,
+    /// Namespaces allowed by name.
+    pub namespace_name: Vec<String>,
+    /// Node label selector.
+    pub node_affinity: Option<LabelSelector>,
+    /// Nodes allowed by name.
+    pub node_name: Vec<String>,
+}
+
+/// Who asks for an address, as the affinity rules of Spiderpool pools see it.
+#[derive(Clone, Copy, Debug)]
+pub struct Requester<'a> {
+    /// Node name.
+    pub node: &'a str,
+    /// Node labels.
+    pub node_labels: &'a BTreeMap<String, String>,
+    /// Namespace name, if known.
+    pub namespace: Option<&'a str>,
+    /// Namespace labels.
+    pub namespace_labels: &'a BTreeMap<String, String>,
+    /// Pod labels, if known.
+    pub pod_labels: Option<&'a BTreeMap<String, String>>,
+}
+
+impl SpiderInfo {
+    /// Why the pool refuses the requester, or `None` when it accepts.
+    pub fn refusal(&self, who: &Requester<'_>) -> Option<String> {
+        if !self.node_name.is_empty() && !self.node_name.iter().any(|n| n == who.node) {
+            return Some(format!("nodeName does not list node {:?}", who.node));
+        }
+        if self
+            .node_affinity
+            .as_ref()
+            .is_some_and(|s| !s.matches(who.node_labels))
+        {
+            return Some(format!("nodeAffinity does not match node {:?}", who.node));
+        }
+        let ns = who.namespace.unwrap_or_default();
+        if !self.namespace_name.is_empty() && !self.namespace_name.iter().any(|n| n == ns) {
+            return Some(format!("namespaceName does not list namespace {ns:?}"));
+        }
+        if self
+            .namespace_affinity
+            .as_ref()
+            .is_some_and(|s| !s.matches(who.namespace_labels))
+        {
+            return Some(format!("namespaceAffinity does not match namespace {ns:?}"));
+        }
+        if let Some(sel) = &self.pod_affinity {
+            match who.pod_labels {
+                Some(labels) if sel.matches(labels) => {}
+                Some(_) => return Some("podAffinity does not match the pod's labels".into()),
+                None => {
+                    return Some(
+                        "podAffinity is set but the pod's labels are not known to the plugin"
+                            .into(),
+                    )
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Block size of the shared tiling of a Spiderpool subnet: 64 addresses (or the whole subnet
+/// when smaller), so that nodes allocating from one pool spread over several records.
+pub fn spider_block_prefix(subnet: &IpNet) -> u8 {
+    let floor = if matches!(subnet, IpNet::V4(_)) {
+        26
+    } else {
+        122
+    };
+    subnet.prefix_len().max(floor)
 }
 
 impl PoolInfo {
+    /// Reads a stored SpiderIPPool record.
+    pub fn from_spider_kv(kv: &KeyValue) -> Result<Self, IpamError> {
+        let pool: SpiderIPPool = decode(kv)?;
+        let corrupt = |reason: String| IpamError::CorruptRecord {
+            key: kv.key.clone(),
+            reason,
+        };
+        let subnet: IpNet = pool
+            .spec
+            .subnet
+            .parse()
+            .map_err(|e| corrupt(format!("spec.subnet {:?}: {e}", pool.spec.subnet)))?;
+        let subnet = subnet.trunc();
+        let v6 = matches!(subnet, IpNet::V6(_));
+        let ips =
+            IpRangeSet::parse(&pool.spec.ips, v6).map_err(|e| corrupt(format!("spec.ips {e}")))?;
+        let excluded = IpRangeSet::parse(&pool.spec.exclude_ips, v6)
+            .map_err(|e| corrupt(format!("spec.excludeIPs {e}")))?;
+        let tiling = Tiling::new(subnet, spider_block_prefix(&subnet))
+            .ok_or_else(|| corrupt(format!("subnet {subnet} cannot be tiled")))?;
+        let gateway = pool
+            .spec
+            .gateway
+            .as_deref()
+            .map(|g| g.trim().parse::<IpAddr>())
+            .transpose()
+            .map_err(|e| corrupt(format!("spec.gateway: {e}")))?;
+        Ok(Self {
+            name: pool.metadata.name,
+            key: kv.key.clone(),
+            revision: kv.mod_revision,
+            tiling,
+            node_selector: Selector::all(),
+            namespace_selector: None,
+            disabled: pool.spec.disable.unwrap_or(false),
+            manual: true,
+            workload: true,
+            spider: Some(SpiderInfo {
+                addresses: ips.within(&subnet).subtract(&excluded),
+                gateway,
+                routes: pool.spec.routes,
+                vlan: pool.spec.vlan,
+                default: pool.spec.default.unwrap_or(false),
+                pod_affinity: pool.spec.pod_affinity,
+                namespace_affinity: pool.spec.namespace_affinity,
+                namespace_name: pool.spec.namespace_name,
+                node_affinity: pool.spec.node_affinity,
+                node_name: pool.spec.node_name,
+            }),
+        })
+    }
+
     /// Reads a stored pool record.
     pub fn from_kv(kv: &KeyValue) -> Result<Self, IpamError> {
         let pool: IPPool = decode(kv)?;
@@ -89,6 +237,7 @@ impl PoolInfo {
             disabled: pool.spec.disabled,
             manual: pool.spec.assignment_mode == Some(AssignmentMode::Manual),
             workload,
+            spider: None,
         })
     }
 
@@ -116,8 +265,8 @@ pub struct Context {
     pub config: IPAMConfigurationSpec,
     /// Every pool, sorted by name.
     pub pools: Vec<PoolInfo>,
-    /// Reserved networks with the name of the reservation that holds them.
-    pub reservations: Vec<(String, IpNet)>,
+    /// Reserved addresses (IPReservation and SpiderReservedIP) by reservation name.
+    pub reservations: Vec<(String, IpRangeSet)>,
     /// Labels of the node (empty when the node is not registered).
     pub node_labels: BTreeMap<String, String>,
     /// The pod's namespace, when known and stored.
@@ -153,7 +302,28 @@ impl Context {
                         key: kv.key.clone(),
                         reason: format!("reservedCIDRs entry {text:?} is not a CIDR or address"),
                     })?;
-                    ctx.reservations.push((r.metadata.name.clone(), net));
+                    ctx.reservations
+                        .push((r.metadata.name.clone(), IpRangeSet::from_net(&net)));
+                }
+            } else if kv.key.starts_with(keys::SPIDER_POOL_PREFIX) {
+                ctx.pools.push(PoolInfo::from_spider_kv(kv)?);
+            } else if kv.key.starts_with(keys::SPIDER_RESERVED_PREFIX) {
+                let r: SpiderReservedIP = decode(kv)?;
+                for v6 in [false, true] {
+                    let family: Vec<&String> = r
+                        .spec
+                        .ips
+                        .iter()
+                        .filter(|e| e.contains(':') == v6)
+                        .collect();
+                    let set =
+                        IpRangeSet::parse(&family, v6).map_err(|e| IpamError::CorruptRecord {
+                            key: kv.key.clone(),
+                            reason: format!("spec.ips {e}"),
+                        })?;
+                    if !set.is_empty() {
+                        ctx.reservations.push((r.metadata.name.clone(), set));
+                    }
                 }
             }
         }
@@ -194,50 +364,95 @@ impl Context {
             .collect()
     }
 
-    /// The pool containing `addr`.
+    /// The pool containing `addr`: the Calico pool whose CIDR holds it, or the Spiderpool
+    /// pool whose addresses list it.
     pub fn pool_containing(&self, addr: IpAddr) -> Option<&PoolInfo> {
-        self.pools.iter().find(|p| p.cidr().contains(&addr))
+        self.pools.iter().find(|p| match &p.spider {
+            Some(s) => s.addresses.contains(addr),
+            None => p.cidr().contains(&addr),
+        })
     }
 
     /// The reservation holding `addr`, if any.
     pub fn reservation_of(&self, addr: IpAddr) -> Option<&str> {
         self.reservations
             .iter()
-            .find(|(_, net)| net.contains(&addr))
+            .find(|(_, set)| set.contains(addr))
             .map(|(name, _)| name.as_str())
     }
 
-    /// Reserved networks that intersect `block`.
-    pub fn reservations_in(&self, block: &IpNet) -> Vec<IpNet> {
-        self.reservations
-            .iter()
-            .filter(|(_, net)| crate::net::nets_overlap(net, block))
-            .map(|(_, net)| *net)
-            .collect()
+    /// Reserved addresses inside `block`.
+    pub fn reserved_in(&self, block: &IpNet) -> IpRangeSet {
+        let mut out = IpRangeSet::empty(matches!(block, IpNet::V6(_)));
+        for (_, set) in &self.reservations {
+            for &(a, b) in set.within(block).ranges() {
+                out.insert(a, b);
+            }
+        }
+        out
     }
 
-    /// When block `ordinal` of `pool` has no address that could ever be handed out (covered
-    /// by reservations, or only the pool's edge addresses), the next ordinal worth trying.
+    /// Addresses of `tiling` that some Spiderpool pool may hand out (`None` for Calico
+    /// tilings, where every address of the pool may be used).
+    pub fn spider_addresses(&self, tiling: &Tiling) -> Option<IpRangeSet> {
+        let mut union: Option<IpRangeSet> = None;
+        for p in self.pools.iter().filter(|p| p.tiling == *tiling) {
+            let spider = p.spider.as_ref()?;
+            let set = union.get_or_insert_with(|| IpRangeSet::empty(p.is_v6()));
+            for &(a, b) in spider.addresses.ranges() {
+                set.insert(a, b);
+            }
+        }
+        union
+    }
+
+    /// When block `ordinal` of `pool` has no address that could ever be handed out (all
+    /// reserved, outside a Spiderpool pool's addresses, or only the pool's edge addresses),
+    /// the next ordinal worth trying.
     pub fn skip_unusable_block(&self, pool: &PoolInfo, ordinal: u128) -> Option<u128> {
         let block = pool.tiling.block(ordinal)?;
-        if let Some(cover) =
-            self.reservations.iter().map(|(_, net)| net).find(|net| {
-                net.contains(&block.network()) && net.prefix_len() <= block.prefix_len()
-            })
-        {
-            // Every block up to the end of the covering reservation is unusable too.
-            let end = net_first(cover) + (net_size(cover) - 1);
-            let end_ord = pool
-                .tiling
-                .block_ordinal_of(crate::net::u128_to_addr(end, pool.is_v6()))
-                .unwrap_or(pool.tiling.block_count() - 1);
-            return Some(end_ord + 1);
+        let mut usable = match &pool.spider {
+            Some(s) => s.addresses.within(&block),
+            None => IpRangeSet::from_net(&block),
+        };
+        usable = usable.subtract(&self.reserved_in(&block));
+        for edge in [pool.cidr().network(), pool.cidr().broadcast()] {
+            if pool.is_edge_address(edge) {
+                let v = crate::net::addr_to_u128(edge);
+                let mut e = IpRangeSet::empty(pool.is_v6());
+                e.insert(v, v);
+                usable = usable.subtract(&e);
+            }
         }
-        let usable = (0..block_len_u32(&pool.tiling)).any(|off| {
-            let addr = crate::net::addr_in_block(&block, off);
-            !pool.is_edge_address(addr) && self.reservation_of(addr).is_none()
+        if !usable.is_empty() {
+            return None;
+        }
+        // Jump over a reservation (or gap between Spiderpool ranges) spanning many blocks.
+        let block_end = net_first(&block) + (crate::net::net_size(&block) - 1);
+        let next_usable = match &pool.spider {
+            Some(s) => s
+                .addresses
+                .ranges()
+                .iter()
+                .find(|&&(_, b)| b > block_end)
+                .map(|&(a, _)| a.max(block_end + 1)),
+            None => Some(block_end + 1),
+        };
+        let next_free = next_usable.map(|start| {
+            self.reservations
+                .iter()
+                .flat_map(|(_, set)| set.ranges().iter())
+                .find(|&&(a, b)| a <= start && start <= b)
+                .map_or(start, |&(_, b)| b.saturating_add(1))
         });
-        (!usable).then_some(ordinal + 1)
+        Some(match next_free {
+            Some(addr) => pool
+                .tiling
+                .block_ordinal_of(crate::net::u128_to_addr(addr, pool.is_v6()))
+                .unwrap_or(pool.tiling.block_count())
+                .max(ordinal + 1),
+            None => pool.tiling.block_count(),
+        })
     }
 }
 

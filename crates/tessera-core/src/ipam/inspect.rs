@@ -98,6 +98,33 @@ pub(super) fn lookup<S: Store + ?Sized>(
     }))
 }
 
+/// Allocated addresses per Spiderpool pool (every pool listed, unused ones with 0). Reads
+/// the shared blocks only.
+pub(super) fn spider_pool_usage<S: Store + ?Sized>(
+    store: &S,
+) -> Result<BTreeMap<String, u128>, IpamError> {
+    let snap = store.read(&[
+        Read::Prefix(keys::CONFIG_PREFIX.into()),
+        Read::Prefix(keys::blocks_of(keys::SHARED_HOME)),
+    ])?;
+    let ctx = Context::from_records(snap.list(0), None, None)?;
+    let spider: Vec<_> = ctx.pools.iter().filter(|p| p.spider.is_some()).collect();
+    let mut counts: BTreeMap<String, u128> = spider.iter().map(|p| (p.name.clone(), 0)).collect();
+    for kv in snap.list(1) {
+        let block: Block = decode(kv)?;
+        for (ip, _) in allocated(&block) {
+            let owner = spider.iter().find(|p| {
+                p.tiling.pool == block.pool
+                    && p.spider.as_ref().is_some_and(|s| s.addresses.contains(ip))
+            });
+            if let Some(p) = owner {
+                *counts.entry(p.name.clone()).or_default() += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
 /// Usage of one block.
 #[derive(Clone, Debug)]
 pub struct BlockUsage {
@@ -340,11 +367,13 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
                         b.cidr
                     )),
                     Some(e) if e.full => {
+                        let allowed = ctx.spider_addresses(&t);
                         let has_room = (0..block_len_u32(&t)).any(|off| {
                             let ip = crate::net::addr_in_block(&b.cidr, off);
                             !b.allocations.contains_key(&off)
                                 && !is_edge_address(&b.pool, ip)
                                 && ctx.reservation_of(ip).is_none()
+                                && allowed.as_ref().is_none_or(|a| a.contains(ip))
                         });
                         if has_room {
                             problems.push(format!(

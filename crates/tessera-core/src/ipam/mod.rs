@@ -17,14 +17,14 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-pub use context::{parse_net_or_addr, Context, PoolInfo};
+pub use context::{parse_net_or_addr, Context, PoolInfo, Requester, SpiderInfo};
 pub use inspect::{AddressInfo, BlockUsage, CheckReport, PoolUsage, Usage};
 pub use records::{
     Allocation, Attributes, Block, HandleAddress, HandleRecord, IndexEntry, PoolIndex,
 };
 pub use select::{
     parse_pool_annotation, Family, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
-    IP_ADDRS_ANNOTATION,
+    IP_ADDRS_ANNOTATION, SPIDER_POOL_REF,
 };
 
 use crate::keys;
@@ -90,6 +90,14 @@ pub enum IpamError {
         pools: String,
         /// Why nothing could be found.
         reason: String,
+    },
+    /// Every candidate Spiderpool pool refuses the workload.
+    #[error("no {family} pool accepts this workload: {reasons}")]
+    PoolsRefuse {
+        /// Address family.
+        family: Family,
+        /// Pool by pool, why it refused.
+        reasons: String,
     },
     /// A requested address is not in any pool.
     #[error("address {0} is not in any IP pool")]
@@ -165,6 +173,8 @@ pub struct AssignRequest {
     /// Pools named by the network configuration (CNI `ipv4_pools`/`ipv6_pools`), used when
     /// neither the workload nor its namespace names pools.
     pub default_pools: Vec<String>,
+    /// The pod's labels, when the caller knows them (Spiderpool `podAffinity`).
+    pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// One address handed out.
@@ -178,6 +188,12 @@ pub struct AssignedAddress {
     pub pool_cidr: IpNet,
     /// The block's network.
     pub block: IpNet,
+    /// Gateway for the workload (Spiderpool pools that set one).
+    pub gateway: Option<IpAddr>,
+    /// Routes for the workload (Spiderpool pools that set them).
+    pub routes: Vec<crate::spider::Route>,
+    /// VLAN id of the pool, when set.
+    pub vlan: Option<i64>,
 }
 
 /// Result of an assignment.
@@ -366,6 +382,11 @@ impl<S: Store> Ipam<S> {
     /// Pool, block and address usage (scans every block: an admin view, not a hot path).
     pub fn usage(&self) -> Result<Usage, IpamError> {
         inspect::usage(&self.store)
+    }
+
+    /// Allocated addresses per Spiderpool pool, for `get spiderippool` counts.
+    pub fn spider_pool_usage(&self) -> Result<std::collections::BTreeMap<String, u128>, IpamError> {
+        inspect::spider_pool_usage(&self.store)
     }
 
     /// Consistency check of blocks, indexes and handles (scans everything).

@@ -8,6 +8,7 @@ use ipnet::IpNet;
 
 use crate::keys;
 use crate::net::{addr_in_block, offset_in_block, parse_net_key, Tiling};
+use crate::ranges::IpRangeSet;
 use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
 
 use super::context::{block_len_u32, is_edge_address, Context, PoolInfo};
@@ -52,20 +53,23 @@ pub(super) fn parse_block_key(key: &str) -> Option<(&str, IpNet)> {
 }
 
 /// The first free offset of a block, starting at its cursor, skipping the pool's edge
-/// addresses and reserved addresses.
-fn free_offset(ctx: &Context, block: &Block) -> Option<u32> {
+/// addresses, reserved addresses, and addresses outside `allowed` (a Spiderpool pool's own
+/// addresses, or every Spiderpool address of the tiling when judging fullness).
+fn free_offset(ctx: &Context, block: &Block, allowed: Option<&IpRangeSet>) -> Option<u32> {
     let len = u32::try_from(crate::net::net_size(&block.cidr)).unwrap_or(u32::MAX);
     if block.allocations.len() as u64 >= u64::from(len) {
         return None;
     }
-    let reserved = ctx.reservations_in(&block.cidr);
+    let reserved = ctx.reserved_in(&block.cidr);
     let start = block.next % len;
     (0..len).map(|i| (start + i) % len).find(|&off| {
         if block.allocations.contains_key(&off) {
             return false;
         }
         let addr = addr_in_block(&block.cidr, off);
-        !is_edge_address(&block.pool, addr) && !reserved.iter().any(|n| n.contains(&addr))
+        !is_edge_address(&block.pool, addr)
+            && !reserved.contains(addr)
+            && allowed.is_none_or(|set| set.contains(addr))
     })
 }
 
@@ -166,7 +170,8 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     fn take_free(&mut self, key: &str, pool: &PoolInfo, handle: &str) -> Option<AssignedAddress> {
         let ctx = self.ctx;
         let planned = self.blocks.get_mut(key)?;
-        let off = free_offset(ctx, &planned.block)?;
+        let allowed = pool.spider.as_ref().map(|s| &s.addresses);
+        let off = free_offset(ctx, &planned.block, allowed)?;
         Some(Self::occupy(planned, pool, off, handle))
     }
 
@@ -182,31 +187,39 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         b.next = (off + 1) % len;
         planned.changed = true;
         planned.allocated = true;
+        let spider = pool.spider.as_ref();
         AssignedAddress {
             ip: addr_in_block(&b.cidr, off),
             pool: pool.name.clone(),
             pool_cidr: pool.cidr(),
             block: b.cidr,
+            gateway: spider.and_then(|s| s.gateway),
+            routes: spider.map(|s| s.routes.clone()).unwrap_or_default(),
+            vlan: spider.and_then(|s| s.vlan),
         }
     }
 
-    /// Claims block `ordinal` of `pool` for this node (creating it) and records it in the
-    /// pool's index. The commit's "absent" compare on the block key and revision compare on
-    /// the index make a race for the same block end with exactly one owner.
+    /// Claims block `ordinal` of `pool` (creating it) and records it in the pool's index:
+    /// for this node, or shared by every node for Spiderpool pools. The commit's "absent"
+    /// compare on the block key and revision compare on the index make a race for the same
+    /// block end with exactly one owner.
     fn claim(&mut self, pool: &PoolInfo, ordinal: u128) -> Result<String, IpamError> {
         let cidr = pool
             .tiling
             .block(ordinal)
             .expect("ordinal within the tiling");
-        let key = keys::block(self.node, &cidr);
-        let node = self.node.to_string();
+        let (home, affinity) = match pool.spider {
+            Some(_) => (keys::SHARED_HOME.to_string(), None),
+            None => (self.node.to_string(), Some(self.node.to_string())),
+        };
+        let key = keys::block(&home, &cidr);
         let idx = self.index(pool.tiling)?;
         let pos = idx.index.find(ordinal).unwrap_err();
         idx.index.blocks.insert(
             pos,
             IndexEntry {
                 ordinal,
-                home: node.clone(),
+                home,
                 full: false,
             },
         );
@@ -214,7 +227,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         self.blocks.insert(
             key.clone(),
             PlannedBlock {
-                block: Block::new(cidr, pool.cidr(), Some(node)),
+                block: Block::new(cidr, pool.cidr(), affinity),
                 revision: 0,
                 changed: true,
                 allocated: true,
@@ -245,6 +258,13 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         handle: &str,
     ) -> Result<AssignedAddress, IpamError> {
         for pool in pools {
+            if pool.spider.is_some() {
+                if let Some(a) = self.assign_shared(pool, handle)? {
+                    self.pools_used.insert(self.pool_slot(pool));
+                    return Ok(a);
+                }
+                continue;
+            }
             for key in self.affine_keys(pool) {
                 if let Some(a) = self.take_free(&key, pool, handle) {
                     self.pools_used.insert(self.pool_slot(pool));
@@ -260,8 +280,13 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .count();
         let may_claim = cfg.auto_allocate_blocks
             && (cfg.max_blocks_per_host == 0 || owned < cfg.max_blocks_per_host as usize);
+        let pools_calico: Vec<&PoolInfo> = pools
+            .iter()
+            .copied()
+            .filter(|p| p.spider.is_none())
+            .collect();
         if may_claim {
-            for pool in pools {
+            for pool in &pools_calico {
                 // Another process of this node may have claimed a block since the snapshot:
                 // use it rather than claim a second one.
                 if let Some(a) = self.use_late_claims(pool, handle)? {
@@ -292,14 +317,16 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             }
         }
         if !cfg.strict_affinity {
-            for pool in pools {
+            for pool in &pools_calico {
                 if let Some(a) = self.borrow(pool, handle)? {
                     self.pools_used.insert(self.pool_slot(pool));
                     return Ok(a);
                 }
             }
         }
-        let reason = if !cfg.auto_allocate_blocks {
+        let reason = if pools_calico.is_empty() {
+            "every address of the pool is in use".to_string()
+        } else if !cfg.auto_allocate_blocks {
             "the node's blocks are full and autoAllocateBlocks is off".to_string()
         } else if !may_claim {
             format!(
@@ -324,6 +351,79 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 .join(", "),
             reason,
         })
+    }
+
+    /// Takes an address from a Spiderpool pool. Its blocks are shared by every node; each node
+    /// starts its search at a different block, so nodes allocating at once from one large pool
+    /// do not all compete for the same record.
+    fn assign_shared(
+        &mut self,
+        pool: &PoolInfo,
+        handle: &str,
+    ) -> Result<Option<AssignedAddress>, IpamError> {
+        let Some(spider) = pool.spider.as_ref() else {
+            return Ok(None);
+        };
+        let tiling = pool.tiling;
+        let mut ordinals: Vec<u128> = Vec::new();
+        for &(a, b) in spider.addresses.ranges() {
+            let first = tiling.block_ordinal_of(crate::net::u128_to_addr(a, pool.is_v6()));
+            let last = tiling.block_ordinal_of(crate::net::u128_to_addr(b, pool.is_v6()));
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            // Bounded: a pool larger than this many blocks is searched in its first part only.
+            for o in first..=last.min(first + MAX_SHARED_BLOCKS) {
+                if ordinals.last() != Some(&o) {
+                    ordinals.push(o);
+                }
+            }
+            if ordinals.len() as u128 >= MAX_SHARED_BLOCKS {
+                break;
+            }
+        }
+        if ordinals.is_empty() {
+            return Ok(None);
+        }
+        let start = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            self.node.hash(&mut h);
+            (h.finish() % ordinals.len() as u64) as usize
+        };
+        let ctx = self.ctx;
+        let every_spider_address = ctx.spider_addresses(&tiling);
+        for i in 0..ordinals.len() {
+            let ordinal = ordinals[(start + i) % ordinals.len()];
+            let entry = self.index(tiling)?.index.entry(ordinal).cloned();
+            let key = match entry {
+                Some(e) if e.full => continue,
+                Some(e) => {
+                    let Some(cidr) = tiling.block(ordinal) else {
+                        continue;
+                    };
+                    let key = keys::block(&e.home, &cidr);
+                    if !self.fetch_block(&key)? {
+                        continue;
+                    }
+                    key
+                }
+                None => {
+                    if ctx.skip_unusable_block(pool, ordinal).is_some() {
+                        continue;
+                    }
+                    self.claim(pool, ordinal)?
+                }
+            };
+            if let Some(a) = self.take_free(&key, pool, handle) {
+                return Ok(Some(a));
+            }
+            let block = &self.blocks[&key].block;
+            if free_offset(ctx, block, every_spider_address.as_ref()).is_none() {
+                self.mark_full(tiling, &key)?;
+            }
+        }
+        Ok(None)
     }
 
     /// Takes an address from a block of this node that the index lists but the snapshot did
@@ -364,7 +464,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let full: Vec<String> = self
             .affine_keys(pool)
             .into_iter()
-            .filter(|k| free_offset(ctx, &self.blocks[k].block).is_none())
+            .filter(|k| free_offset(ctx, &self.blocks[k].block, None).is_none())
             .collect();
         for key in full {
             self.mark_full(pool.tiling, &key)?;
@@ -625,6 +725,9 @@ fn index_ops(tiling: &Tiling, idx: &PlannedIndex, compares: &mut Vec<Compare>, o
         }
     }
 }
+
+/// How many blocks of one Spiderpool pool an allocation considers.
+const MAX_SHARED_BLOCKS: u128 = 1 << 16;
 
 /// One address to release, as a handle or a lookup located it.
 pub(super) struct Target {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::context::{parse_net_or_addr, Context, PoolInfo};
+use super::context::{parse_net_or_addr, Context, PoolInfo, Requester};
 use super::{AssignRequest, IpamError};
 
 /// Namespace/pod annotation naming IPv4 pools (JSON list of names or CIDRs).
@@ -66,20 +66,34 @@ pub fn parse_pool_annotation(value: &str) -> Result<Vec<String>, String> {
     })
 }
 
+/// Prefix that makes a pool name refer to a SpiderIPPool even when an IPPool has the same
+/// name.
+pub const SPIDER_POOL_REF: &str = "spiderippool/";
+
 /// Resolves names or CIDRs to pools of `family`, keeping their order. Entries of the other
 /// family are left out (one list may name both families); unknown entries are an error.
+/// Spiderpool pools whose affinities refuse the requester are left out, with the reason kept
+/// in `refused`.
 fn resolve_named<'c>(
     ctx: &'c Context,
     family: Family,
     names: &[String],
+    who: &Requester<'_>,
+    refused: &mut Vec<String>,
 ) -> Result<Vec<&'c PoolInfo>, IpamError> {
     let mut out: Vec<&PoolInfo> = Vec::new();
     for name in names {
         let name = name.trim();
-        let pool = ctx
-            .pool_by_name(name)
-            .or_else(|| parse_net_or_addr(name).and_then(|net| ctx.pool_by_cidr(&net)))
-            .ok_or_else(|| IpamError::PoolNotFound(name.to_string()))?;
+        let pool = match name.strip_prefix(SPIDER_POOL_REF) {
+            Some(spider) => ctx
+                .pools
+                .iter()
+                .find(|p| p.spider.is_some() && p.name == spider),
+            None => ctx
+                .pool_by_name(name)
+                .or_else(|| parse_net_or_addr(name).and_then(|net| ctx.pool_by_cidr(&net))),
+        }
+        .ok_or_else(|| IpamError::PoolNotFound(name.to_string()))?;
         if pool.is_v6() != family.is_v6() {
             continue;
         }
@@ -89,7 +103,11 @@ fn resolve_named<'c>(
         if !pool.workload {
             return Err(IpamError::PoolNotForWorkloads(pool.name.clone()));
         }
-        if !out.iter().any(|p| p.name == pool.name) {
+        if let Some(reason) = pool.spider.as_ref().and_then(|s| s.refusal(who)) {
+            refused.push(format!("{}: {reason}", pool.name));
+            continue;
+        }
+        if !out.iter().any(|p| std::ptr::eq(*p, pool)) {
             out.push(pool);
         }
     }
@@ -98,40 +116,57 @@ fn resolve_named<'c>(
 
 /// Pools for one family, first rule that yields pools wins: the workload's own list, the
 /// namespace's annotation, the network configuration's list, then every enabled Automatic
-/// pool whose nodeSelector selects the node (and namespaceSelector the namespace).
+/// pool whose nodeSelector selects the node (and namespaceSelector the namespace), followed
+/// by the Spiderpool pools marked `default`. Spiderpool pools whose affinities refuse the
+/// pod, its namespace or its node are filtered out at every step, as Spiderpool does.
 pub(super) fn candidate_pools<'c>(
     ctx: &'c Context,
     family: Family,
     node: &str,
     req: &AssignRequest,
 ) -> Result<Vec<&'c PoolInfo>, IpamError> {
-    let pools = resolve_named(ctx, family, &req.pools)?;
-    if !pools.is_empty() {
-        return Ok(pools);
-    }
     let empty = BTreeMap::new();
     let (ns_labels, ns_annotations) = match &ctx.namespace {
         Some(ns) => (&ns.metadata.labels, &ns.metadata.annotations),
         None => (&empty, &empty),
     };
-    if let Some(value) = ns_annotations.get(family.pools_annotation()) {
-        let names = parse_pool_annotation(value).map_err(|e| {
-            IpamError::InvalidRequest(format!(
-                "namespace {:?} annotation {}: {e}",
-                req.attrs.namespace.as_deref().unwrap_or_default(),
-                family.pools_annotation()
-            ))
-        })?;
-        let pools = resolve_named(ctx, family, &names)?;
+    let who = Requester {
+        node,
+        node_labels: &ctx.node_labels,
+        namespace: req.attrs.namespace.as_deref(),
+        namespace_labels: ns_labels,
+        pod_labels: req.pod_labels.as_ref(),
+    };
+    let mut refused = Vec::new();
+    let refusal = |refused: Vec<String>| IpamError::PoolsRefuse {
+        family,
+        reasons: refused.join("; "),
+    };
+    let named = [&req.pools, &Vec::new(), &req.default_pools];
+    for (step, names) in named.into_iter().enumerate() {
+        let names = if step == 1 {
+            match ns_annotations.get(family.pools_annotation()) {
+                Some(value) => parse_pool_annotation(value).map_err(|e| {
+                    IpamError::InvalidRequest(format!(
+                        "namespace {:?} annotation {}: {e}",
+                        req.attrs.namespace.as_deref().unwrap_or_default(),
+                        family.pools_annotation()
+                    ))
+                })?,
+                None => continue,
+            }
+        } else {
+            names.clone()
+        };
+        let pools = resolve_named(ctx, family, &names, &who, &mut refused)?;
         if !pools.is_empty() {
             return Ok(pools);
         }
+        if !refused.is_empty() {
+            return Err(refusal(refused));
+        }
     }
-    let pools = resolve_named(ctx, family, &req.default_pools)?;
-    if !pools.is_empty() {
-        return Ok(pools);
-    }
-    let pools: Vec<&PoolInfo> = ctx
+    let mut pools: Vec<&PoolInfo> = ctx
         .pools
         .iter()
         .filter(|p| p.is_v6() == family.is_v6() && !p.disabled && !p.manual && p.workload)
@@ -142,7 +177,23 @@ pub(super) fn candidate_pools<'c>(
                 .is_none_or(|s| s.matches(ns_labels))
         })
         .collect();
+    for p in ctx
+        .pools
+        .iter()
+        .filter(|p| p.is_v6() == family.is_v6() && !p.disabled)
+    {
+        let Some(spider) = p.spider.as_ref().filter(|s| s.default) else {
+            continue;
+        };
+        match spider.refusal(&who) {
+            None => pools.push(p),
+            Some(reason) => refused.push(format!("{}: {reason}", p.name)),
+        }
+    }
     if pools.is_empty() {
+        if !refused.is_empty() {
+            return Err(refusal(refused));
+        }
         return Err(IpamError::NoPool {
             family,
             node: node.to_string(),
