@@ -300,6 +300,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
         ips: args.ips.clone(),
         pools: args.pools.clone(),
         default_pools: Vec::new(),
+        pod_labels: None,
     };
     let assignment = Ipam::new(store).assign(&req)?;
     if args.output == Some(AssignOutput::Json) {
