@@ -806,7 +806,8 @@ fn check_selector(field: &str, value: &Value, errors: &mut Vec<FieldError>) {
         Some(other) => errors.push(FieldError::new(
             format!("{field}.matchExpressions"),
             format!(
-                "expected a list of requirements such as [{{key: tier, operator: In, values:                  [web]}}], got {}",
+                "expected a list of requirements such as [{{key: tier, operator: In, values: \
+                 [web]}}], got {}",
                 describe(other)
             ),
         )),
@@ -1002,8 +1003,9 @@ mod tests {
         );
         assert_eq!(
             err(json!({"apiVersion": "v1"})),
-            "kind: is required; Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node \
-             and Namespace, and lists of them (List, IPPoolList, ...)"
+            "kind: is required; Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node, \
+             Namespace, SpiderIPPool, SpiderSubnet and SpiderReservedIP, and lists of them \
+             (List, IPPoolList, ...)"
         );
     }
 
@@ -1236,32 +1238,54 @@ mod tests {
         assert!(e.errors[0].reason.contains("did you mean Always?"), "{e}");
     }
 
+    /// The field names serde accepts for `T`, read from its "unknown field" message.
+    fn serde_fields<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let probe = serde_json::json!({"\u{0}": 0});
+        let msg = serde_json::from_value::<T>(probe).unwrap_err().to_string();
+        let (_, expected) = msg.split_once("expected").unwrap_or(("", &msg));
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn names(table: &[(&str, Ty)]) -> Vec<String> {
+        table.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
     #[test]
     fn field_tables_match_the_resource_types() {
         // Every listed field is one serde accepts, and serde accepts no other.
-        for kind in [Kind::IPPool, Kind::IPReservation, Kind::IPAMConfiguration] {
-            let probe = serde_json::json!({"\u{0}": 0});
-            let msg = match kind {
-                Kind::IPPool => serde_json::from_value::<crate::resources::IPPoolSpec>(probe)
-                    .unwrap_err()
-                    .to_string(),
-                Kind::IPReservation => {
-                    serde_json::from_value::<crate::resources::IPReservationSpec>(probe)
-                        .unwrap_err()
-                        .to_string()
-                }
-                _ => serde_json::from_value::<crate::resources::IPAMConfigurationSpec>(probe)
-                    .unwrap_err()
-                    .to_string(),
-            };
-            let names = spec_field_names(kind).unwrap();
-            let listed = msg.matches('`').count() / 2 - 1;
-            assert_eq!(listed, names.len(), "{kind}: {msg}");
-            for n in names {
-                assert!(
-                    msg.contains(&format!("`{n}`")),
-                    "{kind}: {n} missing in {msg}"
-                );
+        use crate::resources::{IPAMConfigurationSpec, IPPoolSpec, IPReservationSpec};
+        use crate::spider::{
+            LabelSelector, LabelSelectorRequirement, Route, SpiderIPPoolSpec,
+            SpiderReservedIPSpec, SpiderSubnetSpec,
+        };
+        let mut pairs = vec![
+            (serde_fields::<IPPoolSpec>(), IPPOOL_FIELDS),
+            (serde_fields::<IPReservationSpec>(), IPRESERVATION_FIELDS),
+            (serde_fields::<IPAMConfigurationSpec>(), IPAMCONFIG_FIELDS),
+            (serde_fields::<SpiderIPPoolSpec>(), SPIDER_POOL_FIELDS),
+            (serde_fields::<SpiderSubnetSpec>(), SPIDER_SUBNET_FIELDS),
+            (serde_fields::<SpiderReservedIPSpec>(), SPIDER_RESERVED_FIELDS),
+            (serde_fields::<Route>(), ROUTE_FIELDS),
+            (serde_fields::<LabelSelector>(), SELECTOR_FIELDS),
+            (
+                serde_fields::<LabelSelectorRequirement>(),
+                REQUIREMENT_FIELDS,
+            ),
+        ];
+        for (serde_names, table) in pairs.iter_mut() {
+            let mut listed = names(table);
+            listed.sort();
+            serde_names.sort();
+            assert_eq!(*serde_names, listed);
+        }
+        for kind in Kind::ALL {
+            if let Some(fields) = spec_field_names(kind) {
+                assert!(!fields.is_empty(), "{kind}");
             }
         }
     }
