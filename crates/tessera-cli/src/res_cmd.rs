@@ -222,7 +222,9 @@ fn spider_allocated(
                     .iter()
                     .flatten()
                     .filter_map(|p| match p {
-                        Resource::SpiderIPPool(p) if net.is_some() && p.spec.subnet_net() == net => {
+                        Resource::SpiderIPPool(p)
+                            if net.is_some() && p.spec.subnet_net() == net =>
+                        {
                             per_pool.get(&p.metadata.name).copied()
                         }
                         _ => None,

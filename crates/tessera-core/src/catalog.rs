@@ -1,10 +1,14 @@
 //! Create, read, update and delete resources in a [`Store`], all or nothing.
 //!
-//! Every command validates everything first ([`validate`], and [`check_pool_against`] against
-//! the pools in the store *and* the other pools of the same batch), then writes every change
-//! in one store transaction whose compares cover every key it read (a key that was absent must
-//! still be absent). When another writer got there first, the whole command is re-read and
-//! re-checked, up to [`MAX_ATTEMPTS`] times. A batch with one bad resource writes nothing.
+//! Every command validates everything first ([`validate`], then [`check_pool_against`] and
+//! [`check_spider_against`] against the IPPools, SpiderIPPools and SpiderSubnets in the store
+//! *and* those of the same batch), then writes every change in one store transaction whose
+//! compares cover every key it read (a key that was absent must still be absent). When another
+//! writer got there first, the whole command is re-read and re-checked, up to
+//! [`MAX_ATTEMPTS`] times. A batch with one bad resource writes nothing.
+//!
+//! The catalog cannot see allocations. A caller that can passes an [`InUseCheck`]
+//! ([`Catalog::with_in_use_check`]) so that addresses in use never leave a SpiderIPPool.
 //!
 //! Records are the resources' manifests as JSON, without `metadata.resourceVersion`; on read,
 //! `resourceVersion` is the key's `mod_revision`. `metadata.uid` and
@@ -712,8 +716,11 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                 if let Err(e) = check_spider_against(new, previous, &others) {
                     errors.extend(e.errors);
                 }
-                if let (Some(check), Resource::SpiderIPPool(pool), Some(Resource::SpiderIPPool(old))) =
-                    (self.in_use, new, previous)
+                if let (
+                    Some(check),
+                    Resource::SpiderIPPool(pool),
+                    Some(Resource::SpiderIPPool(old)),
+                ) = (self.in_use, new, previous)
                 {
                     if let (Ok(before), Ok(after)) = (old.spec.total_ips(), pool.spec.total_ips()) {
                         let leaving = before.subtract(&after);

@@ -777,10 +777,8 @@ fn capitalised(text: &str) -> String {
 }
 
 const ROUTE_FIELDS: &[(&str, Ty)] = &[("dst", Ty::Str), ("gw", Ty::Str)];
-const SELECTOR_FIELDS: &[(&str, Ty)] = &[
-    ("matchLabels", Ty::StrMap),
-    ("matchExpressions", Ty::Any),
-];
+const SELECTOR_FIELDS: &[(&str, Ty)] =
+    &[("matchLabels", Ty::StrMap), ("matchExpressions", Ty::Any)];
 const REQUIREMENT_FIELDS: &[(&str, Ty)] = &[
     ("key", Ty::Str),
     ("operator", Ty::Str),
@@ -788,7 +786,14 @@ const REQUIREMENT_FIELDS: &[(&str, Ty)] = &[
 ];
 
 fn check_selector(field: &str, value: &Value, errors: &mut Vec<FieldError>) {
-    check_nested(field, value, SELECTOR_FIELDS, &[], "a label selector", errors);
+    check_nested(
+        field,
+        value,
+        SELECTOR_FIELDS,
+        &[],
+        "a label selector",
+        errors,
+    );
     match value.get("matchExpressions") {
         None => {}
         Some(Value::Array(items)) => {
@@ -1260,8 +1265,8 @@ mod tests {
         // Every listed field is one serde accepts, and serde accepts no other.
         use crate::resources::{IPAMConfigurationSpec, IPPoolSpec, IPReservationSpec};
         use crate::spider::{
-            LabelSelector, LabelSelectorRequirement, Route, SpiderIPPoolSpec,
-            SpiderReservedIPSpec, SpiderSubnetSpec,
+            LabelSelector, LabelSelectorRequirement, Route, SpiderIPPoolSpec, SpiderReservedIPSpec,
+            SpiderSubnetSpec,
         };
         let mut pairs = vec![
             (serde_fields::<IPPoolSpec>(), IPPOOL_FIELDS),
@@ -1269,7 +1274,10 @@ mod tests {
             (serde_fields::<IPAMConfigurationSpec>(), IPAMCONFIG_FIELDS),
             (serde_fields::<SpiderIPPoolSpec>(), SPIDER_POOL_FIELDS),
             (serde_fields::<SpiderSubnetSpec>(), SPIDER_SUBNET_FIELDS),
-            (serde_fields::<SpiderReservedIPSpec>(), SPIDER_RESERVED_FIELDS),
+            (
+                serde_fields::<SpiderReservedIPSpec>(),
+                SPIDER_RESERVED_FIELDS,
+            ),
             (serde_fields::<Route>(), ROUTE_FIELDS),
             (serde_fields::<LabelSelector>(), SELECTOR_FIELDS),
             (

@@ -18,9 +18,8 @@ use crate::net::nets_overlap;
 use crate::ranges::{IpRangeSet, RangeError};
 use crate::resources::{IPPool, Kind, ObjectMeta, Resource};
 use crate::validate::{
-    check_metadata, dns_label_problem, label_value_problem, parse_network,
-    qualified_name_problem, subdomain_problem, typography_hint, FieldError, NameRule,
-    ValidationError,
+    check_metadata, dns_label_problem, label_value_problem, parse_network, qualified_name_problem,
+    subdomain_problem, typography_hint, FieldError, NameRule, ValidationError,
 };
 
 /// apiVersion of Spiderpool resources.
@@ -281,7 +280,11 @@ pub fn describe_set(set: &IpRangeSet) -> String {
     if parts.len() <= 3 {
         parts.join(", ")
     } else {
-        format!("{} and {} more ranges", parts[..3].join(", "), parts.len() - 3)
+        format!(
+            "{} and {} more ranges",
+            parts[..3].join(", "),
+            parts.len() - 3
+        )
     }
 }
 
@@ -510,9 +513,7 @@ fn range_problem(e: &RangeError, v6: Option<bool>, net: Option<IpNet>, what: &st
             "; the {what} is {} (subnet {net})",
             family_name(v6)
         )),
-        (true, Some(v6), None) => {
-            text.push_str(&format!("; the {what} is {}", family_name(v6)))
-        }
+        (true, Some(v6), None) => text.push_str(&format!("; the {what} is {}", family_name(v6))),
         _ => {
             let (one, range) = if v6.unwrap_or(false) {
                 ("fd00::10", "fd00::10-fd00::20")

@@ -139,9 +139,7 @@ pub fn validate(resource: Resource) -> Result<Resource, ValidationError> {
         Resource::Node(n) => Resource::Node(validate_node(n, &mut errors)),
         Resource::Namespace(n) => Resource::Namespace(validate_namespace(n, &mut errors)),
         Resource::SpiderIPPool(p) => Resource::SpiderIPPool(validate_spider_pool(p, &mut errors)),
-        Resource::SpiderSubnet(s) => {
-            Resource::SpiderSubnet(validate_spider_subnet(s, &mut errors))
-        }
+        Resource::SpiderSubnet(s) => Resource::SpiderSubnet(validate_spider_subnet(s, &mut errors)),
         Resource::SpiderReservedIP(r) => {
             Resource::SpiderReservedIP(validate_spider_reserved(r, &mut errors))
         }

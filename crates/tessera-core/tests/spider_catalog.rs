@@ -69,7 +69,10 @@ fn revision(store: &impl Store) -> i64 {
 
 /// Runs a command that must be refused; checks that nothing was written and returns the
 /// message.
-fn refused<S: Store>(store: &S, command: impl FnOnce(&Catalog<'_, S>) -> Result<Vec<Outcome>, CatalogError>) -> String {
+fn refused<S: Store>(
+    store: &S,
+    command: impl FnOnce(&Catalog<'_, S>) -> Result<Vec<Outcome>, CatalogError>,
+) -> String {
     let before = revision(store);
     let err = command(&Catalog::new(store)).unwrap_err();
     assert_eq!(revision(store), before, "a refused command wrote something");
@@ -92,11 +95,21 @@ fn seed_subnet_and_pool_apply_in_either_order() {
     cat.apply(&[seed_subnet()]).unwrap();
     assert_eq!(
         cat.apply(&[seed_pool()]).unwrap(),
-        [outcome(Kind::SpiderIPPool, "nginx-v4-ippool", Action::Created)]
+        [outcome(
+            Kind::SpiderIPPool,
+            "nginx-v4-ippool",
+            Action::Created
+        )]
     );
     // Stored under the keys the allocator reads.
-    assert!(store.get(&keys::spider_pool("nginx-v4-ippool")).unwrap().is_some());
-    assert!(store.get(&keys::spider_subnet("nginx-subnet-v4")).unwrap().is_some());
+    assert!(store
+        .get(&keys::spider_pool("nginx-v4-ippool"))
+        .unwrap()
+        .is_some());
+    assert!(store
+        .get(&keys::spider_subnet("nginx-subnet-v4"))
+        .unwrap()
+        .is_some());
     assert!(store.get(POOL_GUARD_KEY).unwrap().is_some());
     // Applying both again changes nothing.
     let rev = revision(&store);
@@ -134,11 +147,7 @@ fn seed_subnet_and_pool_apply_in_either_order() {
 fn a_pool_takes_its_addresses_from_its_subnet() {
     let store = MemoryStore::new();
     Catalog::new(&store).apply(&[seed_subnet()]).unwrap();
-    let outside = spider_pool(
-        "outside",
-        "10.244.0.0/16",
-        &["10.244.99.250-10.244.100.5"],
-    );
+    let outside = spider_pool("outside", "10.244.0.0/16", &["10.244.99.250-10.244.100.5"]);
     assert_eq!(
         refused(&store, |c| c.apply(std::slice::from_ref(&outside))),
         "SpiderIPPool \"outside\" is invalid: spec.ips: 10.244.99.250-10.244.100.0 are not \
@@ -165,7 +174,10 @@ fn a_pool_takes_its_addresses_from_its_subnet() {
     );
     Catalog::new(&store).apply(&[excluding]).unwrap();
     assert_eq!(
-        refused(&store, |c| c.apply(&[seed_pool()])).split(';').next().unwrap(),
+        refused(&store, |c| c.apply(&[seed_pool()]))
+            .split(';')
+            .next()
+            .unwrap(),
         "SpiderIPPool \"nginx-v4-ippool\" is invalid: spec.ips: 10.244.120.15 is not offered by \
          SpiderSubnet \"nginx-subnet-v4\" (its ips minus excludeIPs)"
     );
@@ -207,9 +219,7 @@ fn a_subnet_cannot_drop_addresses_its_pools_hold() {
         "10.244.0.0/16",
         &["10.244.120.10-10.244.120.12"],
     );
-    Catalog::new(&store)
-        .apply(&[shrunk, small_pool])
-        .unwrap();
+    Catalog::new(&store).apply(&[shrunk, small_pool]).unwrap();
 }
 
 #[test]
@@ -369,7 +379,10 @@ fn subnet_and_ip_version_do_not_change() {
             &json!({"spec": {"subnet": "10.245.0.0/16", "ips": null}}),
         )
         .unwrap_err();
-    assert!(err.to_string().contains("spec.subnet: cannot be changed"), "{err}");
+    assert!(
+        err.to_string().contains("spec.subnet: cannot be changed"),
+        "{err}"
+    );
     assert_eq!(revision(&store), before);
     let patched = cat
         .patch(
@@ -467,11 +480,16 @@ fn the_in_use_answer_holds_until_the_write() {
     let calls = Cell::new(0);
     let check = |_: &str, leaving: &IpRangeSet| -> Result<InUse, StoreError> {
         calls.set(calls.get() + 1);
-        let rev = store.get("blocks/_shared/x")?.map_or(0, |kv| kv.mod_revision);
+        let rev = store
+            .get("blocks/_shared/x")?
+            .map_or(0, |kv| kv.mod_revision);
         if calls.get() == 1 {
             // An allocation lands right after the allocator answered.
             store
-                .txn(&[], &[Op::Put("blocks/_shared/x".into(), b"{\"n\":1}".to_vec())])
+                .txn(
+                    &[],
+                    &[Op::Put("blocks/_shared/x".into(), b"{\"n\":1}".to_vec())],
+                )
                 .unwrap();
         }
         Ok(InUse {

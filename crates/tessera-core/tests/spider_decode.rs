@@ -89,7 +89,9 @@ fn every_spiderpool_field_decodes() {
 #[test]
 fn misspelt_fields_get_the_right_name() {
     assert_eq!(
-        err(pool_doc(json!({"subnet": "10.244.0.0/16", "excludeIps": []}))),
+        err(pool_doc(
+            json!({"subnet": "10.244.0.0/16", "excludeIps": []})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.excludeIps: unknown field; did you mean \
          excludeIPs? SpiderIPPool spec accepts ipVersion, subnet, ips, excludeIPs, gateway, \
          routes, vlan, podAffinity, namespaceAffinity, namespaceName, nodeAffinity, nodeName, \
@@ -110,12 +112,16 @@ fn misspelt_fields_get_the_right_name() {
 #[test]
 fn wrong_types_name_the_field() {
     assert_eq!(
-        err(pool_doc(json!({"ipVersion": "4", "subnet": "10.244.0.0/16"}))),
+        err(pool_doc(
+            json!({"ipVersion": "4", "subnet": "10.244.0.0/16"})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.ipVersion: expected a whole number, got the \
          string \"4\"; remove the quotes"
     );
     assert_eq!(
-        err(pool_doc(json!({"ipVersion": 400, "subnet": "10.244.0.0/16"}))),
+        err(pool_doc(
+            json!({"ipVersion": 400, "subnet": "10.244.0.0/16"})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.ipVersion: 400 is out of range; ipVersion is 4 \
          or 6"
     );
@@ -125,12 +131,16 @@ fn wrong_types_name_the_field() {
          (untagged) to 4094"
     );
     assert_eq!(
-        err(pool_doc(json!({"ips": "10.244.120.10", "subnet": "10.244.0.0/16"}))),
+        err(pool_doc(
+            json!({"ips": "10.244.120.10", "subnet": "10.244.0.0/16"})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.ips: expected a list of strings, got the string \
          \"10.244.120.10\""
     );
     assert_eq!(
-        err(pool_doc(json!({"default": "yes", "subnet": "10.244.0.0/16"}))),
+        err(pool_doc(
+            json!({"default": "yes", "subnet": "10.244.0.0/16"})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.default: expected true or false, got the string \
          \"yes\""
     );
@@ -143,7 +153,9 @@ fn routes_are_checked_field_by_field() {
         "SpiderIPPool \"nginx-v4-ippool\": spec.routes[0].gw: is required in a route (dst, gw)"
     );
     assert_eq!(
-        err(pool_doc(json!({"routes": [{"dst": "10.7.0.0/16", "gw": "10.6.0.1", "via": 1}]}))),
+        err(pool_doc(
+            json!({"routes": [{"dst": "10.7.0.0/16", "gw": "10.6.0.1", "via": 1}]})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.routes[0].via: unknown field; A route accepts \
          dst, gw"
     );
@@ -158,29 +170,39 @@ fn routes_are_checked_field_by_field() {
          string \"10.7.0.0/16\""
     );
     // A null gw is a missing gw.
-    assert!(err(pool_doc(json!({"routes": [{"dst": "10.7.0.0/16", "gw": null}]})))
-        .contains("spec.routes[0].gw: is required"));
+    assert!(err(pool_doc(
+        json!({"routes": [{"dst": "10.7.0.0/16", "gw": null}]})
+    ))
+    .contains("spec.routes[0].gw: is required"));
 }
 
 #[test]
 fn selectors_are_checked_field_by_field() {
     assert_eq!(
-        err(pool_doc(json!({"podAffinity": {"matchLabel": {"app": "nginx"}}}))),
+        err(pool_doc(
+            json!({"podAffinity": {"matchLabel": {"app": "nginx"}}})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.podAffinity.matchLabel: unknown field; did you \
          mean matchLabels? A label selector accepts matchLabels, matchExpressions"
     );
     assert_eq!(
-        err(pool_doc(json!({"nodeAffinity": {"matchExpressions": [{"key": "rack"}]}}))),
+        err(pool_doc(
+            json!({"nodeAffinity": {"matchExpressions": [{"key": "rack"}]}})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.nodeAffinity.matchExpressions[0].operator: is \
          required in a selector requirement (key, operator)"
     );
     assert_eq!(
-        err(pool_doc(json!({"podAffinity": {"matchLabels": {"rack": 0}}}))),
+        err(pool_doc(
+            json!({"podAffinity": {"matchLabels": {"rack": 0}}})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.podAffinity.matchLabels.rack: expected a string, \
          got the number 0; quote it: \"0\""
     );
     assert_eq!(
-        err(pool_doc(json!({"podAffinity": {"matchExpressions": {"key": "a"}}}))),
+        err(pool_doc(
+            json!({"podAffinity": {"matchExpressions": {"key": "a"}}})
+        )),
         "SpiderIPPool \"nginx-v4-ippool\": spec.podAffinity.matchExpressions: expected a list of \
          requirements such as [{key: tier, operator: In, values: [web]}], got a mapping"
     );
@@ -231,7 +253,11 @@ fn kind_names_as_kubectl_takes_them() {
     ] {
         assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
     }
-    for kind in [Kind::SpiderIPPool, Kind::SpiderSubnet, Kind::SpiderReservedIP] {
+    for kind in [
+        Kind::SpiderIPPool,
+        Kind::SpiderSubnet,
+        Kind::SpiderReservedIP,
+    ] {
         assert_eq!(kind.api_version(), SPIDER_API_VERSION);
         assert!(Kind::ALL.contains(&kind));
         assert!(spec_field_names(kind).is_some());

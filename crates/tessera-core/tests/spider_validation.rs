@@ -129,8 +129,14 @@ fn subnet_is_a_strictly_masked_network() {
         err(pool(json!({"ips": ["10.244.120.10"]}))),
         format!("{P}spec.subnet: is required, e.g. 192.168.0.0/16 or fd00:10::/64")
     );
-    assert_eq!(fields(pool(json!({"subnet": "10.244.0.0"}))), ["spec.subnet"]);
-    assert_eq!(fields(pool(json!({"subnet": "10.244.0.0/33"}))), ["spec.subnet"]);
+    assert_eq!(
+        fields(pool(json!({"subnet": "10.244.0.0"}))),
+        ["spec.subnet"]
+    );
+    assert_eq!(
+        fields(pool(json!({"subnet": "10.244.0.0/33"}))),
+        ["spec.subnet"]
+    );
     assert_eq!(fields(pool(json!({"subnet": "nginx"}))), ["spec.subnet"]);
 }
 
@@ -162,7 +168,10 @@ fn ips_entries_parse() {
         )
     );
     assert_eq!(fields(pool(spec(json!(["nope"])))), ["spec.ips[0]"]);
-    assert_eq!(fields(pool(spec(json!(["10.244.1.0/23"])))), ["spec.ips[0]"]);
+    assert_eq!(
+        fields(pool(spec(json!(["10.244.1.0/23"])))),
+        ["spec.ips[0]"]
+    );
     // Single addresses, ranges and CIDRs are all accepted.
     let p = valid_pool(pool(spec(json!([
         "10.244.120.10",
@@ -193,9 +202,7 @@ fn ips_lie_inside_subnet() {
 
 #[test]
 fn exclude_ips_parse_and_lie_inside_subnet() {
-    let spec = |ex: Value| {
-        json!({"subnet": "10.244.0.0/16", "ips": ["10.244.120.10-10.244.120.20"], "excludeIPs": ex})
-    };
+    let spec = |ex: Value| json!({"subnet": "10.244.0.0/16", "ips": ["10.244.120.10-10.244.120.20"], "excludeIPs": ex});
     assert_eq!(
         err(pool(spec(json!(["10.0.0.1"])))),
         format!(
@@ -224,9 +231,7 @@ fn address_lists_are_merged_and_sorted() {
 
 #[test]
 fn gateway_inside_subnet_and_not_handed_out() {
-    let spec = |gw: &str| {
-        json!({"subnet": "10.244.0.0/16", "ips": ["10.244.120.10-10.244.120.20"], "gateway": gw})
-    };
+    let spec = |gw: &str| json!({"subnet": "10.244.0.0/16", "ips": ["10.244.120.10-10.244.120.20"], "gateway": gw});
     assert!(validate(pool(spec("10.244.0.1"))).is_ok());
     assert_eq!(
         err(pool(spec("10.244.120.10"))),
@@ -259,10 +264,14 @@ fn gateway_inside_subnet_and_not_handed_out() {
 #[test]
 fn routes_have_a_network_of_the_pools_family_and_a_next_hop_on_the_subnet() {
     let spec = |routes: Value| json!({"subnet": "10.244.0.0/16", "routes": routes});
-    let p = valid_pool(pool(spec(json!([{"dst": "10.7.0.0/16", "gw": "10.244.0.1"}]))));
+    let p = valid_pool(pool(spec(
+        json!([{"dst": "10.7.0.0/16", "gw": "10.244.0.1"}]),
+    )));
     assert_eq!(p.spec.routes[0].dst, "10.7.0.0/16");
     assert_eq!(
-        err(pool(spec(json!([{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}])))),
+        err(pool(spec(
+            json!([{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}])
+        ))),
         format!(
             "{P}spec.routes[0].dst: 0.0.0.0/0 is the default route; set spec.gateway for it \
              instead of a route"
@@ -279,14 +288,18 @@ fn routes_have_a_network_of_the_pools_family_and_a_next_hop_on_the_subnet() {
         )
     );
     assert_eq!(
-        err(pool(spec(json!([{"dst": "10.7.0.0/16", "gw": "10.8.0.1"}])))),
+        err(pool(spec(
+            json!([{"dst": "10.7.0.0/16", "gw": "10.8.0.1"}])
+        ))),
         format!(
             "{P}spec.routes[0].gw: 10.8.0.1 is outside subnet 10.244.0.0/16; a route's next hop \
              must be an address of the subnet"
         )
     );
     assert_eq!(
-        err(pool(spec(json!([{"dst": "fd00:7::/64", "gw": "10.244.0.1"}])))),
+        err(pool(spec(
+            json!([{"dst": "fd00:7::/64", "gw": "10.244.0.1"}])
+        ))),
         format!(
             "{P}spec.routes[0].dst: fd00:7::/64 is an IPv6 network but the pool is IPv4; routes \
              must be of the pool's family"
@@ -327,7 +340,11 @@ fn names_are_dns_subdomains() {
          name: 'N' is uppercase (write 'n'); use lowercase letters, digits, '-' and '.', \
          starting and ending with a letter or digit, at most 253 characters"
     );
-    let sub = doc("SpiderSubnet", "bad name", json!({"subnet": "10.244.0.0/16"}));
+    let sub = doc(
+        "SpiderSubnet",
+        "bad name",
+        json!({"subnet": "10.244.0.0/16"}),
+    );
     assert_eq!(fields(sub), ["metadata.name"]);
     let res = doc("SpiderReservedIP", "", json!({"ips": ["10.0.0.1"]}));
     assert_eq!(fields(res), ["metadata.name"]);
@@ -358,8 +375,10 @@ fn label_selectors_follow_kubernetes_rules() {
     .is_empty());
     assert_eq!(
         selector_messages(json!({"matchExpressions": [{"key": "tier", "operator": "In"}]})),
-        ["spec.podAffinity.matchExpressions[0].values: must list at least one value for \
-          operator In; give the label values to match, or use Exists or DoesNotExist"]
+        [
+            "spec.podAffinity.matchExpressions[0].values: must list at least one value for \
+          operator In; give the label values to match, or use Exists or DoesNotExist"
+        ]
     );
     assert_eq!(
         selector_messages(json!({"matchExpressions": [
@@ -377,14 +396,18 @@ fn label_selectors_follow_kubernetes_rules() {
     );
     assert_eq!(
         selector_messages(json!({"matchExpressions": [{"key": "tier", "operator": "Gt"}]})),
-        ["spec.podAffinity.matchExpressions[0].operator: \"Gt\" is not a label selector \
-          operator; use In, NotIn, Exists or DoesNotExist"]
+        [
+            "spec.podAffinity.matchExpressions[0].operator: \"Gt\" is not a label selector \
+          operator; use In, NotIn, Exists or DoesNotExist"
+        ]
     );
     assert_eq!(
         selector_messages(json!({"matchLabels": {"app": "-nginx"}})),
-        ["spec.podAffinity.matchLabels.app: \"-nginx\" is not a valid label value: it must \
+        [
+            "spec.podAffinity.matchLabels.app: \"-nginx\" is not a valid label value: it must \
           start and end with a letter or digit; use letters, digits, '-', '_' and '.', starting \
-          and ending with a letter or digit (or leave it empty)"]
+          and ending with a letter or digit (or leave it empty)"
+        ]
     );
     assert_eq!(
         selector_messages(json!({"matchExpressions": [
@@ -437,18 +460,24 @@ fn node_namespace_and_multus_names_are_valid_names() {
     })));
     assert_eq!(p.spec.node_name.len(), 2);
     assert_eq!(
-        err(pool(json!({"subnet": "10.244.0.0/16", "namespaceName": ["kube.system"]}))),
+        err(pool(
+            json!({"subnet": "10.244.0.0/16", "namespaceName": ["kube.system"]})
+        )),
         format!(
             "{P}spec.namespaceName[0]: \"kube.system\" is not a valid namespace name: '.' is not \
              allowed"
         )
     );
     assert_eq!(
-        fields(pool(json!({"subnet": "10.244.0.0/16", "nodeName": ["ok", "Worker_1"]}))),
+        fields(pool(
+            json!({"subnet": "10.244.0.0/16", "nodeName": ["ok", "Worker_1"]})
+        )),
         ["spec.nodeName[1]"]
     );
     assert_eq!(
-        err(pool(json!({"subnet": "10.244.0.0/16", "multusName": ["kube_system/macvlan"]}))),
+        err(pool(
+            json!({"subnet": "10.244.0.0/16", "multusName": ["kube_system/macvlan"]})
+        )),
         format!(
             "{P}spec.multusName[0]: \"kube_system/macvlan\" is not a valid Multus network name: \
              the namespace part \"kube_system\": '_' is not allowed; write NAME or \
@@ -486,7 +515,11 @@ fn subnets_follow_the_same_address_rules() {
         "routes": [{"dst": "10.7.0.0/16", "gw": "10.244.0.1"}],
     })));
     assert_eq!(s.spec.ip_version, Some(4));
-    assert_eq!(s.spec.total_ips().unwrap().len(), 25602, "seed 003's TOTAL-IP-COUNT");
+    assert_eq!(
+        s.spec.total_ips().unwrap().len(),
+        25602,
+        "seed 003's TOTAL-IP-COUNT"
+    );
     assert_eq!(
         err(subnet(json!({
             "subnet": "10.244.0.0/16",
@@ -511,12 +544,18 @@ fn subnets_follow_the_same_address_rules() {
 #[test]
 fn reserved_ips_parse_in_one_family() {
     let r = valid_reserved(reserved(json!({"ips": ["10.244.120.15", "10.244.120.16"]})));
-    assert_eq!(r.spec.ip_version, Some(4), "ipVersion comes from the addresses");
+    assert_eq!(
+        r.spec.ip_version,
+        Some(4),
+        "ipVersion comes from the addresses"
+    );
     assert_eq!(r.spec.ips, ["10.244.120.15-10.244.120.16"]);
     let r6 = valid_reserved(reserved(json!({"ips": ["fd00::1-fd00::5"]})));
     assert_eq!(r6.spec.ip_version, Some(6));
     assert_eq!(
-        err(reserved(json!({"ipVersion": 4, "ips": ["10.0.0.1", "fd00::1"]}))),
+        err(reserved(
+            json!({"ipVersion": 4, "ips": ["10.0.0.1", "fd00::1"]})
+        )),
         "SpiderReservedIP \"reserved\" is invalid: spec.ips[1]: \"fd00::1\" is an IPv6 address \
          in an IPv4 list; the reservation is IPv4"
     );
@@ -534,7 +573,10 @@ fn reserved_ips_parse_in_one_family() {
         fields(reserved(json!({"ipVersion": 5, "ips": ["10.0.0.1"]}))),
         ["spec.ipVersion"]
     );
-    assert_eq!(fields(reserved(json!({"ips": ["x", "y"]}))), ["spec.ips[0]", "spec.ips[1]"]);
+    assert_eq!(
+        fields(reserved(json!({"ips": ["x", "y"]}))),
+        ["spec.ips[0]", "spec.ips[1]"]
+    );
 }
 
 fn text() -> impl Strategy<Value = String> {
