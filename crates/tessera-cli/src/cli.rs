@@ -77,7 +77,8 @@ pub struct DeleteArgs {
         conflicts_with = "kind"
     )]
     pub filename: Option<String>,
-    /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace).
+    /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace,
+    /// spiderippool|sp, spidersubnet|ss, spiderreservedip|sr).
     pub kind: Option<String>,
     /// Names of the resources.
     #[arg(requires = "kind")]
@@ -101,7 +102,8 @@ pub enum GetOutput {
 /// `get KIND [NAME...]`.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace).
+    /// Kind of the resources (ippool, ipreservation, ipamconfig, node, namespace,
+    /// spiderippool|sp, spidersubnet|ss, spiderreservedip|sr).
     pub kind: String,
     /// Names of the resources; all of the kind when none are given.
     pub names: Vec<String>,

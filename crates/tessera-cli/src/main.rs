@@ -9,6 +9,7 @@ mod datastore;
 mod ipam_cmd;
 mod manifest;
 mod res_cmd;
+mod spider_counts;
 mod status;
 mod table;
 mod yaml;

@@ -621,8 +621,9 @@ metadata:
              natOutgoing, disabled, disableBGPExport, nodeSelector, namespaceSelector, \
              allowedUses, assignmentMode\n\
              bad.yaml: document 3 (line 16): kind: \"IPPol\" is not supported; did you mean \
-             IPPool? Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node and \
-             Namespace, and lists of them (List, IPPoolList, ...)"
+             IPPool? Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node, \
+             Namespace, SpiderIPPool, SpiderSubnet and SpiderReservedIP, and lists of them \
+             (List, IPPoolList, ...)"
         );
         // Once the unknown field is fixed, the validation problem shows.
         let fixed = text.replace("  blockSzie: 26\n", "");

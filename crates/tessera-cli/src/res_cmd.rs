@@ -17,7 +17,8 @@ use crate::table::Columns;
 use crate::yaml::to_yaml;
 
 /// Kind names accepted on the command line, for error messages.
-const KIND_NAMES: &str = "ippool, ipreservation, ipamconfiguration, node, namespace";
+const KIND_NAMES: &str = "ippool, ipreservation, ipamconfiguration, node, namespace, \
+                          spiderippool (sp), spidersubnet (ss), spiderreservedip (sr)";
 
 /// Resolves a kind as kubectl/calicoctl accept it (`ippools`, `ipp`, `ns`, ...).
 pub fn parse_kind(name: &str) -> anyhow::Result<Kind> {
@@ -180,24 +181,101 @@ pub fn get(store: &dyn Store, args: &GetArgs) -> anyhow::Result<String> {
         found
     };
     let single = args.names.len() == 1;
+    let allocated = match kind {
+        Kind::SpiderIPPool | Kind::SpiderSubnet => spider_allocated(store, &resources)?,
+        _ => BTreeMap::new(),
+    };
     match args.output {
-        Some(GetOutput::Yaml) => Ok(to_yaml(&document(kind, &resources, single))),
+        Some(GetOutput::Yaml) => Ok(to_yaml(&document(kind, &resources, single, &allocated))),
         Some(GetOutput::Json) => Ok(format!(
             "{}\n",
-            serde_json::to_string_pretty(&document(kind, &resources, single))?
+            serde_json::to_string_pretty(&document(kind, &resources, single, &allocated))?
         )),
-        wide => Ok(table(kind, &resources, wide == Some(GetOutput::Wide))),
+        wide => Ok(table(
+            kind,
+            &resources,
+            wide == Some(GetOutput::Wide),
+            &allocated,
+        )),
     }
 }
 
+/// Allocated addresses of each SpiderIPPool in `resources`, or of each SpiderSubnet: the sum
+/// over the SpiderIPPools whose subnet is the subnet's, as Spiderpool counts it.
+fn spider_allocated(
+    store: &dyn Store,
+    resources: &[Resource],
+) -> anyhow::Result<BTreeMap<String, u128>> {
+    let catalog = Catalog::new(store);
+    let per_pool = crate::spider_counts::allocated_counts(store)?;
+    let mut out = BTreeMap::new();
+    let mut pools = None;
+    for r in resources {
+        let count = match r {
+            Resource::SpiderIPPool(p) => per_pool.get(&p.metadata.name).copied().unwrap_or(0),
+            Resource::SpiderSubnet(s) => {
+                if pools.is_none() {
+                    pools = Some(catalog.list(Kind::SpiderIPPool).map_err(explain)?);
+                }
+                let net = s.spec.subnet_net();
+                pools
+                    .iter()
+                    .flatten()
+                    .filter_map(|p| match p {
+                        Resource::SpiderIPPool(p)
+                            if net.is_some() && p.spec.subnet_net() == net =>
+                        {
+                            per_pool.get(&p.metadata.name).copied()
+                        }
+                        _ => None,
+                    })
+                    .fold(0u128, u128::saturating_add)
+            }
+            _ => continue,
+        };
+        out.insert(r.name().to_string(), count);
+    }
+    Ok(out)
+}
+
+/// Spiderpool's TOTAL-IP-COUNT: the addresses of `ips` minus `excludeIPs`.
+fn spider_total(r: &Resource) -> Option<u128> {
+    match r {
+        Resource::SpiderIPPool(p) => p.spec.total_ips().ok().map(|s| s.len()),
+        Resource::SpiderSubnet(s) => s.spec.total_ips().ok().map(|s| s.len()),
+        _ => None,
+    }
+}
+
+/// A resource's manifest; SpiderIPPools and SpiderSubnets carry the `status` Spiderpool
+/// reports (`allocatedIPCount`, `totalIPCount`), computed now.
+fn manifest(r: &Resource, allocated: &BTreeMap<String, u128>) -> Value {
+    let mut doc = r.to_manifest();
+    if let (Some(total), Value::Object(fields)) = (spider_total(r), &mut doc) {
+        // Kubernetes counts are int64; an IPv6 pool can hold more, so the count saturates.
+        let clamp = |n: u128| u64::try_from(n).unwrap_or(u64::MAX);
+        let used = allocated.get(r.name()).copied().unwrap_or(0);
+        fields.insert(
+            "status".into(),
+            json!({"allocatedIPCount": clamp(used), "totalIPCount": clamp(total)}),
+        );
+    }
+    doc
+}
+
 /// One manifest for a named resource, calicoctl's `<Kind>List` otherwise.
-fn document(kind: Kind, resources: &[Resource], single: bool) -> Value {
+fn document(
+    kind: Kind,
+    resources: &[Resource],
+    single: bool,
+    allocated: &BTreeMap<String, u128>,
+) -> Value {
     if single {
         if let Some(r) = resources.first() {
-            return r.to_manifest();
+            return manifest(r, allocated);
         }
     }
-    let items: Vec<Value> = resources.iter().map(Resource::to_manifest).collect();
+    let items: Vec<Value> = resources.iter().map(|r| manifest(r, allocated)).collect();
     json!({
         "apiVersion": kind.api_version(),
         "items": items,
@@ -217,7 +295,25 @@ fn label_list(labels: &BTreeMap<String, String>) -> String {
         .join(",")
 }
 
-fn table(kind: Kind, resources: &[Resource], wide: bool) -> String {
+/// A list as kubectl prints a list-valued printer column: JSON, or nothing when empty.
+fn json_list(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(items).unwrap_or_default()
+    }
+}
+
+/// Label a Spiderpool auto-created pool carries with its application's namespace (the
+/// APP-NAMESPACE column).
+const APP_NAMESPACE_LABEL: &str = "ipam.spidernet.io/app-namespace";
+
+fn table(
+    kind: Kind,
+    resources: &[Resource],
+    wide: bool,
+    allocated: &BTreeMap<String, u128>,
+) -> String {
     let mut t = match (kind, wide) {
         (Kind::IPPool, false) => Columns::new(&["NAME", "CIDR", "SELECTOR"]),
         (Kind::IPPool, true) => Columns::new(&[
@@ -239,6 +335,41 @@ fn table(kind: Kind, resources: &[Resource], wide: bool) -> String {
         ]),
         (Kind::Node | Kind::Namespace, false) => Columns::new(&["NAME"]),
         (Kind::Node | Kind::Namespace, true) => Columns::new(&["NAME", "LABELS"]),
+        // Spiderpool's printer columns; those of priority 10 only with -o wide.
+        (Kind::SpiderIPPool, false) => Columns::new(&[
+            "NAME",
+            "VERSION",
+            "SUBNET",
+            "ALLOCATED-IP-COUNT",
+            "TOTAL-IP-COUNT",
+            "DEFAULT",
+        ]),
+        (Kind::SpiderIPPool, true) => Columns::new(&[
+            "NAME",
+            "VERSION",
+            "SUBNET",
+            "ALLOCATED-IP-COUNT",
+            "TOTAL-IP-COUNT",
+            "DEFAULT",
+            "DISABLE",
+            "NODENAME",
+            "MULTUSNAME",
+            "APP-NAMESPACE",
+        ]),
+        (Kind::SpiderSubnet, _) => Columns::new(&[
+            "NAME",
+            "VERSION",
+            "SUBNET",
+            "ALLOCATED-IP-COUNT",
+            "TOTAL-IP-COUNT",
+        ]),
+        (Kind::SpiderReservedIP, _) => Columns::new(&["NAME", "VERSION"]),
+    };
+    let version = |v: Option<u8>| v.map(|v| v.to_string()).unwrap_or_default();
+    let counts = |r: &Resource| {
+        let used = allocated.get(r.name()).copied().unwrap_or(0);
+        let total = spider_total(r).unwrap_or(0);
+        [used.to_string(), total.to_string()]
     };
     for r in resources {
         let name = r.name().to_string();
@@ -272,6 +403,31 @@ fn table(kind: Kind, resources: &[Resource], wide: bool) -> String {
                 vec![name, label_list(&r.metadata().labels)]
             }
             Resource::Node(_) | Resource::Namespace(_) => vec![name],
+            Resource::SpiderIPPool(p) => {
+                let s = &p.spec;
+                let mut row = vec![name, version(s.ip_version), s.subnet.clone()];
+                row.extend(counts(r));
+                row.push(s.default.unwrap_or(false).to_string());
+                if wide {
+                    row.push(s.disable.unwrap_or(false).to_string());
+                    row.push(json_list(&s.node_name));
+                    row.push(json_list(&s.multus_name));
+                    row.push(
+                        s.pod_affinity
+                            .as_ref()
+                            .and_then(|a| a.match_labels.get(APP_NAMESPACE_LABEL))
+                            .cloned()
+                            .unwrap_or_default(),
+                    );
+                }
+                row
+            }
+            Resource::SpiderSubnet(sub) => {
+                let mut row = vec![name, version(sub.spec.ip_version), sub.spec.subnet.clone()];
+                row.extend(counts(r));
+                row
+            }
+            Resource::SpiderReservedIP(res) => vec![name, version(res.spec.ip_version)],
         };
         t.push(row);
     }

@@ -53,7 +53,8 @@ fn one_invalid_document_changes_nothing_and_every_error_is_printed() {
 fn unknown_kind_is_named_with_the_known_ones() {
     let env = Env::new();
     let expected = "Error: unknown resource type \"bgppeer\"; Tessera manages: ippool, \
-                    ipreservation, ipamconfiguration, node, namespace\n";
+                    ipreservation, ipamconfiguration, node, namespace, spiderippool (sp), \
+                    spidersubnet (ss), spiderreservedip (sr)\n";
     assert_eq!(env.fails(&["get", "bgppeer"]), expected);
     assert_eq!(env.fails(&["delete", "bgppeer", "peer1"]), expected);
 }

@@ -1,10 +1,14 @@
 //! Create, read, update and delete resources in a [`Store`], all or nothing.
 //!
-//! Every command validates everything first ([`validate`], and [`check_pool_against`] against
-//! the pools in the store *and* the other pools of the same batch), then writes every change
-//! in one store transaction whose compares cover every key it read (a key that was absent must
-//! still be absent). When another writer got there first, the whole command is re-read and
-//! re-checked, up to [`MAX_ATTEMPTS`] times. A batch with one bad resource writes nothing.
+//! Every command validates everything first ([`validate`], then [`check_pool_against`] and
+//! [`check_spider_against`] against the IPPools, SpiderIPPools and SpiderSubnets in the store
+//! *and* those of the same batch), then writes every change in one store transaction whose
+//! compares cover every key it read (a key that was absent must still be absent). When another
+//! writer got there first, the whole command is re-read and re-checked, up to
+//! [`MAX_ATTEMPTS`] times. A batch with one bad resource writes nothing.
+//!
+//! The catalog cannot see allocations. A caller that can passes an [`InUseCheck`]
+//! ([`Catalog::with_in_use_check`]) so that addresses in use never leave a SpiderIPPool.
 //!
 //! Records are the resources' manifests as JSON, without `metadata.resourceVersion`; on read,
 //! `resourceVersion` is the key's `mod_revision`. `metadata.uid` and
@@ -14,7 +18,7 @@
 //! not exist yet create it (kubectl would refuse; there is no other way to declare one short of
 //! `tessera apply -f`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -23,16 +27,36 @@ use serde_json::Value;
 
 use crate::keys;
 use crate::manifest::{decode_document, DecodeError};
+use crate::ranges::IpRangeSet;
 use crate::resources::{IPAMConfiguration, IPPool, Kind, Namespace, Node, ObjectMeta, Resource};
+use crate::spider::{check_spider_against, describe_set};
 use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
-use crate::validate::{check_pool_against, validate, ValidationError, IPAM_CONFIG_NAME};
+use crate::validate::{
+    check_pool_against, validate, FieldError, ValidationError, IPAM_CONFIG_NAME,
+};
 
 /// How many times a command is re-read and retried when another writer changed what it read.
 pub const MAX_ATTEMPTS: u32 = 5;
 
-/// A key written with every pool change. Writers compare on it, so two commands that each
-/// read the set of pools cannot both add overlapping pools.
+/// A key written with every change of a pool-like resource (IPPool, SpiderIPPool,
+/// SpiderSubnet). Writers compare on it, so two commands that each read the set of pools
+/// cannot both add overlapping pools.
 pub const POOL_GUARD_KEY: &str = "catalog/pool-guard";
+
+/// The allocator's answer to "which of these addresses of a SpiderIPPool are allocated?".
+#[derive(Clone, Debug, Default)]
+pub struct InUse {
+    /// The allocated addresses among those asked about.
+    pub addresses: IpRangeSet,
+    /// Compares that hold as long as the answer does (the revisions of the records the answer
+    /// was read from). They join the catalog's transaction, so an allocation that lands between
+    /// the question and the write makes the write start over instead of orphaning an address.
+    pub compares: Vec<Compare>,
+}
+
+/// Asked before a SpiderIPPool loses addresses (its `ips` shrink or its `excludeIPs` grow):
+/// given the pool's name and the addresses about to leave it, which of them are allocated.
+pub type InUseCheck<'a> = dyn Fn(&str, &IpRangeSet) -> Result<InUse, StoreError> + 'a;
 
 /// What a command did to one resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,13 +226,36 @@ pub fn key_of(kind: Kind, name: &str) -> String {
         Kind::IPAMConfiguration => keys::IPAM_CONFIG.to_string(),
         Kind::Node => keys::node(name),
         Kind::Namespace => keys::namespace(name),
+        Kind::SpiderIPPool => keys::spider_pool(name),
+        Kind::SpiderSubnet => keys::spider_subnet(name),
+        Kind::SpiderReservedIP => keys::spider_reserved(name),
     }
 }
+
+/// The store prefix under which every resource of `kind` lives (`None` for the single
+/// IPAMConfiguration).
+pub fn prefix_of(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::IPPool => keys::POOL_PREFIX,
+        Kind::IPReservation => keys::RESERVATION_PREFIX,
+        Kind::Node => keys::NODE_PREFIX,
+        Kind::Namespace => keys::NAMESPACE_PREFIX,
+        Kind::SpiderIPPool => keys::SPIDER_POOL_PREFIX,
+        Kind::SpiderSubnet => keys::SPIDER_SUBNET_PREFIX,
+        Kind::SpiderReservedIP => keys::SPIDER_RESERVED_PREFIX,
+        Kind::IPAMConfiguration => return None,
+    })
+}
+
+/// Kinds whose addresses may not overlap one another; a change to any of them is checked
+/// against all of them and bumps [`POOL_GUARD_KEY`].
+const POOL_KINDS: [Kind; 3] = [Kind::IPPool, Kind::SpiderIPPool, Kind::SpiderSubnet];
 
 /// Resource commands over one store.
 pub struct Catalog<'a, S: Store + ?Sized> {
     store: &'a S,
     attempts: u32,
+    in_use: Option<&'a InUseCheck<'a>>,
 }
 
 impl<'a, S: Store + ?Sized> Catalog<'a, S> {
@@ -217,7 +264,15 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         Self {
             store,
             attempts: MAX_ATTEMPTS,
+            in_use: None,
         }
+    }
+
+    /// The same catalog, asking `check` before a SpiderIPPool loses addresses and refusing
+    /// the change when any of them is allocated. Without it, such changes are not checked.
+    pub fn with_in_use_check(mut self, check: &'a InUseCheck<'a>) -> Self {
+        self.in_use = Some(check);
+        self
     }
 
     /// The same catalog with another bound on attempts (at least 1).
@@ -311,12 +366,8 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         if kind == Kind::IPAMConfiguration {
             return Ok(vec![self.get(kind, IPAM_CONFIG_NAME)?]);
         }
-        let prefix = match kind {
-            Kind::IPPool => keys::POOL_PREFIX,
-            Kind::IPReservation => keys::RESERVATION_PREFIX,
-            Kind::Node => keys::NODE_PREFIX,
-            Kind::Namespace => keys::NAMESPACE_PREFIX,
-            Kind::IPAMConfiguration => unreachable!("handled above"),
+        let Some(prefix) = prefix_of(kind) else {
+            unreachable!("only the IPAMConfiguration has no prefix, handled above")
         };
         let mut out = self
             .store
@@ -527,13 +578,16 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         mode: Mode,
         expected: Option<i64>,
     ) -> Result<Option<Vec<(Outcome, Resource)>>, CatalogError> {
-        let has_pools = valid.iter().any(|r| r.kind() == Kind::IPPool);
+        let has_pools = valid.iter().any(|r| POOL_KINDS.contains(&r.kind()));
         let mut reads: Vec<Read> = valid
             .iter()
             .map(|r| Read::Get(key_of(r.kind(), r.name())))
             .collect();
         if has_pools {
-            reads.push(Read::Prefix(keys::POOL_PREFIX.to_string()));
+            for kind in POOL_KINDS {
+                let prefix = prefix_of(kind).expect("pool kinds have prefixes");
+                reads.push(Read::Prefix(prefix.to_string()));
+            }
             reads.push(Read::Get(POOL_GUARD_KEY.to_string()));
         }
         let snap = self.store.read(&reads)?;
@@ -613,43 +667,97 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         }
 
         if has_pools {
-            let stored_kvs = snap.list(valid.len());
-            let mut stored_pools: BTreeMap<String, IPPool> = BTreeMap::new();
-            for kv in stored_kvs {
-                compares.push(Compare::unchanged(&kv.key, kv.mod_revision));
-                if let Resource::IPPool(p) = self.decode_stored(kv)? {
-                    stored_pools.insert(p.metadata.name.clone(), p);
+            let n = valid.len();
+            let mut stored: Vec<Resource> = Vec::new();
+            for (i, kind) in POOL_KINDS.into_iter().enumerate() {
+                let prefix = prefix_of(kind).expect("pool kinds have prefixes");
+                for kv in snap.list(n + i) {
+                    compares.push(Compare::unchanged(&kv.key, kv.mod_revision));
+                    if !kv.key[prefix.len()..].contains('/') {
+                        stored.push(self.decode_stored(kv)?);
+                    }
                 }
             }
-            let guard_rev = snap.get(valid.len() + 1).map_or(0, |kv| kv.mod_revision);
+            let guard_rev = snap
+                .get(n + POOL_KINDS.len())
+                .map_or(0, |kv| kv.mod_revision);
             compares.push(Compare::unchanged(POOL_GUARD_KEY, guard_rev));
 
-            let batch: Vec<&IPPool> = valid
+            let batch: Vec<&Resource> = valid
                 .iter()
-                .filter_map(|r| match r {
-                    Resource::IPPool(p) => Some(p),
-                    _ => None,
-                })
+                .filter(|r| POOL_KINDS.contains(&r.kind()))
                 .collect();
-            let batch_names: BTreeSet<&str> =
-                batch.iter().map(|p| p.metadata.name.as_str()).collect();
-            for (j, pool) in batch.iter().enumerate() {
-                let mut others: Vec<IPPool> = stored_pools
-                    .values()
-                    .filter(|p| {
-                        !batch_names.contains(p.metadata.name.as_str())
-                            || p.metadata.name == pool.metadata.name
-                    })
-                    .cloned()
+            let same = |a: &Resource, b: &Resource| a.kind() == b.kind() && a.name() == b.name();
+            for (j, new) in batch.iter().enumerate() {
+                let previous = stored.iter().find(|s| same(s, new));
+                // Each pair is checked once: stored resources the batch leaves alone, and the
+                // batch's own resources before this one (every rule is symmetric).
+                let mut others: Vec<&Resource> = stored
+                    .iter()
+                    .filter(|s| !batch.iter().any(|b| same(s, b)))
                     .collect();
-                others.extend(batch[..j].iter().map(|p| (*p).clone()));
-                if let Err(e) = check_pool_against(pool, &others) {
-                    problems.push(CatalogError::Validation(e));
+                others.extend(batch[..j].iter().copied());
+                let mut errors = Vec::new();
+                if let Resource::IPPool(pool) = new {
+                    let mut calico: Vec<IPPool> = others
+                        .iter()
+                        .filter_map(|r| match r {
+                            Resource::IPPool(p) => Some(p.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(Resource::IPPool(old)) = previous {
+                        calico.push(old.clone());
+                    }
+                    if let Err(e) = check_pool_against(pool, &calico) {
+                        errors.extend(e.errors);
+                    }
+                }
+                if let Err(e) = check_spider_against(new, previous, &others) {
+                    errors.extend(e.errors);
+                }
+                if let (
+                    Some(check),
+                    Resource::SpiderIPPool(pool),
+                    Some(Resource::SpiderIPPool(old)),
+                ) = (self.in_use, new, previous)
+                {
+                    if let (Ok(before), Ok(after)) = (old.spec.total_ips(), pool.spec.total_ips()) {
+                        let leaving = before.subtract(&after);
+                        if !leaving.is_empty() {
+                            let answer = check(&pool.metadata.name, &leaving)?;
+                            compares.extend(answer.compares);
+                            let held = answer.addresses.intersect(&leaving);
+                            if !held.is_empty() {
+                                errors.push(FieldError::new(
+                                    "spec.ips",
+                                    format!(
+                                        "{} {} allocated and would no longer belong to the \
+                                         pool; keep {} in ips (and out of excludeIPs), or \
+                                         release {} first",
+                                        describe_set(&held),
+                                        if held.len() == 1 { "is" } else { "are" },
+                                        if held.len() == 1 { "it" } else { "them" },
+                                        if held.len() == 1 { "it" } else { "them" },
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+                if !errors.is_empty() {
+                    problems.push(CatalogError::Validation(ValidationError {
+                        kind: new.kind(),
+                        name: new.name().to_string(),
+                        errors,
+                    }));
                 }
             }
-            let pool_written = ops
-                .iter()
-                .any(|op| matches!(op, Op::Put(k, _) if k.starts_with(keys::POOL_PREFIX)));
+            let pool_written = ops.iter().any(|op| {
+                matches!(op, Op::Put(k, _) if POOL_KINDS.iter().any(|kind| {
+                    prefix_of(*kind).is_some_and(|prefix| k.starts_with(prefix))
+                }))
+            });
             if pool_written {
                 ops.push(Op::Put(POOL_GUARD_KEY.to_string(), b"{}".to_vec()));
             }

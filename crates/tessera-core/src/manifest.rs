@@ -17,6 +17,7 @@ use crate::resources::{
     IPAMConfiguration, IPPool, IPReservation, Kind, Namespace, Node, Resource, CALICO_API_VERSION,
     CORE_API_VERSION,
 };
+use crate::spider::{SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION};
 use crate::validate::{fmt_errors, fmt_subject, typography_hint, FieldError};
 
 /// apiVersion of Calico's CRDs as `calicoctl` and `kubectl` print them in some setups.
@@ -122,6 +123,15 @@ pub fn decode_document(doc: Value) -> Result<Resource, DecodeError> {
     }
 
     let mut metadata = take_object(&mut obj, "metadata", &mut errors);
+    // Web pages often indent `spec` under `metadata` (seed 003 does); say so plainly rather
+    // than calling it an unknown metadata field and the spec missing.
+    if !obj.contains_key("spec") && metadata.contains_key("spec") {
+        metadata.remove("spec");
+        errors.push(FieldError::new(
+            "metadata.spec",
+            "spec is indented under metadata; move it left so that it lines up with metadata",
+        ));
+    }
     check_fields(
         "metadata",
         &mut metadata,
@@ -133,6 +143,9 @@ pub fn decode_document(doc: Value) -> Result<Resource, DecodeError> {
         Kind::IPPool => Some(IPPOOL_FIELDS),
         Kind::IPReservation => Some(IPRESERVATION_FIELDS),
         Kind::IPAMConfiguration => Some(IPAMCONFIG_FIELDS),
+        Kind::SpiderIPPool => Some(SPIDER_POOL_FIELDS),
+        Kind::SpiderSubnet => Some(SPIDER_SUBNET_FIELDS),
+        Kind::SpiderReservedIP => Some(SPIDER_RESERVED_FIELDS),
         Kind::Node | Kind::Namespace => None,
     };
     let mut body = Map::new();
@@ -173,6 +186,15 @@ pub fn decode_document(doc: Value) -> Result<Resource, DecodeError> {
         }
         Kind::Node => serde_json::from_value::<Node>(body).map(Resource::Node),
         Kind::Namespace => serde_json::from_value::<Namespace>(body).map(Resource::Namespace),
+        Kind::SpiderIPPool => {
+            serde_json::from_value::<SpiderIPPool>(body).map(Resource::SpiderIPPool)
+        }
+        Kind::SpiderSubnet => {
+            serde_json::from_value::<SpiderSubnet>(body).map(Resource::SpiderSubnet)
+        }
+        Kind::SpiderReservedIP => {
+            serde_json::from_value::<SpiderReservedIP>(body).map(Resource::SpiderReservedIP)
+        }
     };
     converted.map_err(|e| fail(vec![FieldError::new("", e.to_string())]))
 }
@@ -209,7 +231,12 @@ pub fn decode_each(doc: Value) -> Vec<Decoded> {
         }]
     };
     let mut errors = Vec::new();
-    let list_versions = [CORE_API_VERSION, CALICO_API_VERSION, CALICO_CRD_API_VERSION];
+    let list_versions = [
+        CORE_API_VERSION,
+        CALICO_API_VERSION,
+        CALICO_CRD_API_VERSION,
+        SPIDER_API_VERSION,
+    ];
     check_api_version(&obj, &list_versions, &list.to_string(), &mut errors);
     for key in obj.keys() {
         if !["apiVersion", "kind", "items", "metadata"].contains(&key.as_str()) {
@@ -285,6 +312,7 @@ pub fn api_versions_of(kind: Kind) -> &'static [&'static str] {
         }
         Kind::Node => &[CORE_API_VERSION, CALICO_API_VERSION],
         Kind::Namespace => &[CORE_API_VERSION],
+        Kind::SpiderIPPool | Kind::SpiderSubnet | Kind::SpiderReservedIP => &[SPIDER_API_VERSION],
     }
 }
 
@@ -313,8 +341,9 @@ enum KindName {
     List(ListKind),
 }
 
-const SUPPORTED: &str = "Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node and \
-                         Namespace, and lists of them (List, IPPoolList, ...)";
+const SUPPORTED: &str = "Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node, \
+                         Namespace, SpiderIPPool, SpiderSubnet and SpiderReservedIP, and lists \
+                         of them (List, IPPoolList, ...)";
 
 fn read_kind(obj: &Map<String, Value>) -> Result<KindName, DecodeError> {
     let text = match obj.get("kind") {
@@ -412,6 +441,10 @@ enum Ty {
     EnumList(&'static [&'static str]),
     StrList,
     StrMap,
+    /// Spiderpool routes: a list of `{dst, gw}`.
+    Routes,
+    /// A Kubernetes label selector (`matchLabels`, `matchExpressions`).
+    Selector,
     /// Accepted as is (Kubernetes metadata Tessera does not interpret).
     Any,
 }
@@ -440,6 +473,46 @@ const IPPOOL_FIELDS: &[(&str, Ty)] = &[
     ),
     ("assignmentMode", Ty::Enum(&["Automatic", "Manual"])),
 ];
+
+const IP_VERSION: Ty = Ty::Int {
+    max: 255,
+    note: "ipVersion is 4 or 6",
+};
+
+const VLAN: Ty = Ty::Int {
+    max: 4094,
+    note: "VLAN ids are 0 (untagged) to 4094",
+};
+
+const SPIDER_POOL_FIELDS: &[(&str, Ty)] = &[
+    ("ipVersion", IP_VERSION),
+    ("subnet", Ty::Str),
+    ("ips", Ty::StrList),
+    ("excludeIPs", Ty::StrList),
+    ("gateway", Ty::Str),
+    ("routes", Ty::Routes),
+    ("vlan", VLAN),
+    ("podAffinity", Ty::Selector),
+    ("namespaceAffinity", Ty::Selector),
+    ("namespaceName", Ty::StrList),
+    ("nodeAffinity", Ty::Selector),
+    ("nodeName", Ty::StrList),
+    ("multusName", Ty::StrList),
+    ("default", Ty::Bool),
+    ("disable", Ty::Bool),
+];
+
+const SPIDER_SUBNET_FIELDS: &[(&str, Ty)] = &[
+    ("ipVersion", IP_VERSION),
+    ("subnet", Ty::Str),
+    ("ips", Ty::StrList),
+    ("excludeIPs", Ty::StrList),
+    ("gateway", Ty::Str),
+    ("routes", Ty::Routes),
+    ("vlan", VLAN),
+];
+
+const SPIDER_RESERVED_FIELDS: &[(&str, Ty)] = &[("ipVersion", IP_VERSION), ("ips", Ty::StrList)];
 
 const IPRESERVATION_FIELDS: &[(&str, Ty)] = &[("reservedCIDRs", Ty::StrList)];
 
@@ -483,6 +556,9 @@ pub fn spec_field_names(kind: Kind) -> Option<Vec<&'static str>> {
         Kind::IPPool => IPPOOL_FIELDS,
         Kind::IPReservation => IPRESERVATION_FIELDS,
         Kind::IPAMConfiguration => IPAMCONFIG_FIELDS,
+        Kind::SpiderIPPool => SPIDER_POOL_FIELDS,
+        Kind::SpiderSubnet => SPIDER_SUBNET_FIELDS,
+        Kind::SpiderReservedIP => SPIDER_RESERVED_FIELDS,
         Kind::Node | Kind::Namespace => return None,
     };
     Some(table.iter().map(|(n, _)| *n).collect())
@@ -517,6 +593,14 @@ fn check_fields(
     errors: &mut Vec<FieldError>,
 ) {
     obj.retain(|_, v| !v.is_null());
+    for (key, value) in obj.iter_mut() {
+        if table
+            .iter()
+            .any(|(n, ty)| n == key && matches!(ty, Ty::Routes | Ty::Selector))
+        {
+            drop_nested_nulls(value);
+        }
+    }
     let names: Vec<&str> = table
         .iter()
         .filter(|(_, ty)| !matches!(ty, Ty::Any))
@@ -603,6 +687,25 @@ fn check_value(field: &str, value: &Value, ty: Ty, errors: &mut Vec<FieldError>)
                 describe(other)
             )),
         },
+        Ty::Routes => match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    check_nested(
+                        &format!("{field}[{i}]"),
+                        item,
+                        ROUTE_FIELDS,
+                        &["dst", "gw"],
+                        "a route",
+                        errors,
+                    );
+                }
+            }
+            other => fail(format!(
+                "expected a list of routes such as [{{dst: 10.7.0.0/16, gw: 10.6.0.1}}], got {}",
+                describe(other)
+            )),
+        },
+        Ty::Selector => check_selector(field, value, errors),
         Ty::StrMap => match value {
             Value::Object(map) => {
                 for (k, v) in map {
@@ -616,6 +719,103 @@ fn check_value(field: &str, value: &Value, ty: Ty, errors: &mut Vec<FieldError>)
                 describe(other)
             )),
         },
+    }
+}
+
+/// Removes null-valued fields from every mapping inside `value` (null means "not set").
+fn drop_nested_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(drop_nested_nulls);
+        }
+        Value::Array(items) => items.iter_mut().for_each(drop_nested_nulls),
+        _ => {}
+    }
+}
+
+/// Checks a mapping's fields against `table`; `required` fields must be present.
+fn check_nested(
+    path: &str,
+    value: &Value,
+    table: &[(&str, Ty)],
+    required: &[&str],
+    what: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    let Value::Object(map) = value else {
+        errors.push(FieldError::new(
+            path,
+            format!("expected {what} (a mapping), got {}", describe(value)),
+        ));
+        return;
+    };
+    let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+    for (key, v) in map {
+        let field = format!("{path}.{key}");
+        match table.iter().find(|(n, _)| n == key) {
+            Some((_, ty)) => check_value(&field, v, *ty, errors),
+            None => errors.push(unknown_field(&field, key, &names, &capitalised(what))),
+        }
+    }
+    for name in required {
+        if !map.contains_key(*name) {
+            errors.push(FieldError::new(
+                format!("{path}.{name}"),
+                format!("is required in {what} ({})", required.join(", ")),
+            ));
+        }
+    }
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+        .unwrap_or_default()
+}
+
+const ROUTE_FIELDS: &[(&str, Ty)] = &[("dst", Ty::Str), ("gw", Ty::Str)];
+const SELECTOR_FIELDS: &[(&str, Ty)] =
+    &[("matchLabels", Ty::StrMap), ("matchExpressions", Ty::Any)];
+const REQUIREMENT_FIELDS: &[(&str, Ty)] = &[
+    ("key", Ty::Str),
+    ("operator", Ty::Str),
+    ("values", Ty::StrList),
+];
+
+fn check_selector(field: &str, value: &Value, errors: &mut Vec<FieldError>) {
+    check_nested(
+        field,
+        value,
+        SELECTOR_FIELDS,
+        &[],
+        "a label selector",
+        errors,
+    );
+    match value.get("matchExpressions") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                check_nested(
+                    &format!("{field}.matchExpressions[{i}]"),
+                    item,
+                    REQUIREMENT_FIELDS,
+                    &["key", "operator"],
+                    "a selector requirement",
+                    errors,
+                );
+            }
+        }
+        Some(other) => errors.push(FieldError::new(
+            format!("{field}.matchExpressions"),
+            format!(
+                "expected a list of requirements such as [{{key: tier, operator: In, values: \
+                 [web]}}], got {}",
+                describe(other)
+            ),
+        )),
     }
 }
 
@@ -797,18 +997,20 @@ mod tests {
         assert_eq!(
             err(json!({"apiVersion": "projectcalico.org/v3", "kind": "IpPool"})),
             "kind: \"IpPool\" is not supported; did you mean IPPool? Tessera accepts IPPool, \
-             IPReservation, IPAMConfiguration, Node and Namespace, and lists of them (List, \
-             IPPoolList, ...)"
+             IPReservation, IPAMConfiguration, Node, Namespace, SpiderIPPool, SpiderSubnet and \
+             SpiderReservedIP, and lists of them (List, IPPoolList, ...)"
         );
         assert_eq!(
             err(json!({"apiVersion": "projectcalico.org/v3", "kind": "BGPPeer"})),
             "kind: \"BGPPeer\" is not supported; Tessera accepts IPPool, IPReservation, \
-             IPAMConfiguration, Node and Namespace, and lists of them (List, IPPoolList, ...)"
+             IPAMConfiguration, Node, Namespace, SpiderIPPool, SpiderSubnet and \
+             SpiderReservedIP, and lists of them (List, IPPoolList, ...)"
         );
         assert_eq!(
             err(json!({"apiVersion": "v1"})),
-            "kind: is required; Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node \
-             and Namespace, and lists of them (List, IPPoolList, ...)"
+            "kind: is required; Tessera accepts IPPool, IPReservation, IPAMConfiguration, Node, \
+             Namespace, SpiderIPPool, SpiderSubnet and SpiderReservedIP, and lists of them \
+             (List, IPPoolList, ...)"
         );
     }
 
@@ -1041,32 +1243,57 @@ mod tests {
         assert!(e.errors[0].reason.contains("did you mean Always?"), "{e}");
     }
 
+    /// The field names serde accepts for `T`, read from its "unknown field" message.
+    fn serde_fields<T: serde::de::DeserializeOwned + std::fmt::Debug>() -> Vec<String> {
+        let probe = serde_json::json!({"\u{0}": 0});
+        let msg = serde_json::from_value::<T>(probe).unwrap_err().to_string();
+        let (_, expected) = msg.split_once("expected").unwrap_or(("", &msg));
+        expected
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn names(table: &[(&str, Ty)]) -> Vec<String> {
+        table.iter().map(|(n, _)| n.to_string()).collect()
+    }
+
     #[test]
     fn field_tables_match_the_resource_types() {
         // Every listed field is one serde accepts, and serde accepts no other.
-        for kind in [Kind::IPPool, Kind::IPReservation, Kind::IPAMConfiguration] {
-            let probe = serde_json::json!({"\u{0}": 0});
-            let msg = match kind {
-                Kind::IPPool => serde_json::from_value::<crate::resources::IPPoolSpec>(probe)
-                    .unwrap_err()
-                    .to_string(),
-                Kind::IPReservation => {
-                    serde_json::from_value::<crate::resources::IPReservationSpec>(probe)
-                        .unwrap_err()
-                        .to_string()
-                }
-                _ => serde_json::from_value::<crate::resources::IPAMConfigurationSpec>(probe)
-                    .unwrap_err()
-                    .to_string(),
-            };
-            let names = spec_field_names(kind).unwrap();
-            let listed = msg.matches('`').count() / 2 - 1;
-            assert_eq!(listed, names.len(), "{kind}: {msg}");
-            for n in names {
-                assert!(
-                    msg.contains(&format!("`{n}`")),
-                    "{kind}: {n} missing in {msg}"
-                );
+        use crate::resources::{IPAMConfigurationSpec, IPPoolSpec, IPReservationSpec};
+        use crate::spider::{
+            LabelSelector, LabelSelectorRequirement, Route, SpiderIPPoolSpec, SpiderReservedIPSpec,
+            SpiderSubnetSpec,
+        };
+        let mut pairs = vec![
+            (serde_fields::<IPPoolSpec>(), IPPOOL_FIELDS),
+            (serde_fields::<IPReservationSpec>(), IPRESERVATION_FIELDS),
+            (serde_fields::<IPAMConfigurationSpec>(), IPAMCONFIG_FIELDS),
+            (serde_fields::<SpiderIPPoolSpec>(), SPIDER_POOL_FIELDS),
+            (serde_fields::<SpiderSubnetSpec>(), SPIDER_SUBNET_FIELDS),
+            (
+                serde_fields::<SpiderReservedIPSpec>(),
+                SPIDER_RESERVED_FIELDS,
+            ),
+            (serde_fields::<Route>(), ROUTE_FIELDS),
+            (serde_fields::<LabelSelector>(), SELECTOR_FIELDS),
+            (
+                serde_fields::<LabelSelectorRequirement>(),
+                REQUIREMENT_FIELDS,
+            ),
+        ];
+        for (serde_names, table) in pairs.iter_mut() {
+            let mut listed = names(table);
+            listed.sort();
+            serde_names.sort();
+            assert_eq!(*serde_names, listed);
+        }
+        for kind in Kind::ALL {
+            if let Some(fields) = spec_field_names(kind) {
+                assert!(!fields.is_empty(), "{kind}");
             }
         }
     }

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::spider::{SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION};
+
 /// apiVersion of Calico resources.
 pub const CALICO_API_VERSION: &str = "projectcalico.org/v3";
 /// apiVersion of Kubernetes core resources (Namespace, Node).
@@ -210,14 +212,23 @@ pub enum Kind {
     Node,
     /// Namespace.
     Namespace,
+    /// Spiderpool SpiderIPPool.
+    SpiderIPPool,
+    /// Spiderpool SpiderSubnet.
+    SpiderSubnet,
+    /// Spiderpool SpiderReservedIP.
+    SpiderReservedIP,
 }
 
 impl Kind {
     /// Every kind, in the order `apply` writes them.
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 8] = [
         Kind::IPAMConfiguration,
         Kind::IPPool,
         Kind::IPReservation,
+        Kind::SpiderSubnet,
+        Kind::SpiderIPPool,
+        Kind::SpiderReservedIP,
         Kind::Node,
         Kind::Namespace,
     ];
@@ -230,6 +241,9 @@ impl Kind {
             Kind::IPAMConfiguration => "IPAMConfiguration",
             Kind::Node => "Node",
             Kind::Namespace => "Namespace",
+            Kind::SpiderIPPool => "SpiderIPPool",
+            Kind::SpiderSubnet => "SpiderSubnet",
+            Kind::SpiderReservedIP => "SpiderReservedIP",
         }
     }
 
@@ -237,13 +251,15 @@ impl Kind {
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::Namespace => CORE_API_VERSION,
+            Kind::SpiderIPPool | Kind::SpiderSubnet | Kind::SpiderReservedIP => SPIDER_API_VERSION,
             _ => CALICO_API_VERSION,
         }
     }
 
     /// Resolves a kind name as kubectl/calicoctl accept it on the command line
     /// (`ippool`, `ippools`, `ipp`, `IPPool`, `ipreservations`, `ns`, ...), including
-    /// calicoctl's short aliases.
+    /// calicoctl's short aliases, and Spiderpool's kinds with kubectl's short names (`sp`,
+    /// `ss`, `sr`).
     pub fn from_cli_name(name: &str) -> Option<Kind> {
         let lower = name.to_ascii_lowercase();
         let lower = lower.split('.').next().unwrap_or_default();
@@ -255,6 +271,9 @@ impl Kind {
             }
             "node" | "nodes" | "no" | "nos" => Kind::Node,
             "namespace" | "namespaces" | "ns" => Kind::Namespace,
+            "spiderippool" | "spiderippools" | "sp" => Kind::SpiderIPPool,
+            "spidersubnet" | "spidersubnets" | "ss" => Kind::SpiderSubnet,
+            "spiderreservedip" | "spiderreservedips" | "sr" => Kind::SpiderReservedIP,
             _ => return None,
         })
     }
@@ -267,6 +286,9 @@ impl std::fmt::Display for Kind {
 }
 
 /// Any stored resource.
+// A command handles a few resources at a time, so the size of the largest variant costs
+// nothing worth boxing it for, and unboxed variants keep matches and constructors plain.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Resource {
     /// An IPPool.
@@ -279,6 +301,12 @@ pub enum Resource {
     Node(Node),
     /// A Namespace.
     Namespace(Namespace),
+    /// A SpiderIPPool.
+    SpiderIPPool(SpiderIPPool),
+    /// A SpiderSubnet.
+    SpiderSubnet(SpiderSubnet),
+    /// A SpiderReservedIP.
+    SpiderReservedIP(SpiderReservedIP),
 }
 
 impl Resource {
@@ -290,6 +318,9 @@ impl Resource {
             Resource::IPAMConfiguration(_) => Kind::IPAMConfiguration,
             Resource::Node(_) => Kind::Node,
             Resource::Namespace(_) => Kind::Namespace,
+            Resource::SpiderIPPool(_) => Kind::SpiderIPPool,
+            Resource::SpiderSubnet(_) => Kind::SpiderSubnet,
+            Resource::SpiderReservedIP(_) => Kind::SpiderReservedIP,
         }
     }
 
@@ -301,6 +332,9 @@ impl Resource {
             Resource::IPAMConfiguration(r) => &r.metadata,
             Resource::Node(r) => &r.metadata,
             Resource::Namespace(r) => &r.metadata,
+            Resource::SpiderIPPool(r) => &r.metadata,
+            Resource::SpiderSubnet(r) => &r.metadata,
+            Resource::SpiderReservedIP(r) => &r.metadata,
         }
     }
 
@@ -312,6 +346,9 @@ impl Resource {
             Resource::IPAMConfiguration(r) => &mut r.metadata,
             Resource::Node(r) => &mut r.metadata,
             Resource::Namespace(r) => &mut r.metadata,
+            Resource::SpiderIPPool(r) => &mut r.metadata,
+            Resource::SpiderSubnet(r) => &mut r.metadata,
+            Resource::SpiderReservedIP(r) => &mut r.metadata,
         }
     }
 
@@ -328,6 +365,9 @@ impl Resource {
             Resource::IPAMConfiguration(r) => serde_json::to_value(r),
             Resource::Node(r) => serde_json::to_value(r),
             Resource::Namespace(r) => serde_json::to_value(r),
+            Resource::SpiderIPPool(r) => serde_json::to_value(r),
+            Resource::SpiderSubnet(r) => serde_json::to_value(r),
+            Resource::SpiderReservedIP(r) => serde_json::to_value(r),
         }
         .unwrap_or_default();
         let mut out = serde_json::Map::new();

@@ -6,6 +6,9 @@
 //! change of `cidr` or `blockSize`). Every problem becomes one [`FieldError`] naming the field,
 //! what is wrong with it and what to write instead; all problems of a resource are reported at
 //! once in a [`ValidationError`].
+//!
+//! Spiderpool's resources have their rules in [`crate::spider`]; [`validate`] dispatches to
+//! them.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +22,7 @@ use crate::resources::{
     Namespace, Node, ObjectMeta, Resource,
 };
 use crate::selector::Selector;
+use crate::spider::{validate_spider_pool, validate_spider_reserved, validate_spider_subnet};
 
 /// Default block size of IPv4 pools.
 pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
@@ -121,6 +125,7 @@ impl fmt::Display for ValidationError {
 /// link-local ranges; `blockSize` 20–32 (IPv4) or 116–128 (IPv6) and no shorter than the pool's
 /// prefix; at most one of `ipipMode`/`vxlanMode` other than `Never`, no IPIP on IPv6;
 /// `allowedUses` without duplicates and with `LoadBalancer` alone; selectors that parse.
+/// Spiderpool kinds follow Spiderpool's rules ([`validate_spider_pool`] and friends).
 pub fn validate(resource: Resource) -> Result<Resource, ValidationError> {
     let kind = resource.kind();
     let name = resource.name().to_string();
@@ -133,6 +138,11 @@ pub fn validate(resource: Resource) -> Result<Resource, ValidationError> {
         }
         Resource::Node(n) => Resource::Node(validate_node(n, &mut errors)),
         Resource::Namespace(n) => Resource::Namespace(validate_namespace(n, &mut errors)),
+        Resource::SpiderIPPool(p) => Resource::SpiderIPPool(validate_spider_pool(p, &mut errors)),
+        Resource::SpiderSubnet(s) => Resource::SpiderSubnet(validate_spider_subnet(s, &mut errors)),
+        Resource::SpiderReservedIP(r) => {
+            Resource::SpiderReservedIP(validate_spider_reserved(r, &mut errors))
+        }
     };
     if errors.is_empty() {
         Ok(out)
@@ -492,14 +502,14 @@ pub fn pool_list_problem(value: &str) -> Option<String> {
 // Metadata
 
 #[derive(Clone, Copy)]
-enum NameRule {
+pub(crate) enum NameRule {
     /// DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', at most 253 characters.
     Subdomain,
     /// DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters.
     Label,
 }
 
-fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec<FieldError>) {
+pub(crate) fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec<FieldError>) {
     let problem = match rule {
         NameRule::Subdomain => subdomain_problem(&meta.name),
         NameRule::Label => dns_label_problem(&meta.name),
