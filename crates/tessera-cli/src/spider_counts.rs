@@ -7,6 +7,5 @@ use tessera_core::store::Store;
 
 /// Allocated addresses per SpiderIPPool name; a pool that is absent has none.
 pub fn allocated_counts(store: &dyn Store) -> anyhow::Result<BTreeMap<String, u128>> {
-    let _ = store;
-    Ok(BTreeMap::new())
+    Ok(tessera_core::ipam::Ipam::new(store).spider_pool_usage()?)
 }

@@ -293,3 +293,55 @@ fn delete_and_patch_by_short_name() {
          get spidersubnets`\n"
     );
 }
+
+#[test]
+fn counts_follow_allocations_and_pools_keep_addresses_in_use() {
+    let env = seeded();
+    let mut got = Vec::new();
+    for (i, node) in ["worker5", "master1", "worker5"].iter().enumerate() {
+        let handle = format!("k8s-pod-network.nginx-m-{i}");
+        let out = env.ok(&[
+            "ipam",
+            "assign",
+            "--node",
+            node,
+            "--handle",
+            &handle,
+            "--pool",
+            "spiderippool/nginx-v4-ippool",
+        ]);
+        got.push(out.trim().to_string());
+    }
+    // 10.244.120.15 is held by the SpiderReservedIP example.
+    assert!(!got.contains(&"10.244.120.15".to_string()), "{got:?}");
+    for ip in &got {
+        let last: u32 = ip.rsplit('.').next().unwrap().parse().unwrap();
+        assert!(
+            ip.starts_with("10.244.120.") && (10..=20).contains(&last),
+            "{ip}"
+        );
+    }
+    let sp = env.ok(&["get", "sp", "nginx-v4-ippool"]);
+    assert_eq!(
+        sp,
+        "NAME              VERSION   SUBNET          ALLOCATED-IP-COUNT   TOTAL-IP-COUNT   DEFAULT\n\
+         nginx-v4-ippool   4         10.244.0.0/16   3                    11               false\n"
+    );
+    assert!(env
+        .ok(&["get", "ss"])
+        .contains("   3                    25602"));
+    // Shrinking the pool so that an allocated address would leave it is refused.
+    let patch = format!(r#"{{"spec": {{"excludeIPs": ["{}"]}}}}"#, got[0]);
+    let err = env.fails(&["patch", "sp", "nginx-v4-ippool", "-p", &patch]);
+    assert!(
+        err.contains("are allocated and would no longer belong to the pool")
+            || err.contains("is allocated"),
+        "{err}"
+    );
+    env.ok(&["ipam", "release", "--ip", &got[0]]);
+    env.ok(&["patch", "sp", "nginx-v4-ippool", "-p", &patch]);
+    assert!(env
+        .ok(&["get", "sp", "nginx-v4-ippool"])
+        .contains("   2                    10 "));
+    env.ok(&["ipam", "check"]);
+}

@@ -6,9 +6,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::catalog::InUse;
 use crate::keys;
 use crate::net::{net_first, net_size, offset_in_block};
-use crate::store::{Read, Store};
+use crate::ranges::IpRangeSet;
+use crate::store::{Compare, Read, Store};
 
 use super::context::{block_len_u32, is_edge_address, Context};
 use super::plan::{allocated, parse_block_key};
@@ -123,6 +125,55 @@ pub(super) fn spider_pool_usage<S: Store + ?Sized>(
         }
     }
     Ok(counts)
+}
+
+/// Which of `leaving` (addresses about to leave SpiderIPPool `pool`) are allocated, with
+/// compares on every record the answer was read from (the tiling's index, for blocks claimed
+/// meanwhile, and each block looked at), for the catalog to join to its write.
+pub(super) fn spider_in_use<S: Store + ?Sized>(
+    store: &S,
+    pool: &str,
+    leaving: &IpRangeSet,
+) -> Result<InUse, IpamError> {
+    let config = store.range(keys::CONFIG_PREFIX)?;
+    let ctx = Context::from_records(&config, None, None)?;
+    let Some(info) = ctx
+        .pools
+        .iter()
+        .find(|p| p.spider.is_some() && p.name == pool)
+    else {
+        return Ok(InUse::default());
+    };
+    let snap = store.read(&[
+        Read::Get(keys::pool_index(&info.tiling)),
+        Read::Prefix(keys::blocks_of(keys::SHARED_HOME)),
+    ])?;
+    let index_key = keys::pool_index(&info.tiling);
+    let mut answer = InUse {
+        addresses: IpRangeSet::empty(info.is_v6()),
+        compares: vec![Compare::unchanged(
+            index_key,
+            snap.get(0).map_or(0, |kv| kv.mod_revision),
+        )],
+    };
+    for kv in snap.list(1) {
+        let block: Block = decode(kv)?;
+        if block.tiling() != Some(info.tiling)
+            || !leaving.overlaps(&IpRangeSet::from_net(&block.cidr))
+        {
+            continue;
+        }
+        answer
+            .compares
+            .push(Compare::unchanged(kv.key.clone(), kv.mod_revision));
+        for (ip, _) in allocated(&block) {
+            if leaving.contains(ip) {
+                let v = crate::net::addr_to_u128(ip);
+                answer.addresses.insert(v, v);
+            }
+        }
+    }
+    Ok(answer)
 }
 
 /// Usage of one block.

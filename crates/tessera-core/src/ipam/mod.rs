@@ -389,6 +389,16 @@ impl<S: Store> Ipam<S> {
         inspect::spider_pool_usage(&self.store)
     }
 
+    /// Which of `leaving` are allocated in SpiderIPPool `pool` (the catalog asks before a
+    /// pool loses addresses).
+    pub fn spider_in_use(
+        &self,
+        pool: &str,
+        leaving: &crate::ranges::IpRangeSet,
+    ) -> Result<crate::catalog::InUse, IpamError> {
+        inspect::spider_in_use(&self.store, pool, leaving)
+    }
+
     /// Consistency check of blocks, indexes and handles (scans everything).
     pub fn check(&self) -> Result<CheckReport, IpamError> {
         inspect::check(&self.store)
