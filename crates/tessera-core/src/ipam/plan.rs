@@ -55,7 +55,7 @@ pub(super) fn parse_block_key(key: &str) -> Option<(&str, IpNet)> {
 
 /// The first free offset of a block, starting at its cursor, skipping the pool's edge
 /// addresses and reserved addresses.
-fn free_offset(ctx: &Context, block: &Block) -> Option<u32> {
+pub(super) fn free_offset(ctx: &Context, block: &Block) -> Option<u32> {
     let len = u32::try_from(crate::net::net_size(&block.cidr)).unwrap_or(u32::MAX);
     if block.allocations.len() as u64 >= u64::from(len) {
         return None;
