@@ -53,8 +53,8 @@ impl Invocation<'_> {
 
     fn open(&self) -> Result<(Allocator, String), CniError> {
         let url = tessera_store::resolve_datastore(self.conf.ipam.datastore.as_deref());
-        let store = tessera_store::open(&url)
-            .map_err(|e| CniError::from(e).context(format!("datastore {url}")))?;
+        // Store errors name the datastore themselves.
+        let store = tessera_store::open(&url)?;
         let describe = store.describe();
         self.log.debug(format_args!("datastore {describe}"));
         Ok((Ipam::new(store), describe))

@@ -7,7 +7,7 @@ use crate::store::{Read, Store};
 use super::context::Context;
 use super::plan::parse_block_key;
 use super::records::{decode, HandleRecord};
-use super::{AssignedAddress, Assignment, IpamError, Ipam};
+use super::{AssignedAddress, Assignment, Ipam, IpamError};
 
 /// A handle's addresses described as [`Ipam::assign`] would have returned them, together
 /// with the configuration read in the same snapshot.
@@ -35,7 +35,7 @@ impl<S: Store> Ipam<S> {
     pub fn handles_with_prefix(&self, prefix: &str) -> Result<Vec<HandleRecord>, IpamError> {
         // Escaping is per character, so the escaped prefix is a prefix of every escaped id.
         let range = self.store.range(&keys::handle(prefix))?;
-        range.iter().map(|kv| decode(kv)).collect()
+        range.iter().map(decode).collect()
     }
 
     /// What handle `id` holds, with each address's pool and block, read in one snapshot

@@ -13,7 +13,7 @@ use super::context::{Context, PoolInfo};
 use super::plan::free_offset;
 use super::records::{decode, Attributes, Block, PoolIndex};
 use super::select::{candidate_pools, Family};
-use super::{AssignRequest, IpamError, Ipam};
+use super::{AssignRequest, Ipam, IpamError};
 
 /// The allocation a readiness question is about.
 #[derive(Clone, Debug, Default)]
