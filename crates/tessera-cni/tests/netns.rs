@@ -9,7 +9,7 @@
 mod common;
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -215,9 +215,7 @@ fn udp_round_trip(from: &Netns, to: &Netns, to_ip: Ipv4Addr) -> Result<(), Strin
         }
         server.send_to(b"pong", peer).map_err(|e| e.to_string())?;
         match client.recv_from(&mut buf) {
-            Ok((n, src)) if &buf[..n] == b"pong" && src == SocketAddr::from(target) => {
-                return Ok(())
-            }
+            Ok((n, src)) if &buf[..n] == b"pong" && src == target => return Ok(()),
             Ok(_) => last = "unexpected reply".into(),
             Err(e) => last = format!("no reply: {e}"),
         }
