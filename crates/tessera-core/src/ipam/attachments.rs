@@ -28,7 +28,7 @@ impl<S: Store> Ipam<S> {
         }
     }
 
-    /// Every handle whose id starts with `prefix`, in id order.
+    /// Every handle whose id starts with `prefix`, in the order of their (escaped) keys.
     ///
     /// One range read over the handles; meant for garbage collection of a network's
     /// attachments, never for the allocation path.
@@ -83,5 +83,52 @@ impl<S: Store> Ipam<S> {
             }
         };
         Ok(Attachment { held, context })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipam::AssignRequest;
+    use crate::store::{MemoryStore, Op};
+
+    #[test]
+    fn prefix_listing_and_attachment_view() {
+        let ipam = Ipam::new(MemoryStore::new());
+        let pool = serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                                      "metadata": {"name": "p"},
+                                      "spec": {"cidr": "10.0.0.0/24", "blockSize": 28}});
+        let op = Op::Put(keys::pool("p"), serde_json::to_vec(&pool).unwrap());
+        ipam.store().txn(&[], &[op]).unwrap();
+        for id in [
+            "net.c1.eth0",
+            "net.c2.eth0",
+            "net/x.c3.eth0",
+            "other.c1.eth0",
+        ] {
+            ipam.assign(&AssignRequest {
+                handle: id.into(),
+                node: "n".into(),
+                num_v4: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        }
+        let ids: Vec<String> = ipam
+            .handles_with_prefix("net")
+            .unwrap()
+            .into_iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(ids, ["net/x.c3.eth0", "net.c1.eth0", "net.c2.eth0"]);
+        assert_eq!(ipam.handles_with_prefix("net/").unwrap().len(), 1);
+        let view = ipam.attachment("net.c2.eth0").unwrap();
+        let held = view.held.unwrap();
+        assert_eq!(held.addresses[0].pool, "p");
+        assert_eq!(held.addresses[0].pool_cidr.to_string(), "10.0.0.0/24");
+        assert_eq!(held.addresses[0].block.to_string(), "10.0.0.0/28");
+        assert!(view.context.pool_by_name("p").is_some());
+        assert!(ipam.attachment("net.c9.eth0").unwrap().held.is_none());
+        assert!(ipam.handle("net.c9.eth0").unwrap().is_none());
     }
 }

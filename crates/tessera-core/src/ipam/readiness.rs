@@ -179,3 +179,110 @@ impl<S: Store> Ipam<S> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Op};
+
+    fn put(store: &MemoryStore, key: &str, value: serde_json::Value) {
+        let op = Op::Put(key.into(), serde_json::to_vec(&value).unwrap());
+        store.txn(&[], &[op]).unwrap();
+    }
+
+    fn pool(store: &MemoryStore, name: &str, cidr: &str, block: u8) {
+        put(
+            store,
+            &keys::pool(name),
+            serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                               "metadata": {"name": name},
+                               "spec": {"cidr": cidr, "blockSize": block}}),
+        );
+    }
+
+    fn query(node: &str) -> ReadinessQuery {
+        ReadinessQuery {
+            node: node.into(),
+            families: vec![Family::V4],
+            ..Default::default()
+        }
+    }
+
+    fn take(ipam: &Ipam<MemoryStore>, node: &str, handle: &str) -> Result<(), IpamError> {
+        ipam.assign(&AssignRequest {
+            handle: handle.into(),
+            node: node.into(),
+            num_v4: 1,
+            ..Default::default()
+        })
+        .map(|_| ())
+    }
+
+    #[test]
+    fn ready_until_every_block_is_claimed_and_full() {
+        let ipam = Ipam::new(MemoryStore::new());
+        // Two /31 blocks: two addresses each, no edge addresses in a /30 pool... except
+        // the pool's network and broadcast, so two usable addresses in total.
+        pool(ipam.store(), "p", "10.0.0.0/30", 31);
+        assert_eq!(ipam.readiness(&query("a")).unwrap(), Readiness::Ready);
+        take(&ipam, "a", "h1").unwrap();
+        // Block 0 (.0, .1) is full for node a; block 1 is unclaimed.
+        assert_eq!(ipam.readiness(&query("a")).unwrap(), Readiness::Ready);
+        take(&ipam, "a", "h2").unwrap();
+        let Readiness::NotReady(reason) = ipam.readiness(&query("a")).unwrap() else {
+            panic!("pool is full")
+        };
+        assert!(reason.contains("pool(s) p are full"), "{reason}");
+        assert!(take(&ipam, "a", "h3").is_err());
+        ipam.release_handle("h1").unwrap();
+        assert_eq!(ipam.readiness(&query("a")).unwrap(), Readiness::Ready);
+    }
+
+    #[test]
+    fn other_nodes_may_borrow_unless_strict_affinity() {
+        let ipam = Ipam::new(MemoryStore::new());
+        pool(ipam.store(), "p", "10.0.0.0/28", 28);
+        take(&ipam, "a", "h1").unwrap();
+        // Node b cannot claim (the only block is a's) but may borrow from it.
+        assert_eq!(ipam.readiness(&query("b")).unwrap(), Readiness::Ready);
+        put(
+            ipam.store(),
+            keys::IPAM_CONFIG,
+            serde_json::json!({"apiVersion": "projectcalico.org/v3",
+                               "kind": "IPAMConfiguration", "metadata": {"name": "default"},
+                               "spec": {"strictAffinity": true}}),
+        );
+        assert!(matches!(
+            ipam.readiness(&query("b")).unwrap(),
+            Readiness::NotReady(_)
+        ));
+        assert!(take(&ipam, "b", "h2").is_err());
+    }
+
+    #[test]
+    fn no_pool_and_unknown_pools_are_not_ready() {
+        let ipam = Ipam::new(MemoryStore::new());
+        let Readiness::NotReady(reason) = ipam.readiness(&query("a")).unwrap() else {
+            panic!("no pool exists")
+        };
+        assert!(
+            reason.starts_with("no enabled IPv4 IP pool selects node"),
+            "{reason}"
+        );
+        pool(ipam.store(), "p", "10.0.0.0/24", 26);
+        let q = ReadinessQuery {
+            default_pools: vec!["ghost".into()],
+            ..query("a")
+        };
+        assert!(matches!(
+            ipam.readiness(&q).unwrap(),
+            Readiness::NotReady(_)
+        ));
+        assert!(ipam
+            .readiness(&ReadinessQuery {
+                node: String::new(),
+                ..query("a")
+            })
+            .is_err());
+    }
+}
