@@ -47,7 +47,9 @@ fn prerequisites_met(test: &str) -> bool {
         None => true,
         Some(reason) if in_ci() => panic!("{test}: cannot run under CI=true: {reason}"),
         Some(reason) => {
-            eprintln!("skipping {test}: {reason}");
+            // Straight to stderr: the test harness hides what passing tests print.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
             false
         }
     }
