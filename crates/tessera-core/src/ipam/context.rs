@@ -241,6 +241,20 @@ impl PoolInfo {
         })
     }
 
+    /// `ip`, from `block` of this pool, with what the workload gets along with it.
+    pub fn assigned(&self, ip: IpAddr, block: IpNet) -> super::AssignedAddress {
+        let spider = self.spider.as_ref();
+        super::AssignedAddress {
+            ip,
+            pool: self.name.clone(),
+            pool_cidr: self.cidr(),
+            block,
+            gateway: spider.and_then(|s| s.gateway),
+            routes: spider.map(|s| s.routes.clone()).unwrap_or_default(),
+            vlan: spider.and_then(|s| s.vlan),
+        }
+    }
+
     /// The pool's network.
     pub fn cidr(&self) -> IpNet {
         self.tiling.pool

@@ -7,9 +7,11 @@
 //! address it asked for (IPv4 and IPv6, several addresses) or none, and a crash at any moment
 //! leaves the store exactly as before or exactly as after.
 
+mod attachments;
 mod context;
 mod inspect;
 mod plan;
+mod readiness;
 mod records;
 mod select;
 
@@ -17,8 +19,10 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use attachments::Attachment;
 pub use context::{parse_net_or_addr, Context, PoolInfo, Requester, SpiderInfo};
 pub use inspect::{AddressInfo, BlockUsage, CheckReport, PoolUsage, Usage};
+pub use readiness::{Readiness, ReadinessQuery};
 pub use records::{
     Allocation, Attributes, Block, HandleAddress, HandleRecord, IndexEntry, PoolIndex,
 };

@@ -55,7 +55,11 @@ pub(super) fn parse_block_key(key: &str) -> Option<(&str, IpNet)> {
 /// The first free offset of a block, starting at its cursor, skipping the pool's edge
 /// addresses, reserved addresses, and addresses outside `allowed` (a Spiderpool pool's own
 /// addresses, or every Spiderpool address of the tiling when judging fullness).
-fn free_offset(ctx: &Context, block: &Block, allowed: Option<&IpRangeSet>) -> Option<u32> {
+pub(super) fn free_offset(
+    ctx: &Context,
+    block: &Block,
+    allowed: Option<&IpRangeSet>,
+) -> Option<u32> {
     let len = u32::try_from(crate::net::net_size(&block.cidr)).unwrap_or(u32::MAX);
     if block.allocations.len() as u64 >= u64::from(len) {
         return None;
@@ -187,16 +191,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         b.next = (off + 1) % len;
         planned.changed = true;
         planned.allocated = true;
-        let spider = pool.spider.as_ref();
-        AssignedAddress {
-            ip: addr_in_block(&b.cidr, off),
-            pool: pool.name.clone(),
-            pool_cidr: pool.cidr(),
-            block: b.cidr,
-            gateway: spider.and_then(|s| s.gateway),
-            routes: spider.map(|s| s.routes.clone()).unwrap_or_default(),
-            vlan: spider.and_then(|s| s.vlan),
-        }
+        pool.assigned(addr_in_block(&b.cidr, off), b.cidr)
     }
 
     /// Claims block `ordinal` of `pool` (creating it) and records it in the pool's index:

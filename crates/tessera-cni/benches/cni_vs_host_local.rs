@@ -1,0 +1,229 @@
+//! `tessera-ipam` (SQLite store) against Debian's `host-local`, run alternately in one
+//! process so that both see the same machine load.
+//!
+//! ```text
+//! cargo bench -p tessera-cni --bench cni_vs_host_local
+//! BENCH_PAIRS=1000 cargo bench -p tessera-cni --bench cni_vs_host_local
+//! ```
+//!
+//! For each plugin it measures, as a runtime sees it (spawn, write stdin, wait): VERSION
+//! (process start-up alone), ADD, DEL, and ADD+DEL pairs; then the wall time of 100 ADD
+//! processes started at once. Prints medians, p99 and the Tessera/host-local ratio.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tessera_core::catalog::Catalog;
+use tessera_core::manifest::decode_documents;
+use tessera_store::SqliteStore;
+
+const TESSERA: &str = env!("CARGO_BIN_EXE_tessera-ipam");
+const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+const CONCURRENT: usize = 100;
+const WARMUP: usize = 20;
+
+struct Plugin {
+    name: &'static str,
+    binary: PathBuf,
+    conf: String,
+}
+
+impl Plugin {
+    fn spawn(&self, verb: &str, cid: &str) -> Child {
+        let mut child = Command::new(&self.binary)
+            .env_clear()
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", format!("/var/run/netns/{cid}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME={cid}"),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.binary.display()));
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(self.conf.as_bytes());
+        child
+    }
+
+    fn finish(&self, child: Child, verb: &str) {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{} {verb} failed: {} {}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// One invocation, timed from spawn to exit.
+    fn time(&self, verb: &str, cid: &str) -> Duration {
+        let start = Instant::now();
+        let child = self.spawn(verb, cid);
+        self.finish(child, verb);
+        start.elapsed()
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    version: Vec<Duration>,
+    add: Vec<Duration>,
+    del: Vec<Duration>,
+    pair: Vec<Duration>,
+}
+
+fn percentile(samples: &[Duration], p: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1e3)
+}
+
+fn setup_tessera(dir: &Path) -> String {
+    let db = dir.join("tessera.db");
+    let store = SqliteStore::open(&db).expect("open store");
+    let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                      "metadata": {"name": "bench"},
+                      "spec": {"cidr": "10.100.0.0/16", "blockSize": 26}});
+    Catalog::new(&store)
+        .apply(&decode_documents(pool).expect("manifest"))
+        .expect("apply pool");
+    json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge",
+           "ipam": {"type": "tessera-ipam", "datastore": db.to_str().unwrap(),
+                    "nodename": "bench-node"}})
+    .to_string()
+}
+
+fn setup_host_local(dir: &Path) -> String {
+    json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge",
+           "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.101.0.0/16"}]],
+                    "dataDir": dir.join("host-local").to_str().unwrap()}})
+    .to_string()
+}
+
+fn concurrent_adds(plugin: &Plugin, round: usize) -> Duration {
+    let cids: Vec<String> = (0..CONCURRENT)
+        .map(|i| format!("burst{round}x{i}"))
+        .collect();
+    let start = Instant::now();
+    let children: Vec<Child> = cids.iter().map(|cid| plugin.spawn("ADD", cid)).collect();
+    for child in children {
+        plugin.finish(child, "ADD");
+    }
+    let took = start.elapsed();
+    for cid in &cids {
+        plugin.finish(plugin.spawn("DEL", cid), "DEL");
+    }
+    took
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    if !Path::new(HOST_LOCAL).exists() {
+        eprintln!("{HOST_LOCAL} is missing: apt-get install containernetworking-plugins");
+        std::process::exit(1);
+    }
+    let pairs: usize = std::env::var("BENCH_PAIRS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let plugins = [
+        Plugin {
+            name: "tessera-ipam",
+            binary: TESSERA.into(),
+            conf: setup_tessera(dir.path()),
+        },
+        Plugin {
+            name: "host-local",
+            binary: HOST_LOCAL.into(),
+            conf: setup_host_local(dir.path()),
+        },
+    ];
+    let mut samples = [Samples::default(), Samples::default()];
+    for i in 0..WARMUP + pairs {
+        // Alternate which plugin goes first so neither always runs on a warmer cache.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for p in order {
+            let plugin = &plugins[p];
+            let cid = format!("pair{i}");
+            let version = plugin.time("VERSION", &cid);
+            let add = plugin.time("ADD", &cid);
+            let del = plugin.time("DEL", &cid);
+            if i >= WARMUP {
+                let s = &mut samples[p];
+                s.version.push(version);
+                s.add.push(add);
+                s.del.push(del);
+                s.pair.push(add + del);
+            }
+        }
+    }
+    let bursts: Vec<Duration> = (0..3)
+        .flat_map(|round| [0, 1].map(|p| (p, concurrent_adds(&plugins[p], round))))
+        .fold(vec![Duration::ZERO; 2], |mut best, (p, took)| {
+            if best[p] == Duration::ZERO || took < best[p] {
+                best[p] = took;
+            }
+            best
+        });
+
+    println!(
+        "{pairs} ADD+DEL pairs per plugin, alternating, after {WARMUP} warm-up pairs; \
+         {} cores",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+    println!(
+        "{:<14} {:>14} {:>14} {:>14} {:>14} {:>14} {:>16}",
+        "plugin",
+        "VERSION p50",
+        "ADD p50",
+        "DEL p50",
+        "ADD+DEL p50",
+        "ADD+DEL p99",
+        "100 ADDs at once"
+    );
+    for (p, plugin) in plugins.iter().enumerate() {
+        let s = &samples[p];
+        println!(
+            "{:<14} {:>14} {:>14} {:>14} {:>14} {:>14} {:>16}",
+            plugin.name,
+            ms(percentile(&s.version, 50.0)),
+            ms(percentile(&s.add, 50.0)),
+            ms(percentile(&s.del, 50.0)),
+            ms(percentile(&s.pair, 50.0)),
+            ms(percentile(&s.pair, 99.0)),
+            ms(bursts[p]),
+        );
+    }
+    let ratio = |f: fn(&Samples) -> &Vec<Duration>, p: f64| {
+        percentile(f(&samples[0]), p).as_secs_f64() / percentile(f(&samples[1]), p).as_secs_f64()
+    };
+    println!(
+        "ratio tessera/host-local: ADD+DEL median {:.2}x, p99 {:.2}x, ADD median {:.2}x, \
+         100 concurrent ADDs {:.2}x",
+        ratio(|s| &s.pair, 50.0),
+        ratio(|s| &s.pair, 99.0),
+        ratio(|s| &s.add, 50.0),
+        bursts[0].as_secs_f64() / bursts[1].as_secs_f64()
+    );
+}

@@ -1,0 +1,206 @@
+//! The one error type of the plugin. Every failure becomes a [`CniError`] carrying the CNI
+//! error code, and `main` turns it into the spec's error JSON and a non-zero exit status at a
+//! single place.
+
+use tessera_core::ipam::IpamError;
+use tessera_store::{OpenError, StoreError};
+
+/// CNI error codes: the spec's well-known ones (below 100) and Tessera's own (100 and up).
+pub mod code {
+    /// Incompatible CNI version (unsupported `cniVersion`, or a verb that version lacks).
+    pub const INCOMPATIBLE_VERSION: u32 = 1;
+    /// I/O failure: the datastore refused access (permissions, read-only file system).
+    pub const IO_FAILURE: u32 = 5;
+    /// Invalid necessary environment variables.
+    pub const BAD_ENV: u32 = 4;
+    /// Failed to decode content (stdin is not JSON, `prevResult` is malformed).
+    pub const DECODE: u32 = 6;
+    /// Invalid network configuration.
+    pub const INVALID_CONFIG: u32 = 7;
+    /// Try again later: the datastore is busy or unreachable.
+    pub const TRY_AGAIN: u32 = 11;
+    /// STATUS: the plugin cannot serve ADD (datastore unreachable, no pool has room).
+    pub const NOT_AVAILABLE: u32 = 50;
+    /// No address available: no pool selects the node, or every candidate pool is full.
+    pub const NO_ADDRESS: u32 = 100;
+    /// A specific address asked for (`ipAddrs`, runtimeConfig `ips`) cannot be given: in
+    /// use, reserved, outside every pool, or a pool's network/broadcast address.
+    pub const ADDRESS_UNAVAILABLE: u32 = 101;
+    /// A pool named by an annotation or the network configuration does not exist, is
+    /// disabled, is of the other family or does not allow workloads.
+    pub const POOL_UNUSABLE: u32 = 102;
+    /// CHECK: the attachment no longer holds the addresses of `prevResult`.
+    pub const CHECK_FAILED: u32 = 103;
+    /// The datastore holds damaged records or is not a Tessera store.
+    pub const DATASTORE_DAMAGED: u32 = 104;
+    /// GC could not release every stale attachment (the others were released).
+    pub const GC_INCOMPLETE: u32 = 105;
+    /// The gateway the result would carry is an address pods could be given.
+    pub const GATEWAY_NOT_RESERVED: u32 = 106;
+    /// A pod annotation or runtimeConfig value is malformed.
+    pub const BAD_POD_REQUEST: u32 = 107;
+}
+
+/// A failure, as the CNI spec reports it: a code, a message saying what was wrong, and
+/// details saying where (network, attachment, node, datastore) and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CniError {
+    /// CNI error code (see [`code`]).
+    pub code: u32,
+    /// What went wrong.
+    pub msg: String,
+    /// Where it went wrong and what to do; may be empty.
+    pub details: String,
+}
+
+impl CniError {
+    /// An error with a code and message and no details yet.
+    pub fn new(code: u32, msg: impl Into<String>) -> Self {
+        Self {
+            code,
+            msg: msg.into(),
+            details: String::new(),
+        }
+    }
+
+    /// Adds where the error happened to the details (kept once: the outermost call site
+    /// that knows the context adds it).
+    pub fn context(mut self, context: impl AsRef<str>) -> Self {
+        let context = context.as_ref();
+        if self.details.is_empty() {
+            self.details = context.to_string();
+        } else if !context.is_empty() {
+            self.details = format!("{}; {}", self.details, context);
+        }
+        self
+    }
+
+    /// Invalid environment.
+    pub fn env(msg: impl Into<String>) -> Self {
+        Self::new(code::BAD_ENV, msg)
+    }
+
+    /// Invalid network configuration.
+    pub fn config(msg: impl Into<String>) -> Self {
+        Self::new(code::INVALID_CONFIG, msg)
+    }
+
+    /// Undecodable input.
+    pub fn decode(msg: impl Into<String>) -> Self {
+        Self::new(code::DECODE, msg)
+    }
+
+    /// The error as the spec's JSON object, in the shape of `cni_version`.
+    pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        out.insert("cniVersion".into(), cni_version.into());
+        out.insert("code".into(), self.code.into());
+        out.insert("msg".into(), self.msg.clone().into());
+        if !self.details.is_empty() {
+            out.insert("details".into(), self.details.clone().into());
+        }
+        out.into()
+    }
+}
+
+impl std::fmt::Display for CniError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.details.is_empty() {
+            write!(f, "[{}] {}", self.code, self.msg)
+        } else {
+            write!(f, "[{}] {}; {}", self.code, self.msg, self.details)
+        }
+    }
+}
+
+impl From<StoreError> for CniError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::Unavailable { .. } => code::TRY_AGAIN,
+            StoreError::Refused { .. } => code::IO_FAILURE,
+            StoreError::Corrupt { .. } => code::DATASTORE_DAMAGED,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl From<OpenError> for CniError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Store(e) => e.into(),
+            e @ (OpenError::BadUrl { .. } | OpenError::EtcdNotBuilt { .. }) => {
+                Self::new(code::INVALID_CONFIG, format!("ipam.datastore: {e}"))
+            }
+        }
+    }
+}
+
+impl From<IpamError> for CniError {
+    fn from(e: IpamError) -> Self {
+        let code = match &e {
+            IpamError::Store(s) => return CniError::from_store_ref(s, e.to_string()),
+            IpamError::Contention(_) => code::TRY_AGAIN,
+            IpamError::CorruptRecord { .. } => code::DATASTORE_DAMAGED,
+            IpamError::InvalidRequest(_) => code::BAD_POD_REQUEST,
+            IpamError::PoolNotFound(_)
+            | IpamError::PoolDisabled(_)
+            | IpamError::PoolWrongFamily { .. }
+            | IpamError::PoolNotForWorkloads(_) => code::POOL_UNUSABLE,
+            IpamError::NoPool { .. }
+            | IpamError::Exhausted { .. }
+            | IpamError::PoolsRefuse { .. } => code::NO_ADDRESS,
+            IpamError::AddressNotInPool(_)
+            | IpamError::AddressInUse { .. }
+            | IpamError::AddressReserved { .. }
+            | IpamError::AddressUnusable { .. }
+            | IpamError::LeftoverBlock { .. } => code::ADDRESS_UNAVAILABLE,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+impl CniError {
+    fn from_store_ref(e: &StoreError, msg: String) -> Self {
+        let code = match e {
+            StoreError::Unavailable { .. } => code::TRY_AGAIN,
+            StoreError::Refused { .. } => code::IO_FAILURE,
+            StoreError::Corrupt { .. } => code::DATASTORE_DAMAGED,
+        };
+        Self::new(code, msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_shape_omits_empty_details() {
+        let e = CniError::config("bad");
+        assert_eq!(
+            e.to_json("1.0.0").to_string(),
+            r#"{"cniVersion":"1.0.0","code":7,"msg":"bad"}"#
+        );
+        let e = e.context("network n");
+        assert_eq!(
+            e.to_json("0.3.1").to_string(),
+            r#"{"cniVersion":"0.3.1","code":7,"msg":"bad","details":"network n"}"#
+        );
+    }
+
+    #[test]
+    fn transient_ipam_errors_say_try_again() {
+        assert_eq!(
+            CniError::from(IpamError::Contention(64)).code,
+            code::TRY_AGAIN
+        );
+        let unavailable = StoreError::Unavailable {
+            endpoint: "x".into(),
+            reason: "locked".into(),
+        };
+        assert_eq!(
+            CniError::from(IpamError::Store(unavailable)).code,
+            code::TRY_AGAIN
+        );
+    }
+}

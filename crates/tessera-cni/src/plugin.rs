@@ -1,0 +1,546 @@
+//! The verbs: ADD, DEL, CHECK, GC and STATUS against the allocator.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde_json::Value;
+use tessera_core::ipam::{
+    parse_pool_annotation, AssignRequest, AssignedAddress, Assignment, Attributes, Context, Family,
+    Ipam, Readiness, ReadinessQuery, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
+    IP_ADDRS_ANNOTATION,
+};
+use tessera_core::store::Store;
+
+use crate::config::{parse_addr_or_cidr, NetConf, ResultPrefix};
+use crate::env::{CniEnv, Command};
+use crate::error::{code, CniError};
+use crate::log::Logger;
+use crate::result::{add_result, ResultIp};
+
+/// Everything one invocation knows.
+pub struct Invocation<'a> {
+    /// The verb.
+    pub command: Command,
+    /// The `CNI_*` variables.
+    pub env: CniEnv,
+    /// The network configuration.
+    pub conf: NetConf,
+    /// Where log lines go.
+    pub log: &'a Logger,
+}
+
+type Allocator = Ipam<Box<dyn Store>>;
+
+impl Invocation<'_> {
+    /// The handle of this attachment: `<network>.<container id>.<interface>`, so the
+    /// interfaces of one container are released independently.
+    pub fn handle(&self) -> String {
+        handle_id(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
+
+    /// Runs the verb; `Some` is printed on stdout.
+    pub fn run(&self) -> Result<Option<Value>, CniError> {
+        match self.command {
+            Command::Add => self.add().map(Some),
+            Command::Del => self.del().map(|()| None),
+            Command::Check => self.check().map(|()| None),
+            Command::Gc => self.gc().map(|()| None),
+            Command::Status => self.status().map(|()| None),
+            Command::Version => Ok(Some(crate::version::version_info())),
+        }
+    }
+
+    fn open(&self) -> Result<(Allocator, String), CniError> {
+        let url = tessera_store::resolve_datastore(self.conf.ipam.datastore.as_deref());
+        // Store errors name the datastore themselves.
+        let store = tessera_store::open(&url)?;
+        let describe = store.describe();
+        self.log.debug(format_args!("datastore {describe}"));
+        Ok((Ipam::new(store), describe))
+    }
+
+    /// Where an attachment error happened, for the error details.
+    fn where_(&self, node: &str, datastore: &str) -> String {
+        format!(
+            "network {:?}, container {}, interface {}, node {node:?}, datastore {datastore}",
+            self.conf.name, self.env.container_id, self.env.ifname
+        )
+    }
+
+    fn add(&self) -> Result<Value, CniError> {
+        let node = node_name(&self.conf)?;
+        let request = self.assign_request(&node)?;
+        let (ipam, datastore) = self.open()?;
+        let at = || self.where_(&node, &datastore);
+        let handle = request.handle.clone();
+        let view = ipam
+            .attachment(&handle)
+            .map_err(|e| CniError::from(e).context(at()))?;
+        if let Some(held) = view.held {
+            // The runtime retried an ADD whose result it never got: the same attachment gets
+            // the same addresses.
+            self.log.info(format_args!(
+                "already holds {}; returning them",
+                list(held.addresses.iter().map(|a| a.ip))
+            ));
+            let ips = self.result_ips(&held, &view.context)?;
+            return Ok(self.result(&ips));
+        }
+        let assignment = ipam
+            .assign(&request)
+            .map_err(|e| CniError::from(e).context(at()))?;
+        match self.result_ips(&assignment, &view.context) {
+            Ok(ips) => {
+                self.log.info(format_args!(
+                    "assigned {} on node {node:?}",
+                    list(ips.iter().map(|i| i.address))
+                ));
+                Ok(self.result(&ips))
+            }
+            Err(e) => {
+                // The main plugin never sees these addresses: give them back.
+                if let Err(r) = ipam.release_handle(&handle) {
+                    self.log.error(format_args!(
+                        "could not give back {} after a failed ADD: {r}",
+                        list(assignment.addresses.iter().map(|a| a.ip))
+                    ));
+                }
+                Err(e.context(at()))
+            }
+        }
+    }
+
+    fn result(&self, ips: &[ResultIp]) -> Value {
+        let ipam = &self.conf.ipam;
+        add_result(self.conf.version, ips, &ipam.routes, ipam.dns.as_ref())
+    }
+
+    fn assign_request(&self, node: &str) -> Result<AssignRequest, CniError> {
+        let conf = &self.conf;
+        let annotations = &conf.pod_annotations;
+        let bad_annotation = |key: &str, e: String| {
+            CniError::new(code::BAD_POD_REQUEST, format!("pod annotation {key}: {e}"))
+        };
+        let mut ips: Vec<IpAddr> = Vec::new();
+        let mut push = |ip: IpAddr| {
+            if !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        };
+        conf.runtime_ips.iter().copied().for_each(&mut push);
+        if let Some(value) = annotations.get(IP_ADDRS_ANNOTATION) {
+            let items =
+                parse_pool_annotation(value).map_err(|e| bad_annotation(IP_ADDRS_ANNOTATION, e))?;
+            for item in items {
+                let ip = parse_addr_or_cidr(&item).ok_or_else(|| {
+                    bad_annotation(
+                        IP_ADDRS_ANNOTATION,
+                        format!("{item:?} is not an IP address"),
+                    )
+                })?;
+                push(ip);
+            }
+        }
+        let mut pools = Vec::new();
+        for key in [IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION] {
+            if let Some(value) = annotations.get(key) {
+                pools.extend(parse_pool_annotation(value).map_err(|e| bad_annotation(key, e))?);
+            }
+        }
+        // Specific addresses replace the automatic ones, as with Calico's ipAddrs.
+        let (num_v4, num_v6) = if ips.is_empty() {
+            (
+                u32::from(conf.ipam.assign_ipv4),
+                u32::from(conf.ipam.assign_ipv6),
+            )
+        } else {
+            (0, 0)
+        };
+        if num_v4 == 0 && num_v6 == 0 && ips.is_empty() {
+            return Err(CniError::config(
+                "ipam.assign_ipv4 and ipam.assign_ipv6 are both false: there is nothing to \
+                 assign; set one of them to true",
+            ));
+        }
+        let env = &self.env;
+        Ok(AssignRequest {
+            handle: self.handle(),
+            node: node.to_string(),
+            attrs: Attributes {
+                namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
+                pod: env.arg("K8S_POD_NAME").map(str::to_string),
+                node: Some(node.to_string()),
+                interface: Some(env.ifname.clone()),
+                container_id: Some(env.container_id.clone()),
+            },
+            num_v4,
+            num_v6,
+            ips,
+            pools,
+            default_pools: conf
+                .ipam
+                .ipv4_pools
+                .iter()
+                .chain(&conf.ipam.ipv6_pools)
+                .cloned()
+                .collect(),
+            pod_labels: None,
+        })
+    }
+
+    /// The result's addresses with their prefix and gateway. Fails when a gateway is an
+    /// address the datastore could hand to a pod.
+    fn result_ips(&self, got: &Assignment, ctx: &Context) -> Result<Vec<ResultIp>, CniError> {
+        let mut out = Vec::new();
+        for a in &got.addresses {
+            let full = if a.ip.is_ipv4() { 32 } else { 128 };
+            let prefix_len = match self.conf.ipam.result_prefix {
+                ResultPrefix::Pool => a.pool_cidr.prefix_len(),
+                ResultPrefix::Block => a.block.prefix_len(),
+                ResultPrefix::Host => full,
+            };
+            let address = IpNet::new(a.ip, prefix_len).expect("prefix of the address's family");
+            let explicit = self.explicit_gateway(a)?;
+            let gateway = match explicit {
+                Some(gw) => Some(gw),
+                None if self.conf.main_needs_gateway => first_host(&address.trunc()),
+                None => None,
+            };
+            if let Some(gw) = gateway {
+                self.check_gateway(gw, a, &address, explicit.is_some(), got, ctx)?;
+            }
+            out.push(ResultIp { address, gateway });
+        }
+        Ok(out)
+    }
+
+    /// `ipam.gateways` entry for the address: its pool's name, else the most specific CIDR
+    /// containing it.
+    fn explicit_gateway(&self, a: &AssignedAddress) -> Result<Option<IpAddr>, CniError> {
+        let gateways = &self.conf.ipam.gateways;
+        let by_name = gateways
+            .iter()
+            .find(|(k, _)| !a.pool.is_empty() && *k == a.pool);
+        let by_cidr = || {
+            gateways
+                .iter()
+                .filter_map(|(k, gw)| Some((k.parse::<IpNet>().ok()?, k, gw)))
+                .filter(|(net, _, _)| net.contains(&a.ip))
+                .max_by_key(|(net, _, _)| net.prefix_len())
+                .map(|(_, k, gw)| (k, gw))
+        };
+        let Some((key, gw)) = by_name.map(|(k, gw)| (k, gw)).or_else(by_cidr) else {
+            return Ok(None);
+        };
+        if gw.is_ipv4() != a.ip.is_ipv4() {
+            return Err(CniError::config(format!(
+                "ipam.gateways[{key:?}] is {gw}, but {} of pool {:?} is of the other address \
+                 family",
+                a.ip, a.pool
+            )));
+        }
+        Ok(Some(*gw))
+    }
+
+    fn check_gateway(
+        &self,
+        gw: IpAddr,
+        a: &AssignedAddress,
+        address: &IpNet,
+        explicit: bool,
+        got: &Assignment,
+        ctx: &Context,
+    ) -> Result<(), CniError> {
+        let Some(pool) = ctx.pool_containing(gw) else {
+            return Ok(());
+        };
+        if ctx.reservation_of(gw).is_some() || pool.is_edge_address(gw) {
+            return Ok(());
+        }
+        let source = if explicit {
+            "set in ipam.gateways".to_string()
+        } else {
+            format!(
+                "the first address of {}, which the {} plugin configures on the host side",
+                address.trunc(),
+                self.conf.main_type
+            )
+        };
+        let taken = got.addresses.iter().any(|x| x.ip == gw);
+        Err(CniError::new(
+            code::GATEWAY_NOT_RESERVED,
+            format!(
+                "gateway {gw} for {} ({source}) lies in IP pool {:?} ({}) and no IPReservation \
+                 covers it, so the datastore {} hand it to a pod",
+                a.ip,
+                pool.name,
+                pool.cidr(),
+                if taken { "did just" } else { "could" }
+            ),
+        )
+        .context(format!(
+            "reserve it once with `tessera apply -f -` and {{\"apiVersion\": \
+             \"projectcalico.org/v3\", \"kind\": \"IPReservation\", \"metadata\": {{\"name\": \
+             \"{}-gateway\"}}, \"spec\": {{\"reservedCIDRs\": [\"{gw}\"]}}}}, or set \
+             ipam.gateways[{:?}] to an address outside the pool",
+            pool.name, pool.name
+        )))
+    }
+
+    fn del(&self) -> Result<(), CniError> {
+        let (ipam, datastore) = self.open()?;
+        let handle = self.handle();
+        let released = ipam.release_handle(&handle).map_err(|e| {
+            CniError::from(e).context(self.where_(&node_or_unknown(&self.conf), &datastore))
+        })?;
+        if released.is_empty() {
+            self.log.debug("nothing to release");
+        } else {
+            self.log
+                .info(format_args!("released {}", list(released.iter())));
+        }
+        Ok(())
+    }
+
+    fn check(&self) -> Result<(), CniError> {
+        let (ipam, datastore) = self.open()?;
+        let handle = self.handle();
+        let at = || self.where_(&node_or_unknown(&self.conf), &datastore);
+        let held: Vec<IpAddr> = ipam
+            .handle(&handle)
+            .map_err(|e| CniError::from(e).context(at()))?
+            .map(|r| r.addresses.iter().map(|a| a.ip).collect())
+            .unwrap_or_default();
+        if held.is_empty() {
+            return Err(CniError::new(
+                code::CHECK_FAILED,
+                format!("attachment {handle:?} holds no address in the datastore"),
+            )
+            .context(at()));
+        }
+        if let Some(prev) = &self.conf.prev_result {
+            let missing: Vec<&IpAddr> = prev.iter().filter(|ip| !held.contains(ip)).collect();
+            if !missing.is_empty() {
+                return Err(CniError::new(
+                    code::CHECK_FAILED,
+                    format!(
+                        "{} of prevResult {} no longer held by attachment {handle:?}; it holds {}",
+                        list(missing.iter()),
+                        if missing.len() == 1 { "is" } else { "are" },
+                        list(held.iter())
+                    ),
+                )
+                .context(at()));
+            }
+        }
+        Ok(())
+    }
+
+    fn gc(&self) -> Result<(), CniError> {
+        let Some(valid) = &self.conf.valid_attachments else {
+            return Err(CniError::config(
+                "GC needs cni.dev/valid-attachments (the runtime's list of attachments in use); \
+                 without it every attachment of the network would be released",
+            ));
+        };
+        let valid: BTreeSet<(&str, &str)> = valid
+            .iter()
+            .map(|v| (v.container_id.as_str(), v.ifname.as_str()))
+            .collect();
+        let (ipam, datastore) = self.open()?;
+        let prefix = format!("{}.", self.conf.name);
+        let records = ipam.handles_with_prefix(&prefix).map_err(|e| {
+            CniError::from(e).context(format!(
+                "network {:?}, datastore {datastore}",
+                self.conf.name
+            ))
+        })?;
+        let mut released = 0usize;
+        let mut failures = Vec::new();
+        let mut transient = true;
+        for rec in records {
+            let (Some(cid), Some(ifname)) = (&rec.attrs.container_id, &rec.attrs.interface) else {
+                continue;
+            };
+            // Another network whose name starts with this one's plus a dot shares the prefix;
+            // only handles that are exactly this network's attachment ids are ours.
+            if rec.id != handle_id(&self.conf.name, cid, ifname) {
+                continue;
+            }
+            if valid.contains(&(cid.as_str(), ifname.as_str())) {
+                continue;
+            }
+            match ipam.release_handle(&rec.id) {
+                Ok(ips) => {
+                    released += 1;
+                    self.log.info(format_args!(
+                        "GC released stale attachment {} ({})",
+                        rec.id,
+                        list(ips.iter())
+                    ));
+                }
+                Err(e) => {
+                    transient &= e.is_transient();
+                    self.log
+                        .error(format_args!("GC could not release {}: {e}", rec.id));
+                    failures.push(format!("{}: {e}", rec.id));
+                }
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(CniError {
+            code: if transient {
+                code::TRY_AGAIN
+            } else {
+                code::GC_INCOMPLETE
+            },
+            msg: format!(
+                "GC of network {:?} released {released} stale attachment(s) but could not \
+                 release {}",
+                self.conf.name,
+                failures.len()
+            ),
+            details: format!("datastore {datastore}: {}", failures.join("; ")),
+        })
+    }
+
+    fn status(&self) -> Result<(), CniError> {
+        let unavailable = |e: CniError| CniError {
+            code: code::NOT_AVAILABLE,
+            ..e
+        };
+        let node = node_name(&self.conf).map_err(unavailable)?;
+        let (ipam, datastore) = self.open().map_err(unavailable)?;
+        let ipam_conf = &self.conf.ipam;
+        let mut families = Vec::new();
+        if ipam_conf.assign_ipv4 {
+            families.push(Family::V4);
+        }
+        if ipam_conf.assign_ipv6 {
+            families.push(Family::V6);
+        }
+        let query = ReadinessQuery {
+            node: node.clone(),
+            namespace: None,
+            families,
+            pools: Vec::new(),
+            default_pools: ipam_conf
+                .ipv4_pools
+                .iter()
+                .chain(&ipam_conf.ipv6_pools)
+                .cloned()
+                .collect(),
+        };
+        let at = format!(
+            "network {:?}, node {node:?}, datastore {datastore}",
+            self.conf.name
+        );
+        match ipam.readiness(&query) {
+            Ok(Readiness::Ready) => Ok(()),
+            Ok(Readiness::NotReady(reason)) => {
+                Err(CniError::new(code::NOT_AVAILABLE, reason).context(at))
+            }
+            Err(e) => Err(unavailable(CniError::from(e).context(at))),
+        }
+    }
+}
+
+/// `<network>.<container id>.<interface>`.
+pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{network}.{container_id}.{ifname}")
+}
+
+/// The first address after the network address, where `bridge` (isGateway) and `ptp` put
+/// the gateway when the result has none; `None` for networks too small to spare one.
+fn first_host(net: &IpNet) -> Option<IpAddr> {
+    let room = match net {
+        IpNet::V4(n) => n.prefix_len() <= 30,
+        IpNet::V6(n) => n.prefix_len() <= 126,
+    };
+    if !room {
+        return None;
+    }
+    Some(match net.network() {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
+    })
+}
+
+/// The node this plugin allocates for: `ipam.nodename`, else `NODENAME`, else the node name
+/// file, else the host name (lower-cased, as Kubernetes names nodes).
+pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
+    if let Some(name) = &conf.ipam.nodename {
+        return Ok(name.trim().to_string());
+    }
+    if let Some(name) = std::env::var("NODENAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+    {
+        return Ok(name.trim().to_string());
+    }
+    let file = &conf.ipam.nodename_file;
+    match std::fs::read_to_string(file) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(CniError::config(format!(
+                "cannot read the node name from {}: {e}; set ipam.nodename or NODENAME instead",
+                file.display()
+            )))
+        }
+    }
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let name = text.trim().to_ascii_lowercase();
+            if !name.is_empty() {
+                return Ok(name);
+            }
+        }
+    }
+    Err(CniError::config(format!(
+        "cannot tell which node this is: set ipam.nodename, the NODENAME environment variable, \
+         or write the name to {}",
+        file.display()
+    )))
+}
+
+fn node_or_unknown(conf: &NetConf) -> String {
+    node_name(conf).unwrap_or_else(|_| "?".into())
+}
+
+fn list<T: std::fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    let parts: Vec<String> = items.map(|i| i.to_string()).collect();
+    if parts.is_empty() {
+        "nothing".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_hosts() {
+        let f = |s: &str| first_host(&s.parse().unwrap()).map(|a| a.to_string());
+        assert_eq!(f("10.0.0.0/24").as_deref(), Some("10.0.0.1"));
+        assert_eq!(f("10.0.0.64/26").as_deref(), Some("10.0.0.65"));
+        assert_eq!(f("10.0.0.4/31"), None);
+        assert_eq!(f("fd00::/64").as_deref(), Some("fd00::1"));
+        assert_eq!(f("fd00::/128"), None);
+    }
+
+    #[test]
+    fn handle_ids_keep_interfaces_apart() {
+        assert_eq!(handle_id("net", "c1", "eth0"), "net.c1.eth0");
+        assert_ne!(
+            handle_id("net", "c1", "eth0"),
+            handle_id("net", "c1", "net1")
+        );
+    }
+}

@@ -1,0 +1,369 @@
+//! Root tests: Debian's `bridge`, `macvlan` and `ptp` plugins call `tessera-ipam` for two
+//! pods, each in a network namespace this test creates, with the "host" side in another
+//! namespace of its own. The pods exchange UDP datagrams; DEL removes the interfaces and
+//! releases the addresses. No packet leaves the namespaces made here.
+//!
+//! Outside CI, a machine without root or without the plugins skips these tests with a printed
+//! reason; under `CI=true` that is a failure.
+
+mod common;
+
+use std::fs::File;
+use std::net::{Ipv4Addr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::{addr, in_ci, wait_bounded, Env, PLUGIN};
+use serde_json::{json, Value};
+
+const PLUGIN_DIR: &str = "/usr/lib/cni";
+const VERSIONS: [&str; 3] = ["0.3.1", "0.4.0", "1.0.0"];
+
+/// Why these tests cannot run here, if they cannot.
+fn missing_prerequisite() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root (network namespaces need CAP_SYS_ADMIN)".into());
+    }
+    for plugin in ["bridge", "macvlan", "ptp"] {
+        if !Path::new(PLUGIN_DIR).join(plugin).exists() {
+            return Some(format!(
+                "{PLUGIN_DIR}/{plugin} is missing (apt-get install containernetworking-plugins)"
+            ));
+        }
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("the ip command is missing (apt-get install iproute2)".into());
+    }
+    None
+}
+
+/// True when the test may run; prints why not otherwise, and fails under CI.
+fn prerequisites_met(test: &str) -> bool {
+    match missing_prerequisite() {
+        None => true,
+        Some(reason) if in_ci() => panic!("{test}: cannot run under CI=true: {reason}"),
+        Some(reason) => {
+            // Straight to stderr: the test harness hides what passing tests print.
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "skipping {test}: {reason}");
+            false
+        }
+    }
+}
+
+/// Runs `ip ARGS`, failing the test with its error output.
+fn ip(args: &[&str]) {
+    let child = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ip");
+    let out = wait_bounded(child, Duration::from_secs(20));
+    assert!(
+        out.status.success(),
+        "ip {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Whether `ip ARGS` succeeds.
+fn ip_ok(args: &[&str]) -> bool {
+    Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// A network namespace that this test created and deletes when dropped, on success and on
+/// panic alike (with everything inside it: bridges, veths, macvlans).
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn new(role: &str) -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let name = format!(
+            "tsr{}-{}-{role}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        ip(&["netns", "add", &name]);
+        let ns = Self { name };
+        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+
+    /// Runs `f` on a thread that entered this namespace; sockets it creates stay in it.
+    fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = self.path();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on a valid namespace fd affects only this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A store, a "host" namespace where the main plugin runs, and two pod namespaces.
+struct Lab {
+    env: Env,
+    host: Netns,
+    pods: [Netns; 2],
+}
+
+impl Lab {
+    fn new() -> Self {
+        Self {
+            env: Env::new(),
+            host: Netns::new("host"),
+            pods: [Netns::new("pa"), Netns::new("pb")],
+        }
+    }
+
+    /// Runs the main plugin inside the host namespace, as a runtime would on the node.
+    fn plugin(&self, verb: &str, conf: &Value, pod: usize, cid: &str) -> common::Run {
+        let main = conf["type"].as_str().expect("type");
+        let plugin_dir = Path::new(PLUGIN).parent().expect("target dir");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host.name])
+            .arg(Path::new(PLUGIN_DIR).join(main))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", verb)
+            .env("CNI_CONTAINERID", cid)
+            .env("CNI_NETNS", self.pods[pod].path())
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=lab;K8S_POD_NAME={cid}"),
+            )
+            .env(
+                "CNI_PATH",
+                format!("{}:{PLUGIN_DIR}", plugin_dir.to_str().expect("utf-8 path")),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        self.env.run_cmd(cmd, conf.to_string().as_bytes())
+    }
+
+    /// ADD through the main plugin; returns the result and the pod's IPv4 address.
+    fn add(&self, conf: &Value, pod: usize, cid: &str) -> (Value, Ipv4Addr) {
+        let run = self.plugin("ADD", conf, pod, cid);
+        let result = run.ok().clone();
+        let ip = result["ips"]
+            .as_array()
+            .expect("ips")
+            .iter()
+            .find_map(|i| addr(i["address"].as_str()?).parse::<Ipv4Addr>().ok())
+            .expect("an IPv4 address");
+        (result, ip)
+    }
+}
+
+/// Sends a datagram from a socket in `from` to `to_ip` in `to` and back; retried while
+/// neighbours resolve, bounded in count and time.
+fn udp_round_trip(from: &Netns, to: &Netns, to_ip: Ipv4Addr) -> Result<(), String> {
+    let server = to.run(|| UdpSocket::bind((to_ip, 0)));
+    let server = server.map_err(|e| format!("bind {to_ip} in {}: {e}", to.name))?;
+    let target = server.local_addr().map_err(|e| e.to_string())?;
+    let client = from
+        .run(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+        .map_err(|e| format!("bind in {}: {e}", from.name))?;
+    let wait = Some(Duration::from_millis(200));
+    server.set_read_timeout(wait).map_err(|e| e.to_string())?;
+    client.set_read_timeout(wait).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 64];
+    let mut last = String::new();
+    for _ in 0..25 {
+        if let Err(e) = client.send_to(b"ping", target) {
+            last = format!("send: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        let Ok((n, peer)) = server.recv_from(&mut buf) else {
+            last = "no datagram arrived".into();
+            continue;
+        };
+        if &buf[..n] != b"ping" {
+            return Err(format!("unexpected datagram {:?}", &buf[..n]));
+        }
+        server.send_to(b"pong", peer).map_err(|e| e.to_string())?;
+        match client.recv_from(&mut buf) {
+            Ok((n, src)) if &buf[..n] == b"pong" && src == target => return Ok(()),
+            Ok(_) => last = "unexpected reply".into(),
+            Err(e) => last = format!("no reply: {e}"),
+        }
+    }
+    Err(format!(
+        "no UDP round trip from {} to {to_ip} in {}: {last}",
+        from.name, to.name
+    ))
+}
+
+/// ADD two pods, exchange traffic both ways, CHECK, DEL twice: for one main plugin and
+/// every version it is tested with.
+fn exercise(lab: &Lab, conf_for: impl Fn(&str) -> Value, pool: &str, gateway: Option<&str>) {
+    for version in VERSIONS {
+        let conf = conf_for(version);
+        let cids = [
+            format!("a{}", version.replace('.', "")),
+            format!("b{}", version.replace('.', "")),
+        ];
+        let (ra, ipa) = lab.add(&conf, 0, &cids[0]);
+        let (rb, ipb) = lab.add(&conf, 1, &cids[1]);
+        assert_ne!(ipa, ipb);
+        let pool_net: ipnet::Ipv4Net = pool.parse().unwrap();
+        assert!(
+            pool_net.contains(&ipa) && pool_net.contains(&ipb),
+            "{ra} {rb}"
+        );
+        assert_eq!(ra["cniVersion"], version);
+        if let Some(gw) = gateway {
+            assert_eq!(ra["ips"][0]["gateway"], gw, "{ra}");
+        }
+        udp_round_trip(&lab.pods[0], &lab.pods[1], ipb).unwrap();
+        udp_round_trip(&lab.pods[1], &lab.pods[0], ipa).unwrap();
+        if version != "0.3.1" {
+            let mut check = conf.clone();
+            check["prevResult"] = ra.clone();
+            let run = lab.plugin("CHECK", &check, 0, &cids[0]);
+            assert_eq!(
+                run.status, 0,
+                "CHECK {version}: {} {}",
+                run.stdout, run.stderr
+            );
+        }
+        assert_eq!(lab.env.handle_count(), 2);
+        for (pod, cid) in cids.iter().enumerate() {
+            for _ in 0..2 {
+                let run = lab.plugin("DEL", &conf, pod, cid);
+                assert_eq!(
+                    run.status, 0,
+                    "DEL {version}: {} {}",
+                    run.stdout, run.stderr
+                );
+            }
+            assert!(
+                !ip_ok(&["-n", &lab.pods[pod].name, "link", "show", "eth0"]),
+                "DEL left eth0 in {}",
+                lab.pods[pod].name
+            );
+        }
+        assert_eq!(lab.env.handle_count(), 0, "DEL released every address");
+        lab.env.assert_consistent();
+    }
+}
+
+#[test]
+fn bridge_with_gateway_connects_two_pods() {
+    if !prerequisites_met("bridge_with_gateway_connects_two_pods") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.env.pool("br", "10.91.0.0/24", 26, json!({}));
+    // The bridge takes the first address as its gateway; it must never go to a pod.
+    lab.env.reserve("br-gateway", &["10.91.0.1"]);
+    let db = lab.env.db().to_str().unwrap().to_string();
+    let conf_for = |version: &str| {
+        json!({"cniVersion": version, "name": "tsr-bridge", "type": "bridge",
+               "bridge": "tsrbr0", "isGateway": true, "ipMasq": false,
+               "ipam": {"type": "tessera-ipam", "datastore": db, "nodename": "node-a"}})
+    };
+    // The pods reach the gateway the bridge configured from the result.
+    let (_, ip) = lab.add(&conf_for("1.0.0"), 0, "gw-probe");
+    let (host, pod) = (&lab.host, &lab.pods[0]);
+    udp_round_trip(pod, host, "10.91.0.1".parse().unwrap()).unwrap();
+    udp_round_trip(host, pod, ip).unwrap();
+    assert_eq!(
+        lab.plugin("DEL", &conf_for("1.0.0"), 0, "gw-probe").status,
+        0
+    );
+    exercise(&lab, conf_for, "10.91.0.0/24", Some("10.91.0.1"));
+}
+
+#[test]
+fn macvlan_on_a_veth_parent_connects_two_pods() {
+    if !prerequisites_met("macvlan_on_a_veth_parent_connects_two_pods") {
+        return;
+    }
+    let lab = Lab::new();
+    let host = lab.host.name.clone();
+    // The parent is one end of a veth pair inside the test's host namespace.
+    ip(&[
+        "-n", &host, "link", "add", "tsrpar0", "type", "veth", "peer", "name", "tsrpar1",
+    ]);
+    ip(&["-n", &host, "link", "set", "tsrpar0", "up"]);
+    ip(&["-n", &host, "link", "set", "tsrpar1", "up"]);
+    lab.env.pool("mv", "10.92.0.0/24", 26, json!({}));
+    let db = lab.env.db().to_str().unwrap().to_string();
+    let conf_for = |version: &str| {
+        json!({"cniVersion": version, "name": "tsr-macvlan", "type": "macvlan",
+               "master": "tsrpar0", "mode": "bridge",
+               "ipam": {"type": "tessera-ipam", "datastore": db, "nodename": "node-a"}})
+    };
+    exercise(&lab, conf_for, "10.92.0.0/24", None);
+}
+
+#[test]
+fn ptp_routes_between_two_pods_through_the_host() {
+    if !prerequisites_met("ptp_routes_between_two_pods_through_the_host") {
+        return;
+    }
+    let lab = Lab::new();
+    lab.env.pool("pt", "10.93.0.0/24", 26, json!({}));
+    lab.env.reserve("pt-gateway", &["10.93.0.1"]);
+    let db = lab.env.db().to_str().unwrap().to_string();
+    let conf_for = |version: &str| {
+        json!({"cniVersion": version, "name": "tsr-ptp", "type": "ptp", "ipMasq": false,
+               "ipam": {"type": "tessera-ipam", "datastore": db, "nodename": "node-a"}})
+    };
+    exercise(&lab, conf_for, "10.93.0.0/24", Some("10.93.0.1"));
+}
+
+#[test]
+fn namespaces_are_removed_when_a_test_fails() {
+    if !prerequisites_met("namespaces_are_removed_when_a_test_fails") {
+        return;
+    }
+    let name = std::panic::catch_unwind(|| {
+        let ns = Netns::new("boom");
+        let name = ns.name.clone();
+        assert!(ip_ok(&["netns", "pids", &name]));
+        std::panic::panic_any(name);
+    })
+    .expect_err("the closure panics")
+    .downcast::<String>()
+    .expect("namespace name");
+    assert!(
+        !Path::new("/run/netns").join(name.as_str()).exists(),
+        "namespace {name} survived the panic"
+    );
+}
