@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use crate::{Compare, KeyValue, Op, Read, ReadResult, Snapshot, Store, StoreError, TxnOutcome};
@@ -125,6 +126,7 @@ impl SqliteStore {
         // and it saves an fsync on every txn.
         conn.execute_batch("PRAGMA synchronous = NORMAL")
             .map_err(|e| ctx.sqlite("setting synchronous mode", e))?;
+        keep_wal_between_connections(&conn, &ctx)?;
         if let Layout::Empty = layout {
             create_schema(&mut conn, &ctx)?;
         }
@@ -133,6 +135,13 @@ impl SqliteStore {
             busy_timeout,
             conn: Mutex::new(conn),
         })
+    }
+
+    /// Copies everything in the write-ahead log into the database file and empties the log,
+    /// so that the database file alone holds the store (before copying it, say).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        truncate_wal(&conn).map_err(|e| self.ctx().sqlite("checkpointing the WAL", e))
     }
 
     /// The absolute path of the database file.
@@ -245,11 +254,35 @@ impl Store for SqliteStore {
             .map_err(err)?;
         }
         tx.commit().map_err(err)?;
+        self.checkpoint_if_large(&conn);
         Ok(TxnOutcome::Committed(revision))
     }
 
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
+    }
+}
+
+/// Copies the WAL into the database and empties it, waiting for other connections within
+/// the busy timeout.
+fn truncate_wal(conn: &Connection) -> rusqlite::Result<()> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
+/// WAL size above which a committing connection copies the WAL back into the database.
+const WAL_CHECKPOINT_BYTES: u64 = 4 << 20;
+
+impl SqliteStore {
+    /// Copies the WAL into the database and empties it once it has grown past
+    /// [`WAL_CHECKPOINT_BYTES`] (about every few hundred allocations). The checkpoint waits
+    /// for running readers and writers within the busy timeout. Best effort: one that cannot
+    /// finish now is done by a later commit.
+    fn checkpoint_if_large(&self, conn: &Connection) {
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        if std::fs::metadata(&wal).is_ok_and(|m| m.len() > WAL_CHECKPOINT_BYTES) {
+            let _ = truncate_wal(conn);
+        }
     }
 }
 
@@ -388,6 +421,34 @@ fn check_meta(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
     }
     if version < 1 {
         return Err(ctx.corrupt(&format!("its schema version {version} is invalid")));
+    }
+    Ok(())
+}
+
+/// Most connections are short-lived processes (one CNI invocation each). By default the last
+/// connection to close checkpoints the WAL into the database (several fsyncs) and deletes the
+/// `-wal` and `-shm` files, which the next process creates again: that dominated the cost of
+/// an invocation. Instead the WAL stays, and the commit that finds it large checkpoints it
+/// (`checkpoint_if_large`).
+fn keep_wal_between_connections(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(|e| ctx.sqlite("keeping the WAL on close", e))?;
+    let mut persist: std::ffi::c_int = 1;
+    // SAFETY: the handle is a live connection owned by `conn`; the argument is an int the call
+    // only reads and writes during the call.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&mut persist as *mut std::ffi::c_int).cast(),
+        )
+    };
+    if rc != rusqlite::ffi::SQLITE_OK {
+        return Err(StoreError::Refused {
+            endpoint: ctx.shown(),
+            reason: format!("SQLite refused to keep the WAL file (code {rc})"),
+        });
     }
     Ok(())
 }
