@@ -269,8 +269,10 @@ fn truncate_wal(conn: &Connection) -> rusqlite::Result<()> {
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }
 
-/// WAL size above which a committing connection copies the WAL back into the database.
-const WAL_CHECKPOINT_BYTES: u64 = 4 << 20;
+/// WAL size above which a committing connection copies the WAL back into the database. Every
+/// process that opens the store first rebuilds its index of the WAL by reading it, so the WAL
+/// is kept small; checkpointing costs a few fsyncs, so not after every commit.
+const WAL_CHECKPOINT_BYTES: u64 = 1 << 20;
 
 impl SqliteStore {
     /// Copies the WAL into the database and empties it once it has grown past
