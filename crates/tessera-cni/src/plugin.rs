@@ -115,12 +115,32 @@ impl Invocation<'_> {
         }
     }
 
-    /// The result: the configured routes, then those of the addresses' SpiderIPPools
-    /// (without default routes when the pod asked for `cleangateway`).
+    /// The result: the configured routes, then those of the addresses' SpiderIPPools, with a
+    /// default route through a SpiderIPPool's gateway as Spiderpool returns it (main plugins
+    /// such as macvlan install routes, not gateways). No default route when the pod asked
+    /// for `cleangateway`.
     fn result(&self, ips: &[ResultIp], got: &Assignment) -> Result<Value, CniError> {
         let ipam = &self.conf.ipam;
         let clean = self.pod_pools()?.clean_gateway;
         let mut routes: Vec<Route> = ipam.routes.clone();
+        for (a, ip) in got.addresses.iter().zip(ips) {
+            let (Some(gw), Some(_)) = (ip.gateway, a.gateway) else {
+                continue;
+            };
+            let has_default = routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == gw.is_ipv4());
+            if !has_default {
+                let dst = IpNet::new(a.pool_cidr.addr(), 0)
+                    .expect("prefix 0 fits every family")
+                    .trunc();
+                routes.push(Route {
+                    dst,
+                    gw: Some(gw),
+                    extra: serde_json::Map::new(),
+                });
+            }
+        }
         for a in &got.addresses {
             for r in &a.routes {
                 let route = pool_route(r, a)?;

@@ -296,8 +296,10 @@ fn multi_nic_failure_on_one_interface_leaves_the_others_alone() {
     let p1_net1 = Att::new("p1").ifname("net1");
     let r = env.add(&conf, &p1_eth0);
     assert_eq!(
-        r["ips"][0],
-        json!({"address": "10.73.0.10/24", "gateway": "10.73.0.1"})
+        r,
+        json!({"cniVersion": "1.0.0",
+               "ips": [{"address": "10.73.0.10/24", "gateway": "10.73.0.1"}],
+               "routes": [{"dst": "0.0.0.0/0", "gw": "10.73.0.1"}]})
     );
     let r = env.add(&conf, &p1_net1);
     // cleangateway: no gateway, the pool's other routes stay.
@@ -367,6 +369,10 @@ fn dual_stack_gets_both_addresses_or_neither() {
         r["ips"],
         json!([{"address": "10.76.0.10/24", "gateway": "10.76.0.1"},
                {"address": "fd76::10/64", "gateway": "fd76::1"}])
+    );
+    assert_eq!(
+        r["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.76.0.1"}, {"dst": "::/0", "gw": "fd76::1"}])
     );
     let msg = env.cni("ADD", &conf, Some(&Att::new("d2"))).err(100);
     assert!(msg.starts_with("no free IPv6 address"), "{msg}");
