@@ -46,6 +46,14 @@ fn usage(env: &Env) -> BTreeMap<String, u128> {
     env.ipam().spider_pool_usage().expect("usage")
 }
 
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    &'a Value,
+    &'a str,
+);
+
 #[test]
 fn precedence_ip_addrs_pod_namespace_config_then_default_pools() {
     let env = Env::new();
@@ -66,7 +74,8 @@ fn precedence_ip_addrs_pod_namespace_config_then_default_pools() {
     );
     let conf = env.conf("1.0.0", json!({"default_ipv4_ippool": ["conf-v4"]}));
     let ippool = ("ipam.spidernet.io/ippool", r#"{"ipv4": ["pod-v4"]}"#);
-    let cases: [(&str, &str, Vec<(&str, &str)>, &Value, &str); 6] = [
+    // (what, namespace, pod annotations, configuration, expected address prefix)
+    let cases: [Case; 6] = [
         (
             "ipAddrs wins",
             "lab",
@@ -550,7 +559,7 @@ fn many_nodes_share_one_pool_without_duplicates() {
                         let outcome = if run.status == 0 {
                             Ok(first_ip(&run.json))
                         } else {
-                            Err(format!("{}", run.stdout))
+                            Err(run.stdout.clone())
                         };
                         out.push((node.to_string(), outcome));
                     }
