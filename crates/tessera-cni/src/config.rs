@@ -19,6 +19,11 @@ use crate::version::{Version, SUPPORTED};
 /// Runtime capability key under which containerd and CRI-O pass the pod's annotations.
 pub const POD_ANNOTATIONS_KEY: &str = "io.kubernetes.cri.pod-annotations";
 
+/// runtimeConfig key read for the pod's labels (Spiderpool `podAffinity`). containerd does not
+/// send labels by default; a runtime or a meta plugin that wants label-based pools passes them
+/// here as an object of strings.
+pub const POD_LABELS_KEY: &str = "io.kubernetes.cri.pod-labels";
+
 /// Largest configuration read from stdin; anything larger is certainly not a network
 /// configuration.
 pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
@@ -74,6 +79,11 @@ pub struct IpamConf {
     pub ipv4_pools: Vec<String>,
     /// IPv6 pools (names or CIDRs) in fallback order.
     pub ipv6_pools: Vec<String>,
+    /// SpiderIPPools for IPv4 (names or wildcard patterns) in fallback order, Spiderpool's
+    /// `default_ipv4_ippool`.
+    pub default_ipv4_ippool: Vec<String>,
+    /// SpiderIPPools for IPv6, Spiderpool's `default_ipv6_ippool`.
+    pub default_ipv6_ippool: Vec<String>,
     /// Whether to assign an IPv4 address.
     pub assign_ipv4: bool,
     /// Whether to assign an IPv6 address.
@@ -120,6 +130,8 @@ pub struct NetConf {
     pub ipam: IpamConf,
     /// Pod annotations passed by the runtime.
     pub pod_annotations: BTreeMap<String, String>,
+    /// Pod labels, when the runtime passed them under [`POD_LABELS_KEY`].
+    pub pod_labels: Option<BTreeMap<String, String>>,
     /// Addresses asked for through the `ips` runtime capability.
     pub runtime_ips: Vec<IpAddr>,
     /// Addresses of `prevResult`, when one was passed.
@@ -137,6 +149,8 @@ const IPAM_KEYS: &[&str] = &[
     "nodename_file",
     "ipv4_pools",
     "ipv6_pools",
+    "default_ipv4_ippool",
+    "default_ipv6_ippool",
     "assign_ipv4",
     "assign_ipv6",
     "routes",
@@ -221,8 +235,8 @@ pub fn parse(map: &Map<String, Value>) -> Result<NetConf, CniError> {
         .cloned()
         .collect();
 
-    let (pod_annotations, runtime_ips) = match map.get("runtimeConfig") {
-        None | Some(Value::Null) => (BTreeMap::new(), Vec::new()),
+    let (pod_annotations, pod_labels, runtime_ips) = match map.get("runtimeConfig") {
+        None | Some(Value::Null) => (BTreeMap::new(), None, Vec::new()),
         Some(Value::Object(rc)) => parse_runtime_config(rc)?,
         Some(other) => {
             return Err(CniError::config(format!(
@@ -250,6 +264,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<NetConf, CniError> {
         main_needs_gateway,
         ipam,
         pod_annotations,
+        pod_labels,
         runtime_ips,
         prev_result,
         valid_attachments,
@@ -332,6 +347,8 @@ fn parse_ipam(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
             .map_or_else(|| PathBuf::from(DEFAULT_NODENAME_FILE), PathBuf::from),
         ipv4_pools: str_list(m, "ipv4_pools")?,
         ipv6_pools: str_list(m, "ipv6_pools")?,
+        default_ipv4_ippool: str_list(m, "default_ipv4_ippool")?,
+        default_ipv6_ippool: str_list(m, "default_ipv6_ippool")?,
         assign_ipv4,
         assign_ipv6,
         routes: parse_routes(m)?,
@@ -451,9 +468,13 @@ fn parse_dns(m: &Map<String, Value>) -> Result<Option<Value>, CniError> {
     }
 }
 
-fn parse_runtime_config(
-    rc: &Map<String, Value>,
-) -> Result<(BTreeMap<String, String>, Vec<IpAddr>), CniError> {
+type RuntimeConfig = (
+    BTreeMap<String, String>,
+    Option<BTreeMap<String, String>>,
+    Vec<IpAddr>,
+);
+
+fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniError> {
     let mut annotations = BTreeMap::new();
     match rc.get(POD_ANNOTATIONS_KEY) {
         None | Some(Value::Null) => {}
@@ -472,6 +493,35 @@ fn parse_runtime_config(
             )))
         }
     }
+    let labels = match rc.get(POD_LABELS_KEY) {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(l)) => {
+            let mut labels = BTreeMap::new();
+            for (k, v) in l {
+                // A label the plugin cannot read would silently change which pools match.
+                let text = v.as_str().ok_or_else(|| {
+                    CniError::new(
+                        code::BAD_POD_REQUEST,
+                        format!(
+                            "runtimeConfig[{POD_LABELS_KEY:?}][{k:?}] must be a string, not {}",
+                            kind(v)
+                        ),
+                    )
+                })?;
+                labels.insert(k.clone(), text.to_string());
+            }
+            Some(labels)
+        }
+        Some(other) => {
+            return Err(CniError::new(
+                code::BAD_POD_REQUEST,
+                format!(
+                    "runtimeConfig[{POD_LABELS_KEY:?}] must be an object of labels, not {}",
+                    kind(other)
+                ),
+            ))
+        }
+    };
     let mut ips = Vec::new();
     match rc.get("ips") {
         None | Some(Value::Null) => {}
@@ -504,7 +554,7 @@ fn parse_runtime_config(
             ))
         }
     }
-    Ok((annotations, ips))
+    Ok((annotations, labels, ips))
 }
 
 /// `10.0.0.5` or `10.0.0.5/24` (the prefix is ignored: the pool decides it).
@@ -639,13 +689,23 @@ fn str_list(m: &Map<String, Value>, key: &str) -> Result<Vec<String>, CniError> 
             .map(|(i, v)| match v.as_str().map(str::trim) {
                 Some(s) if !s.is_empty() => Ok(s.to_string()),
                 _ => Err(CniError::config(format!(
-                    "ipam.{key}[{i}] must be a pool name or CIDR string, not {}",
+                    "ipam.{key}[{i}] must be a pool name{} string, not {}",
+                    if key.ends_with("ippool") {
+                        " or pattern"
+                    } else {
+                        " or CIDR"
+                    },
                     kind(v)
                 ))),
             })
             .collect(),
         Some(other) => Err(CniError::config(format!(
-            "ipam.{key} must be a list of pool names or CIDRs, not {}",
+            "ipam.{key} must be a list of pool names{}, not {}",
+            if key.ends_with("ippool") {
+                ""
+            } else {
+                " or CIDRs"
+            },
             kind(other)
         ))),
     }
@@ -741,6 +801,7 @@ mod tests {
         v["ipam"]["frobnicate"] = json!(1);
         let c = conf(v).unwrap();
         assert_eq!(c.pod_annotations.len(), 1);
+        assert_eq!(c.pod_labels, None);
         assert_eq!(c.runtime_ips.len(), 2);
         assert_eq!(
             c.prev_result.unwrap(),
@@ -750,6 +811,35 @@ mod tests {
         let mut v = base();
         v["prevResult"] = json!({"ips": [{"address": "10.0.0.9"}]});
         assert_eq!(conf(v).unwrap_err().code, 6);
+    }
+
+    #[test]
+    fn spider_fields_and_pod_labels() {
+        let mut v = base();
+        v["ipam"]["default_ipv4_ippool"] = json!(["a", "b*"]);
+        v["ipam"]["default_ipv6_ippool"] = json!(["c"]);
+        v["runtimeConfig"] = json!({POD_LABELS_KEY: {"app": "nginx"}});
+        let c = conf(v.clone()).unwrap();
+        assert_eq!(c.ipam.default_ipv4_ippool, ["a", "b*"]);
+        assert_eq!(c.ipam.default_ipv6_ippool, ["c"]);
+        assert!(c.unknown_ipam_keys.is_empty());
+        assert_eq!(c.pod_labels.unwrap()["app"], "nginx");
+        v["runtimeConfig"] = json!({POD_LABELS_KEY: {"app": 1}});
+        let e = conf(v.clone()).unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (
+                107,
+                "runtimeConfig[\"io.kubernetes.cri.pod-labels\"][\"app\"] must be a string, \
+                 not a number"
+            )
+        );
+        v["runtimeConfig"] = json!({});
+        v["ipam"]["default_ipv4_ippool"] = json!("a");
+        assert_eq!(
+            conf(v).unwrap_err().msg,
+            "ipam.default_ipv4_ippool must be a list of pool names, not a string"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod error;
 mod log;
 mod plugin;
 mod result;
+mod spider;
 mod version;
 
 use std::io::{Read, Write};

@@ -12,11 +12,12 @@ use tessera_core::ipam::{
 };
 use tessera_core::store::Store;
 
-use crate::config::{parse_addr_or_cidr, NetConf, ResultPrefix};
+use crate::config::{parse_addr_or_cidr, NetConf, ResultPrefix, Route};
 use crate::env::{CniEnv, Command};
 use crate::error::{code, CniError};
 use crate::log::Logger;
 use crate::result::{add_result, ResultIp};
+use crate::spider::{pod_pools, pool_ref, PodPools};
 
 /// Everything one invocation knows.
 pub struct Invocation<'a> {
@@ -85,18 +86,21 @@ impl Invocation<'_> {
                 list(held.addresses.iter().map(|a| a.ip))
             ));
             let ips = self.result_ips(&held, &view.context)?;
-            return Ok(self.result(&ips));
+            return self.result(&ips, &held);
         }
         let assignment = ipam
             .assign(&request)
             .map_err(|e| CniError::from(e).context(at()))?;
-        match self.result_ips(&assignment, &view.context) {
-            Ok(ips) => {
+        match self
+            .result_ips(&assignment, &view.context)
+            .and_then(|ips| Ok((self.result(&ips, &assignment)?, ips)))
+        {
+            Ok((result, ips)) => {
                 self.log.info(format_args!(
                     "assigned {} on node {node:?}",
                     list(ips.iter().map(|i| i.address))
                 ));
-                Ok(self.result(&ips))
+                Ok(result)
             }
             Err(e) => {
                 // The main plugin never sees these addresses: give them back.
@@ -111,9 +115,57 @@ impl Invocation<'_> {
         }
     }
 
-    fn result(&self, ips: &[ResultIp]) -> Value {
+    /// The result: the configured routes, then those of the addresses' SpiderIPPools, with a
+    /// default route through a SpiderIPPool's gateway as Spiderpool returns it (main plugins
+    /// such as macvlan install routes, not gateways). No default route when the pod asked
+    /// for `cleangateway`.
+    fn result(&self, ips: &[ResultIp], got: &Assignment) -> Result<Value, CniError> {
         let ipam = &self.conf.ipam;
-        add_result(self.conf.version, ips, &ipam.routes, ipam.dns.as_ref())
+        let clean = self.pod_pools()?.clean_gateway;
+        let mut routes: Vec<Route> = ipam.routes.clone();
+        for (a, ip) in got.addresses.iter().zip(ips) {
+            let (Some(gw), Some(_)) = (ip.gateway, a.gateway) else {
+                continue;
+            };
+            let has_default = routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() == gw.is_ipv4());
+            if !has_default {
+                let dst = IpNet::new(a.pool_cidr.addr(), 0)
+                    .expect("prefix 0 fits every family")
+                    .trunc();
+                routes.push(Route {
+                    dst,
+                    gw: Some(gw),
+                    extra: serde_json::Map::new(),
+                });
+            }
+        }
+        for a in &got.addresses {
+            for r in &a.routes {
+                let route = pool_route(r, a)?;
+                if !routes
+                    .iter()
+                    .any(|x| x.dst == route.dst && x.gw == route.gw)
+                {
+                    routes.push(route);
+                }
+            }
+        }
+        if clean {
+            routes.retain(|r| r.dst.prefix_len() != 0);
+        }
+        Ok(add_result(
+            self.conf.version,
+            ips,
+            &routes,
+            ipam.dns.as_ref(),
+        ))
+    }
+
+    /// What the pod's Spiderpool annotations ask for this interface.
+    fn pod_pools(&self) -> Result<PodPools, CniError> {
+        pod_pools(&self.conf.pod_annotations, &self.env.ifname)
     }
 
     fn assign_request(&self, node: &str) -> Result<AssignRequest, CniError> {
@@ -142,7 +194,8 @@ impl Invocation<'_> {
                 push(ip);
             }
         }
-        let mut pools = Vec::new();
+        // Spiderpool's annotations and Calico's are one rule: the workload's own choice.
+        let mut pools = self.pod_pools()?.pools;
         for key in [IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION] {
             if let Some(value) = annotations.get(key) {
                 pools.extend(parse_pool_annotation(value).map_err(|e| bad_annotation(key, e))?);
@@ -178,20 +231,15 @@ impl Invocation<'_> {
             num_v6,
             ips,
             pools,
-            default_pools: conf
-                .ipam
-                .ipv4_pools
-                .iter()
-                .chain(&conf.ipam.ipv6_pools)
-                .cloned()
-                .collect(),
-            pod_labels: None,
+            default_pools: default_pools(conf),
+            pod_labels: conf.pod_labels.clone(),
         })
     }
 
     /// The result's addresses with their prefix and gateway. Fails when a gateway is an
     /// address the datastore could hand to a pod.
     fn result_ips(&self, got: &Assignment, ctx: &Context) -> Result<Vec<ResultIp>, CniError> {
+        let clean = self.pod_pools()?.clean_gateway;
         let mut out = Vec::new();
         for a in &got.addresses {
             let full = if a.ip.is_ipv4() { 32 } else { 128 };
@@ -202,14 +250,19 @@ impl Invocation<'_> {
             };
             let address = IpNet::new(a.ip, prefix_len).expect("prefix of the address's family");
             let explicit = self.explicit_gateway(a)?;
-            let gateway = match explicit {
-                Some(gw) => Some(gw),
-                None if self.conf.main_needs_gateway => first_host(&address.trunc()),
-                None => None,
+            let source = match (explicit, a.gateway) {
+                _ if clean => None,
+                (Some(gw), _) => Some((gw, GatewaySource::Config)),
+                (None, Some(gw)) => Some((gw, GatewaySource::Pool)),
+                (None, None) if self.conf.main_needs_gateway => {
+                    first_host(&address.trunc()).map(|gw| (gw, GatewaySource::FirstHost))
+                }
+                (None, None) => None,
             };
-            if let Some(gw) = gateway {
-                self.check_gateway(gw, a, &address, explicit.is_some(), got, ctx)?;
+            if let Some((gw, source)) = source {
+                self.check_gateway(gw, a, &address, source, got, ctx)?;
             }
+            let gateway = source.map(|(gw, _)| gw);
             out.push(ResultIp { address, gateway });
         }
         Ok(out)
@@ -248,7 +301,7 @@ impl Invocation<'_> {
         gw: IpAddr,
         a: &AssignedAddress,
         address: &IpNet,
-        explicit: bool,
+        source: GatewaySource,
         got: &Assignment,
         ctx: &Context,
     ) -> Result<(), CniError> {
@@ -258,14 +311,14 @@ impl Invocation<'_> {
         if ctx.reservation_of(gw).is_some() || pool.is_edge_address(gw) {
             return Ok(());
         }
-        let source = if explicit {
-            "set in ipam.gateways".to_string()
-        } else {
-            format!(
+        let source = match source {
+            GatewaySource::Config => "set in ipam.gateways".to_string(),
+            GatewaySource::Pool => format!("spec.gateway of SpiderIPPool {:?}", a.pool),
+            GatewaySource::FirstHost => format!(
                 "the first address of {}, which the {} plugin configures on the host side",
                 address.trunc(),
                 self.conf.main_type
-            )
+            ),
         };
         let taken = got.addresses.iter().any(|x| x.ip == gw);
         Err(CniError::new(
@@ -427,12 +480,7 @@ impl Invocation<'_> {
             namespace: None,
             families,
             pools: Vec::new(),
-            default_pools: ipam_conf
-                .ipv4_pools
-                .iter()
-                .chain(&ipam_conf.ipv6_pools)
-                .cloned()
-                .collect(),
+            default_pools: default_pools(&self.conf),
         };
         let at = format!(
             "network {:?}, node {node:?}, datastore {datastore}",
@@ -446,6 +494,63 @@ impl Invocation<'_> {
             Err(e) => Err(unavailable(CniError::from(e).context(at))),
         }
     }
+}
+
+/// Where a result's gateway comes from, for the error when pods could be given it.
+#[derive(Clone, Copy, Debug)]
+enum GatewaySource {
+    /// `ipam.gateways`.
+    Config,
+    /// The SpiderIPPool's `spec.gateway`.
+    Pool,
+    /// The first host of the address's network, for main plugins that need a gateway.
+    FirstHost,
+}
+
+/// The network configuration's pools: Calico's `ipv4_pools`/`ipv6_pools`, then Spiderpool's
+/// `default_ipv4_ippool`/`default_ipv6_ippool` (SpiderIPPool names or patterns).
+fn default_pools(conf: &NetConf) -> Vec<String> {
+    let ipam = &conf.ipam;
+    ipam.ipv4_pools
+        .iter()
+        .chain(&ipam.ipv6_pools)
+        .cloned()
+        .chain(
+            ipam.default_ipv4_ippool
+                .iter()
+                .chain(&ipam.default_ipv6_ippool)
+                .map(|n| pool_ref(n)),
+        )
+        .collect()
+}
+
+/// A SpiderIPPool route as a result route. The catalog validated it when the pool was
+/// applied, so a route that does not parse means a damaged record.
+fn pool_route(r: &tessera_core::spider::Route, a: &AssignedAddress) -> Result<Route, CniError> {
+    let damaged = |what: &str| {
+        CniError::new(
+            code::DATASTORE_DAMAGED,
+            format!(
+                "SpiderIPPool {:?} has a route with {what} in the datastore; fix it with \
+                 `tessera apply -f` or run `tessera ipam check`",
+                a.pool
+            ),
+        )
+    };
+    let dst: IpNet = r
+        .dst
+        .trim()
+        .parse()
+        .map_err(|_| damaged(&format!("dst {:?}, not a CIDR", r.dst)))?;
+    let gw: IpAddr =
+        r.gw.trim()
+            .parse()
+            .map_err(|_| damaged(&format!("gw {:?}, not an address", r.gw)))?;
+    Ok(Route {
+        dst: dst.trunc(),
+        gw: Some(gw),
+        extra: serde_json::Map::new(),
+    })
 }
 
 /// `<network>.<container id>.<interface>`.

@@ -333,6 +333,62 @@ fn macvlan_on_a_veth_parent_connects_two_pods() {
 }
 
 #[test]
+fn macvlan_with_a_spider_ippool_gives_fixed_range_addresses_that_talk() {
+    if !prerequisites_met("macvlan_with_a_spider_ippool_gives_fixed_range_addresses_that_talk") {
+        return;
+    }
+    let lab = Lab::new();
+    let host = lab.host.name.clone();
+    ip(&[
+        "-n", &host, "link", "add", "tsrsp0", "type", "veth", "peer", "name", "tsrsp1",
+    ]);
+    ip(&["-n", &host, "link", "set", "tsrsp0", "up"]);
+    ip(&["-n", &host, "link", "set", "tsrsp1", "up"]);
+    // A firewall-approved range inside a larger subnet, with the router's address as the
+    // gateway and a route to another site through a second router.
+    lab.env.apply(json!({
+        "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+        "metadata": {"name": "fixed-v4"},
+        "spec": {"ipVersion": 4, "subnet": "10.94.0.0/16", "ips": ["10.94.7.20-10.94.7.29"],
+                 "excludeIPs": ["10.94.7.20"], "gateway": "10.94.0.1",
+                 "routes": [{"dst": "10.95.0.0/16", "gw": "10.94.0.254"}]}
+    }));
+    let db = lab.env.db().to_str().unwrap().to_string();
+    let conf_for = |version: &str| {
+        json!({"cniVersion": version, "name": "tsr-spider", "type": "macvlan",
+               "master": "tsrsp0", "mode": "bridge",
+               "ipam": {"type": "tessera-ipam", "datastore": db, "nodename": "node-a"},
+               "runtimeConfig": {"io.kubernetes.cri.pod-annotations":
+                   {"ipam.spidernet.io/ippool": "{\"ipv4\": [\"fixed-v4\"]}"}}})
+    };
+    let (result, ip) = lab.add(&conf_for("1.0.0"), 0, "route-probe");
+    assert_eq!(result["ips"][0]["gateway"], "10.94.0.1", "{result}");
+    assert!(result["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .ends_with("/16"));
+    // macvlan configured the pool's gateway and routes in the pod.
+    let routes = Command::new("ip")
+        .args(["-n", &lab.pods[0].name, "-4", "route", "show"])
+        .output()
+        .expect("ip route");
+    let routes = String::from_utf8_lossy(&routes.stdout);
+    assert!(routes.contains("default via 10.94.0.1"), "{routes}");
+    assert!(routes.contains("10.95.0.0/16 via 10.94.0.254"), "{routes}");
+    let fixed = |ip: Ipv4Addr| {
+        let last = ip.octets()[3];
+        ip.octets()[..3] == [10, 94, 7] && (21..=29).contains(&last)
+    };
+    assert!(fixed(ip), "{ip} is outside 10.94.7.21-29");
+    assert_eq!(
+        lab.plugin("DEL", &conf_for("1.0.0"), 0, "route-probe")
+            .status,
+        0
+    );
+    exercise(&lab, conf_for, "10.94.7.16/28", Some("10.94.0.1"));
+}
+
+#[test]
 fn ptp_routes_between_two_pods_through_the_host() {
     if !prerequisites_met("ptp_routes_between_two_pods_through_the_host") {
         return;

@@ -215,6 +215,59 @@ impl Env {
         );
     }
 
+    /// A SpiderIPPool with this spec (`ipVersion` is filled in from `subnet`).
+    pub fn spider_pool(&self, name: &str, spec: Value) {
+        let mut spec = spec;
+        if spec.get("ipVersion").is_none() {
+            let v6 = spec["subnet"].as_str().is_some_and(|s| s.contains(':'));
+            spec["ipVersion"] = json!(if v6 { 6 } else { 4 });
+        }
+        self.apply(json!({"apiVersion": "spiderpool.spidernet.io/v2beta1",
+                          "kind": "SpiderIPPool", "metadata": {"name": name}, "spec": spec}));
+    }
+
+    /// Sets annotations on a namespace (created when absent), as `tessera annotate` does.
+    pub fn annotate_namespace(&self, name: &str, annotations: &[(&str, &str)]) {
+        let store = SqliteStore::open(&self.db).expect("open store");
+        let sets: Vec<(String, String)> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Catalog::new(&store)
+            .annotate(
+                tessera_core::resources::Kind::Namespace,
+                name,
+                &sets,
+                &[],
+                true,
+            )
+            .expect("annotate namespace");
+    }
+
+    /// Applies a multi-document YAML file through the catalog, as `tessera apply -f` does.
+    pub fn apply_yaml_file(&self, path: &Path) {
+        let text = std::fs::read_to_string(path).expect("read manifest");
+        let mut chunk = String::new();
+        let mut docs = Vec::new();
+        for line in text.lines().chain(std::iter::once("---")) {
+            if line.trim_end() == "---" {
+                if chunk
+                    .lines()
+                    .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                {
+                    let doc: Value = serde_saphyr::from_str(&chunk)
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    docs.push(doc);
+                }
+                chunk.clear();
+            } else {
+                chunk.push_str(line);
+                chunk.push('\n');
+            }
+        }
+        self.apply(Value::Array(docs));
+    }
+
     /// An IPReservation of the given addresses or CIDRs.
     pub fn reserve(&self, name: &str, cidrs: &[&str]) {
         self.apply(

@@ -15,6 +15,10 @@ use super::records::{decode, Attributes, Block, PoolIndex};
 use super::select::{candidate_pools, Family};
 use super::{AssignRequest, Ipam, IpamError};
 
+/// Most blocks of one SpiderIPPool a readiness answer looks at (as many as an allocation
+/// searches).
+const MAX_SPIDER_BLOCKS: u128 = 1 << 16;
+
 /// The allocation a readiness question is about.
 #[derive(Clone, Debug, Default)]
 pub struct ReadinessQuery {
@@ -95,10 +99,24 @@ impl<S: Store> Ipam<S> {
                 continue;
             }
             self.load_indexes(&ctx, &pools, &mut indexes)?;
+            // A SpiderIPPool's blocks are shared and flagged full only for all the pools of
+            // their subnet together, so its room is read from its own blocks.
+            let mut spider_room = false;
+            for p in pools.iter().filter(|p| p.spider.is_some()) {
+                let empty = PoolIndex::default();
+                let index = indexes.get(&p.tiling).unwrap_or(&empty);
+                if self.spider_has_room(&ctx, p, index)? {
+                    spider_room = true;
+                    break;
+                }
+            }
+            if spider_room {
+                continue;
+            }
             let cfg = &ctx.config;
             let may_claim = cfg.auto_allocate_blocks
                 && (cfg.max_blocks_per_host == 0 || own.len() < cfg.max_blocks_per_host as usize);
-            let served = pools.iter().any(|p| {
+            let served = pools.iter().filter(|p| p.spider.is_none()).any(|p| {
                 let empty = PoolIndex::default();
                 let index = indexes.get(&p.tiling).unwrap_or(&empty);
                 let claimable = may_claim && {
@@ -129,6 +147,13 @@ impl<S: Store> Ipam<S> {
             });
             if !served {
                 let names: Vec<&str> = pools.iter().map(|p| p.name.as_str()).collect();
+                if pools.iter().all(|p| p.spider.is_some()) {
+                    return Ok(Readiness::NotReady(format!(
+                        "no free {family} address in SpiderIPPool(s) {}: every address is \
+                         allocated, excluded or reserved",
+                        names.join(", ")
+                    )));
+                }
                 return Ok(Readiness::NotReady(format!(
                     "no free {family} address for node {:?}: the node's blocks in pool(s) {} \
                      are full and {}",
@@ -145,6 +170,68 @@ impl<S: Store> Ipam<S> {
             }
         }
         Ok(Readiness::Ready)
+    }
+
+    /// Whether SpiderIPPool `pool` has an address to give: a block covering its addresses
+    /// that is not claimed yet and holds one of them, or a claimed block with one of them
+    /// free. Claimed blocks are read in small snapshots, stopping at the first with room.
+    fn spider_has_room(
+        &self,
+        ctx: &Context,
+        pool: &PoolInfo,
+        index: &PoolIndex,
+    ) -> Result<bool, IpamError> {
+        const CHUNK: usize = 64;
+        let Some(spider) = pool.spider.as_ref() else {
+            return Ok(false);
+        };
+        let v6 = pool.is_v6();
+        let mut claimed: Vec<String> = Vec::new();
+        let mut seen: u128 = 0;
+        for &(a, b) in spider.addresses.ranges() {
+            let first = pool
+                .tiling
+                .block_ordinal_of(crate::net::u128_to_addr(a, v6));
+            let last = pool
+                .tiling
+                .block_ordinal_of(crate::net::u128_to_addr(b, v6));
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            for o in first..=last {
+                // The allocator searches at most this many blocks of a pool; so does this.
+                seen += 1;
+                if seen > MAX_SPIDER_BLOCKS {
+                    break;
+                }
+                let Some(cidr) = pool.tiling.block(o) else {
+                    continue;
+                };
+                match index.entry(o) {
+                    None if ctx.skip_unusable_block(pool, o).is_none() => return Ok(true),
+                    None => {}
+                    Some(e) if e.full => {}
+                    Some(e) => {
+                        let key = keys::block(&e.home, &cidr);
+                        if !claimed.contains(&key) {
+                            claimed.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        for chunk in claimed.chunks(CHUNK) {
+            let reads: Vec<Read> = chunk.iter().map(|k| Read::Get(k.clone())).collect();
+            let snap = self.store.read(&reads)?;
+            for i in 0..chunk.len() {
+                let Some(kv) = snap.get(i) else { continue };
+                let block: Block = decode(kv)?;
+                if free_offset(ctx, &block, Some(&spider.addresses)).is_some() {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     /// Reads the indexes of `pools` and of the leftover tilings overlapping them that are not

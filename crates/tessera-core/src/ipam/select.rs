@@ -11,6 +11,10 @@ pub const IPV4_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv4pools";
 pub const IPV6_POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv6pools";
 /// Pod annotation asking for specific addresses (JSON list).
 pub const IP_ADDRS_ANNOTATION: &str = "cni.projectcalico.org/ipAddrs";
+/// Namespace annotation naming the SpiderIPPools of its pods' IPv4 addresses (JSON list).
+pub const SPIDER_NS_DEFAULT_IPV4_ANNOTATION: &str = "ipam.spidernet.io/default-ipv4-ippool";
+/// Namespace annotation naming the SpiderIPPools of its pods' IPv6 addresses (JSON list).
+pub const SPIDER_NS_DEFAULT_IPV6_ANNOTATION: &str = "ipam.spidernet.io/default-ipv6-ippool";
 
 /// Address family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -32,6 +36,14 @@ impl Family {
         match self {
             Family::V4 => IPV4_POOLS_ANNOTATION,
             Family::V6 => IPV6_POOLS_ANNOTATION,
+        }
+    }
+
+    /// The Spiderpool namespace annotation naming default pools of this family.
+    pub fn spider_namespace_annotation(self) -> &'static str {
+        match self {
+            Family::V4 => SPIDER_NS_DEFAULT_IPV4_ANNOTATION,
+            Family::V6 => SPIDER_NS_DEFAULT_IPV6_ANNOTATION,
         }
     }
 }
@@ -84,6 +96,39 @@ fn resolve_named<'c>(
     let mut out: Vec<&PoolInfo> = Vec::new();
     for name in names {
         let name = name.trim();
+        if let Some(pattern) = name
+            .strip_prefix(SPIDER_POOL_REF)
+            .filter(|p| is_wildcard(p))
+        {
+            // Spiderpool expands a pattern to the matching pools in name order (ctx.pools is
+            // sorted by name); disabled pools a pattern happens to match are passed over
+            // rather than failing the request, since nobody named them.
+            let mut matched = false;
+            for pool in ctx
+                .pools
+                .iter()
+                .filter(|p| p.spider.is_some() && wildcard_match(pattern, &p.name))
+            {
+                matched = true;
+                if pool.is_v6() != family.is_v6() || pool.disabled {
+                    continue;
+                }
+                if let Some(reason) = pool.spider.as_ref().and_then(|s| s.refusal(who)) {
+                    refused.push(format!("{}: {reason}", pool.name));
+                    continue;
+                }
+                if !out.iter().any(|p| std::ptr::eq(*p, pool)) {
+                    out.push(pool);
+                }
+            }
+            if !matched {
+                return Err(IpamError::InvalidRequest(format!(
+                    "no SpiderIPPool matches the pattern {pattern:?}; list pools with \
+                     `tessera get spiderippool`"
+                )));
+            }
+            continue;
+        }
         let pool = match name.strip_prefix(SPIDER_POOL_REF) {
             Some(spider) => ctx
                 .pools
@@ -145,16 +190,34 @@ pub(super) fn candidate_pools<'c>(
     let named = [&req.pools, &Vec::new(), &req.default_pools];
     for (step, names) in named.into_iter().enumerate() {
         let names = if step == 1 {
-            match ns_annotations.get(family.pools_annotation()) {
-                Some(value) => parse_pool_annotation(value).map_err(|e| {
+            let mut names = Vec::new();
+            let keys = [
+                family.pools_annotation(),
+                family.spider_namespace_annotation(),
+            ];
+            for (i, key) in keys.into_iter().enumerate() {
+                let Some(value) = ns_annotations.get(key) else {
+                    continue;
+                };
+                let listed = parse_pool_annotation(value).map_err(|e| {
                     IpamError::InvalidRequest(format!(
-                        "namespace {:?} annotation {}: {e}",
+                        "namespace {:?} annotation {key}: {e}",
                         req.attrs.namespace.as_deref().unwrap_or_default(),
-                        family.pools_annotation()
                     ))
-                })?,
-                None => continue,
+                })?;
+                // Spiderpool's annotation names SpiderIPPools only.
+                names.extend(listed.into_iter().map(|n| {
+                    if i == 1 {
+                        format!("{SPIDER_POOL_REF}{}", n.trim())
+                    } else {
+                        n
+                    }
+                }));
             }
+            if names.is_empty() {
+                continue;
+            }
+            names
         } else {
             names.clone()
         };
@@ -208,6 +271,80 @@ pub(super) fn candidate_pools<'c>(
     Ok(pools)
 }
 
+/// True when a pool name is a Spiderpool wildcard pattern (`*`, `?` or `[...]`).
+pub fn is_wildcard(name: &str) -> bool {
+    name.contains(['*', '?', '['])
+}
+
+/// Shell-style match of a whole pool name against `pattern`: `*` is any run of characters,
+/// `?` one character, `[abc]`, `[a-z]` and `[!a-z]` (or `[^a-z]`) one character of (or not
+/// of) a class, as Spiderpool's wildcard pool names allow. A malformed class (no closing `]`)
+/// matches nothing. Iterative with one backtrack point, so any input is linear-ish and never
+/// recurses.
+pub fn wildcard_match(pattern: &str, name: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    let (mut pi, mut ni) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some('*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some('?') => Some(1),
+            Some('[') => match class_match(&p[pi..], n[ni]) {
+                Some((true, len)) => Some(len),
+                Some((false, _)) => None,
+                None => return false,
+            },
+            Some(c) if *c == n[ni] => Some(1),
+            _ => None,
+        };
+        match (step, star) {
+            (Some(len), _) => {
+                pi += len;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+/// Matches `c` against the class at the start of `p` (`[...]`); returns whether it matched
+/// and the class's length in pattern characters, or `None` when the class is not closed.
+fn class_match(p: &[char], c: char) -> Option<(bool, usize)> {
+    let mut i = 1;
+    let negate = matches!(p.get(i), Some('!' | '^'));
+    if negate {
+        i += 1;
+    }
+    let mut hit = false;
+    let mut first = true;
+    loop {
+        let lo = *p.get(i)?;
+        if lo == ']' && !first {
+            return Some((hit != negate, i + 1));
+        }
+        first = false;
+        if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|h| *h != ']') {
+            let hi = p[i + 2];
+            hit |= lo <= c && c <= hi;
+            i += 3;
+        } else {
+            hit |= lo == c;
+            i += 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +360,27 @@ mod tests {
         );
         let err = parse_pool_annotation("external-pool").unwrap_err();
         assert!(err.contains("is not a JSON list"), "{err}");
+    }
+
+    #[test]
+    fn wildcards_match_whole_names() {
+        let m = wildcard_match;
+        assert!(m("backup-ipv4*", "backup-ipv4"));
+        assert!(m("backup-ipv4*", "backup-ipv4-rack2"));
+        assert!(!m("backup-ipv4*", "old-backup-ipv4"));
+        assert!(m("pool-?", "pool-a"));
+        assert!(!m("pool-?", "pool-ab"));
+        assert!(m("*-v4-*", "nginx-v4-ippool"));
+        assert!(m("rack[12]-v4", "rack2-v4"));
+        assert!(!m("rack[12]-v4", "rack3-v4"));
+        assert!(m("rack[0-9]", "rack7"));
+        assert!(m("rack[!0-9]", "rackx"));
+        assert!(!m("rack[^0-9]", "rack7"));
+        assert!(!m("rack[0-9", "rack7"), "an unclosed class matches nothing");
+        assert!(m("*", ""));
+        assert!(!m("a*b*c", "a-b-d"));
+        assert!(m("a*b*c", "a-x-b-y-c"));
+        assert!(is_wildcard("a*") && is_wildcard("a?") && is_wildcard("a[1]"));
+        assert!(!is_wildcard("nginx-v4-ippool"));
     }
 }
