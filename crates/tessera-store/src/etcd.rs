@@ -323,10 +323,11 @@ impl EtcdStore {
 
     /// The client of member `i`, connecting it first if needed (which, with a user name,
     /// includes one authentication round trip).
-    async fn client(&self, i: usize, deadline: Instant) -> Result<Client, Failure> {
+    /// The flag says whether the connection was made just now.
+    async fn client(&self, i: usize, deadline: Instant) -> Result<(Client, bool), Failure> {
         let member = &self.members[i];
         if let Some(c) = lock(&member.client).as_ref() {
-            return Ok(c.clone());
+            return Ok((c.clone(), false));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let connecting = Client::connect([member.uri.as_str()], Some(self.connect.clone()));
@@ -341,7 +342,7 @@ impl EtcdStore {
             }
         };
         *lock(&member.client) = Some(client.clone());
-        Ok(client)
+        Ok((client, true))
     }
 
     /// Runs one etcd `Txn` on the first member that takes it, going round the members until
@@ -352,7 +353,8 @@ impl EtcdStore {
     /// repeated too (its compares make a second application impossible), and the answer says
     /// `ambiguous` so that [`EtcdStore::txn`] can tell a conflict caused by the first attempt
     /// from a real one.
-    fn call(&self, txn: etcd_client::Txn, what: &str) -> Result<Answer, StoreError> {
+    fn call(&self, txn: etcd_client::Txn, write: bool) -> Result<Answer, StoreError> {
+        let what = if write { "writing" } else { "reading" };
         let deadline = Instant::now() + self.timeout;
         let n = self.members.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
@@ -360,6 +362,7 @@ impl EtcdStore {
         let mut ambiguous: Option<String> = None;
         let outcome = self.runtime.block_on(async {
             let mut step = 0;
+            let mut reconnected = false;
             loop {
                 let i = (first + step) % n;
                 let remaining = deadline.saturating_duration_since(Instant::now());
@@ -373,8 +376,10 @@ impl EtcdStore {
                 } else {
                     remaining.min((self.timeout / 3).max(Duration::from_millis(500)))
                 };
+                let mut fresh = false;
                 let attempt = async {
-                    let client = self.client(i, deadline).await?;
+                    let (client, new) = self.client(i, deadline).await?;
+                    fresh = new;
                     let mut kv = client
                         .kv_client()
                         .max_decoding_message_size(MAX_RESPONSE_BYTES);
@@ -384,6 +389,13 @@ impl EtcdStore {
                     Ok(Ok(resp)) => {
                         self.preferred.store(i, Ordering::Relaxed);
                         return Ok(resp);
+                    }
+                    // tonic's own deadline says only "Timeout expired".
+                    Ok(Err(Failure::Unknown(r))) if r.contains("Timeout expired") => {
+                        Failure::Unknown(format!(
+                            "no answer within {} (is etcd stopped, frozen or overloaded?)",
+                            secs(budget)
+                        ))
                     }
                     Ok(Err(f)) => f,
                     Err(_) => Failure::Unknown(format!(
@@ -403,16 +415,23 @@ impl EtcdStore {
                 // A broken connection is rebuilt from scratch next time rather than trusted
                 // to heal.
                 lock(&self.members[i].client).take();
+                if !fresh && !reconnected && is_stale_connection(&reason) {
+                    // The member went away since the connection was made (it was restarted,
+                    // or a proxy dropped the connection): the same member gets one more try
+                    // on a new connection before the call moves on.
+                    reconnected = true;
+                    continue;
+                }
                 let electing = is_electing(&reason);
                 reasons.push(reason);
                 step += 1;
                 if step.is_multiple_of(n) {
                     // Every member failed once. Only a cluster busy electing a leader is worth
                     // another round; refused connections are reported at once.
-                    if !electing && !reasons.iter().any(|r| is_electing(r)) {
+                    let round = &reasons[reasons.len().saturating_sub(n)..];
+                    if !electing && !round.iter().any(|r| is_electing(r)) {
                         return Err(None);
                     }
-                    reasons.clear();
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -430,12 +449,15 @@ impl EtcdStore {
                 if reasons.is_empty() {
                     reasons.push(format!("no answer within {}", secs(self.timeout)));
                 }
+                // Rounds repeat the same complaints; each is worth saying once.
+                let mut seen = std::collections::HashSet::new();
+                reasons.retain(|r| seen.insert(r.clone()));
                 let mut reason = format!(
                     "{what} failed on every endpoint ({}); check that etcd is running and \
                      reachable, then try again",
                     reasons.join("; ")
                 );
-                if ambiguous.is_some() {
+                if write && ambiguous.is_some() {
                     reason.push_str(
                         "; the change may or may not have been applied (Tessera re-reads \
                          before it tries again, so no address is handed out twice)",
@@ -513,7 +535,7 @@ impl Store for EtcdStore {
             })
             .collect();
         let resp = self
-            .call(etcd_client::Txn::new().and_then(ops), "reading")?
+            .call(etcd_client::Txn::new().and_then(ops), false)?
             .resp;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut results = Vec::with_capacity(reads.len());
@@ -567,7 +589,7 @@ impl Store for EtcdStore {
             })
             .collect();
         let txn = etcd_client::Txn::new().when(compares).and_then(etcd_ops);
-        let Answer { resp, ambiguous } = self.call(txn, "writing")?;
+        let Answer { resp, ambiguous } = self.call(txn, true)?;
         if !resp.succeeded() {
             if ambiguous {
                 if let Some(revision) = self.applied_at(&last_ops)? {
@@ -717,6 +739,16 @@ fn is_electing(text: &str) -> bool {
         || text.contains("leader changed")
         || text.contains("request timed out")
         || text.contains("not capable")
+}
+
+/// A connection that worked before and broke under the request.
+fn is_stale_connection(text: &str) -> bool {
+    let t = text.to_ascii_lowercase();
+    t.contains("broken pipe")
+        || t.contains("connection reset")
+        || t.contains("stream closed")
+        || t.contains("connection error")
+        || t.contains("goaway")
 }
 
 fn is_connect_failure(text: &str) -> bool {
