@@ -821,12 +821,9 @@ fn refused_hint(reason: &str) -> String {
 }
 
 fn secs(d: Duration) -> String {
-    let ms = d.as_millis();
-    if ms.is_multiple_of(1000) {
-        format!("{} s", ms / 1000)
-    } else {
-        format!("{:.1} s", d.as_secs_f64())
-    }
+    // A budget a few microseconds short of 5 s still reads "5 s".
+    let text = format!("{:.1}", d.as_secs_f64());
+    format!("{} s", text.strip_suffix(".0").unwrap_or(&text))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -189,12 +189,18 @@ impl OpenOptions {
                 set.push(flag);
             }
         };
-        note(self.etcd_ca.is_some(), "--etcd-ca");
-        note(self.etcd_cert.is_some(), "--etcd-cert");
-        note(self.etcd_key.is_some(), "--etcd-key");
-        note(self.etcd_username.is_some(), "--etcd-username");
-        note(self.etcd_password.is_some(), "--etcd-password");
-        note(self.etcd_prefix.is_some(), "--etcd-prefix");
+        note(self.etcd_ca.is_some(), "--etcd-ca (etcd_ca)");
+        note(self.etcd_cert.is_some(), "--etcd-cert (etcd_cert)");
+        note(self.etcd_key.is_some(), "--etcd-key (etcd_key)");
+        note(
+            self.etcd_username.is_some(),
+            "--etcd-username (etcd_username)",
+        );
+        note(
+            self.etcd_password.is_some(),
+            "--etcd-password (etcd_password)",
+        );
+        note(self.etcd_prefix.is_some(), "--etcd-prefix (etcd_prefix)");
         note(self.etcd_timeout_ms.is_some(), "etcd_timeout_ms");
         set
     }
@@ -219,9 +225,11 @@ pub fn open_with(url: &str, options: &OpenOptions) -> Result<Box<dyn Store>, Ope
         if !set.is_empty() {
             return Err(OpenError::InvalidOptions {
                 reason: format!(
-                    "{} only apply to etcd datastores (etcd:// or etcds://), but the datastore \
-                     is {url:?}; remove them, or point --datastore at the etcd cluster",
-                    set.join(", ")
+                    "{} {} only to etcd datastores (etcd:// or etcds://), but the datastore \
+                     is {url:?}; remove {}, or point the datastore at the etcd cluster",
+                    set.join(", "),
+                    if set.len() == 1 { "applies" } else { "apply" },
+                    if set.len() == 1 { "it" } else { "them" },
                 ),
             });
         }
