@@ -34,12 +34,28 @@ struct Member {
     paused: bool,
 }
 
+/// PEM files for serving etcd over TLS with client certificates.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA that signed both certificates below.
+    pub ca: PathBuf,
+    /// Server certificate (must name 127.0.0.1) and key.
+    pub server_cert: PathBuf,
+    /// Key of `server_cert`.
+    pub server_key: PathBuf,
+    /// Client certificate the members require, and its key.
+    pub client_cert: PathBuf,
+    /// Key of `client_cert`.
+    pub client_key: PathBuf,
+}
+
 /// etcd members started by this process on loopback ports.
 pub struct LocalEtcd {
     binary: PathBuf,
     dir: PathBuf,
     members: Vec<Member>,
     extra_args: Vec<String>,
+    tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for LocalEtcd {
@@ -80,6 +96,16 @@ impl LocalEtcd {
 
     /// Like [`LocalEtcd::start_cluster`], passing `extra_args` to every member.
     pub fn start_with_args(size: usize, extra_args: &[&str]) -> Result<Self, String> {
+        Self::start_full(size, extra_args, None)
+    }
+
+    /// Starts one member serving clients over TLS only, requiring client certificates
+    /// signed by `tls.ca`.
+    pub fn start_tls(tls: TlsFiles) -> Result<Self, String> {
+        Self::start_full(1, &[], Some(tls))
+    }
+
+    fn start_full(size: usize, extra_args: &[&str], tls: Option<TlsFiles>) -> Result<Self, String> {
         let binary = binary().ok_or_else(|| {
             format!(
                 "no etcd binary: install Debian's etcd-server package, or set {ETCD_BIN_ENV} \
@@ -90,7 +116,7 @@ impl LocalEtcd {
         // A port picked as free may be taken by someone else before etcd binds it; a fresh
         // set of ports usually fixes that.
         for _ in 0..3 {
-            match Self::try_start(&binary, size, extra_args) {
+            match Self::try_start(&binary, size, extra_args, tls.clone()) {
                 Ok(etcd) => return Ok(etcd),
                 Err(e) => last_error = e,
             }
@@ -119,7 +145,12 @@ impl LocalEtcd {
         }
     }
 
-    fn try_start(binary: &Path, size: usize, extra_args: &[&str]) -> Result<Self, String> {
+    fn try_start(
+        binary: &Path,
+        size: usize,
+        extra_args: &[&str],
+        tls: Option<TlsFiles>,
+    ) -> Result<Self, String> {
         let dir = unique_dir()?;
         let ports = free_ports(2 * size)?;
         let members = (0..size)
@@ -138,6 +169,7 @@ impl LocalEtcd {
             dir,
             members,
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            tls,
         };
         for i in 0..size {
             etcd.spawn(i, "new")?;
@@ -161,9 +193,20 @@ impl LocalEtcd {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cannot reopen {}: {e}", m.log.display()))?;
-        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
         let peer = format!("http://127.0.0.1:{}", m.peer_port);
-        let child = Command::new(&self.binary)
+        let mut cmd = Command::new(&self.binary);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
@@ -227,36 +270,60 @@ impl LocalEtcd {
     }
 
     fn member_store(&self, i: usize, timeout: Duration) -> Result<EtcdStore, String> {
-        EtcdStore::open(
-            &self.member_url(i),
-            &OpenOptions {
-                etcd_timeout_ms: Some(timeout.as_millis() as u64),
-                ..Default::default()
-            },
-        )
-        .map_err(|e| e.to_string())
+        let options = OpenOptions {
+            etcd_timeout_ms: Some(timeout.as_millis() as u64),
+            ..self.options()
+        };
+        EtcdStore::open(&self.member_url(i), &options).map_err(|e| e.to_string())
     }
 
-    /// `etcd://127.0.0.1:P1,127.0.0.1:P2,...`: every member.
+    /// The options a client needs: the TLS files of a TLS member, else none.
+    pub fn options(&self) -> OpenOptions {
+        match &self.tls {
+            Some(tls) => OpenOptions {
+                etcd_ca: Some(tls.ca.clone()),
+                etcd_cert: Some(tls.client_cert.clone()),
+                etcd_key: Some(tls.client_key.clone()),
+                ..Default::default()
+            },
+            None => OpenOptions::default(),
+        }
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "etcds"
+        } else {
+            "etcd"
+        }
+    }
+
+    /// `etcd://127.0.0.1:P1,127.0.0.1:P2,...` (`etcds://` with TLS): every member.
     pub fn url(&self) -> String {
         let eps: Vec<String> = self
             .members
             .iter()
             .map(|m| format!("127.0.0.1:{}", m.client_port))
             .collect();
-        format!("etcd://{}", eps.join(","))
+        format!("{}://{}", self.scheme(), eps.join(","))
     }
 
-    /// `etcd://127.0.0.1:P` of member `i` alone.
+    /// The URL of member `i` alone.
     pub fn member_url(&self, i: usize) -> String {
-        format!("etcd://127.0.0.1:{}", self.members[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[i].client_port
+        )
     }
 
-    /// `http://127.0.0.1:P` client URLs of every member, for `etcdctl --endpoints`.
+    /// `http://127.0.0.1:P` (or `https://`) client URLs of every member, for
+    /// `etcdctl --endpoints`.
     pub fn client_urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
             .collect()
     }
 
@@ -265,9 +332,9 @@ impl LocalEtcd {
         self.members.len()
     }
 
-    /// Opens a store on every member with default options.
+    /// Opens a store on every member with [`LocalEtcd::options`].
     pub fn store(&self) -> EtcdStore {
-        self.store_with(&OpenOptions::default())
+        self.store_with(&self.options())
     }
 
     /// Opens a store on every member.
