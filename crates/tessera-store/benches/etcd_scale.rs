@@ -69,6 +69,17 @@ fn args() -> Args {
 #[derive(Default)]
 struct ConflictLog {
     by_kind: Mutex<BTreeMap<&'static str, u64>>,
+    /// Txns that wrote something, and the value bytes they put.
+    writes: AtomicU64,
+    put_bytes: AtomicU64,
+}
+
+impl ConflictLog {
+    /// Mean value bytes put by one writing txn, since the last call.
+    fn take_mean_put_bytes(&self) -> usize {
+        let writes = self.writes.swap(0, Ordering::Relaxed).max(1);
+        (self.put_bytes.swap(0, Ordering::Relaxed) / writes) as usize
+    }
 }
 
 struct Probe<S> {
@@ -96,6 +107,19 @@ impl<S: Store> Store for Probe<S> {
     }
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
         let out = self.inner.txn(compares, ops)?;
+        if !ops.is_empty() {
+            let bytes: usize = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put(_, v) => v.len(),
+                    Op::Delete(_) => 0,
+                })
+                .sum();
+            self.log.writes.fetch_add(1, Ordering::Relaxed);
+            self.log
+                .put_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
         if out == TxnOutcome::Conflict {
             let reads: Vec<Read> = compares.iter().map(|c| Read::Get(c.key().into())).collect();
             if let Ok(snap) = self.inner.read(&reads) {
@@ -158,6 +182,39 @@ fn request(run: &str, n: usize, node: usize) -> AssignRequest {
     }
 }
 
+/// PID of the etcd member, for its CPU time.
+static ETCD_PID: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time (user + system) used so far by a process, from `/proc/PID/stat`.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// CPU used by this process and by etcd.
+#[derive(Clone, Copy)]
+struct Cpu {
+    client: Duration,
+    etcd: Duration,
+}
+
+fn cpu_now() -> Cpu {
+    Cpu {
+        client: cpu_time("self"),
+        etcd: cpu_time(&ETCD_PID.load(Ordering::Relaxed).to_string()),
+    }
+}
+
 /// What one phase measured.
 struct Measured {
     ops: usize,
@@ -165,6 +222,8 @@ struct Measured {
     latencies: Vec<Duration>,
     round_trips: u64,
     conflicts: u64,
+    /// CPU used during the phase: (client, etcd).
+    cpu: (Duration, Duration),
 }
 
 impl Measured {
@@ -178,8 +237,9 @@ impl Measured {
     }
     fn report(&mut self, what: &str, ceiling: Option<f64>) {
         let (p50, p99) = (self.pct(0.50), self.pct(0.99));
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / self.ops as f64;
         print!(
-            "| {what} | {} | {:.2} s | {:.0}/s | {:.2} ms | {:.2} ms | {:.3} | {:.4} |",
+            "| {what} | {} | {:.2} s | {:.0}/s | {:.2} ms | {:.2} ms | {:.3} | {:.4} | {:.0} µs | {:.0} µs |",
             self.ops,
             self.wall.as_secs_f64(),
             self.rate(),
@@ -187,6 +247,8 @@ impl Measured {
             p99.as_secs_f64() * 1e3,
             self.round_trips as f64 / self.ops as f64,
             self.conflicts as f64 / self.ops as f64,
+            per_op(self.cpu.0),
+            per_op(self.cpu.1),
         );
         match ceiling {
             Some(c) => println!(" {:.0}% |", 100.0 * self.rate() / c),
@@ -255,15 +317,18 @@ where
             });
         }
         barrier.wait();
-        Instant::now()
+        (Instant::now(), cpu_now())
     });
+    let (start, cpu0) = start;
     let wall = start.elapsed();
+    let cpu1 = cpu_now();
     let mut m = Measured {
         ops: 0,
         wall,
         latencies: Vec::new(),
         round_trips: 0,
         conflicts: 0,
+        cpu: (cpu1.client - cpu0.client, cpu1.etcd - cpu0.etcd),
     };
     for (ops, lat, rt, conflicts) in results.into_inner().unwrap() {
         m.ops += ops;
@@ -276,8 +341,8 @@ where
 
 /// The raw write ceiling: `threads` threads, each with its own connection, each committing
 /// one-key txns (a value the size of a block record) as fast as etcd takes them.
-fn raw_ceiling(url: &Db, threads: usize, shared: bool, total: usize) -> Measured {
-    let value = vec![b'x'; 700];
+fn raw_ceiling(url: &Db, threads: usize, shared: bool, total: usize, bytes: usize) -> Measured {
+    let value = vec![b'x'; bytes];
     let next = AtomicU64::new(0);
     let shared_store = Arc::new(open(url));
     let barrier = Barrier::new(threads + 1);
@@ -310,21 +375,24 @@ fn raw_ceiling(url: &Db, threads: usize, shared: bool, total: usize) -> Measured
             });
         }
         barrier.wait();
-        Instant::now()
+        (Instant::now(), cpu_now())
     });
+    let (start, cpu0) = start;
     let wall = start.elapsed();
+    let cpu1 = cpu_now();
     Measured {
         ops: total,
         wall,
         latencies: lat_all.into_inner().unwrap(),
         round_trips: total as u64,
         conflicts: 0,
+        cpu: (cpu1.client - cpu0.client, cpu1.etcd - cpu0.etcd),
     }
 }
 
 fn header() {
-    println!("| phase | ops | wall | rate | p50 | p99 | round trips/op | CAS conflicts/op | of raw ceiling |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| phase | ops | wall | rate | p50 | p99 | round trips/op | CAS conflicts/op | client CPU/op | etcd CPU/op | of raw ceiling |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
 }
 
 fn print_conflicts(log: &ConflictLog) {
@@ -396,10 +464,9 @@ fn large(url: &Db, a: &Args) {
             ", one client per thread"
         }
     );
-    let mut raw = raw_ceiling(url, a.threads, a.shared_client, 20_000.min(total));
-    let ceiling = raw.rate();
+    let mut raw = raw_ceiling(url, a.threads, a.shared_client, 20_000.min(total), 700);
     header();
-    raw.report("raw write ceiling (1-key txn)", None);
+    raw.report("raw ceiling: 1-key txns of 700 B", None);
 
     let log = Arc::new(ConflictLog::default());
     let mut m = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
@@ -415,8 +482,23 @@ fn large(url: &Db, a: &Args) {
         }
         done
     });
-    m.report("assign", Some(ceiling));
     let assign_conflicts = log.by_kind.lock().unwrap().clone();
+    let assign_bytes = log.take_mean_put_bytes();
+    // The same etcd, the same clients, txns as large as the allocations' were: the write
+    // ceiling for this payload.
+    let mut matched = raw_ceiling(
+        url,
+        a.threads,
+        a.shared_client,
+        20_000.min(total),
+        assign_bytes,
+    );
+    let ceiling = matched.rate();
+    matched.report(
+        &format!("raw ceiling: 1-key txns of {assign_bytes} B"),
+        None,
+    );
+    m.report("assign", Some(ceiling));
 
     let mut r = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
         let mut done = 0;
@@ -433,6 +515,10 @@ fn large(url: &Db, a: &Args) {
     });
     r.report("release", Some(ceiling));
     println!();
+    println!(
+        "mean bytes put per writing txn: assign {assign_bytes} B, release {} B",
+        log.take_mean_put_bytes()
+    );
     let parts: Vec<String> = assign_conflicts
         .iter()
         .map(|(k, n)| format!("{k}: {n}"))
@@ -455,6 +541,7 @@ fn main() {
     let a = args();
     let etcd = LocalEtcd::start().unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
     let url = etcd.url();
+    ETCD_PID.store(u64::from(etcd.pid(0).unwrap_or(0)), Ordering::Relaxed);
     let db = |scenario: &str| Db {
         url: url.clone(),
         prefix: format!("/bench-{scenario}/"),
