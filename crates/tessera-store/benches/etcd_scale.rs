@@ -390,6 +390,30 @@ fn raw_ceiling(url: &Db, threads: usize, shared: bool, total: usize, bytes: usiz
     }
 }
 
+/// The snapshot read an allocation starts with (configuration, node, the node's blocks,
+/// handle, namespace), repeated without the txn: what the read half of an allocation costs.
+fn read_only(url: &Db, a: &Args, per_thread_nodes: &[Vec<usize>]) -> Measured {
+    let log = Arc::new(ConflictLog::default());
+    let per_thread = 20_000 / a.threads;
+    run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
+        let nodes = &per_thread_nodes[t];
+        for i in 0..per_thread {
+            let node = format!("node-{}", nodes[i % nodes.len()]);
+            let reads = [
+                Read::Prefix(keys::CONFIG_PREFIX.into()),
+                Read::Get(keys::node(&node)),
+                Read::Prefix(keys::blocks_of(&node)),
+                Read::Get(keys::handle(&format!("large.{i}"))),
+                Read::Get(keys::namespace("default")),
+            ];
+            let start = Instant::now();
+            ipam.store().read(&reads).expect("read");
+            lat.push(start.elapsed());
+        }
+        per_thread
+    })
+}
+
 fn header() {
     println!("| phase | ops | wall | rate | p50 | p99 | round trips/op | CAS conflicts/op | client CPU/op | etcd CPU/op | of raw ceiling |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -498,6 +522,8 @@ fn large(url: &Db, a: &Args) {
         &format!("raw ceiling: 1-key txns of {assign_bytes} B"),
         None,
     );
+    let mut reads = read_only(url, a, &per_thread_nodes);
+    reads.report("the allocation's snapshot read alone", None);
     m.report("assign", Some(ceiling));
 
     let mut r = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
@@ -539,7 +565,17 @@ fn large(url: &Db, a: &Args) {
 
 fn main() {
     let a = args();
-    let etcd = LocalEtcd::start().unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
+    // As a production cluster runs: old revisions compacted away (the Kubernetes API server
+    // compacts every 5 minutes), and room for the history a 100,000-allocation run writes.
+    let etcd = LocalEtcd::start_with_args(
+        1,
+        &[
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=30s",
+            "--quota-backend-bytes=8589934592",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
     let url = etcd.url();
     ETCD_PID.store(u64::from(etcd.pid(0).unwrap_or(0)), Ordering::Relaxed);
     let db = |scenario: &str| Db {

@@ -11,6 +11,7 @@
 
 use std::fs::File;
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -205,6 +206,18 @@ impl LocalEtcd {
                 .arg("--trusted-ca-file")
                 .arg(&tls.ca)
                 .arg("--client-cert-auth");
+        }
+        // SAFETY: the closure runs in the child between fork and exec and calls only
+        // prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                // If the process that started etcd dies without dropping the LocalEtcd (a
+                // SIGKILL, or a panic with panic=abort), the kernel kills etcd too, so no
+                // member outlives its test. The signal follows the thread that spawned it,
+                // which is why members are started, restarted and dropped on one thread.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
         }
         let child = cmd
             .arg("--name")

@@ -230,3 +230,118 @@ fn three_member_cluster_keeps_serving_with_one_member_stopped() {
     }
     assert_eq!(store.range("after-stop-").unwrap().len(), 40);
 }
+
+/// A TCP relay to `target` that can start swallowing everything the server sends back, as a
+/// network path that loses answers would.
+struct LossyRelay {
+    port: u16,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyRelay {
+    fn start(target: std::net::SocketAddr) -> Self {
+        use std::io::{Read as _, Write as _};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let swallow = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = swallow.clone();
+        // The threads end when the test process does; they hold nothing but sockets.
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let (mut c_in, mut s_out) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = c_in.read(&mut buf) {
+                        if n == 0 || s_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let (mut s_in, mut c_out, flag) = (server, client, flag.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    while let Ok(n) = s_in.read(&mut buf) {
+                        if n == 0 {
+                            break;
+                        }
+                        if !flag.load(Ordering::Acquire) && c_out.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Self { port, swallow }
+    }
+}
+
+/// A write reaches etcd and is applied, but its answer is lost. The backend sends it again
+/// to the next endpoint, where its own compares fail; it then finds its writes in place and
+/// reports the txn as committed, once, instead of a conflict or an error.
+#[test]
+fn a_write_whose_answer_was_lost_is_recognised_as_applied() {
+    let Some(etcd) = LocalEtcd::start_or_skip("lost answer") else {
+        return;
+    };
+    let direct = etcd.url().trim_start_matches("etcd://").to_string();
+    let relay = LossyRelay::start(direct.parse().unwrap());
+    let url = format!("etcd://127.0.0.1:{},{direct}", relay.port);
+    let store = open_with(
+        &url,
+        &OpenOptions {
+            etcd_timeout_ms: Some(3000),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The relay is listed first, so it carries the calls while it works.
+    let TxnOutcome::Committed(rev) = store
+        .txn(&[], &[Op::Put("block".into(), b"v1".to_vec())])
+        .unwrap()
+    else {
+        panic!("setup write must commit");
+    };
+    relay
+        .swallow
+        .store(true, std::sync::atomic::Ordering::Release);
+    let out = store
+        .txn(
+            &[
+                tessera_store::Compare::unchanged("block", rev),
+                tessera_store::Compare::absent("handle"),
+            ],
+            &[
+                Op::Put("block".into(), b"v2".to_vec()),
+                Op::Put("handle".into(), b"h".to_vec()),
+            ],
+        )
+        .unwrap();
+    let direct_store = open_with(&format!("etcd://{direct}"), &OpenOptions::default()).unwrap();
+    let block = direct_store.get("block").unwrap().unwrap();
+    assert_eq!(block.value, b"v2");
+    assert_eq!(
+        out,
+        TxnOutcome::Committed(block.mod_revision),
+        "the lost answer must be recovered as the revision the write was applied at"
+    );
+    assert_eq!(
+        block.mod_revision,
+        rev + 1,
+        "the write must be applied exactly once"
+    );
+    assert_eq!(direct_store.read(&[]).unwrap().revision, rev + 1);
+
+    // A write whose compares really fail is still a conflict, on the endpoint that answers.
+    let out = store
+        .txn(
+            &[tessera_store::Compare::unchanged("block", rev)],
+            &[Op::Put("block".into(), b"v3".to_vec())],
+        )
+        .unwrap();
+    assert_eq!(out, TxnOutcome::Conflict);
+}
