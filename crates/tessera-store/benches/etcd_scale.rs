@@ -506,7 +506,7 @@ fn large(url: &Db, a: &Args) {
         }
         done
     });
-    let assign_conflicts = log.by_kind.lock().unwrap().clone();
+    let assign_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
     let assign_bytes = log.take_mean_put_bytes();
     // The same etcd, the same clients, txns as large as the allocations' were: the write
     // ceiling for this payload.
