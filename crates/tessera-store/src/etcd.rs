@@ -359,7 +359,7 @@ impl EtcdStore {
         let n = self.members.len();
         let first = self.preferred.load(Ordering::Relaxed) % n;
         let mut reasons: Vec<String> = Vec::new();
-        let mut ambiguous: Option<String> = None;
+        let mut ambiguous = false;
         let outcome = self.runtime.block_on(async {
             let mut step = 0;
             let mut reconnected = false;
@@ -407,7 +407,7 @@ impl EtcdStore {
                 let reason = match failure {
                     Failure::Refused(r) => return Err(Some(format!("{name}: {r}"))),
                     Failure::Unknown(r) => {
-                        ambiguous = Some(format!("{name}: {r}"));
+                        ambiguous = true;
                         format!("{name}: {r}")
                     }
                     Failure::NotApplied(r) => format!("{name}: {r}"),
@@ -437,10 +437,7 @@ impl EtcdStore {
             }
         });
         match outcome {
-            Ok(resp) => Ok(Answer {
-                resp,
-                ambiguous: ambiguous.is_some(),
-            }),
+            Ok(resp) => Ok(Answer { resp, ambiguous }),
             Err(Some(refusal)) => Err(StoreError::Refused {
                 endpoint: self.describe.clone(),
                 reason: refused_hint(&refusal),
@@ -457,7 +454,7 @@ impl EtcdStore {
                      reachable, then try again",
                     reasons.join("; ")
                 );
-                if write && ambiguous.is_some() {
+                if write && ambiguous {
                     reason.push_str(
                         "; the change may or may not have been applied (Tessera re-reads \
                          before it tries again, so no address is handed out twice)",
