@@ -212,7 +212,7 @@ impl EtcdStore {
     pub fn open(url: &str, options: &OpenOptions) -> Result<Self, OpenError> {
         let parsed = EtcdUrl::parse(url)?;
         let invalid = |reason: String| OpenError::InvalidOptions { reason };
-        let prefix = options
+        let mut prefix = options
             .etcd_prefix
             .clone()
             .unwrap_or_else(|| DEFAULT_PREFIX.to_string());
@@ -222,6 +222,11 @@ impl EtcdStore {
                  their own (the default is /tessera/v1/)"
                     .into(),
             ));
+        }
+        // A prefix names a directory of keys: `/tessera` means `/tessera/`, never a sibling
+        // such as `/tesseraconfig/`.
+        if !prefix.ends_with('/') {
+            prefix.push('/');
         }
         let timeout = options
             .etcd_timeout_ms
@@ -943,5 +948,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.describe(), "etcd://h1:2379 (key prefix /x/)");
+        let s = EtcdStore::open(
+            "etcd://h1",
+            &OpenOptions {
+                etcd_prefix: Some("/x".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.prefix(), "/x/");
     }
 }

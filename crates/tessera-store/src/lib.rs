@@ -170,8 +170,8 @@ pub struct OpenOptions {
     /// Password of `etcd_username`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_password: Option<String>,
-    /// Prefix of every Tessera key in etcd; default `/tessera/v1/`. Two Tessera installations
-    /// can share one cluster under different prefixes.
+    /// Prefix of every Tessera key in etcd; default `/tessera/v1/`; a missing final `/` is
+    /// added. Two Tessera installations can share one cluster under different prefixes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub etcd_prefix: Option<String>,
     /// Time allowed for one request, in milliseconds, fail-over to other members included;
