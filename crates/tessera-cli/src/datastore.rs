@@ -24,8 +24,13 @@ pub struct Datastore {
 
 impl Datastore {
     /// Resolves and opens the datastore. `given` is the value clap collected from the flag or
-    /// the environment, `origin` says which one it was.
-    pub fn open(given: Option<&str>, origin: Origin) -> anyhow::Result<Self> {
+    /// the environment, `origin` says which one it was; `options` are the etcd connection
+    /// settings.
+    pub fn open(
+        given: Option<&str>,
+        origin: Origin,
+        options: &tessera_store::OpenOptions,
+    ) -> anyhow::Result<Self> {
         let url = tessera_store::resolve_datastore(given);
         let origin = if given.is_some_and(|g| !g.is_empty()) {
             origin
@@ -35,7 +40,7 @@ impl Datastore {
         if origin == Origin::Default {
             create_parent_dir(&url)?;
         }
-        let store = tessera_store::open(&url)?;
+        let store = tessera_store::open_with(&url, options)?;
         Ok(Self { origin, store })
     }
 

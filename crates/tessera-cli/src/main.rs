@@ -69,7 +69,7 @@ fn run(cli: Cli, origin: Origin) -> anyhow::Result<Report> {
     if let Command::Version = cli.command {
         return Ok(format!("tessera {}\n", env!("CARGO_PKG_VERSION")).into());
     }
-    let ds = Datastore::open(cli.datastore.as_deref(), origin)?;
+    let ds = Datastore::open(cli.datastore.as_deref(), origin, &cli.etcd.options())?;
     let store = &*ds.store;
     let text = match &cli.command {
         Command::Apply(a) => res_cmd::write(store, WriteMode::Apply, &a.filename)?,

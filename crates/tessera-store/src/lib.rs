@@ -1,17 +1,27 @@
 //! Datastore backends for Tessera and the URL that picks one.
 //!
 //! [`open`] turns a `--datastore` value into a [`Store`]: a SQLite file (the default, see
-//! [`SqliteStore`]), a throw-away in-memory store, or (later) etcd. [`resolve_datastore`] decides
+//! [`SqliteStore`]), a throw-away in-memory store, or an etcd v3 cluster (`EtcdStore`, with the
+//! cargo feature `etcd`). [`open_with`] does the same with [`OpenOptions`]: the TLS files,
+//! credentials, key prefix and timeout of an etcd datastore. [`resolve_datastore`] decides
 //! which value applies: the flag, then `TESSERA_DATASTORE`, then [`default_datastore`].
 //! [`conformance`] holds the checks every backend must pass.
 
 #![warn(missing_docs)]
 
 pub mod conformance;
+#[cfg(feature = "etcd")]
+mod etcd;
+#[cfg(feature = "etcd")]
+pub mod local_etcd;
 mod sqlite;
 
 use std::path::PathBuf;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{
+    EtcdStore, EtcdUrl, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PORT, DEFAULT_PREFIX, DEFAULT_TIMEOUT,
+};
 pub use sqlite::{SqliteStore, DEFAULT_BUSY_TIMEOUT, SCHEMA_VERSION};
 pub use tessera_core::store::*;
 
@@ -41,12 +51,19 @@ pub enum OpenError {
     },
     /// The value names an etcd cluster, but this build has no etcd client.
     #[error(
-        "datastore {url:?} is an etcd cluster, but etcd support is not built into this binary \
-         yet; use a SQLite file for now (for example --datastore {ROOT_DATASTORE})"
+        "datastore {url:?} is an etcd cluster, but this binary was built without etcd support \
+         (cargo feature `etcd` of tessera-store); use a build with it, or a SQLite file \
+         (for example --datastore {ROOT_DATASTORE})"
     )]
     EtcdNotBuilt {
         /// The value as given.
         url: String,
+    },
+    /// The datastore options do not fit together or name unreadable files.
+    #[error("invalid datastore options: {reason}")]
+    InvalidOptions {
+        /// What is wrong and how to fix it.
+        reason: String,
     },
     /// The URL was fine, but the store itself could not be opened.
     #[error(transparent)]
@@ -125,13 +142,104 @@ fn url_scheme(url: &str) -> Option<&str> {
     valid.then_some(scheme)
 }
 
+/// How to connect to an etcd datastore, next to its URL: the part of a datastore's settings
+/// that does not fit in (or should not be written into) the URL.
+///
+/// Deserializable, so a configuration file can embed it; the CNI network configuration puts
+/// these fields beside `datastore` in its `ipam` section. The field names are the CLI flags'
+/// (`--etcd-ca` is `etcd_ca`); Calico's CNI names (`etcd_ca_cert_file`, `etcd_cert_file`,
+/// `etcd_key_file`) are accepted too. Every field is optional, and setting any of them for a
+/// datastore that is not etcd is an error rather than silently ignored.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct OpenOptions {
+    /// PEM file of the certificate authority that signed the etcd server certificates.
+    /// Required by `etcds://`.
+    #[serde(alias = "etcd_ca_cert_file", skip_serializing_if = "Option::is_none")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate, for clusters that require client certificates
+    /// (`--client-cert-auth`). Needs `etcd_key`.
+    #[serde(alias = "etcd_cert_file", skip_serializing_if = "Option::is_none")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of `etcd_cert`.
+    #[serde(alias = "etcd_key_file", skip_serializing_if = "Option::is_none")]
+    pub etcd_key: Option<PathBuf>,
+    /// User name, for clusters with authentication enabled. Needs `etcd_password`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_username: Option<String>,
+    /// Password of `etcd_username`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_password: Option<String>,
+    /// Prefix of every Tessera key in etcd; default `/tessera/v1/`; a missing final `/` is
+    /// added. Two Tessera installations can share one cluster under different prefixes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_prefix: Option<String>,
+    /// Time allowed for one request, in milliseconds, fail-over to other members included;
+    /// default 5000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etcd_timeout_ms: Option<u64>,
+}
+
+impl OpenOptions {
+    /// The names of the options that are set, as CLI flags, for messages.
+    fn set_flags(&self) -> Vec<&'static str> {
+        let mut set = Vec::new();
+        let mut note = |is_set: bool, flag| {
+            if is_set {
+                set.push(flag);
+            }
+        };
+        note(self.etcd_ca.is_some(), "--etcd-ca (etcd_ca)");
+        note(self.etcd_cert.is_some(), "--etcd-cert (etcd_cert)");
+        note(self.etcd_key.is_some(), "--etcd-key (etcd_key)");
+        note(
+            self.etcd_username.is_some(),
+            "--etcd-username (etcd_username)",
+        );
+        note(
+            self.etcd_password.is_some(),
+            "--etcd-password (etcd_password)",
+        );
+        note(self.etcd_prefix.is_some(), "--etcd-prefix (etcd_prefix)");
+        note(self.etcd_timeout_ms.is_some(), "etcd_timeout_ms");
+        set
+    }
+}
+
 /// Opens the datastore named by `url` (see [`Location::parse`] for the accepted forms).
 ///
 /// `memory` gives a new, empty store each call, visible only through the returned handle.
 pub fn open(url: &str) -> Result<Box<dyn Store>, OpenError> {
-    match Location::parse(url)? {
+    open_with(url, &OpenOptions::default())
+}
+
+/// Opens the datastore named by `url` with connection options (TLS, credentials, key prefix
+/// and timeout of an etcd datastore).
+///
+/// Opening an etcd datastore sends nothing: the first read or write connects, so an
+/// unreachable cluster is reported by that call, as [`StoreError::Unavailable`].
+pub fn open_with(url: &str, options: &OpenOptions) -> Result<Box<dyn Store>, OpenError> {
+    let location = Location::parse(url)?;
+    if !matches!(location, Location::Etcd(_)) {
+        let set = options.set_flags();
+        if !set.is_empty() {
+            return Err(OpenError::InvalidOptions {
+                reason: format!(
+                    "{} {} only to etcd datastores (etcd:// or etcds://), but the datastore \
+                     is {url:?}; remove {}, or point the datastore at the etcd cluster",
+                    set.join(", "),
+                    if set.len() == 1 { "applies" } else { "apply" },
+                    if set.len() == 1 { "it" } else { "them" },
+                ),
+            });
+        }
+    }
+    match location {
         Location::Memory => Ok(Box::new(MemoryStore::new())),
         Location::Sqlite(path) => Ok(Box::new(SqliteStore::open(path)?)),
+        #[cfg(feature = "etcd")]
+        Location::Etcd(url) => Ok(Box::new(EtcdStore::open(&url, options)?)),
+        #[cfg(not(feature = "etcd"))]
         Location::Etcd(url) => Err(OpenError::EtcdNotBuilt { url }),
     }
 }

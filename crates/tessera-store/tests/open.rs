@@ -77,20 +77,75 @@ fn rejects_malformed_urls_with_the_accepted_forms() {
     }
 }
 
+#[cfg(not(feature = "etcd"))]
 #[test]
-fn etcd_urls_say_etcd_is_not_built_in_yet() {
+fn etcd_urls_say_etcd_is_not_built_in() {
     for url in ["etcd://127.0.0.1:2379", "etcds://a:2379,b:2379"] {
         let err = open_err(url);
         assert!(matches!(err, OpenError::EtcdNotBuilt { .. }), "{err:?}");
         assert_eq!(
             err.to_string(),
             format!(
-                "datastore {url:?} is an etcd cluster, but etcd support is not built into this \
-                 binary yet; use a SQLite file for now (for example --datastore \
-                 /var/lib/tessera/tessera.db)"
+                "datastore {url:?} is an etcd cluster, but this binary was built without etcd \
+                 support (cargo feature `etcd` of tessera-store); use a build with it, or a \
+                 SQLite file (for example --datastore /var/lib/tessera/tessera.db)"
             )
         );
     }
+}
+
+/// Opening an etcd store sends nothing, so it works without a cluster.
+#[cfg(feature = "etcd")]
+#[test]
+fn etcd_urls_open_without_contacting_the_cluster() {
+    let store = tessera_store::open("etcd://127.0.0.1:2379,[::1]").unwrap();
+    assert_eq!(store.describe(), "etcd://127.0.0.1:2379,[::1]:2379");
+    let err = tessera_store::open("etcds://a:2379").err().unwrap();
+    assert!(matches!(err, OpenError::InvalidOptions { .. }), "{err:?}");
+}
+
+/// The options deserialize from a CNI-style JSON object, with Calico's field names too, and
+/// ignore the fields around them (so a config struct can flatten them in).
+#[test]
+fn open_options_deserialize_from_cni_style_config() {
+    let options: tessera_store::OpenOptions = serde_json::from_str(
+        r#"{"type": "tessera-ipam", "datastore": "etcds://10.0.0.1:2379",
+            "etcd_ca_cert_file": "/etc/ca.pem", "etcd_cert": "/etc/c.pem",
+            "etcd_key_file": "/etc/k.pem", "etcd_username": "u", "etcd_password": "p",
+            "etcd_prefix": "/x/", "etcd_timeout_ms": 2500}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        options,
+        tessera_store::OpenOptions {
+            etcd_ca: Some("/etc/ca.pem".into()),
+            etcd_cert: Some("/etc/c.pem".into()),
+            etcd_key: Some("/etc/k.pem".into()),
+            etcd_username: Some("u".into()),
+            etcd_password: Some("p".into()),
+            etcd_prefix: Some("/x/".into()),
+            etcd_timeout_ms: Some(2500),
+        }
+    );
+    let none: tessera_store::OpenOptions = serde_json::from_str("{}").unwrap();
+    assert_eq!(none, tessera_store::OpenOptions::default());
+}
+
+/// Etcd settings with a store that is not etcd are a mistake worth reporting.
+#[test]
+fn etcd_options_with_another_store_are_refused() {
+    let options = tessera_store::OpenOptions {
+        etcd_username: Some("u".into()),
+        etcd_password: Some("p".into()),
+        ..Default::default()
+    };
+    let err = tessera_store::open_with("memory", &options).err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "invalid datastore options: --etcd-username (etcd_username), --etcd-password \
+         (etcd_password) apply only to etcd datastores (etcd:// or etcds://), but the datastore \
+         is \"memory\"; remove them, or point the datastore at the etcd cluster"
+    );
 }
 
 #[test]

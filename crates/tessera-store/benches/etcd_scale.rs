@@ -1,0 +1,612 @@
+//! Allocator scale on one local etcd, started by the benchmark itself on 127.0.0.1.
+//!
+//! Run with `cargo bench -p tessera-store --features etcd --bench etcd_scale`; options
+//! (after `--`): `--nodes N`, `--allocations N`, `--threads N` (simulated hosts working at
+//! once, each with its own etcd connection), `--shared-client` (all threads share one store),
+//! `--skip-small`, `--skip-large`.
+//!
+//! 1. Spiderpool's published shape: 10 nodes allocate 100 addresses each, all at once.
+//! 2. 100,000 allocations across 1,000 nodes, then their releases, next to the raw write
+//!    ceiling of the same etcd measured by the same number of threads writing one key per
+//!    txn. Reports throughput, latency percentiles, round trips and CAS conflicts per
+//!    operation, and which records the conflicts were on.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tessera_core::ipam::{AssignRequest, Attributes, Ipam};
+use tessera_core::keys;
+use tessera_core::store::CountingStore;
+use tessera_store::local_etcd::LocalEtcd;
+use tessera_store::{
+    Compare, EtcdStore, Op, OpenOptions, Read, Snapshot, Store, StoreError, TxnOutcome,
+};
+
+struct Args {
+    nodes: usize,
+    allocations: usize,
+    threads: usize,
+    shared_client: bool,
+    small: bool,
+    large: bool,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        nodes: 1000,
+        allocations: 100_000,
+        threads: 32,
+        shared_client: false,
+        small: true,
+        large: true,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut num = |name: &str| -> usize {
+            it.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("{name} needs a number"))
+        };
+        match arg.as_str() {
+            "--nodes" => a.nodes = num("--nodes"),
+            "--allocations" => a.allocations = num("--allocations"),
+            "--threads" => a.threads = num("--threads"),
+            "--shared-client" => a.shared_client = true,
+            "--skip-small" => a.small = false,
+            "--skip-large" => a.large = false,
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    a
+}
+
+/// Counts, per kind of record, the compares that failed in conflicting txns. Finding the
+/// culprit costs one extra read per conflict, which is not counted as a round trip.
+#[derive(Default)]
+struct ConflictLog {
+    by_kind: Mutex<BTreeMap<&'static str, u64>>,
+    /// Txns that wrote something, and the value bytes they put.
+    writes: AtomicU64,
+    put_bytes: AtomicU64,
+}
+
+impl ConflictLog {
+    /// Mean value bytes put by one writing txn, since the last call.
+    fn take_mean_put_bytes(&self) -> usize {
+        let writes = self.writes.swap(0, Ordering::Relaxed).max(1);
+        (self.put_bytes.swap(0, Ordering::Relaxed) / writes) as usize
+    }
+}
+
+struct Probe<S> {
+    inner: S,
+    log: Arc<ConflictLog>,
+}
+
+fn kind(key: &str) -> &'static str {
+    for (prefix, kind) in [
+        (keys::POOL_INDEX_PREFIX, "pool-index/<pool>"),
+        (keys::BLOCK_PREFIX, "blocks/<node>/<block>"),
+        (keys::HANDLE_PREFIX, "handles/<id>"),
+        (keys::CONFIG_PREFIX, "config/..."),
+    ] {
+        if key.starts_with(prefix) {
+            return kind;
+        }
+    }
+    "other"
+}
+
+impl<S: Store> Store for Probe<S> {
+    fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+        self.inner.read(reads)
+    }
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+        let out = self.inner.txn(compares, ops)?;
+        if !ops.is_empty() {
+            let bytes: usize = ops
+                .iter()
+                .map(|op| match op {
+                    Op::Put(_, v) => v.len(),
+                    Op::Delete(_) => 0,
+                })
+                .sum();
+            self.log.writes.fetch_add(1, Ordering::Relaxed);
+            self.log
+                .put_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+        }
+        if out == TxnOutcome::Conflict {
+            let reads: Vec<Read> = compares.iter().map(|c| Read::Get(c.key().into())).collect();
+            if let Ok(snap) = self.inner.read(&reads) {
+                let mut log = self.log.by_kind.lock().unwrap();
+                for (i, c) in compares.iter().enumerate() {
+                    let Compare::ModRevision(key, want) = c;
+                    if snap.get(i).map_or(0, |kv| kv.mod_revision) != *want {
+                        *log.entry(kind(key)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn put_all(store: &dyn Store, records: Vec<(String, serde_json::Value)>) {
+    for chunk in records.chunks(100) {
+        let ops: Vec<Op> = chunk
+            .iter()
+            .map(|(k, v)| Op::Put(k.clone(), serde_json::to_vec(v).unwrap()))
+            .collect();
+        store.txn(&[], &ops).unwrap();
+    }
+}
+
+fn seed(store: &dyn Store, pool_cidr: &str, nodes: usize) {
+    let mut records = vec![(
+        keys::pool("bench"),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+               "metadata": {"name": "bench"},
+               "spec": {"cidr": pool_cidr, "blockSize": 26}}),
+    )];
+    for n in 0..nodes {
+        records.push((
+            keys::node(&format!("node-{n}")),
+            json!({"apiVersion": "projectcalico.org/v3", "kind": "Node",
+                   "metadata": {"name": format!("node-{n}"), "labels": {"rack": (n % 10).to_string()}}}),
+        ));
+    }
+    put_all(store, records);
+}
+
+fn request(run: &str, n: usize, node: usize) -> AssignRequest {
+    AssignRequest {
+        handle: format!("{run}.{n}"),
+        node: format!("node-{node}"),
+        num_v4: 1,
+        attrs: Attributes {
+            namespace: Some("default".into()),
+            pod: Some(format!("pod-{n}")),
+            interface: Some("eth0".into()),
+            container_id: Some(format!("{n:064x}")),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// PID of the etcd member, for its CPU time.
+static ETCD_PID: AtomicU64 = AtomicU64::new(0);
+
+/// CPU time (user + system) used so far by a process, from `/proc/PID/stat`.
+fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// CPU used by this process and by etcd.
+#[derive(Clone, Copy)]
+struct Cpu {
+    client: Duration,
+    etcd: Duration,
+}
+
+fn cpu_now() -> Cpu {
+    Cpu {
+        client: cpu_time("self"),
+        etcd: cpu_time(&ETCD_PID.load(Ordering::Relaxed).to_string()),
+    }
+}
+
+/// What one phase measured.
+struct Measured {
+    ops: usize,
+    wall: Duration,
+    latencies: Vec<Duration>,
+    round_trips: u64,
+    conflicts: u64,
+    /// CPU used during the phase: (client, etcd).
+    cpu: (Duration, Duration),
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64()
+    }
+    fn pct(&mut self, p: f64) -> Duration {
+        self.latencies.sort_unstable();
+        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
+        self.latencies.get(i).copied().unwrap_or_default()
+    }
+    fn report(&mut self, what: &str, ceiling: Option<f64>) {
+        let (p50, p99) = (self.pct(0.50), self.pct(0.99));
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / self.ops as f64;
+        print!(
+            "| {what} | {} | {:.2} s | {:.0}/s | {:.2} ms | {:.2} ms | {:.3} | {:.4} | {:.0} µs | {:.0} µs |",
+            self.ops,
+            self.wall.as_secs_f64(),
+            self.rate(),
+            p50.as_secs_f64() * 1e3,
+            p99.as_secs_f64() * 1e3,
+            self.round_trips as f64 / self.ops as f64,
+            self.conflicts as f64 / self.ops as f64,
+            per_op(self.cpu.0),
+            per_op(self.cpu.1),
+        );
+        match ceiling {
+            Some(c) => println!(" {:.0}% |", 100.0 * self.rate() / c),
+            None => println!(" |"),
+        }
+    }
+}
+
+/// Where a scenario keeps its records: the local etcd, under a key prefix of its own so that
+/// no scenario sees what another left behind.
+struct Db {
+    url: String,
+    prefix: String,
+}
+
+fn open(db: &Db) -> EtcdStore {
+    EtcdStore::open(
+        &db.url,
+        &OpenOptions {
+            etcd_prefix: Some(db.prefix.clone()),
+            ..Default::default()
+        },
+    )
+    .expect("local etcd URL")
+}
+
+/// Operations, latencies, round trips and conflicts of one thread.
+type ThreadResult = (usize, Vec<Duration>, u64, u64);
+
+/// Runs `work(thread, store)` on `threads` threads at once, each with its own counted store
+/// (or all sharing one), and sums what they measured.
+fn run_threads<F>(
+    url: &Db,
+    threads: usize,
+    shared: bool,
+    log: &Arc<ConflictLog>,
+    work: F,
+) -> Measured
+where
+    F: Fn(usize, &Ipam<&CountingStore<Probe<Arc<EtcdStore>>>>, &mut Vec<Duration>) -> usize + Sync,
+{
+    let shared_store = Arc::new(open(url));
+    let barrier = Barrier::new(threads + 1);
+    let results: Mutex<Vec<ThreadResult>> = Mutex::new(Vec::new());
+    let start = std::thread::scope(|s| {
+        for t in 0..threads {
+            let (barrier, results, work, shared_store) = (&barrier, &results, &work, &shared_store);
+            let log = log.clone();
+            s.spawn(move || {
+                let etcd = if shared {
+                    shared_store.clone()
+                } else {
+                    Arc::new(open(url))
+                };
+                // Connect before the clock starts, as a long-running agent would be.
+                etcd.read(&[]).expect("warm-up read");
+                let store = CountingStore::new(Probe { inner: etcd, log });
+                let ipam = Ipam::new(&store);
+                let mut lat = Vec::new();
+                barrier.wait();
+                let ops = work(t, &ipam, &mut lat);
+                results
+                    .lock()
+                    .unwrap()
+                    .push((ops, lat, store.round_trips(), store.conflicts()));
+            });
+        }
+        barrier.wait();
+        (Instant::now(), cpu_now())
+    });
+    let (start, cpu0) = start;
+    let wall = start.elapsed();
+    let cpu1 = cpu_now();
+    let mut m = Measured {
+        ops: 0,
+        wall,
+        latencies: Vec::new(),
+        round_trips: 0,
+        conflicts: 0,
+        cpu: (cpu1.client - cpu0.client, cpu1.etcd - cpu0.etcd),
+    };
+    for (ops, lat, rt, conflicts) in results.into_inner().unwrap() {
+        m.ops += ops;
+        m.latencies.extend(lat);
+        m.round_trips += rt;
+        m.conflicts += conflicts;
+    }
+    m
+}
+
+/// The raw write ceiling: `threads` threads, each with its own connection, each committing
+/// one-key txns (a value the size of a block record) as fast as etcd takes them.
+fn raw_ceiling(url: &Db, threads: usize, shared: bool, total: usize, bytes: usize) -> Measured {
+    let value = vec![b'x'; bytes];
+    let next = AtomicU64::new(0);
+    let shared_store = Arc::new(open(url));
+    let barrier = Barrier::new(threads + 1);
+    let lat_all = Mutex::new(Vec::new());
+    let start = std::thread::scope(|s| {
+        for _ in 0..threads {
+            let (barrier, next, value, lat_all, shared_store) =
+                (&barrier, &next, &value, &lat_all, &shared_store);
+            s.spawn(move || {
+                let store = if shared {
+                    shared_store.clone()
+                } else {
+                    Arc::new(open(url))
+                };
+                store.read(&[]).expect("warm-up read");
+                let mut lat = Vec::new();
+                barrier.wait();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= total as u64 {
+                        break;
+                    }
+                    let t = Instant::now();
+                    store
+                        .txn(&[], &[Op::Put(format!("raw/{i}"), value.clone())])
+                        .expect("raw put");
+                    lat.push(t.elapsed());
+                }
+                lat_all.lock().unwrap().extend(lat);
+            });
+        }
+        barrier.wait();
+        (Instant::now(), cpu_now())
+    });
+    let (start, cpu0) = start;
+    let wall = start.elapsed();
+    let cpu1 = cpu_now();
+    Measured {
+        ops: total,
+        wall,
+        latencies: lat_all.into_inner().unwrap(),
+        round_trips: total as u64,
+        conflicts: 0,
+        cpu: (cpu1.client - cpu0.client, cpu1.etcd - cpu0.etcd),
+    }
+}
+
+/// The snapshot read an allocation starts with (configuration, node, the node's blocks,
+/// handle, namespace), repeated without the txn: what the read half of an allocation costs.
+fn read_only(url: &Db, a: &Args, per_thread_nodes: &[Vec<usize>]) -> Measured {
+    let log = Arc::new(ConflictLog::default());
+    let per_thread = 20_000 / a.threads;
+    run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
+        let nodes = &per_thread_nodes[t];
+        for i in 0..per_thread {
+            let node = format!("node-{}", nodes[i % nodes.len()]);
+            let reads = [
+                Read::Prefix(keys::CONFIG_PREFIX.into()),
+                Read::Get(keys::node(&node)),
+                Read::Prefix(keys::blocks_of(&node)),
+                Read::Get(keys::handle(&format!("large.{i}"))),
+                Read::Get(keys::namespace("default")),
+            ];
+            let start = Instant::now();
+            ipam.store().read(&reads).expect("read");
+            lat.push(start.elapsed());
+        }
+        per_thread
+    })
+}
+
+fn header() {
+    println!("| phase | ops | wall | rate | p50 | p99 | round trips/op | CAS conflicts/op | client CPU/op | etcd CPU/op | of raw ceiling |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+}
+
+fn print_conflicts(log: &ConflictLog) {
+    let mut by_kind = log.by_kind.lock().unwrap();
+    if by_kind.is_empty() {
+        println!("conflicting compares: none");
+    } else {
+        let parts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+        println!("conflicting compares by record: {}", parts.join(", "));
+    }
+    by_kind.clear();
+}
+
+fn small(url: &Db, shared: bool) {
+    const NODES: usize = 10;
+    const PER_NODE: usize = 100;
+    let setup = open(url);
+    seed(&setup, "10.1.0.0/16", NODES);
+    let log = Arc::new(ConflictLog::default());
+    println!("\n## 1. {NODES} nodes x {PER_NODE} allocations, all nodes at once\n");
+    header();
+    let mut m = run_threads(url, NODES, shared, &log, |t, ipam, lat| {
+        for p in 0..PER_NODE {
+            let start = Instant::now();
+            ipam.assign(&request("small", t * PER_NODE + p, t))
+                .expect("assign");
+            lat.push(start.elapsed());
+        }
+        PER_NODE
+    });
+    m.report("assign", None);
+    print_conflicts(&log);
+    println!(
+        "\ntotal IPAM time for {} allocations: {:.3} s",
+        m.ops,
+        m.wall.as_secs_f64()
+    );
+    let check = Ipam::new(&setup).check().expect("check");
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    // Leave the store empty for the large run.
+    let mut m = run_threads(url, NODES, shared, &log, |t, ipam, lat| {
+        for p in 0..PER_NODE {
+            let start = Instant::now();
+            ipam.release_handle(&format!("small.{}", t * PER_NODE + p))
+                .expect("release");
+            lat.push(start.elapsed());
+        }
+        PER_NODE
+    });
+    header();
+    m.report("release", None);
+}
+
+fn large(url: &Db, a: &Args) {
+    let setup = open(url);
+    seed(&setup, "10.128.0.0/9", a.nodes);
+    let per_thread_nodes: Vec<Vec<usize>> = (0..a.threads)
+        .map(|t| (t..a.nodes).step_by(a.threads).collect())
+        .collect();
+    let per_node = a.allocations / a.nodes;
+    let total = per_node * a.nodes;
+    println!(
+        "\n## 2. {total} allocations across {} nodes, {} threads{}\n",
+        a.nodes,
+        a.threads,
+        if a.shared_client {
+            ", one shared client"
+        } else {
+            ", one client per thread"
+        }
+    );
+    let mut raw = raw_ceiling(url, a.threads, a.shared_client, 20_000.min(total), 700);
+    header();
+    raw.report("raw ceiling: 1-key txns of 700 B", None);
+
+    let log = Arc::new(ConflictLog::default());
+    let mut m = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
+        let mut done = 0;
+        for round in 0..per_node {
+            for &node in &per_thread_nodes[t] {
+                let start = Instant::now();
+                ipam.assign(&request("large", node * per_node + round, node))
+                    .expect("assign");
+                lat.push(start.elapsed());
+                done += 1;
+            }
+        }
+        done
+    });
+    let assign_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
+    let assign_bytes = log.take_mean_put_bytes();
+    // The same etcd, the same clients, txns as large as the allocations' were: the write
+    // ceiling for this payload.
+    let mut matched = raw_ceiling(
+        url,
+        a.threads,
+        a.shared_client,
+        20_000.min(total),
+        assign_bytes,
+    );
+    let ceiling = matched.rate();
+    matched.report(
+        &format!("raw ceiling: 1-key txns of {assign_bytes} B"),
+        None,
+    );
+    let mut reads = read_only(url, a, &per_thread_nodes);
+    reads.report("the allocation's snapshot read alone", None);
+    m.report("assign", Some(ceiling));
+
+    let mut r = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
+        let mut done = 0;
+        for round in 0..per_node {
+            for &node in &per_thread_nodes[t] {
+                let start = Instant::now();
+                ipam.release_handle(&format!("large.{}", node * per_node + round))
+                    .expect("release");
+                lat.push(start.elapsed());
+                done += 1;
+            }
+        }
+        done
+    });
+    r.report("release", Some(ceiling));
+    println!();
+    println!(
+        "mean bytes put per writing txn: assign {assign_bytes} B, release {} B",
+        log.take_mean_put_bytes()
+    );
+    let parts: Vec<String> = assign_conflicts
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
+    println!(
+        "assign: conflicting compares by record: {}",
+        if parts.is_empty() {
+            "none".to_string()
+        } else {
+            parts.join(", ")
+        }
+    );
+    print!("release: ");
+    print_conflicts(&log);
+    let check = Ipam::new(&setup).check().expect("check");
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+}
+
+fn main() {
+    let a = args();
+    // As a production cluster runs: old revisions compacted away (the Kubernetes API server
+    // compacts every 5 minutes), and room for the history a 100,000-allocation run writes.
+    let etcd = LocalEtcd::start_with_args(
+        1,
+        &[
+            "--auto-compaction-mode=periodic",
+            "--auto-compaction-retention=30s",
+            "--quota-backend-bytes=8589934592",
+        ],
+    )
+    .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
+    let url = etcd.url();
+    ETCD_PID.store(u64::from(etcd.pid(0).unwrap_or(0)), Ordering::Relaxed);
+    let db = |scenario: &str| Db {
+        url: url.clone(),
+        prefix: format!("/bench-{scenario}/"),
+    };
+    println!(
+        "# Tessera allocator on etcd\n\netcd {} at {url}, data in {}; {} CPUs",
+        etcd_version(),
+        etcd.dir().display(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    if a.small {
+        small(&db("small"), a.shared_client);
+    }
+    if a.large {
+        large(&db("large"), &a);
+    }
+}
+
+fn etcd_version() -> String {
+    let bin = tessera_store::local_etcd::binary().unwrap_or_default();
+    std::process::Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .map(|l| l.trim_start_matches("etcd Version: ").to_string())
+        })
+        .unwrap_or_else(|| "?".into())
+}
