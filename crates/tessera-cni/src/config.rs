@@ -71,6 +71,9 @@ pub enum LogLevel {
 pub struct IpamConf {
     /// Datastore URL; `None` means `TESSERA_DATASTORE`, then the default store.
     pub datastore: Option<String>,
+    /// etcd connection options (`etcd_ca`, `etcd_cert`, `etcd_key`, `etcd_username`,
+    /// `etcd_password`, `etcd_prefix`, `etcd_timeout_ms`, and Calico's `etcd_*_file` names).
+    pub store_options: tessera_store::OpenOptions,
     /// Node name; `None` means `NODENAME`, the nodename file, then the hostname.
     pub nodename: Option<String>,
     /// File holding the node name.
@@ -145,6 +148,16 @@ pub struct NetConf {
 const IPAM_KEYS: &[&str] = &[
     "type",
     "datastore",
+    "etcd_ca",
+    "etcd_ca_cert_file",
+    "etcd_cert",
+    "etcd_cert_file",
+    "etcd_key",
+    "etcd_key_file",
+    "etcd_username",
+    "etcd_password",
+    "etcd_prefix",
+    "etcd_timeout_ms",
     "nodename",
     "nodename_file",
     "ipv4_pools",
@@ -339,8 +352,16 @@ fn parse_ipam(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
             )))
         }
     };
+    let etcd_fields: Map<String, Value> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("etcd_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let store_options = serde_json::from_value(Value::Object(etcd_fields))
+        .map_err(|e| CniError::config(format!("ipam etcd options: {e}")))?;
     Ok(IpamConf {
         datastore: opt_str(m, "datastore", "ipam.")?.filter(|s| !s.is_empty()),
+        store_options,
         nodename: opt_str(m, "nodename", "ipam.")?.filter(|s| !s.trim().is_empty()),
         nodename_file: opt_str(m, "nodename_file", "ipam.")?
             .filter(|s| !s.is_empty())

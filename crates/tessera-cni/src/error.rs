@@ -128,7 +128,9 @@ impl From<OpenError> for CniError {
     fn from(e: OpenError) -> Self {
         match e {
             OpenError::Store(e) => e.into(),
-            e @ (OpenError::BadUrl { .. } | OpenError::EtcdNotBuilt { .. }) => {
+            e @ (OpenError::BadUrl { .. }
+            | OpenError::EtcdNotBuilt { .. }
+            | OpenError::InvalidOptions { .. }) => {
                 Self::new(code::INVALID_CONFIG, format!("ipam.datastore: {e}"))
             }
         }

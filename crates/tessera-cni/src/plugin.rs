@@ -55,7 +55,7 @@ impl Invocation<'_> {
     fn open(&self) -> Result<(Allocator, String), CniError> {
         let url = tessera_store::resolve_datastore(self.conf.ipam.datastore.as_deref());
         // Store errors name the datastore themselves.
-        let store = tessera_store::open(&url)?;
+        let store = tessera_store::open_with(&url, &self.conf.ipam.store_options)?;
         let describe = store.describe();
         self.log.debug(format_args!("datastore {describe}"));
         Ok((Ipam::new(store), describe))
