@@ -63,8 +63,8 @@ fn allocations(store: &dyn Store) -> BTreeMap<IpAddr, String> {
         };
         for (offset, alloc) in block.allocations {
             let ip = IpAddr::V4((u32::from(net.network()) + offset).into());
-            if let Some(other) = held.insert(ip, alloc.handle.clone()) {
-                panic!("{ip} is held by {other} and by {}", alloc.handle);
+            if let Some(other) = held.insert(ip, alloc.clone()) {
+                panic!("{ip} is held by {other} and by {}", alloc);
             }
         }
     }

@@ -89,11 +89,8 @@ fn allocations(store: &dyn Store) -> BTreeMap<IpAddr, String> {
     for (key, block) in blocks(store) {
         for (offset, alloc) in &block.allocations {
             let ip = block_ip(&block, *offset);
-            if let Some(other) = held.insert(ip, alloc.handle.clone()) {
-                panic!(
-                    "{ip} is held twice: by {other} and by {} ({key})",
-                    alloc.handle
-                );
+            if let Some(other) = held.insert(ip, alloc.clone()) {
+                panic!("{ip} is held twice: by {other} and by {} ({key})", alloc);
             }
         }
     }
