@@ -8,7 +8,7 @@
 //! The backend owns a current-thread tokio runtime and blocks on it, so callers see the same
 //! synchronous contract as SQLite. Several threads may share one [`EtcdStore`]; they then share
 //! its connections (HTTP/2 multiplexes the requests). Throughput-minded callers with many
-//! threads do better with one store per thread (see `docs/BENCHMARKS-ETCD.md`).
+//! threads do better with one store per thread (see `docs/BENCHMARKS.md`).
 //!
 //! Every call is bounded by the request timeout: a stopped, unreachable or frozen cluster turns
 //! into [`StoreError::Unavailable`] naming the endpoints, never into a hang.
