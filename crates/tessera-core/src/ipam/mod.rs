@@ -246,19 +246,26 @@ impl<S: Store> Ipam<S> {
         for attempt in 0..MAX_ATTEMPTS {
             backoff(attempt, &req.handle);
             let namespace = attrs.namespace.as_deref();
+            // The first attempt assumes the handle is new (it nearly always is) and saves
+            // reading it: the commit's "absent" compare catches an existing one, and the
+            // attempts after a failed commit read it.
+            let read_handle = attempt > 0;
             let mut reads = vec![
                 Read::Prefix(keys::CONFIG_PREFIX.into()),
                 Read::Get(keys::node(&req.node)),
                 Read::Prefix(keys::blocks_of(&req.node)),
-                Read::Get(keys::handle(&req.handle)),
             ];
+            if read_handle {
+                reads.push(Read::Get(keys::handle(&req.handle)));
+            }
+            let ns_at = reads.len();
             if let Some(ns) = namespace {
                 reads.push(Read::Get(keys::namespace(ns)));
             }
             let snap = self.store.read(&reads)?;
-            let ctx = Context::from_records(snap.list(0), snap.get(1), snap.get(4))?;
+            let ctx = Context::from_records(snap.list(0), snap.get(1), snap.get(ns_at))?;
             let mut plan = Plan::new(&self.store, &ctx, &req.node, snap.list(2))?;
-            let handle_kv = snap.get(3);
+            let handle_kv = if read_handle { snap.get(3) } else { None };
             let mut handle: HandleRecord = match handle_kv {
                 Some(kv) => decode(kv)?,
                 None => HandleRecord {
