@@ -332,7 +332,7 @@ impl<S: Store> Ipam<S> {
                     handle: handle.to_string(),
                 })
                 .collect();
-            match plan::release(&self.store, &targets)? {
+            match plan::release(&self.store, &targets, Some((&rec, kv.mod_revision)))? {
                 Some(released) => return Ok(released),
                 None => continue,
             }
@@ -359,7 +359,7 @@ impl<S: Store> Ipam<S> {
             }
             let held: Vec<(IpAddr, String)> =
                 targets.iter().map(|t| (t.ip, t.handle.clone())).collect();
-            match plan::release(&self.store, &targets)? {
+            match plan::release(&self.store, &targets, None)? {
                 Some(released) => {
                     return Ok(held
                         .into_iter()

@@ -751,27 +751,38 @@ fn planned_block(kv: &KeyValue) -> Result<PlannedBlock, IpamError> {
 pub(super) fn release<S: Store + ?Sized>(
     store: &S,
     targets: &[Target],
+    known_handle: Option<(&HandleRecord, i64)>,
 ) -> Result<Option<Vec<IpAddr>>, IpamError> {
     if targets.is_empty() {
         return Ok(Some(Vec::new()));
     }
     let block_keys: BTreeSet<&str> = targets.iter().map(|t| t.block_key.as_str()).collect();
-    let handles: BTreeSet<&str> = targets.iter().map(|t| t.handle.as_str()).collect();
-    let mut reads = vec![Read::Prefix(keys::CONFIG_PREFIX.into())];
-    reads.extend(block_keys.iter().map(|k| Read::Get(k.to_string())));
+    // A handle the caller has just read needs no second read: its revision is compared at
+    // commit time all the same.
+    let handles: BTreeSet<&str> = targets
+        .iter()
+        .map(|t| t.handle.as_str())
+        .filter(|h| known_handle.is_none_or(|(rec, _)| rec.id != *h))
+        .collect();
+    let mut reads: Vec<Read> = block_keys
+        .iter()
+        .map(|k| Read::Get(k.to_string()))
+        .collect();
     reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
     let snap = store.read(&reads)?;
 
-    let ctx = Context::from_records(snap.list(0), None, None)?;
     let mut blocks: BTreeMap<String, PlannedBlock> = BTreeMap::new();
     for (i, key) in block_keys.iter().enumerate() {
-        if let Some(kv) = snap.get(1 + i) {
+        if let Some(kv) = snap.get(i) {
             blocks.insert(key.to_string(), planned_block(kv)?);
         }
     }
     let mut handle_recs: BTreeMap<String, (HandleRecord, i64, bool)> = BTreeMap::new();
+    if let Some((rec, rev)) = known_handle {
+        handle_recs.insert(rec.id.clone(), (rec.clone(), rev, false));
+    }
     for (i, h) in handles.iter().enumerate() {
-        if let Some(kv) = snap.get(1 + block_keys.len() + i) {
+        if let Some(kv) = snap.get(block_keys.len() + i) {
             handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
         }
     }
@@ -813,13 +824,17 @@ pub(super) fn release<S: Store + ?Sized>(
         .collect();
     let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
     let mut home_blocks: BTreeMap<String, Block> = BTreeMap::new();
+    // Pools matter only to decide whether an emptied block stays; read with the indexes.
+    let mut ctx = Context::default();
     if !tilings.is_empty() || !homes.is_empty() {
         let mut reads: Vec<Read> = tilings
             .iter()
             .map(|t| Read::Get(keys::pool_index(t)))
             .collect();
         reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
+        reads.push(Read::Prefix(keys::CONFIG_PREFIX.into()));
         let snap = store.read(&reads)?;
+        ctx = Context::from_records(snap.list(reads.len() - 1), None, None)?;
         for (i, tiling) in tilings.iter().enumerate() {
             if let Some(kv) = snap.get(i) {
                 indexes.insert(*tiling, read_index(Some(kv))?);
