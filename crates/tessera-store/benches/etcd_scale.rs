@@ -303,7 +303,7 @@ where
                 } else {
                     Arc::new(open(url))
                 };
-                // Connect before the clock starts, as a long-running agent would be.
+                // Connect before the clock starts, as a long-running node daemon would be.
                 etcd.read(&[]).expect("warm-up read");
                 let store = CountingStore::new(Probe { inner: etcd, log });
                 let ipam = Ipam::new(&store);
