@@ -297,7 +297,10 @@ impl<S: Store> Ipam<S> {
             for a in &got {
                 handle.addresses.push(HandleAddress {
                     ip: a.ip,
-                    block: keys::block(&plan.home_of(&a.block), &a.block),
+                    block: plan
+                        .block_key_of(a.ip)
+                        .expect("every address of the plan was taken from a block")
+                        .to_string(),
                 });
             }
             let handle_rev = handle_kv.map_or(0, |kv| kv.mod_revision);

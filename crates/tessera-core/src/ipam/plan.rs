@@ -43,6 +43,8 @@ pub(super) struct Plan<'a, S: ?Sized> {
     blocks: BTreeMap<String, PlannedBlock>,
     indexes: BTreeMap<Tiling, PlannedIndex>,
     pools_used: BTreeSet<usize>,
+    /// Key of the block each address of this plan was taken from, for the handle record.
+    taken_from: BTreeMap<IpAddr, String>,
 }
 
 /// Splits a block key into (home, block network).
@@ -105,6 +107,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             blocks,
             indexes: BTreeMap::new(),
             pools_used: BTreeSet::new(),
+            taken_from: BTreeMap::new(),
         })
     }
 
@@ -116,14 +119,9 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .unwrap_or(usize::MAX)
     }
 
-    /// The home segment of the block key for `block` in this plan.
-    pub(super) fn home_of(&self, block: &IpNet) -> String {
-        let suffix = format!("/{}", crate::net::net_key(block));
-        self.blocks
-            .keys()
-            .find(|k| k.ends_with(&suffix))
-            .and_then(|k| parse_block_key(k).map(|(home, _)| home.to_string()))
-            .unwrap_or_else(|| self.node.to_string())
+    /// Key of the block an address of this plan was taken from.
+    pub(super) fn block_key_of(&self, ip: IpAddr) -> Option<&str> {
+        self.taken_from.get(&ip).map(String::as_str)
     }
 
     fn index(&mut self, tiling: Tiling) -> Result<&mut PlannedIndex, IpamError> {
@@ -176,7 +174,9 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let planned = self.blocks.get_mut(key)?;
         let allowed = pool.spider.as_ref().map(|s| &s.addresses);
         let off = free_offset(ctx, &planned.block, allowed)?;
-        Some(Self::occupy(planned, pool, off, handle))
+        let a = Self::occupy(planned, pool, off, handle);
+        self.taken_from.insert(a.ip, key.to_string());
+        Some(a)
     }
 
     fn occupy(
@@ -598,6 +598,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let next = planned.block.next;
         let a = Self::occupy(planned, pool, off, handle);
         planned.block.next = next; // A fixed address does not move the cursor.
+        self.taken_from.insert(a.ip, key);
         self.pools_used.insert(self.pool_slot(pool));
         Ok(a)
     }
