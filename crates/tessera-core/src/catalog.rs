@@ -38,10 +38,10 @@ use crate::validate::{
 /// How many times a command is re-read and retried when another writer changed what it read.
 pub const MAX_ATTEMPTS: u32 = 5;
 
-/// A key written with every change of a pool-like resource (IPPool, SpiderIPPool,
-/// SpiderSubnet). Writers compare on it, so two commands that each read the set of pools
-/// cannot both add overlapping pools.
-pub const POOL_GUARD_KEY: &str = "catalog/pool-guard";
+/// Rewritten with every configuration change (see [`keys::CONFIG_GUARD`]). Writers of
+/// pool-like resources (IPPool, SpiderIPPool, SpiderSubnet) compare on it, so two commands
+/// that each read the set of pools cannot both add overlapping pools.
+pub const CONFIG_GUARD_KEY: &str = keys::CONFIG_GUARD;
 
 /// The allocator's answer to "which of these addresses of a SpiderIPPool are allocated?".
 #[derive(Clone, Debug, Default)]
@@ -248,7 +248,7 @@ pub fn prefix_of(kind: Kind) -> Option<&'static str> {
 }
 
 /// Kinds whose addresses may not overlap one another; a change to any of them is checked
-/// against all of them and bumps [`POOL_GUARD_KEY`].
+/// against all of them.
 const POOL_KINDS: [Kind; 3] = [Kind::IPPool, Kind::SpiderIPPool, Kind::SpiderSubnet];
 
 /// Resource commands over one store.
@@ -588,7 +588,7 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                 let prefix = prefix_of(kind).expect("pool kinds have prefixes");
                 reads.push(Read::Prefix(prefix.to_string()));
             }
-            reads.push(Read::Get(POOL_GUARD_KEY.to_string()));
+            reads.push(Read::Get(CONFIG_GUARD_KEY.to_string()));
         }
         let snap = self.store.read(&reads)?;
         let mut compares = Vec::new();
@@ -681,7 +681,7 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             let guard_rev = snap
                 .get(n + POOL_KINDS.len())
                 .map_or(0, |kv| kv.mod_revision);
-            compares.push(Compare::unchanged(POOL_GUARD_KEY, guard_rev));
+            compares.push(Compare::unchanged(CONFIG_GUARD_KEY, guard_rev));
 
             let batch: Vec<&Resource> = valid
                 .iter()
@@ -753,14 +753,6 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                     }));
                 }
             }
-            let pool_written = ops.iter().any(|op| {
-                matches!(op, Op::Put(k, _) if POOL_KINDS.iter().any(|kind| {
-                    prefix_of(*kind).is_some_and(|prefix| k.starts_with(prefix))
-                }))
-            });
-            if pool_written {
-                ops.push(Op::Put(POOL_GUARD_KEY.to_string(), b"{}".to_vec()));
-            }
         }
 
         if !problems.is_empty() {
@@ -785,11 +777,21 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
     }
 
     /// Runs the txn (or nothing when there is nothing to write); `Ok(None)` on conflict.
+    /// A txn that changes the configuration also renews the guard's nonce.
     fn commit(&self, compares: &[Compare], ops: &[Op]) -> Result<Option<i64>, CatalogError> {
         if ops.is_empty() {
             return Ok(Some(0));
         }
-        match self.store.txn(compares, ops)? {
+        let changes_config = ops.iter().any(|op| {
+            let (Op::Put(key, _) | Op::Delete(key)) = op;
+            key.starts_with(keys::CONFIG_PREFIX)
+        });
+        let mut ops = ops.to_vec();
+        if changes_config {
+            let nonce = format!("{{\"nonce\":\"{}\"}}", new_uid());
+            ops.push(Op::Put(CONFIG_GUARD_KEY.to_string(), nonce.into_bytes()));
+        }
+        match self.store.txn(compares, &ops)? {
             TxnOutcome::Committed(rev) => Ok(Some(rev)),
             TxnOutcome::Conflict => Ok(None),
         }

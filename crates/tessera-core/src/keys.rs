@@ -10,6 +10,10 @@ use crate::net::{net_key, Tiling};
 
 /// Prefix of everything configuration-like (one range read).
 pub const CONFIG_PREFIX: &str = "config/";
+/// Rewritten with a fresh random nonce by every change to the configuration (pools,
+/// reservations, the IPAM configuration), so one compare on it tells whether the
+/// configuration is still what a reader saw, across store restores and rebuilds too.
+pub const CONFIG_GUARD: &str = "config/guard";
 /// The IPAM configuration record.
 pub const IPAM_CONFIG: &str = "config/ipam";
 /// Prefix of pools.

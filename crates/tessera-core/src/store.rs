@@ -37,6 +37,8 @@ pub enum Read {
 pub enum Compare {
     /// The key's `mod_revision` equals the given revision; revision 0 means "the key is absent".
     ModRevision(String, i64),
+    /// The key exists and holds exactly these bytes.
+    Value(String, Vec<u8>),
 }
 
 impl Compare {
@@ -53,7 +55,15 @@ impl Compare {
     /// The key this compare looks at.
     pub fn key(&self) -> &str {
         match self {
-            Compare::ModRevision(k, _) => k,
+            Compare::ModRevision(k, _) | Compare::Value(k, _) => k,
+        }
+    }
+
+    /// Whether the compare holds for `current`, the key's present state (`None`: absent).
+    pub fn holds(&self, current: Option<&KeyValue>) -> bool {
+        match self {
+            Compare::ModRevision(_, want) => current.map_or(0, |kv| kv.mod_revision) == *want,
+            Compare::Value(_, want) => current.is_some_and(|kv| kv.value == *want),
         }
     }
 }
@@ -248,12 +258,8 @@ impl Store for MemoryStore {
 
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
         let mut st = self.lock();
-        for c in compares {
-            let Compare::ModRevision(key, want) = c;
-            let have = st.data.get(key).map_or(0, |kv| kv.mod_revision);
-            if have != *want {
-                return Ok(TxnOutcome::Conflict);
-            }
+        if !compares.iter().all(|c| c.holds(st.data.get(c.key()))) {
+            return Ok(TxnOutcome::Conflict);
         }
         if ops.is_empty() {
             return Ok(TxnOutcome::Committed(st.revision));

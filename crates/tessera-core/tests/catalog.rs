@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
-use tessera_core::catalog::{Action, Catalog, CatalogError, Outcome, POOL_GUARD_KEY};
+use tessera_core::catalog::{Action, Catalog, CatalogError, Outcome, CONFIG_GUARD_KEY};
 use tessera_core::manifest::decode_document;
 use tessera_core::resources::{IPAMConfigurationSpec, Kind, Resource};
 use tessera_core::store::{
@@ -787,7 +787,7 @@ fn concurrent_overlapping_pool_is_caught_on_retry() {
         names(&Catalog::new(&store.inner).list(Kind::IPPool).unwrap()),
         ["theirs"]
     );
-    assert!(store.inner.get(POOL_GUARD_KEY).unwrap().is_some());
+    assert!(store.inner.get(CONFIG_GUARD_KEY).unwrap().is_some());
 }
 
 #[test]

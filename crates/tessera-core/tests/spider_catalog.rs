@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 
 use serde_json::{json, Value};
-use tessera_core::catalog::{Action, Catalog, CatalogError, InUse, Outcome, POOL_GUARD_KEY};
+use tessera_core::catalog::{Action, Catalog, CatalogError, InUse, Outcome, CONFIG_GUARD_KEY};
 use tessera_core::keys;
 use tessera_core::manifest::decode_document;
 use tessera_core::ranges::IpRangeSet;
@@ -110,7 +110,7 @@ fn seed_subnet_and_pool_apply_in_either_order() {
         .get(&keys::spider_subnet("nginx-subnet-v4"))
         .unwrap()
         .is_some());
-    assert!(store.get(POOL_GUARD_KEY).unwrap().is_some());
+    assert!(store.get(CONFIG_GUARD_KEY).unwrap().is_some());
     // Applying both again changes nothing.
     let rev = revision(&store);
     assert_eq!(

@@ -125,9 +125,8 @@ impl<S: Store> Store for Probe<S> {
             if let Ok(snap) = self.inner.read(&reads) {
                 let mut log = self.log.by_kind.lock().unwrap();
                 for (i, c) in compares.iter().enumerate() {
-                    let Compare::ModRevision(key, want) = c;
-                    if snap.get(i).map_or(0, |kv| kv.mod_revision) != *want {
-                        *log.entry(kind(key)).or_default() += 1;
+                    if !c.holds(snap.get(i)) {
+                        *log.entry(kind(c.key())).or_default() += 1;
                     }
                 }
             }

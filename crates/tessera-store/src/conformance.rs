@@ -45,6 +45,7 @@ checks![
     prefix_range_order_and_boundaries,
     compare_absent,
     compare_mod_revision,
+    compare_value,
     failed_txn_writes_nothing,
     compare_only_txn,
     delete_absent_key,
@@ -410,6 +411,49 @@ pub fn compare_absent(store: &dyn Store) {
         rev,
         "a failed txn must not bump the revision"
     );
+}
+
+/// `Compare::Value` holds only when the key exists with exactly those bytes.
+pub fn compare_value(store: &dyn Store) {
+    let ns = ns("compare_value");
+    let key = format!("{ns}k");
+    let absent = format!("{ns}absent");
+    let empty = format!("{ns}empty");
+    let rev1 = put(store, &key, b"nonce-1");
+    put(store, &empty, b"");
+    for (compare, what) in [
+        (
+            Compare::Value(key.clone(), b"nonce-2".to_vec()),
+            "other bytes",
+        ),
+        (
+            Compare::Value(key.clone(), b"nonce-".to_vec()),
+            "a prefix of the bytes",
+        ),
+        (Compare::Value(absent.clone(), Vec::new()), "an absent key"),
+    ] {
+        let out = ok(store.txn(&[compare], &[put_op(&key, b"x")]), what);
+        assert_eq!(
+            out,
+            TxnOutcome::Conflict,
+            "a value compare on {what} must fail"
+        );
+    }
+    assert_eq!(get(store, &key).unwrap().mod_revision, rev1);
+    let rev2 = committed(
+        ok(
+            store.txn(
+                &[
+                    Compare::Value(key.clone(), b"nonce-1".to_vec()),
+                    Compare::Value(empty.clone(), Vec::new()),
+                ],
+                &[put_op(&key, b"nonce-2")],
+            ),
+            "value compares that hold",
+        ),
+        "value compares that hold",
+    );
+    assert_eq!(get(store, &key).unwrap().mod_revision, rev2);
 }
 
 /// `Compare::unchanged` holds only at the exact mod_revision.

@@ -567,9 +567,13 @@ impl Store for EtcdStore {
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
         let compares: Vec<etcd_client::Compare> = compares
             .iter()
-            .map(|c| {
-                let Compare::ModRevision(key, rev) = c;
-                etcd_client::Compare::mod_revision(self.full_key(key), CompareOp::Equal, *rev)
+            .map(|c| match c {
+                Compare::ModRevision(key, rev) => {
+                    etcd_client::Compare::mod_revision(self.full_key(key), CompareOp::Equal, *rev)
+                }
+                Compare::Value(key, value) => {
+                    etcd_client::Compare::value(self.full_key(key), CompareOp::Equal, value.clone())
+                }
             })
             .collect();
         // etcd rejects a txn that writes one key twice; applying the writes in order means the

@@ -53,7 +53,6 @@ const SQL_RANGE: &str =
     "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 AND key < ?2 ORDER BY key";
 const SQL_RANGE_OPEN: &str =
     "SELECT key, value, create_rev, mod_rev FROM kv WHERE key >= ?1 ORDER BY key";
-const SQL_MOD_REV: &str = "SELECT mod_rev FROM kv WHERE key = ?1";
 const SQL_PUT: &str = "INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?1, ?2, ?3, ?3)
     ON CONFLICT (key) DO UPDATE SET value = excluded.value, mod_rev = excluded.mod_rev";
 const SQL_DELETE: &str = "DELETE FROM kv WHERE key = ?1";
@@ -222,13 +221,11 @@ impl Store for SqliteStore {
         };
         let tx = conn.transaction_with_behavior(behavior).map_err(err)?;
         for compare in compares {
-            let Compare::ModRevision(key, want) = compare;
-            let have = tx
-                .prepare_cached(SQL_MOD_REV)
-                .and_then(|mut s| s.query_row([key], |r| r.get::<_, i64>(0)).optional())
-                .map_err(err)?
-                .unwrap_or(0);
-            if have != *want {
+            let current = tx
+                .prepare_cached(SQL_GET)
+                .and_then(|mut s| s.query_row([compare.key()], row_to_kv).optional())
+                .map_err(err)?;
+            if !compare.holds(current.as_ref()) {
                 // Dropping `tx` rolls back; nothing was written.
                 return Ok(TxnOutcome::Conflict);
             }

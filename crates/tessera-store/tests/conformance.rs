@@ -60,6 +60,7 @@ per_backend![
     prefix_range_order_and_boundaries,
     compare_absent,
     compare_mod_revision,
+    compare_value,
     failed_txn_writes_nothing,
     compare_only_txn,
     delete_absent_key,
