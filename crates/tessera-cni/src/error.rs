@@ -141,7 +141,7 @@ impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         let code = match &e {
             IpamError::Store(s) => return CniError::from_store_ref(s, e.to_string()),
-            IpamError::Contention(_) => code::TRY_AGAIN,
+            IpamError::Contention(_) | IpamError::BeyondView => code::TRY_AGAIN,
             IpamError::CorruptRecord { .. } => code::DATASTORE_DAMAGED,
             IpamError::InvalidRequest(_) => code::BAD_POD_REQUEST,
             IpamError::PoolNotFound(_)

@@ -8,6 +8,7 @@
 //! leaves the store exactly as before or exactly as after.
 
 mod attachments;
+pub mod cache;
 mod context;
 mod inspect;
 mod plan;
@@ -32,8 +33,9 @@ pub use select::{
 };
 
 use crate::keys;
-use crate::store::{Read, Store, StoreError, TxnOutcome};
-use plan::Plan;
+use crate::store::{KeyValue, Op, Read, Store, StoreError, TxnOutcome};
+use cache::{CachedKv, NodeCache, NodeView};
+use plan::{Plan, Released};
 use records::decode;
 
 /// How often an operation starts over after losing a compare-and-swap race.
@@ -140,6 +142,10 @@ pub enum IpamError {
         /// The leftover block.
         block: IpNet,
     },
+    /// A plan made from a node's cached view needed records the view does not hold. The
+    /// allocator answers it with a fresh read; callers of [`Ipam`] never see it.
+    #[error("the node's cached view does not hold every record this request needs")]
+    BeyondView,
     /// Too many concurrent writers touched the same records.
     #[error("gave up after {0} attempts: the datastore is too busy with concurrent changes to the same records; try again")]
     Contention(u32),
@@ -212,12 +218,46 @@ pub struct Assignment {
 /// The allocator over a store.
 pub struct Ipam<S> {
     store: S,
+    cache: Option<Box<dyn NodeCache>>,
+}
+
+/// The records one allocation plans from: a snapshot read, or a node's cached view.
+#[derive(Default)]
+struct Inputs {
+    config: Vec<KeyValue>,
+    node: Option<KeyValue>,
+    namespace: Option<KeyValue>,
+    blocks: Vec<KeyValue>,
+    handle: Option<KeyValue>,
+}
+
+impl Inputs {
+    fn from_view(view: &NodeView, namespace: Option<&str>) -> Self {
+        let all = |kvs: &[CachedKv]| kvs.iter().map(CachedKv::to_kv).collect();
+        Self {
+            config: all(&view.config),
+            node: view.node_record.as_ref().map(CachedKv::to_kv),
+            namespace: namespace
+                .and_then(|ns| view.namespaces.get(ns))
+                .and_then(|kv| kv.as_ref().map(CachedKv::to_kv)),
+            blocks: all(&view.blocks),
+            handle: None,
+        }
+    }
 }
 
 impl<S: Store> Ipam<S> {
     /// An allocator over `store`.
     pub fn new(store: S) -> Self {
-        Self { store }
+        Self { store, cache: None }
+    }
+
+    /// Keeps each node's view of its records in `cache` between requests, so that the common
+    /// allocation and release are one transaction without a read before it (see [`cache`]).
+    /// Worth it on a remote store; correctness never depends on the cache.
+    pub fn with_cache(mut self, cache: impl NodeCache + 'static) -> Self {
+        self.cache = Some(Box::new(cache));
+        self
     }
 
     /// The underlying store.
@@ -227,8 +267,8 @@ impl<S: Store> Ipam<S> {
 
     /// Allocates what `req` asks for, all or nothing.
     ///
-    /// Common path: one snapshot read (configuration, node, namespace, the node's blocks,
-    /// the handle) and one transaction.
+    /// Common path: one snapshot read (configuration, node, namespace, the node's blocks)
+    /// and one transaction; with a cache, the transaction alone.
     pub fn assign(&self, req: &AssignRequest) -> Result<Assignment, IpamError> {
         if req.handle.is_empty() {
             return Err(IpamError::InvalidRequest("the handle id is empty".into()));
@@ -243,104 +283,241 @@ impl<S: Store> Ipam<S> {
         }
         let mut attrs = req.attrs.clone();
         attrs.node = Some(req.node.clone());
+        let namespace = attrs.namespace.clone();
+        let namespace = namespace.as_deref();
+
+        let cached = self.cache.as_ref().and_then(|c| c.load_view(&req.node));
+        if let Some(view) = cached.as_ref().filter(|v| v.covers(namespace)) {
+            let inputs = Inputs::from_view(view, namespace);
+            match self.try_assign(req, &attrs, inputs, Some(view)) {
+                Ok(Some(done)) => return Ok(done),
+                // A stale view or a request the view cannot answer: the fresh read decides.
+                Ok(None) | Err(IpamError::BeyondView) => {}
+                Err(IpamError::Store(e)) => return Err(e.into()),
+                Err(_) => {}
+            }
+        }
         for attempt in 0..MAX_ATTEMPTS {
             backoff(attempt, &req.handle);
-            let namespace = attrs.namespace.as_deref();
-            // The first attempt assumes the handle is new (it nearly always is) and saves
+            // The first read assumes the handle is new (it nearly always is) and saves
             // reading it: the commit's "absent" compare catches an existing one, and the
             // attempts after a failed commit read it.
-            let read_handle = attempt > 0;
+            let read_handle = attempt > 0 || cached.is_some();
             let mut reads = vec![
                 Read::Prefix(keys::CONFIG_PREFIX.into()),
                 Read::Get(keys::node(&req.node)),
                 Read::Prefix(keys::blocks_of(&req.node)),
             ];
-            if read_handle {
-                reads.push(Read::Get(keys::handle(&req.handle)));
-            }
-            let ns_at = reads.len();
             if let Some(ns) = namespace {
                 reads.push(Read::Get(keys::namespace(ns)));
             }
-            let snap = self.store.read(&reads)?;
-            let ctx = Context::from_records(snap.list(0), snap.get(1), snap.get(ns_at))?;
-            let mut plan = Plan::new(&self.store, &ctx, &req.node, snap.list(2))?;
-            let handle_kv = if read_handle { snap.get(3) } else { None };
-            let mut handle: HandleRecord = match handle_kv {
-                Some(kv) => decode(kv)?,
-                None => HandleRecord {
-                    id: req.handle.clone(),
-                    ..Default::default()
+            if read_handle {
+                reads.push(Read::Get(keys::handle(&req.handle)));
+            }
+            let mut results = self.store.read(&reads)?.results.into_iter();
+            let mut next = || results.next().unwrap_or_default();
+            let inputs = Inputs {
+                config: next(),
+                node: next().pop(),
+                blocks: next(),
+                namespace: if namespace.is_some() {
+                    next().pop()
+                } else {
+                    None
                 },
+                handle: if read_handle { next().pop() } else { None },
             };
-            handle.attrs = attrs.clone();
-
-            let mut got = Vec::new();
-            for ip in &req.ips {
-                got.push(plan.assign_specific(*ip, &req.handle)?);
-            }
-            for (family, count) in [(Family::V4, req.num_v4), (Family::V6, req.num_v6)] {
-                if count == 0 {
-                    continue;
-                }
-                let pools = select::candidate_pools(&ctx, family, &req.node, req)?;
-                for _ in 0..count {
-                    match plan.assign_auto(&pools, family, &req.handle) {
-                        Ok(a) => got.push(a),
-                        Err(e) => {
-                            plan.save_hints();
-                            return Err(e);
-                        }
-                    }
-                }
-            }
-            for a in &got {
-                handle.addresses.push(HandleAddress {
-                    ip: a.ip,
-                    block: plan
-                        .block_key_of(a.ip)
-                        .expect("every address of the plan was taken from a block")
-                        .to_string(),
-                });
-            }
-            let handle_rev = handle_kv.map_or(0, |kv| kv.mod_revision);
-            match plan.commit(Some((&handle, handle_rev)))? {
-                TxnOutcome::Committed(_) => {
-                    return Ok(Assignment {
-                        handle: req.handle.clone(),
-                        addresses: got,
-                    })
-                }
-                TxnOutcome::Conflict => continue,
+            if let Some(done) = self.try_assign(req, &attrs, inputs, None)? {
+                return Ok(done);
             }
         }
         Err(IpamError::Contention(MAX_ATTEMPTS))
     }
 
+    /// One plan and commit; `Ok(None)` when a compare failed. `view` is set when `inputs`
+    /// come from the node's cached view rather than a read.
+    fn try_assign(
+        &self,
+        req: &AssignRequest,
+        attrs: &Attributes,
+        inputs: Inputs,
+        view: Option<&NodeView>,
+    ) -> Result<Option<Assignment>, IpamError> {
+        let namespace = attrs.namespace.as_deref();
+        let ctx = Context::from_records(
+            &inputs.config,
+            inputs.node.as_ref(),
+            inputs.namespace.as_ref(),
+        )?;
+        let mut plan = Plan::new(&self.store, &ctx, &req.node, &inputs.blocks, view.is_some())?;
+        let mut handle: HandleRecord = match &inputs.handle {
+            Some(kv) => decode(kv)?,
+            None => HandleRecord {
+                id: req.handle.clone(),
+                ..Default::default()
+            },
+        };
+        handle.attrs = attrs.clone();
+
+        let mut got = Vec::new();
+        for ip in &req.ips {
+            got.push(plan.assign_specific(*ip, &req.handle)?);
+        }
+        for (family, count) in [(Family::V4, req.num_v4), (Family::V6, req.num_v6)] {
+            if count == 0 {
+                continue;
+            }
+            let pools = select::candidate_pools(&ctx, family, &req.node, req)?;
+            for _ in 0..count {
+                match plan.assign_auto(&pools, family, &req.handle) {
+                    Ok(a) => got.push(a),
+                    Err(e) => {
+                        plan.save_hints();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        for a in &got {
+            handle.addresses.push(HandleAddress {
+                ip: a.ip,
+                block: plan
+                    .block_key_of(a.ip)
+                    .expect("every address of the plan was taken from a block")
+                    .to_string(),
+            });
+        }
+        let handle_rev = inputs.handle.as_ref().map_or(0, |kv| kv.mod_revision);
+        let extra = view.map(|v| v.compares(namespace)).unwrap_or_default();
+        let (outcome, ops) = plan.commit((&handle, handle_rev), extra)?;
+        let TxnOutcome::Committed(revision) = outcome else {
+            return Ok(None);
+        };
+        if let Some(cache) = &self.cache {
+            let updated = match view {
+                Some(v) => Some(v.clone()),
+                None => NodeView::from_snapshot(
+                    &req.node,
+                    &inputs.config,
+                    inputs.node.as_ref(),
+                    namespace.map(|ns| (ns, inputs.namespace.as_ref())),
+                    &inputs.blocks,
+                )
+                .map(|mut fresh| {
+                    if let Some(older) = cache.load_view(&req.node) {
+                        fresh.keep_namespaces_of(&older);
+                    }
+                    fresh
+                }),
+            };
+            if let Some(mut updated) = updated {
+                updated.apply(&ops, revision);
+                cache.save_view(&updated);
+            }
+            let handle_key = keys::handle(&req.handle);
+            let written = ops.iter().find_map(|op| match op {
+                Op::Put(k, v) if *k == handle_key => Some(v),
+                _ => None,
+            });
+            if let Some(value) = written.and_then(|v| String::from_utf8(v.clone()).ok()) {
+                let created = inputs
+                    .handle
+                    .as_ref()
+                    .map_or(revision, |kv| kv.create_revision);
+                cache.save_handle(
+                    &req.handle,
+                    &CachedKv {
+                        key: handle_key,
+                        value,
+                        create_revision: created,
+                        mod_revision: revision,
+                    },
+                );
+            }
+        }
+        Ok(Some(Assignment {
+            handle: req.handle.clone(),
+            addresses: got,
+        }))
+    }
+
     /// Releases every address of a handle. Releasing an unknown or already released handle
     /// is not an error; the released addresses are returned.
     pub fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        if let Some(cache) = &self.cache {
+            if let Some(released) = self.release_from_view(cache.as_ref(), handle)? {
+                return Ok(released);
+            }
+        }
         for attempt in 0..MAX_ATTEMPTS {
             backoff(attempt, handle);
             let Some(kv) = self.store.get(&keys::handle(handle))? else {
+                if let Some(cache) = &self.cache {
+                    cache.forget_handle(handle);
+                }
                 return Ok(Vec::new());
             };
             let rec: HandleRecord = decode(&kv)?;
-            let targets: Vec<plan::Target> = rec
-                .addresses
-                .iter()
-                .map(|a| plan::Target {
-                    ip: a.ip,
-                    block_key: a.block.clone(),
-                    handle: handle.to_string(),
-                })
-                .collect();
-            match plan::release(&self.store, &targets, Some((&rec, kv.mod_revision)))? {
-                Some(released) => return Ok(released),
-                None => continue,
+            let targets = handle_targets(&rec);
+            match plan::release(&self.store, &targets, Some((&rec, kv.mod_revision)), None)? {
+                Released::Done { ips, revision, ops } => {
+                    if let Some(cache) = &self.cache {
+                        cache.forget_handle(handle);
+                        let view = rec.attrs.node.as_deref().and_then(|n| cache.load_view(n));
+                        if let (Some(mut view), Some(revision)) = (view, revision) {
+                            view.apply(&ops, revision);
+                            cache.save_view(&view);
+                        }
+                    }
+                    return Ok(ips);
+                }
+                Released::Conflict => continue,
             }
         }
         Err(IpamError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// The release of a handle this node wrote, planned from the cached handle and the
+    /// node's view: one transaction. `Ok(None)` when the view is stale or not enough.
+    fn release_from_view(
+        &self,
+        cache: &dyn NodeCache,
+        handle: &str,
+    ) -> Result<Option<Vec<IpAddr>>, IpamError> {
+        let Some(kv) = cache.load_handle(handle).map(|c| c.to_kv()) else {
+            return Ok(None);
+        };
+        let Ok(rec) = decode::<HandleRecord>(&kv) else {
+            cache.forget_handle(handle);
+            return Ok(None);
+        };
+        let Some(mut view) = rec.attrs.node.as_deref().and_then(|n| cache.load_view(n)) else {
+            return Ok(None);
+        };
+        let blocks: std::collections::BTreeMap<String, KeyValue> = view
+            .blocks
+            .iter()
+            .map(|b| (b.key.clone(), b.to_kv()))
+            .collect();
+        let targets = handle_targets(&rec);
+        match plan::release(
+            &self.store,
+            &targets,
+            Some((&rec, kv.mod_revision)),
+            Some(&blocks),
+        ) {
+            Ok(Released::Done { ips, revision, ops }) => {
+                if let Some(revision) = revision {
+                    view.apply(&ops, revision);
+                    cache.save_view(&view);
+                }
+                cache.forget_handle(handle);
+                Ok(Some(ips))
+            }
+            Ok(Released::Conflict) => Ok(None),
+            Err(IpamError::Store(e)) => Err(e.into()),
+            Err(_) => Ok(None),
+        }
     }
 
     /// Releases single addresses, whoever holds them. Addresses that are not allocated are
@@ -362,14 +539,14 @@ impl<S: Store> Ipam<S> {
             }
             let held: Vec<(IpAddr, String)> =
                 targets.iter().map(|t| (t.ip, t.handle.clone())).collect();
-            match plan::release(&self.store, &targets, None)? {
-                Some(released) => {
+            match plan::release(&self.store, &targets, None, None)? {
+                Released::Done { ips, .. } => {
                     return Ok(held
                         .into_iter()
-                        .filter(|(ip, _)| released.contains(ip))
+                        .filter(|(ip, _)| ips.contains(ip))
                         .collect())
                 }
-                None => continue,
+                Released::Conflict => continue,
             }
         }
         Err(IpamError::Contention(MAX_ATTEMPTS))
@@ -417,6 +594,18 @@ impl<S: Store> Ipam<S> {
     pub fn check(&self) -> Result<CheckReport, IpamError> {
         inspect::check(&self.store)
     }
+}
+
+/// What releasing every address of a handle touches.
+fn handle_targets(rec: &HandleRecord) -> Vec<plan::Target> {
+    rec.addresses
+        .iter()
+        .map(|a| plan::Target {
+            ip: a.ip,
+            block_key: a.block.clone(),
+            handle: rec.id.clone(),
+        })
+        .collect()
 }
 
 /// Short randomized pause before a retry, so racing writers spread out.

@@ -45,6 +45,8 @@ pub(super) struct Plan<'a, S: ?Sized> {
     pools_used: BTreeSet<usize>,
     /// Key of the block each address of this plan was taken from, for the handle record.
     taken_from: BTreeMap<IpAddr, String>,
+    /// Planned from a node's cached view: anything beyond it needs a fresh read instead.
+    from_view: bool,
 }
 
 /// Splits a block key into (home, block network).
@@ -80,12 +82,15 @@ pub(super) fn free_offset(
 }
 
 impl<'a, S: Store + ?Sized> Plan<'a, S> {
-    /// A plan seeded with the node's blocks from the snapshot.
+    /// A plan seeded with the node's blocks from the snapshot, or from the node's cached
+    /// view (`from_view`), in which case it reads nothing and fails with
+    /// [`IpamError::BeyondView`] when it would need to.
     pub(super) fn new(
         store: &'a S,
         ctx: &'a Context,
         node: &'a str,
         node_blocks: &[KeyValue],
+        from_view: bool,
     ) -> Result<Self, IpamError> {
         let mut blocks = BTreeMap::new();
         for kv in node_blocks {
@@ -108,6 +113,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             indexes: BTreeMap::new(),
             pools_used: BTreeSet::new(),
             taken_from: BTreeMap::new(),
+            from_view,
         })
     }
 
@@ -124,8 +130,17 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         self.taken_from.get(&ip).map(String::as_str)
     }
 
+    /// Fails when the plan works from a cached view, which never stands in for a read.
+    fn may_read(&self) -> Result<(), IpamError> {
+        if self.from_view {
+            return Err(IpamError::BeyondView);
+        }
+        Ok(())
+    }
+
     fn index(&mut self, tiling: Tiling) -> Result<&mut PlannedIndex, IpamError> {
         if !self.indexes.contains_key(&tiling) {
+            self.may_read()?;
             let planned = read_index(self.store.get(&keys::pool_index(&tiling))?.as_ref())?;
             self.indexes.insert(tiling, planned);
         }
@@ -150,6 +165,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         if self.blocks.contains_key(key) {
             return Ok(true);
         }
+        self.may_read()?;
         match self.store.get(key)? {
             Some(kv) => {
                 self.blocks.insert(
@@ -624,24 +640,30 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         (compares, ops)
     }
 
-    /// Commits every change plus the handle record in one transaction.
+    /// Commits every change plus the handle record in one transaction, adding `extra`
+    /// compares. Returns the outcome and the writes.
     pub(super) fn commit(
         &self,
-        handle: Option<(&HandleRecord, i64)>,
-    ) -> Result<TxnOutcome, IpamError> {
+        handle: (&HandleRecord, i64),
+        extra: Vec<Compare>,
+    ) -> Result<(TxnOutcome, Vec<Op>), IpamError> {
         let (mut compares, mut ops) = self.txn_parts();
-        if let Some((rec, rev)) = handle {
-            let key = keys::handle(&rec.id);
-            compares.push(Compare::unchanged(key.clone(), rev));
-            ops.push(Op::Put(key, encode(rec)));
-        }
-        Ok(self.store.txn(&compares, &ops)?)
+        compares.extend(extra);
+        let (rec, rev) = handle;
+        let key = keys::handle(&rec.id);
+        compares.push(Compare::unchanged(key.clone(), rev));
+        ops.push(Op::Put(key, encode(rec)));
+        let outcome = self.store.txn(&compares, &ops)?;
+        Ok((outcome, ops))
     }
 
     /// After a failed request, keeps only what it learned about full blocks (best effort),
     /// so the next request skips them without reading them. Only blocks this plan took no
     /// address from count: their fullness is a fact of the store, not of the abandoned plan.
     pub(super) fn save_hints(&self) {
+        if self.from_view {
+            return;
+        }
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         for (tiling, idx) in &self.indexes {
@@ -749,13 +771,17 @@ fn planned_block(kv: &KeyValue) -> Result<PlannedBlock, IpamError> {
 /// starts over), otherwise the addresses actually released. Handles that lose their last
 /// address are deleted; empty blocks are given back to their pool unless they are the last
 /// block of their node in an enabled pool.
+///
+/// With `view_blocks` (a node's cached view of its blocks) nothing is read: a release that
+/// needs more than the known handle and those blocks fails with [`IpamError::BeyondView`].
 pub(super) fn release<S: Store + ?Sized>(
     store: &S,
     targets: &[Target],
     known_handle: Option<(&HandleRecord, i64)>,
-) -> Result<Option<Vec<IpAddr>>, IpamError> {
+    view_blocks: Option<&BTreeMap<String, KeyValue>>,
+) -> Result<Released, IpamError> {
     if targets.is_empty() {
-        return Ok(Some(Vec::new()));
+        return Ok(Released::nothing());
     }
     let block_keys: BTreeSet<&str> = targets.iter().map(|t| t.block_key.as_str()).collect();
     // A handle the caller has just read needs no second read: its revision is compared at
@@ -765,26 +791,35 @@ pub(super) fn release<S: Store + ?Sized>(
         .map(|t| t.handle.as_str())
         .filter(|h| known_handle.is_none_or(|(rec, _)| rec.id != *h))
         .collect();
-    let mut reads: Vec<Read> = block_keys
-        .iter()
-        .map(|k| Read::Get(k.to_string()))
-        .collect();
-    reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
-    let snap = store.read(&reads)?;
-
     let mut blocks: BTreeMap<String, PlannedBlock> = BTreeMap::new();
-    for (i, key) in block_keys.iter().enumerate() {
-        if let Some(kv) = snap.get(i) {
-            blocks.insert(key.to_string(), planned_block(kv)?);
-        }
-    }
     let mut handle_recs: BTreeMap<String, (HandleRecord, i64, bool)> = BTreeMap::new();
     if let Some((rec, rev)) = known_handle {
         handle_recs.insert(rec.id.clone(), (rec.clone(), rev, false));
     }
-    for (i, h) in handles.iter().enumerate() {
-        if let Some(kv) = snap.get(block_keys.len() + i) {
-            handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
+    if let Some(view) = view_blocks {
+        if !handles.is_empty() {
+            return Err(IpamError::BeyondView);
+        }
+        for key in &block_keys {
+            let kv = view.get(*key).ok_or(IpamError::BeyondView)?;
+            blocks.insert(key.to_string(), planned_block(kv)?);
+        }
+    } else {
+        let mut reads: Vec<Read> = block_keys
+            .iter()
+            .map(|k| Read::Get(k.to_string()))
+            .collect();
+        reads.extend(handles.iter().map(|h| Read::Get(keys::handle(h))));
+        let snap = store.read(&reads)?;
+        for (i, key) in block_keys.iter().enumerate() {
+            if let Some(kv) = snap.get(i) {
+                blocks.insert(key.to_string(), planned_block(kv)?);
+            }
+        }
+        for (i, h) in handles.iter().enumerate() {
+            if let Some(kv) = snap.get(block_keys.len() + i) {
+                handle_recs.insert(h.to_string(), (decode(kv)?, kv.mod_revision, false));
+            }
         }
     }
 
@@ -828,6 +863,9 @@ pub(super) fn release<S: Store + ?Sized>(
     // Pools matter only to decide whether an emptied block stays; read with the indexes.
     let mut ctx = Context::default();
     if !tilings.is_empty() || !homes.is_empty() {
+        if view_blocks.is_some() {
+            return Err(IpamError::BeyondView);
+        }
         let mut reads: Vec<Read> = tilings
             .iter()
             .map(|t| Read::Get(keys::pool_index(t)))
@@ -911,11 +949,41 @@ pub(super) fn release<S: Store + ?Sized>(
         }
     }
     if ops.is_empty() {
-        return Ok(Some(released));
+        return Ok(Released::Done {
+            ips: released,
+            revision: None,
+            ops,
+        });
     }
     match store.txn(&compares, &ops)? {
-        TxnOutcome::Committed(_) => Ok(Some(released)),
-        TxnOutcome::Conflict => Ok(None),
+        TxnOutcome::Committed(revision) => Ok(Released::Done {
+            ips: released,
+            revision: Some(revision),
+            ops,
+        }),
+        TxnOutcome::Conflict => Ok(Released::Conflict),
+    }
+}
+
+/// How a release attempt ended.
+pub(super) enum Released {
+    /// The addresses released; the writes and their revision, if anything was written.
+    Done {
+        ips: Vec<IpAddr>,
+        revision: Option<i64>,
+        ops: Vec<Op>,
+    },
+    /// A compare failed: nothing was written and the caller starts over.
+    Conflict,
+}
+
+impl Released {
+    fn nothing() -> Self {
+        Released::Done {
+            ips: Vec::new(),
+            revision: None,
+            ops: Vec::new(),
+        }
     }
 }
 

@@ -1,0 +1,474 @@
+//! A node's last view of the records its allocations depend on, kept between requests.
+//!
+//! On a remote store (etcd) the read before every allocation costs the store about as much
+//! as the write. A node's records change rarely behind its back: its blocks are written by
+//! its own requests, and configuration, node and namespace records by administrators. So a
+//! node keeps what its last request read and wrote (a [`NodeView`]) and the next request
+//! plans from it without reading, and commits with compares on every record the plan relied
+//! on: the configuration guard's nonce, the node and namespace records, and each block it
+//! writes. If anything changed, the compare fails, nothing is written, and the request falls
+//! back to the ordinary read. A view is only ever a guess; the compares make it safe.
+//!
+//! A plan that needs more than the view holds (claiming a block, borrowing, marking a block
+//! full, a block that empties on release) also falls back to a fresh read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::keys;
+use crate::store::{Compare, KeyValue, Op};
+
+/// Version of the on-disk format; views of another version are ignored.
+const FORMAT: u32 = 1;
+
+/// One cached key-value. Values are the records' JSON text.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedKv {
+    /// Store key.
+    pub key: String,
+    /// Stored value.
+    pub value: String,
+    /// Revision that created the key.
+    pub create_revision: i64,
+    /// Revision that last wrote the key.
+    pub mod_revision: i64,
+}
+
+impl CachedKv {
+    /// The key-value as text, or `None` for a value that is not UTF-8 (never cached).
+    pub fn from_kv(kv: &KeyValue) -> Option<Self> {
+        Some(Self {
+            key: kv.key.clone(),
+            value: String::from_utf8(kv.value.clone()).ok()?,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
+        })
+    }
+
+    /// Back to a store key-value.
+    pub fn to_kv(&self) -> KeyValue {
+        KeyValue {
+            key: self.key.clone(),
+            value: self.value.clone().into_bytes(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+        }
+    }
+}
+
+/// What a node's allocations last read and wrote: the configuration range, the node record,
+/// the namespaces its workloads were in, and the node's blocks.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Format version ([`FORMAT`]).
+    pub format: u32,
+    /// Node name.
+    pub node: String,
+    /// The `config/` range, guard included, in key order.
+    pub config: Vec<CachedKv>,
+    /// The node record (`None`: it did not exist).
+    pub node_record: Option<CachedKv>,
+    /// Namespace records by name (`None`: the namespace record did not exist).
+    pub namespaces: BTreeMap<String, Option<CachedKv>>,
+    /// The node's blocks (`blocks/<node>/`), in key order.
+    pub blocks: Vec<CachedKv>,
+}
+
+impl NodeView {
+    /// A view of what one snapshot read returned. `None` when a value is not text or the
+    /// configuration has no guard (nothing can be validated against it then).
+    pub fn from_snapshot(
+        node: &str,
+        config: &[KeyValue],
+        node_record: Option<&KeyValue>,
+        namespace: Option<(&str, Option<&KeyValue>)>,
+        blocks: &[KeyValue],
+    ) -> Option<Self> {
+        let all = |kvs: &[KeyValue]| {
+            kvs.iter()
+                .map(CachedKv::from_kv)
+                .collect::<Option<Vec<_>>>()
+        };
+        let view = Self {
+            format: FORMAT,
+            node: node.to_string(),
+            config: all(config)?,
+            node_record: match node_record {
+                Some(kv) => Some(CachedKv::from_kv(kv)?),
+                None => None,
+            },
+            namespaces: match namespace {
+                Some((name, kv)) => {
+                    let kv = match kv {
+                        Some(kv) => Some(CachedKv::from_kv(kv)?),
+                        None => None,
+                    };
+                    BTreeMap::from([(name.to_string(), kv)])
+                }
+                None => BTreeMap::new(),
+            },
+            blocks: all(blocks)?,
+        };
+        view.guard()?;
+        Some(view)
+    }
+
+    /// Adds the namespaces of an older view that this one does not have; each entry carries
+    /// its own revision and is checked when used.
+    pub fn keep_namespaces_of(&mut self, older: &NodeView) {
+        for (name, kv) in &older.namespaces {
+            self.namespaces
+                .entry(name.clone())
+                .or_insert_with(|| kv.clone());
+        }
+    }
+
+    /// The configuration guard, if the configuration has one.
+    fn guard(&self) -> Option<&CachedKv> {
+        self.config.iter().find(|kv| kv.key == keys::CONFIG_GUARD)
+    }
+
+    /// Whether the view can stand in for a read by a request of `namespace`.
+    pub fn covers(&self, namespace: Option<&str>) -> bool {
+        self.format == FORMAT && namespace.is_none_or(|ns| self.namespaces.contains_key(ns))
+    }
+
+    /// The compares that make a plan made from this view safe to commit: the configuration,
+    /// node and namespace are still as seen. (Blocks are compared by the plan itself.)
+    pub fn compares(&self, namespace: Option<&str>) -> Vec<Compare> {
+        let mut out = Vec::new();
+        if let Some(guard) = self.guard() {
+            out.push(Compare::Value(
+                guard.key.clone(),
+                guard.value.clone().into_bytes(),
+            ));
+        }
+        let rev = |kv: &Option<CachedKv>| kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        out.push(Compare::unchanged(
+            keys::node(&self.node),
+            rev(&self.node_record),
+        ));
+        if let Some(ns) = namespace {
+            let kv = self.namespaces.get(ns).cloned().flatten();
+            out.push(Compare::unchanged(keys::namespace(ns), rev(&kv)));
+        }
+        out
+    }
+
+    /// Records the writes of a transaction committed at `revision`.
+    pub fn apply(&mut self, ops: &[Op], revision: i64) {
+        let own_blocks = keys::blocks_of(&self.node);
+        for op in ops {
+            let (Op::Put(key, _) | Op::Delete(key)) = op;
+            let list = if key.starts_with(keys::CONFIG_PREFIX) {
+                &mut self.config
+            } else if key.starts_with(&own_blocks) {
+                &mut self.blocks
+            } else {
+                continue;
+            };
+            let at = list.binary_search_by(|kv| kv.key.as_str().cmp(key));
+            match (op, at) {
+                (Op::Put(_, value), at) => {
+                    let Ok(value) = String::from_utf8(value.clone()) else {
+                        // Not representable: forget the record, the next read brings it back.
+                        if let Ok(i) = at {
+                            list.remove(i);
+                        }
+                        continue;
+                    };
+                    match at {
+                        Ok(i) => {
+                            list[i].value = value;
+                            list[i].mod_revision = revision;
+                        }
+                        Err(i) => list.insert(
+                            i,
+                            CachedKv {
+                                key: key.clone(),
+                                value,
+                                create_revision: revision,
+                                mod_revision: revision,
+                            },
+                        ),
+                    }
+                }
+                (Op::Delete(_), Ok(i)) => {
+                    list.remove(i);
+                }
+                (Op::Delete(_), Err(_)) => {}
+            }
+        }
+    }
+}
+
+/// Where nodes keep their views and the handles they wrote. Every method is best effort:
+/// a cache that loses or garbles an entry only costs a read.
+pub trait NodeCache: Send + Sync {
+    /// The node's last view, if any.
+    fn load_view(&self, node: &str) -> Option<NodeView>;
+    /// Replaces the node's view.
+    fn save_view(&self, view: &NodeView);
+    /// A handle record as this node last wrote it.
+    fn load_handle(&self, id: &str) -> Option<CachedKv>;
+    /// Remembers a handle record this node wrote.
+    fn save_handle(&self, id: &str, kv: &CachedKv);
+    /// Forgets a handle (released).
+    fn forget_handle(&self, id: &str);
+}
+
+/// A cache in process memory, for tests and embedders that live long.
+#[derive(Default)]
+pub struct MemoryNodeCache {
+    views: Mutex<HashMap<String, NodeView>>,
+    handles: Mutex<HashMap<String, CachedKv>>,
+}
+
+impl MemoryNodeCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl NodeCache for MemoryNodeCache {
+    fn load_view(&self, node: &str) -> Option<NodeView> {
+        self.views.lock().ok()?.get(node).cloned()
+    }
+    fn save_view(&self, view: &NodeView) {
+        if let Ok(mut views) = self.views.lock() {
+            views.insert(view.node.clone(), view.clone());
+        }
+    }
+    fn load_handle(&self, id: &str) -> Option<CachedKv> {
+        self.handles.lock().ok()?.get(id).cloned()
+    }
+    fn save_handle(&self, id: &str, kv: &CachedKv) {
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.insert(id.to_string(), kv.clone());
+        }
+    }
+    fn forget_handle(&self, id: &str) {
+        if let Ok(mut handles) = self.handles.lock() {
+            handles.remove(id);
+        }
+    }
+}
+
+/// A cache in a directory on the node's disk: one file per node view and per handle, each
+/// replaced atomically (write, then rename), so concurrent plugin processes of one node
+/// never read a torn file. Files are private to the owner (0600 in a 0700 directory).
+pub struct DirNodeCache {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+struct HandleFile {
+    format: u32,
+    id: String,
+    kv: CachedKv,
+}
+
+impl DirNodeCache {
+    /// A cache under `base`, in a subdirectory of its own for the datastore `identity` (e.g.
+    /// its endpoints and key prefix), so two datastores never share entries.
+    pub fn open(base: &Path, identity: &str) -> std::io::Result<Self> {
+        let dir = base.join(format!("{:016x}", fnv1a(identity.as_bytes())));
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(0o700);
+        }
+        builder.create(&dir)?;
+        Ok(Self { dir })
+    }
+
+    /// The directory holding the entries.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, kind: &str, name: &str) -> PathBuf {
+        self.dir
+            .join(format!("{kind}-{:016x}.json", fnv1a(name.as_bytes())))
+    }
+
+    fn read<T: serde::de::DeserializeOwned>(&self, path: &Path) -> Option<T> {
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn write<T: Serialize>(&self, path: &Path, value: &T) {
+        let Ok(bytes) = serde_json::to_vec(value) else {
+            return;
+        };
+        let tmp = path.with_extension(format!("{}.{}.tmp", std::process::id(), unique_suffix()));
+        let written = (|| {
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt;
+                options.mode(0o600);
+            }
+            let mut file = options.open(&tmp)?;
+            file.write_all(&bytes)?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+impl NodeCache for DirNodeCache {
+    fn load_view(&self, node: &str) -> Option<NodeView> {
+        let view: NodeView = self.read(&self.path("node", node))?;
+        (view.node == node && view.format == FORMAT).then_some(view)
+    }
+    fn save_view(&self, view: &NodeView) {
+        self.write(&self.path("node", &view.node), view);
+    }
+    fn load_handle(&self, id: &str) -> Option<CachedKv> {
+        let file: HandleFile = self.read(&self.path("handle", id))?;
+        (file.id == id && file.format == FORMAT).then_some(file.kv)
+    }
+    fn save_handle(&self, id: &str, kv: &CachedKv) {
+        let file = HandleFile {
+            format: FORMAT,
+            id: id.to_string(),
+            kv: kv.clone(),
+        };
+        self.write(&self.path("handle", id), &file);
+    }
+    fn forget_handle(&self, id: &str) {
+        let _ = std::fs::remove_file(self.path("handle", id));
+    }
+}
+
+/// FNV-1a, 64 bits: stable across builds, unlike the standard library's hasher, so file
+/// names stay the same between plugin versions.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn unique_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(key: &str, value: &str, rev: i64) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.as_bytes().to_vec(),
+            create_revision: rev,
+            mod_revision: rev,
+        }
+    }
+
+    fn view() -> NodeView {
+        NodeView::from_snapshot(
+            "n1",
+            &[kv(keys::CONFIG_GUARD, "{\"nonce\":\"a\"}", 3)],
+            Some(&kv("nodes/n1", "{}", 4)),
+            Some(("ns", None)),
+            &[kv("blocks/n1/10.0.0.0-26", "{}", 5)],
+        )
+        .expect("a guarded snapshot makes a view")
+    }
+
+    #[test]
+    fn a_snapshot_without_guard_or_with_binary_values_makes_no_view() {
+        assert!(NodeView::from_snapshot("n1", &[], None, None, &[]).is_none());
+        let mut binary = kv(keys::CONFIG_GUARD, "", 1);
+        binary.value = vec![0xff];
+        assert!(NodeView::from_snapshot("n1", &[binary], None, None, &[]).is_none());
+    }
+
+    #[test]
+    fn compares_cover_guard_node_and_namespace() {
+        let v = view();
+        assert_eq!(
+            v.compares(Some("ns")),
+            vec![
+                Compare::Value(keys::CONFIG_GUARD.into(), b"{\"nonce\":\"a\"}".to_vec()),
+                Compare::unchanged("nodes/n1", 4),
+                Compare::unchanged("namespaces/ns", 0),
+            ]
+        );
+        assert!(v.covers(Some("ns")) && v.covers(None) && !v.covers(Some("other")));
+    }
+
+    #[test]
+    fn apply_keeps_blocks_and_config_in_key_order_and_skips_other_keys() {
+        let mut v = view();
+        v.apply(
+            &[
+                Op::Put("blocks/n1/10.0.0.64-26".into(), b"{\"b\":2}".to_vec()),
+                Op::Put("blocks/n1/10.0.0.0-26".into(), b"{\"b\":1}".to_vec()),
+                Op::Put("blocks/n2/10.0.1.0-26".into(), b"{}".to_vec()),
+                Op::Put("config/tilings/x".into(), b"{}".to_vec()),
+                Op::Put("handles/h".into(), b"{}".to_vec()),
+            ],
+            9,
+        );
+        let keys: Vec<_> = v.blocks.iter().map(|b| b.key.as_str()).collect();
+        assert_eq!(keys, ["blocks/n1/10.0.0.0-26", "blocks/n1/10.0.0.64-26"]);
+        assert_eq!(
+            (v.blocks[0].create_revision, v.blocks[0].mod_revision),
+            (5, 9)
+        );
+        assert_eq!(
+            (v.blocks[1].create_revision, v.blocks[1].mod_revision),
+            (9, 9)
+        );
+        assert_eq!(v.config.len(), 2);
+        v.apply(&[Op::Delete("blocks/n1/10.0.0.0-26".into())], 10);
+        assert_eq!(v.blocks.len(), 1);
+    }
+
+    #[test]
+    fn directory_cache_round_trips_and_separates_datastores() {
+        let base = tempfile::tempdir().unwrap();
+        let a = DirNodeCache::open(base.path(), "etcd://a").unwrap();
+        let b = DirNodeCache::open(base.path(), "etcd://b").unwrap();
+        let v = view();
+        a.save_view(&v);
+        assert_eq!(a.load_view("n1"), Some(v));
+        assert_eq!(b.load_view("n1"), None);
+        assert_eq!(a.load_view("n2"), None);
+        let h = CachedKv::from_kv(&kv("handles/h", "{}", 7)).unwrap();
+        a.save_handle("h", &h);
+        assert_eq!(a.load_handle("h"), Some(h));
+        a.forget_handle("h");
+        assert_eq!(a.load_handle("h"), None);
+        // A damaged file is a miss, not an error.
+        std::fs::write(a.path("node", "n1"), b"{not json").unwrap();
+        assert_eq!(a.load_view("n1"), None);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(a.dir()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(a.dir())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+}
