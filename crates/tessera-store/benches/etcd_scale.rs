@@ -3,6 +3,8 @@
 //! Run with `cargo bench -p tessera-store --features etcd --bench etcd_scale`; options
 //! (after `--`): `--nodes N`, `--allocations N`, `--threads N` (simulated hosts working at
 //! once, each with its own etcd connection), `--shared-client` (all threads share one store),
+//! `--cache on|off|both` (whether each simulated node keeps its view in a node cache
+//! directory, as the CNI plugin does on etcd; default both, one after the other),
 //! `--skip-small`, `--skip-large`.
 //!
 //! 1. Spiderpool's published shape: 10 nodes allocate 100 addresses each, all at once.
@@ -12,13 +14,17 @@
 //!    operation, and which records the conflicts were on.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use tessera_core::catalog::Catalog;
+use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{AssignRequest, Attributes, Ipam};
 use tessera_core::keys;
+use tessera_core::manifest::decode_document;
 use tessera_core::store::CountingStore;
 use tessera_store::local_etcd::LocalEtcd;
 use tessera_store::{
@@ -30,6 +36,8 @@ struct Args {
     allocations: usize,
     threads: usize,
     shared_client: bool,
+    /// Node cache modes to run, in order (false: no cache, true: a cache directory).
+    caches: Vec<bool>,
     small: bool,
     large: bool,
 }
@@ -40,6 +48,7 @@ fn args() -> Args {
         allocations: 100_000,
         threads: 32,
         shared_client: false,
+        caches: vec![false, true],
         small: true,
         large: true,
     };
@@ -55,6 +64,14 @@ fn args() -> Args {
             "--allocations" => a.allocations = num("--allocations"),
             "--threads" => a.threads = num("--threads"),
             "--shared-client" => a.shared_client = true,
+            "--cache" => {
+                a.caches = match it.next().as_deref() {
+                    Some("on") => vec![true],
+                    Some("off") => vec![false],
+                    Some("both") => vec![false, true],
+                    _ => panic!("--cache needs on, off or both"),
+                }
+            }
             "--skip-small" => a.small = false,
             "--skip-large" => a.large = false,
             // cargo bench passes --bench.
@@ -92,6 +109,8 @@ fn kind(key: &str) -> &'static str {
         (keys::POOL_INDEX_PREFIX, "pool-index/<pool>"),
         (keys::BLOCK_PREFIX, "blocks/<node>/<block>"),
         (keys::HANDLE_PREFIX, "handles/<id>"),
+        (keys::NODE_PREFIX, "nodes/<node>"),
+        (keys::NAMESPACE_PREFIX, "namespaces/<ns>"),
         (keys::CONFIG_PREFIX, "config/..."),
     ] {
         if key.starts_with(prefix) {
@@ -148,13 +167,19 @@ fn put_all(store: &dyn Store, records: Vec<(String, serde_json::Value)>) {
     }
 }
 
+/// The pool through the catalog, as `tessera apply` writes it (with the configuration
+/// guard), then the nodes.
 fn seed(store: &dyn Store, pool_cidr: &str, nodes: usize) {
-    let mut records = vec![(
-        keys::pool("bench"),
+    let pool = decode_document(
         json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
-               "metadata": {"name": "bench"},
-               "spec": {"cidr": pool_cidr, "blockSize": 26}}),
-    )];
+           "metadata": {"name": "bench"},
+           "spec": {"cidr": pool_cidr, "blockSize": 26}}),
+    )
+    .expect("bench pool");
+    Catalog::new(store)
+        .apply(&[pool])
+        .expect("creating the pool");
+    let mut records = Vec::new();
     for n in 0..nodes {
         records.push((
             keys::node(&format!("node-{n}")),
@@ -278,11 +303,13 @@ fn open(db: &Db) -> EtcdStore {
 type ThreadResult = (usize, Vec<Duration>, u64, u64);
 
 /// Runs `work(thread, store)` on `threads` threads at once, each with its own counted store
-/// (or all sharing one), and sums what they measured.
+/// (or all sharing one), and sums what they measured. With `cache`, every allocator keeps
+/// node views in that directory.
 fn run_threads<F>(
     url: &Db,
     threads: usize,
     shared: bool,
+    cache: Option<&Path>,
     log: &Arc<ConflictLog>,
     work: F,
 ) -> Measured
@@ -305,7 +332,10 @@ where
                 // Connect before the clock starts, as a long-running node daemon would be.
                 etcd.read(&[]).expect("warm-up read");
                 let store = CountingStore::new(Probe { inner: etcd, log });
-                let ipam = Ipam::new(&store);
+                let mut ipam = Ipam::new(&store);
+                if let Some(dir) = cache {
+                    ipam = ipam.with_cache(DirNodeCache::open(dir, &url.prefix).expect("cache"));
+                }
                 let mut lat = Vec::new();
                 barrier.wait();
                 let ops = work(t, &ipam, &mut lat);
@@ -394,23 +424,30 @@ fn raw_ceiling(url: &Db, threads: usize, shared: bool, total: usize, bytes: usiz
 fn read_only(url: &Db, a: &Args, per_thread_nodes: &[Vec<usize>]) -> Measured {
     let log = Arc::new(ConflictLog::default());
     let per_thread = 20_000 / a.threads;
-    run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
-        let nodes = &per_thread_nodes[t];
-        for i in 0..per_thread {
-            let node = format!("node-{}", nodes[i % nodes.len()]);
-            let reads = [
-                Read::Prefix(keys::CONFIG_PREFIX.into()),
-                Read::Get(keys::node(&node)),
-                Read::Prefix(keys::blocks_of(&node)),
-                Read::Get(keys::handle(&format!("large.{i}"))),
-                Read::Get(keys::namespace("default")),
-            ];
-            let start = Instant::now();
-            ipam.store().read(&reads).expect("read");
-            lat.push(start.elapsed());
-        }
-        per_thread
-    })
+    run_threads(
+        url,
+        a.threads,
+        a.shared_client,
+        None,
+        &log,
+        |t, ipam, lat| {
+            let nodes = &per_thread_nodes[t];
+            for i in 0..per_thread {
+                let node = format!("node-{}", nodes[i % nodes.len()]);
+                let reads = [
+                    Read::Prefix(keys::CONFIG_PREFIX.into()),
+                    Read::Get(keys::node(&node)),
+                    Read::Prefix(keys::blocks_of(&node)),
+                    Read::Get(keys::handle(&format!("large.{i}"))),
+                    Read::Get(keys::namespace("default")),
+                ];
+                let start = Instant::now();
+                ipam.store().read(&reads).expect("read");
+                lat.push(start.elapsed());
+            }
+            per_thread
+        },
+    )
 }
 
 fn header() {
@@ -429,15 +466,27 @@ fn print_conflicts(log: &ConflictLog) {
     by_kind.clear();
 }
 
-fn small(url: &Db, shared: bool) {
+/// What a run with or without the node cache is called in the output.
+fn mode_name(cache: bool) -> &'static str {
+    if cache {
+        "node cache"
+    } else {
+        "no cache"
+    }
+}
+
+fn small(url: &Db, shared: bool, cache: Option<&Path>) {
     const NODES: usize = 10;
     const PER_NODE: usize = 100;
     let setup = open(url);
     seed(&setup, "10.1.0.0/16", NODES);
     let log = Arc::new(ConflictLog::default());
-    println!("\n## 1. {NODES} nodes x {PER_NODE} allocations, all nodes at once\n");
+    println!(
+        "\n## 1. {NODES} nodes x {PER_NODE} allocations, all nodes at once, {}\n",
+        mode_name(cache.is_some())
+    );
     header();
-    let mut m = run_threads(url, NODES, shared, &log, |t, ipam, lat| {
+    let mut m = run_threads(url, NODES, shared, cache, &log, |t, ipam, lat| {
         for p in 0..PER_NODE {
             let start = Instant::now();
             ipam.assign(&request("small", t * PER_NODE + p, t))
@@ -455,8 +504,7 @@ fn small(url: &Db, shared: bool) {
     );
     let check = Ipam::new(&setup).check().expect("check");
     assert!(check.problems.is_empty(), "{:?}", check.problems);
-    // Leave the store empty for the large run.
-    let mut m = run_threads(url, NODES, shared, &log, |t, ipam, lat| {
+    let mut m = run_threads(url, NODES, shared, cache, &log, |t, ipam, lat| {
         for p in 0..PER_NODE {
             let start = Instant::now();
             ipam.release_handle(&format!("small.{}", t * PER_NODE + p))
@@ -469,14 +517,105 @@ fn small(url: &Db, shared: bool) {
     m.report("release", None);
 }
 
-fn large(url: &Db, a: &Args) {
-    let setup = open(url);
+/// One mode's assign and release phases of the large scenario, and what they wrote.
+struct LargeRun {
+    cache: bool,
+    assign: Measured,
+    release: Measured,
+    assign_bytes: usize,
+    release_bytes: usize,
+    assign_conflicts: BTreeMap<&'static str, u64>,
+    release_conflicts: BTreeMap<&'static str, u64>,
+}
+
+fn large_run(db: &Db, a: &Args, per_thread_nodes: &[Vec<usize>], cache: bool) -> LargeRun {
+    let setup = open(db);
     seed(&setup, "10.128.0.0/9", a.nodes);
+    let per_node = a.allocations / a.nodes;
+    let dir = cache_tempdir();
+    let cache_dir = cache.then(|| dir.path());
+    let log = Arc::new(ConflictLog::default());
+    let assign = run_threads(
+        db,
+        a.threads,
+        a.shared_client,
+        cache_dir,
+        &log,
+        |t, ipam, lat| {
+            let mut done = 0;
+            for round in 0..per_node {
+                for &node in &per_thread_nodes[t] {
+                    let start = Instant::now();
+                    ipam.assign(&request("large", node * per_node + round, node))
+                        .expect("assign");
+                    lat.push(start.elapsed());
+                    done += 1;
+                }
+            }
+            done
+        },
+    );
+    let assign_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
+    let assign_bytes = log.take_mean_put_bytes();
+    let release = run_threads(
+        db,
+        a.threads,
+        a.shared_client,
+        cache_dir,
+        &log,
+        |t, ipam, lat| {
+            let mut done = 0;
+            for round in 0..per_node {
+                for &node in &per_thread_nodes[t] {
+                    let start = Instant::now();
+                    ipam.release_handle(&format!("large.{}", node * per_node + round))
+                        .expect("release");
+                    lat.push(start.elapsed());
+                    done += 1;
+                }
+            }
+            done
+        },
+    );
+    let release_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
+    let check = Ipam::new(&setup).check().expect("check");
+    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    LargeRun {
+        cache,
+        assign,
+        release,
+        assign_bytes,
+        release_bytes: log.take_mean_put_bytes(),
+        assign_conflicts,
+        release_conflicts,
+    }
+}
+
+/// A directory for node caches on a memory file system when there is one, as the CNI
+/// plugin's default (`/run/tessera/ipam-cache`) is on most hosts.
+fn cache_tempdir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("cache directory")
+}
+
+fn conflicts_line(by_kind: &BTreeMap<&'static str, u64>) -> String {
+    if by_kind.is_empty() {
+        return "none".to_string();
+    }
+    let parts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    parts.join(", ")
+}
+
+fn large(db: &dyn Fn(&str) -> Db, a: &Args) {
     let per_thread_nodes: Vec<Vec<usize>> = (0..a.threads)
         .map(|t| (t..a.nodes).step_by(a.threads).collect())
         .collect();
-    let per_node = a.allocations / a.nodes;
-    let total = per_node * a.nodes;
+    let total = (a.allocations / a.nodes) * a.nodes;
     println!(
         "\n## 2. {total} allocations across {} nodes, {} threads{}\n",
         a.nodes,
@@ -487,79 +626,60 @@ fn large(url: &Db, a: &Args) {
             ", one client per thread"
         }
     );
-    let mut raw = raw_ceiling(url, a.threads, a.shared_client, 20_000.min(total), 700);
+    let raw_db = db("raw");
+    let mut raw = raw_ceiling(&raw_db, a.threads, a.shared_client, 20_000.min(total), 700);
     header();
-    raw.report("raw ceiling: 1-key txns of 700 B", None);
+    raw.report("raw ceiling: 1-key txns of 700 B (warm-up)", None);
 
-    let log = Arc::new(ConflictLog::default());
-    let mut m = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
-        let mut done = 0;
-        for round in 0..per_node {
-            for &node in &per_thread_nodes[t] {
-                let start = Instant::now();
-                ipam.assign(&request("large", node * per_node + round, node))
-                    .expect("assign");
-                lat.push(start.elapsed());
-                done += 1;
-            }
-        }
-        done
-    });
-    let assign_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
-    let assign_bytes = log.take_mean_put_bytes();
+    let mut runs: Vec<LargeRun> = a
+        .caches
+        .iter()
+        .map(|&cache| {
+            let name = if cache { "large-cache" } else { "large" };
+            large_run(&db(name), a, &per_thread_nodes, cache)
+        })
+        .collect();
     // The same etcd, the same clients, txns as large as the allocations' were: the write
     // ceiling for this payload.
+    let bytes = runs.last().map_or(700, |r| r.assign_bytes);
     let mut matched = raw_ceiling(
-        url,
+        &raw_db,
         a.threads,
         a.shared_client,
         20_000.min(total),
-        assign_bytes,
+        bytes,
     );
     let ceiling = matched.rate();
-    matched.report(
-        &format!("raw ceiling: 1-key txns of {assign_bytes} B"),
-        None,
-    );
-    let mut reads = read_only(url, a, &per_thread_nodes);
+    matched.report(&format!("raw ceiling: 1-key txns of {bytes} B"), None);
+    let last = if runs.last().is_some_and(|r| r.cache) {
+        "large-cache"
+    } else {
+        "large"
+    };
+    let mut reads = read_only(&db(last), a, &per_thread_nodes);
     reads.report("the allocation's snapshot read alone", None);
-    m.report("assign", Some(ceiling));
-
-    let mut r = run_threads(url, a.threads, a.shared_client, &log, |t, ipam, lat| {
-        let mut done = 0;
-        for round in 0..per_node {
-            for &node in &per_thread_nodes[t] {
-                let start = Instant::now();
-                ipam.release_handle(&format!("large.{}", node * per_node + round))
-                    .expect("release");
-                lat.push(start.elapsed());
-                done += 1;
-            }
-        }
-        done
-    });
-    r.report("release", Some(ceiling));
+    for run in &mut runs {
+        let name = mode_name(run.cache);
+        run.assign.report(&format!("assign, {name}"), Some(ceiling));
+        run.release
+            .report(&format!("release, {name}"), Some(ceiling));
+    }
     println!();
-    println!(
-        "mean bytes put per writing txn: assign {assign_bytes} B, release {} B",
-        log.take_mean_put_bytes()
-    );
-    let parts: Vec<String> = assign_conflicts
-        .iter()
-        .map(|(k, n)| format!("{k}: {n}"))
-        .collect();
-    println!(
-        "assign: conflicting compares by record: {}",
-        if parts.is_empty() {
-            "none".to_string()
-        } else {
-            parts.join(", ")
-        }
-    );
-    print!("release: ");
-    print_conflicts(&log);
-    let check = Ipam::new(&setup).check().expect("check");
-    assert!(check.problems.is_empty(), "{:?}", check.problems);
+    for run in &runs {
+        let name = mode_name(run.cache);
+        println!(
+            "{name}: mean bytes put per writing txn: assign {} B, release {} B",
+            run.assign_bytes, run.release_bytes
+        );
+        println!(
+            "{name}: assign conflicting compares by record: {}",
+            conflicts_line(&run.assign_conflicts)
+        );
+        println!(
+            "{name}: release conflicting compares by record: {}",
+            conflicts_line(&run.release_conflicts)
+        );
+    }
 }
 
 fn main() {
@@ -588,10 +708,14 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if a.small {
-        small(&db("small"), a.shared_client);
+        for &cache in &a.caches {
+            let dir = cache_tempdir();
+            let name = if cache { "small-cache" } else { "small" };
+            small(&db(name), a.shared_client, cache.then(|| dir.path()));
+        }
     }
     if a.large {
-        large(&db("large"), &a);
+        large(&db, &a);
     }
 }
 
