@@ -103,7 +103,15 @@ pub struct IpamConf {
     pub log_level: LogLevel,
     /// Log file; `None` logs to stderr.
     pub log_file: Option<PathBuf>,
+    /// Directory of the node cache used with etcd datastores (`cache_dir`; an empty string
+    /// turns the cache off): the node's last view of its records, so the common ADD and DEL
+    /// need one transaction less. `None` when turned off.
+    pub cache_dir: Option<PathBuf>,
 }
+
+/// Default node cache directory: on a memory file system on most hosts, as a cache wants;
+/// after a reboot the first request of each node reads the datastore again.
+pub const DEFAULT_CACHE_DIR: &str = "/run/tessera/ipam-cache";
 
 /// Default place of the node name file.
 pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/tessera/nodename";
@@ -172,6 +180,7 @@ const IPAM_KEYS: &[&str] = &[
     "gateways",
     "log_level",
     "log_file",
+    "cache_dir",
 ];
 
 /// Parses stdin into JSON: a syntax error is a decode error (6).
@@ -378,6 +387,11 @@ fn parse_ipam(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
         gateways,
         log_level,
         log_file,
+        cache_dir: match opt_str(m, "cache_dir", "ipam.")? {
+            None => Some(PathBuf::from(DEFAULT_CACHE_DIR)),
+            Some(s) if s.trim().is_empty() => None,
+            Some(s) => Some(PathBuf::from(s)),
+        },
     })
 }
 
@@ -754,6 +768,23 @@ mod tests {
         assert_eq!(c.ipam.log_level, LogLevel::Warning);
         assert!(!c.main_needs_gateway);
         assert_eq!(c.ipam.nodename_file, PathBuf::from(DEFAULT_NODENAME_FILE));
+        assert_eq!(c.ipam.cache_dir, Some(PathBuf::from(DEFAULT_CACHE_DIR)));
+    }
+
+    #[test]
+    fn cache_dir_is_set_turned_off_or_refused() {
+        let mut v = base();
+        v["ipam"]["cache_dir"] = json!("/var/cache/t");
+        assert_eq!(
+            conf(v.clone()).unwrap().ipam.cache_dir,
+            Some(PathBuf::from("/var/cache/t"))
+        );
+        v["ipam"]["cache_dir"] = json!(" ");
+        assert_eq!(conf(v.clone()).unwrap().ipam.cache_dir, None);
+        v["ipam"]["cache_dir"] = json!(3);
+        let e = conf(v).unwrap_err();
+        assert_eq!(e.code, 7);
+        assert!(e.msg.contains("ipam.cache_dir"), "{}", e.msg);
     }
 
     #[test]

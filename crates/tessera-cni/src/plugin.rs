@@ -5,6 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use serde_json::Value;
+use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{
     parse_pool_annotation, AssignRequest, AssignedAddress, Assignment, Attributes, Context, Family,
     Ipam, Readiness, ReadinessQuery, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
@@ -58,7 +59,21 @@ impl Invocation<'_> {
         let store = tessera_store::open_with(&url, &self.conf.ipam.store_options)?;
         let describe = store.describe();
         self.log.debug(format_args!("datastore {describe}"));
-        Ok((Ipam::new(store), describe))
+        let mut ipam = Ipam::new(store);
+        let remote = url.starts_with("etcd://") || url.starts_with("etcds://");
+        if let Some(dir) = self.conf.ipam.cache_dir.as_deref().filter(|_| remote) {
+            // The cache only saves round trips: without it every request still works.
+            match DirNodeCache::open(dir, &describe) {
+                Ok(cache) => ipam = ipam.with_cache(cache),
+                Err(e) => self.log.warn(format_args!(
+                    "node cache {} is not usable ({e}); reading the datastore for every \
+                     request (set ipam.cache_dir to a writable directory, or \"\" to turn \
+                     the cache off)",
+                    dir.display()
+                )),
+            }
+        }
+        Ok((ipam, describe))
     }
 
     /// Where an attachment error happened, for the error details.
