@@ -222,7 +222,6 @@ pub struct Ipam<S> {
 }
 
 /// The records one allocation plans from: a snapshot read, or a node's cached view.
-#[derive(Default)]
 struct Inputs {
     config: Vec<KeyValue>,
     node: Option<KeyValue>,
@@ -287,7 +286,8 @@ impl<S: Store> Ipam<S> {
         let namespace = namespace.as_deref();
 
         let cached = self.cache.as_ref().and_then(|c| c.load_view(&req.node));
-        if let Some(view) = cached.as_ref().filter(|v| v.covers(namespace)) {
+        let usable = cached.as_ref().filter(|v| v.covers(namespace));
+        if let Some(view) = usable {
             let inputs = Inputs::from_view(view, namespace);
             match self.try_assign(req, &attrs, inputs, Some(view)) {
                 Ok(Some(done)) => return Ok(done),
@@ -301,8 +301,8 @@ impl<S: Store> Ipam<S> {
             backoff(attempt, &req.handle);
             // The first read assumes the handle is new (it nearly always is) and saves
             // reading it: the commit's "absent" compare catches an existing one, and the
-            // attempts after a failed commit read it.
-            let read_handle = attempt > 0 || cached.is_some();
+            // reads after a failed commit (from the view or not) read it.
+            let read_handle = attempt > 0 || usable.is_some();
             let mut reads = vec![
                 Read::Prefix(keys::CONFIG_PREFIX.into()),
                 Read::Get(keys::node(&req.node)),
@@ -394,46 +394,7 @@ impl<S: Store> Ipam<S> {
             return Ok(None);
         };
         if let Some(cache) = &self.cache {
-            let updated = match view {
-                Some(v) => Some(v.clone()),
-                None => NodeView::from_snapshot(
-                    &req.node,
-                    &inputs.config,
-                    inputs.node.as_ref(),
-                    namespace.map(|ns| (ns, inputs.namespace.as_ref())),
-                    &inputs.blocks,
-                )
-                .map(|mut fresh| {
-                    if let Some(older) = cache.load_view(&req.node) {
-                        fresh.keep_namespaces_of(&older);
-                    }
-                    fresh
-                }),
-            };
-            if let Some(mut updated) = updated {
-                updated.apply(&ops, revision);
-                cache.save_view(&updated);
-            }
-            let handle_key = keys::handle(&req.handle);
-            let written = ops.iter().find_map(|op| match op {
-                Op::Put(k, v) if *k == handle_key => Some(v),
-                _ => None,
-            });
-            if let Some(value) = written.and_then(|v| String::from_utf8(v.clone()).ok()) {
-                let created = inputs
-                    .handle
-                    .as_ref()
-                    .map_or(revision, |kv| kv.create_revision);
-                cache.save_handle(
-                    &req.handle,
-                    &CachedKv {
-                        key: handle_key,
-                        value,
-                        create_revision: created,
-                        mod_revision: revision,
-                    },
-                );
-            }
+            remember_assign(cache.as_ref(), req, &inputs, view, &ops, revision);
         }
         Ok(Some(Assignment {
             handle: req.handle.clone(),
@@ -593,6 +554,59 @@ impl<S: Store> Ipam<S> {
     /// Consistency check of blocks, indexes and handles (scans everything).
     pub fn check(&self) -> Result<CheckReport, IpamError> {
         inspect::check(&self.store)
+    }
+}
+
+/// Updates the node's view and caches the handle after an assign committed at `revision`
+/// with `ops`, planned from `inputs` (read fresh, or from `view`).
+fn remember_assign(
+    cache: &dyn NodeCache,
+    req: &AssignRequest,
+    inputs: &Inputs,
+    view: Option<&NodeView>,
+    ops: &[Op],
+    revision: i64,
+) {
+    let namespace = req.attrs.namespace.as_deref();
+    let updated = match view {
+        Some(v) => Some(v.clone()),
+        None => NodeView::from_snapshot(
+            &req.node,
+            &inputs.config,
+            inputs.node.as_ref(),
+            namespace.map(|ns| (ns, inputs.namespace.as_ref())),
+            &inputs.blocks,
+        )
+        .map(|mut fresh| {
+            if let Some(older) = cache.load_view(&req.node) {
+                fresh.keep_namespaces_of(&older);
+            }
+            fresh
+        }),
+    };
+    if let Some(mut updated) = updated {
+        updated.apply(ops, revision);
+        cache.save_view(&updated);
+    }
+    let handle_key = keys::handle(&req.handle);
+    let written = ops.iter().find_map(|op| match op {
+        Op::Put(k, v) if *k == handle_key => Some(v),
+        _ => None,
+    });
+    if let Some(value) = written.and_then(|v| String::from_utf8(v.clone()).ok()) {
+        let created = inputs
+            .handle
+            .as_ref()
+            .map_or(revision, |kv| kv.create_revision);
+        cache.save_handle(
+            &req.handle,
+            &CachedKv {
+                key: handle_key,
+                value,
+                create_revision: created,
+                mod_revision: revision,
+            },
+        );
     }
 }
 
