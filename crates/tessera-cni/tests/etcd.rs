@@ -139,3 +139,87 @@ fn the_cache_can_be_turned_off_and_an_unusable_one_is_skipped() {
     assert_eq!(Ipam::new(etcd.store()).usage().unwrap().pools[0].in_use, 0);
     assert_clean(&etcd);
 }
+
+#[test]
+fn concurrent_and_killed_adds_on_one_node_share_the_cache_safely() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    const PROCESSES: usize = 32;
+    let Some(etcd) = LocalEtcd::start_or_skip("concurrent cni adds through one cache") else {
+        return;
+    };
+    with_pool(&etcd);
+    let env = Env::new();
+    let cache = env.dir().join("cache");
+    let conf = conf(&env, &etcd, cache.to_str().unwrap());
+    let stdin = conf.to_string();
+    let atts: Vec<Att> = (0..PROCESSES)
+        .map(|i| Att::new(&format!("k{i:02}")))
+        .collect();
+    // Warm the cache, then start every process before waiting for any; every fourth is
+    // killed a little after its start, the others race for the same block through the view.
+    env.cni("ADD", &conf, Some(&Att::new("warm"))).ok();
+    let children: Vec<_> = atts
+        .iter()
+        .map(|att| {
+            let mut child = env.command("ADD", Some(att)).spawn().expect("start plugin");
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(stdin.as_bytes())
+                .expect("write stdin");
+            (child, Instant::now())
+        })
+        .collect();
+    let mut answered = Vec::new();
+    for (i, (mut child, started)) in children.into_iter().enumerate() {
+        if i % 4 == 0 {
+            let delay = Duration::from_micros((i as u64 * 7919) % 8_000);
+            if let Some(left) = (started + delay).checked_duration_since(Instant::now()) {
+                std::thread::sleep(left);
+            }
+            let _ = child.kill();
+        }
+        let out = common::wait_bounded(child, common::RUN_LIMIT);
+        if out.status.success() {
+            let result: Value = serde_json::from_slice(&out.stdout).expect("result JSON");
+            let ip = result["ips"][0]["address"].as_str().unwrap().to_string();
+            answered.push((atts[i].clone(), ip));
+        } else {
+            assert!(
+                i % 4 == 0,
+                "ADD {i} failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    let distinct: BTreeSet<&String> = answered.iter().map(|(_, ip)| ip).collect();
+    assert_eq!(
+        distinct.len(),
+        answered.len(),
+        "an address was handed out twice"
+    );
+    assert_clean(&etcd);
+    // GC releases what the killed ADDs committed before dying; DEL the rest.
+    let mut gc = conf.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = answered
+        .iter()
+        .map(|(att, _)| json!({"containerID": att.cid, "ifname": "eth0"}))
+        .collect();
+    gc["cni.dev/valid-attachments"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"containerID": "warm", "ifname": "eth0"}));
+    let run = env.cni("GC", &gc, None);
+    assert_eq!(run.status, 0, "{}", run.stderr);
+    let usage = Ipam::new(etcd.store()).usage().unwrap();
+    assert_eq!(usage.pools[0].in_use as usize, answered.len() + 1);
+    for (att, _) in &answered {
+        assert_eq!(env.cni("DEL", &conf, Some(att)).status, 0);
+    }
+    env.cni("DEL", &conf, Some(&Att::new("warm")));
+    assert_eq!(Ipam::new(etcd.store()).usage().unwrap().pools[0].in_use, 0);
+    assert_clean(&etcd);
+}
