@@ -4,7 +4,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use common::{addr, wait_bounded, Att, Env, RUN_LIMIT};
@@ -13,22 +12,7 @@ use serde_json::{json, Value};
 const PROCESSES: usize = 100;
 
 fn spawn_all(env: &Env, verb: &str, conf: &Value, atts: &[Att]) -> Vec<std::process::Child> {
-    let stdin = conf.to_string();
-    atts.iter()
-        .map(|att| {
-            let mut child = env
-                .command(verb, Some(att))
-                .spawn()
-                .expect("start tessera-ipam");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(stdin.as_bytes())
-                .expect("write stdin");
-            child
-        })
-        .collect()
+    atts.iter().map(|att| env.spawn(verb, conf, att)).collect()
 }
 
 #[test]

@@ -142,7 +142,6 @@ fn the_cache_can_be_turned_off_and_an_unusable_one_is_skipped() {
 
 #[test]
 fn concurrent_and_killed_adds_on_one_node_share_the_cache_safely() {
-    use std::io::Write as _;
     use std::time::{Duration, Instant};
     const PROCESSES: usize = 32;
     let Some(etcd) = LocalEtcd::start_or_skip("concurrent cni adds through one cache") else {
@@ -152,7 +151,6 @@ fn concurrent_and_killed_adds_on_one_node_share_the_cache_safely() {
     let env = Env::new();
     let cache = env.dir().join("cache");
     let conf = conf(&env, &etcd, cache.to_str().unwrap());
-    let stdin = conf.to_string();
     let atts: Vec<Att> = (0..PROCESSES)
         .map(|i| Att::new(&format!("k{i:02}")))
         .collect();
@@ -161,16 +159,7 @@ fn concurrent_and_killed_adds_on_one_node_share_the_cache_safely() {
     env.cni("ADD", &conf, Some(&Att::new("warm"))).ok();
     let children: Vec<_> = atts
         .iter()
-        .map(|att| {
-            let mut child = env.command("ADD", Some(att)).spawn().expect("start plugin");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(stdin.as_bytes())
-                .expect("write stdin");
-            (child, Instant::now())
-        })
+        .map(|att| (env.spawn("ADD", &conf, att), Instant::now()))
         .collect();
     let mut answered = Vec::new();
     for (i, (mut child, started)) in children.into_iter().enumerate() {

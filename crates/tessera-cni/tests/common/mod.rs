@@ -310,6 +310,21 @@ impl Env {
         cmd
     }
 
+    /// Starts `verb` for `att` with `conf` on stdin, without waiting for it.
+    pub fn spawn(&self, verb: &str, conf: &Value, att: &Att) -> Child {
+        let mut child = self
+            .command(verb, Some(att))
+            .spawn()
+            .expect("start tessera-ipam");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write stdin");
+        child
+    }
+
     /// Runs `cmd` with `stdin`, bounded in time.
     pub fn run_cmd(&self, mut cmd: Command, stdin: &[u8]) -> Run {
         let mut child = cmd.spawn().expect("start tessera-ipam");
