@@ -90,24 +90,39 @@ impl Invocation<'_> {
         let (ipam, datastore) = self.open()?;
         let at = || self.where_(&node, &datastore);
         let handle = request.handle.clone();
-        let view = ipam
-            .attachment(&handle)
-            .map_err(|e| CniError::from(e).context(at()))?;
-        if let Some(held) = view.held {
-            // The runtime retried an ADD whose result it never got: the same attachment gets
-            // the same addresses.
-            self.log.info(format_args!(
-                "already holds {}; returning them",
-                list(held.addresses.iter().map(|a| a.ip))
-            ));
-            let ips = self.result_ips(&held, &view.context)?;
-            return self.result(&ips, &held);
+        let mut fresh = None;
+        // Twice at most: the attachment may be deleted between the two reads of a retried ADD.
+        for _ in 0..2 {
+            if let Some(done) = ipam
+                .assign_new(&request)
+                .map_err(|e| CniError::from(e).context(at()))?
+            {
+                fresh = Some(done);
+                break;
+            }
+            let view = ipam
+                .attachment(&handle)
+                .map_err(|e| CniError::from(e).context(at()))?;
+            if let Some(held) = view.held {
+                // The runtime retried an ADD whose result it never got: the same attachment
+                // gets the same addresses.
+                self.log.info(format_args!(
+                    "already holds {}; returning them",
+                    list(held.addresses.iter().map(|a| a.ip))
+                ));
+                let ips = self.result_ips(&held, &view.context)?;
+                return self.result(&ips, &held);
+            }
         }
-        let assignment = ipam
-            .assign(&request)
-            .map_err(|e| CniError::from(e).context(at()))?;
+        let Some((assignment, context)) = fresh else {
+            return Err(CniError::new(
+                code::TRY_AGAIN,
+                "the attachment was being added and deleted at the same time; try again",
+            )
+            .context(at()));
+        };
         match self
-            .result_ips(&assignment, &view.context)
+            .result_ips(&assignment, &context)
             .and_then(|ips| Ok((self.result(&ips, &assignment)?, ips)))
         {
             Ok((result, ips)) => {

@@ -351,3 +351,33 @@ fn random_mix_of_cached_and_plain_writers_and_admin_changes_stays_consistent() {
         assert_eq!(info.allocation.unwrap().handle, h);
     }
 }
+
+#[test]
+fn assign_new_refuses_an_existing_handle_and_costs_no_more() {
+    let store = cluster();
+    for cached in [false, true] {
+        let mut ipam = Ipam::new(store.clone());
+        if cached {
+            ipam = ipam.with_cache(MemoryNodeCache::new());
+        }
+        let h = |i: u32| format!("new-{cached}-{i}");
+        ipam.assign_new(&v4(&h(0), "n1"))
+            .unwrap()
+            .expect("new handle");
+        store.reset();
+        let (done, ctx) = ipam.assign_new(&v4(&h(1), "n1")).unwrap().expect("new");
+        assert_eq!(store.round_trips(), if cached { 1 } else { 2 });
+        assert!(ctx.pools.iter().any(|p| p.name == done.addresses[0].pool));
+        // A retried request: nothing is written, the caller looks up what the handle holds.
+        let before = Ipam::new(store.clone()).check().unwrap();
+        assert!(ipam.assign_new(&v4(&h(1), "n1")).unwrap().is_none());
+        let after = Ipam::new(store.clone()).check().unwrap();
+        assert_eq!(
+            (before.handles, before.allocations),
+            (after.handles, after.allocations)
+        );
+        let held = ipam.attachment(&h(1)).unwrap().held.expect("held");
+        assert_eq!(held.addresses, done.addresses);
+    }
+    assert_clean(&*store);
+}

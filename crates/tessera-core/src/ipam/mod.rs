@@ -221,6 +221,14 @@ pub struct Ipam<S> {
     cache: Option<Box<dyn NodeCache>>,
 }
 
+/// How one attempt at an assignment ended.
+enum Attempt {
+    /// Committed; with the configuration it was decided on.
+    Done(Assignment, Box<Context>),
+    /// A compare failed: nothing was written.
+    Conflict,
+}
+
 /// The records one allocation plans from: a snapshot read, or a node's cached view.
 struct Inputs {
     config: Vec<KeyValue>,
@@ -264,11 +272,36 @@ impl<S: Store> Ipam<S> {
         &self.store
     }
 
-    /// Allocates what `req` asks for, all or nothing.
+    /// Allocates what `req` asks for, all or nothing. When the handle already holds
+    /// addresses, the new ones are added to it.
     ///
     /// Common path: one snapshot read (configuration, node, namespace, the node's blocks)
     /// and one transaction; with a cache, the transaction alone.
     pub fn assign(&self, req: &AssignRequest) -> Result<Assignment, IpamError> {
+        match self.assign_inner(req, false)? {
+            Some((done, _)) => Ok(done),
+            None => unreachable!("an assign that may extend its handle always assigns"),
+        }
+    }
+
+    /// Allocates what `req` asks for to a handle that does not exist yet; `Ok(None)` when it
+    /// does (a retried request: see [`Ipam::attachment`] for what it holds). Returns the
+    /// configuration the allocation was decided on too, current as of its commit.
+    ///
+    /// The same round trips as [`Ipam::assign`]: the handle is read in the snapshot, or, from
+    /// a cached view, compared as absent.
+    pub fn assign_new(
+        &self,
+        req: &AssignRequest,
+    ) -> Result<Option<(Assignment, Context)>, IpamError> {
+        self.assign_inner(req, true)
+    }
+
+    fn assign_inner(
+        &self,
+        req: &AssignRequest,
+        only_new: bool,
+    ) -> Result<Option<(Assignment, Context)>, IpamError> {
         if req.handle.is_empty() {
             return Err(IpamError::InvalidRequest("the handle id is empty".into()));
         }
@@ -290,9 +323,9 @@ impl<S: Store> Ipam<S> {
         if let Some(view) = usable {
             let inputs = Inputs::from_view(view, namespace);
             match self.try_assign(req, &attrs, inputs, Some(view)) {
-                Ok(Some(done)) => return Ok(done),
+                Ok(Attempt::Done(done, ctx)) => return Ok(Some((done, *ctx))),
                 // A stale view or a request the view cannot answer: the fresh read decides.
-                Ok(None) | Err(IpamError::BeyondView) => {}
+                Ok(Attempt::Conflict) | Err(IpamError::BeyondView) => {}
                 Err(IpamError::Store(e)) => return Err(e.into()),
                 Err(_) => {}
             }
@@ -302,7 +335,7 @@ impl<S: Store> Ipam<S> {
             // The first read assumes the handle is new (it nearly always is) and saves
             // reading it: the commit's "absent" compare catches an existing one, and the
             // reads after a failed commit (from the view or not) read it.
-            let read_handle = attempt > 0 || usable.is_some();
+            let read_handle = attempt > 0 || usable.is_some() || only_new;
             let mut reads = vec![
                 Read::Prefix(keys::CONFIG_PREFIX.into()),
                 Read::Get(keys::node(&req.node)),
@@ -327,22 +360,25 @@ impl<S: Store> Ipam<S> {
                 },
                 handle: if read_handle { next().pop() } else { None },
             };
-            if let Some(done) = self.try_assign(req, &attrs, inputs, None)? {
-                return Ok(done);
+            if only_new && inputs.handle.is_some() {
+                return Ok(None);
+            }
+            if let Attempt::Done(done, ctx) = self.try_assign(req, &attrs, inputs, None)? {
+                return Ok(Some((done, *ctx)));
             }
         }
         Err(IpamError::Contention(MAX_ATTEMPTS))
     }
 
-    /// One plan and commit; `Ok(None)` when a compare failed. `view` is set when `inputs`
-    /// come from the node's cached view rather than a read.
+    /// One plan and commit. `view` is set when `inputs` come from the node's cached view
+    /// rather than a read.
     fn try_assign(
         &self,
         req: &AssignRequest,
         attrs: &Attributes,
         inputs: Inputs,
         view: Option<&NodeView>,
-    ) -> Result<Option<Assignment>, IpamError> {
+    ) -> Result<Attempt, IpamError> {
         let namespace = attrs.namespace.as_deref();
         let ctx = Context::from_records(
             &inputs.config,
@@ -391,15 +427,16 @@ impl<S: Store> Ipam<S> {
         let extra = view.map(|v| v.compares(namespace)).unwrap_or_default();
         let (outcome, ops) = plan.commit((&handle, handle_rev), extra)?;
         let TxnOutcome::Committed(revision) = outcome else {
-            return Ok(None);
+            return Ok(Attempt::Conflict);
         };
         if let Some(cache) = &self.cache {
             remember_assign(cache.as_ref(), req, &inputs, view, &ops, revision);
         }
-        Ok(Some(Assignment {
+        let done = Assignment {
             handle: req.handle.clone(),
             addresses: got,
-        }))
+        };
+        Ok(Attempt::Done(done, Box::new(ctx)))
     }
 
     /// Releases every address of a handle. Releasing an unknown or already released handle
