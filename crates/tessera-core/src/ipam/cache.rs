@@ -134,7 +134,7 @@ impl NodeView {
 
     /// Whether the view can stand in for a read by a request of `namespace`.
     pub fn covers(&self, namespace: Option<&str>) -> bool {
-        self.format == FORMAT && namespace.is_none_or(|ns| self.namespaces.contains_key(ns))
+        namespace.is_none_or(|ns| self.namespaces.contains_key(ns))
     }
 
     /// The compares that make a plan made from this view safe to commit: the configuration,
