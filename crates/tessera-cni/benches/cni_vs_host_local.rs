@@ -4,11 +4,15 @@
 //! ```text
 //! cargo bench -p tessera-cni --bench cni_vs_host_local
 //! BENCH_PAIRS=1000 cargo bench -p tessera-cni --bench cni_vs_host_local
+//! BENCH_ETCD=1 cargo bench -p tessera-cni --bench cni_vs_host_local
 //! ```
 //!
 //! For each plugin it measures, as a runtime sees it (spawn, write stdin, wait): VERSION
 //! (process start-up alone), ADD, DEL, and ADD+DEL pairs; then the wall time of 100 ADD
 //! processes started at once. Prints medians, p99 and the Tessera/host-local ratio.
+//!
+//! With `BENCH_ETCD=1` the same runs also go to `tessera-ipam` on a local etcd member
+//! (started on 127.0.0.1 by the bench), once without and once with the node cache.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,8 @@ use tessera_store::SqliteStore;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera-ipam");
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
+/// Index of host-local in the plugin list: the baseline of every ratio.
+const BASELINE: usize = 1;
 const CONCURRENT: usize = 100;
 const WARMUP: usize = 20;
 
@@ -96,19 +102,30 @@ fn ms(d: Duration) -> String {
     format!("{:.3} ms", d.as_secs_f64() * 1e3)
 }
 
-fn setup_tessera(dir: &Path) -> String {
-    let db = dir.join("tessera.db");
-    let store = SqliteStore::open(&db).expect("open store");
+/// The bench pool, written through the catalog as `tessera apply` would.
+fn apply_pool(store: &dyn tessera_core::store::Store) {
     let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
                       "metadata": {"name": "bench"},
                       "spec": {"cidr": "10.100.0.0/16", "blockSize": 26}});
-    Catalog::new(&store)
+    Catalog::new(store)
         .apply(&decode_documents(pool).expect("manifest"))
         .expect("apply pool");
-    json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge",
-           "ipam": {"type": "tessera-ipam", "datastore": db.to_str().unwrap(),
-                    "nodename": "bench-node"}})
-    .to_string()
+}
+
+/// The configuration of one Tessera variant; each allocates for a node of its own, so no
+/// variant changes another's blocks.
+fn tessera_conf(datastore: &str, node: &str, extra: serde_json::Value) -> String {
+    let mut ipam = json!({"type": "tessera-ipam", "datastore": datastore, "nodename": node});
+    if let (Some(m), serde_json::Value::Object(extra)) = (ipam.as_object_mut(), extra) {
+        m.extend(extra);
+    }
+    json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": ipam}).to_string()
+}
+
+fn setup_tessera(dir: &Path) -> String {
+    let db = dir.join("tessera.db");
+    apply_pool(&SqliteStore::open(&db).expect("open store"));
+    tessera_conf(db.to_str().unwrap(), "bench-node", json!({}))
 }
 
 fn setup_host_local(dir: &Path) -> String {
@@ -159,10 +176,38 @@ fn main() {
             conf: setup_host_local(dir.path()),
         },
     ];
-    let mut samples = [Samples::default(), Samples::default()];
+    let mut plugins = Vec::from(plugins);
+    // Kept alive until the end of the run; dropping it stops etcd.
+    let _etcd = if std::env::var_os("BENCH_ETCD").is_some() {
+        let etcd = tessera_store::local_etcd::LocalEtcd::start()
+            .unwrap_or_else(|e| panic!("cannot start etcd: {e}"));
+        apply_pool(&etcd.store());
+        // The cache on a memory file system, as the plugin's default /run/tessera is.
+        let shm = Path::new("/dev/shm");
+        let cache_base = if shm.is_dir() { shm } else { dir.path() };
+        let cache = tempfile::tempdir_in(cache_base).expect("cache directory");
+        plugins.push(Plugin {
+            name: "tessera etcd",
+            binary: TESSERA.into(),
+            conf: tessera_conf(&etcd.url(), "etcd-node", json!({"cache_dir": ""})),
+        });
+        plugins.push(Plugin {
+            name: "tessera etcd+cache",
+            binary: TESSERA.into(),
+            conf: tessera_conf(
+                &etcd.url(),
+                "etcd-cache-node",
+                json!({"cache_dir": cache.path().to_str().unwrap()}),
+            ),
+        });
+        Some((etcd, cache))
+    } else {
+        None
+    };
+    let mut samples: Vec<Samples> = plugins.iter().map(|_| Samples::default()).collect();
     for i in 0..WARMUP + pairs {
-        // Alternate which plugin goes first so neither always runs on a warmer cache.
-        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        // Rotate which plugin goes first so none always runs on a warmer cache.
+        let order = (0..plugins.len()).map(|k| (i + k) % plugins.len());
         for p in order {
             let plugin = &plugins[p];
             let cid = format!("pair{i}");
@@ -179,13 +224,19 @@ fn main() {
         }
     }
     let bursts: Vec<Duration> = (0..3)
-        .flat_map(|round| [0, 1].map(|p| (p, concurrent_adds(&plugins[p], round))))
-        .fold(vec![Duration::ZERO; 2], |mut best, (p, took)| {
-            if best[p] == Duration::ZERO || took < best[p] {
-                best[p] = took;
-            }
-            best
-        });
+        .flat_map(|round| {
+            let plugins = &plugins;
+            (0..plugins.len()).map(move |p| (p, concurrent_adds(&plugins[p], round)))
+        })
+        .fold(
+            vec![Duration::ZERO; plugins.len()],
+            |mut best, (p, took)| {
+                if best[p] == Duration::ZERO || took < best[p] {
+                    best[p] = took;
+                }
+                best
+            },
+        );
 
     println!(
         "{pairs} ADD+DEL pairs per plugin, alternating, after {WARMUP} warm-up pairs; \
@@ -193,7 +244,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get())
     );
     println!(
-        "{:<14} {:>14} {:>14} {:>14} {:>14} {:>14} {:>16}",
+        "{:<19} {:>14} {:>14} {:>14} {:>14} {:>14} {:>16}",
         "plugin",
         "VERSION p50",
         "ADD p50",
@@ -205,7 +256,7 @@ fn main() {
     for (p, plugin) in plugins.iter().enumerate() {
         let s = &samples[p];
         println!(
-            "{:<14} {:>14} {:>14} {:>14} {:>14} {:>14} {:>16}",
+            "{:<19} {:>14} {:>14} {:>14} {:>14} {:>14} {:>16}",
             plugin.name,
             ms(percentile(&s.version, 50.0)),
             ms(percentile(&s.add, 50.0)),
@@ -215,15 +266,23 @@ fn main() {
             ms(bursts[p]),
         );
     }
-    let ratio = |f: fn(&Samples) -> &Vec<Duration>, p: f64| {
-        percentile(f(&samples[0]), p).as_secs_f64() / percentile(f(&samples[1]), p).as_secs_f64()
-    };
-    println!(
-        "ratio tessera/host-local: ADD+DEL median {:.2}x, p99 {:.2}x, ADD median {:.2}x, \
-         100 concurrent ADDs {:.2}x",
-        ratio(|s| &s.pair, 50.0),
-        ratio(|s| &s.pair, 99.0),
-        ratio(|s| &s.add, 50.0),
-        bursts[0].as_secs_f64() / bursts[1].as_secs_f64()
-    );
+    for (t, plugin) in plugins.iter().enumerate().filter(|(t, _)| *t != BASELINE) {
+        let ratio = |f: fn(&Samples) -> &Vec<Duration>, p: f64| {
+            percentile(f(&samples[t]), p).as_secs_f64()
+                / percentile(f(&samples[BASELINE]), p).as_secs_f64()
+        };
+        let who = if t == 0 {
+            "tessera".to_string()
+        } else {
+            plugin.name.to_string()
+        };
+        println!(
+            "ratio {who}/host-local: ADD+DEL median {:.2}x, p99 {:.2}x, ADD median {:.2}x, \
+             100 concurrent ADDs {:.2}x",
+            ratio(|s| &s.pair, 50.0),
+            ratio(|s| &s.pair, 99.0),
+            ratio(|s| &s.add, 50.0),
+            bursts[t].as_secs_f64() / bursts[BASELINE].as_secs_f64()
+        );
+    }
 }

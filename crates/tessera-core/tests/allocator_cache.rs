@@ -381,3 +381,24 @@ fn assign_new_refuses_an_existing_handle_and_costs_no_more() {
     }
     assert_clean(&*store);
 }
+
+#[test]
+fn a_block_emptied_by_a_release_keeps_the_view_warm() {
+    let store = cluster();
+    let ipam = Ipam::new(store.clone()).with_cache(MemoryNodeCache::new());
+    for i in 0..5 {
+        store.reset();
+        one(&ipam, &format!("h{i}"), "n1");
+        let assign = store.round_trips();
+        store.reset();
+        assert_eq!(ipam.release_handle(&format!("h{i}")).unwrap().len(), 1);
+        let release = store.round_trips();
+        // Emptying the node's only block needs the pool index and the node's other blocks:
+        // one read, then the transaction.
+        assert_eq!(release, 2, "round {i}");
+        if i > 0 {
+            assert_eq!(assign, 1, "round {i}");
+        }
+    }
+    assert_clean(&*store);
+}

@@ -9,8 +9,10 @@
 //! writes. If anything changed, the compare fails, nothing is written, and the request falls
 //! back to the ordinary read. A view is only ever a guess; the compares make it safe.
 //!
-//! A plan that needs more than the view holds (claiming a block, borrowing, marking a block
-//! full, a block that empties on release) also falls back to a fresh read.
+//! An assign that needs more than the view holds (claiming a block, borrowing, marking a
+//! block full) falls back to a fresh read. A release that empties a block or clears a full
+//! flag reads what that decision needs (the pool index, the node's other blocks) and still
+//! takes its blocks and handle from the view.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;

@@ -772,8 +772,9 @@ fn planned_block(kv: &KeyValue) -> Result<PlannedBlock, IpamError> {
 /// address are deleted; empty blocks are given back to their pool unless they are the last
 /// block of their node in an enabled pool.
 ///
-/// With `view_blocks` (a node's cached view of its blocks) nothing is read: a release that
-/// needs more than the known handle and those blocks fails with [`IpamError::BeyondView`].
+/// With `view_blocks` (a node's cached view of its blocks) the first read is skipped: a
+/// release whose blocks or other handles the view does not hold fails with
+/// [`IpamError::BeyondView`].
 pub(super) fn release<S: Store + ?Sized>(
     store: &S,
     targets: &[Target],
@@ -863,9 +864,6 @@ pub(super) fn release<S: Store + ?Sized>(
     // Pools matter only to decide whether an emptied block stays; read with the indexes.
     let mut ctx = Context::default();
     if !tilings.is_empty() || !homes.is_empty() {
-        if view_blocks.is_some() {
-            return Err(IpamError::BeyondView);
-        }
         let mut reads: Vec<Read> = tilings
             .iter()
             .map(|t| Read::Get(keys::pool_index(t)))
