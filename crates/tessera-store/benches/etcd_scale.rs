@@ -466,6 +466,25 @@ fn print_conflicts(log: &ConflictLog) {
     by_kind.clear();
 }
 
+/// Runs `op(node, n)` `per_node` times for each of `nodes`, one node after the other in
+/// every round, timing each call; `n = node * per_node + round` numbers the handles.
+/// Returns how many calls it made.
+fn timed_rounds(
+    nodes: &[usize],
+    per_node: usize,
+    lat: &mut Vec<Duration>,
+    mut op: impl FnMut(usize, usize),
+) -> usize {
+    for round in 0..per_node {
+        for &node in nodes {
+            let start = Instant::now();
+            op(node, node * per_node + round);
+            lat.push(start.elapsed());
+        }
+    }
+    nodes.len() * per_node
+}
+
 /// What a run with or without the node cache is called in the output.
 fn mode_name(cache: bool) -> &'static str {
     if cache {
@@ -487,13 +506,9 @@ fn small(url: &Db, shared: bool, cache: Option<&Path>) {
     );
     header();
     let mut m = run_threads(url, NODES, shared, cache, &log, |t, ipam, lat| {
-        for p in 0..PER_NODE {
-            let start = Instant::now();
-            ipam.assign(&request("small", t * PER_NODE + p, t))
-                .expect("assign");
-            lat.push(start.elapsed());
-        }
-        PER_NODE
+        timed_rounds(&[t], PER_NODE, lat, |node, n| {
+            ipam.assign(&request("small", n, node)).expect("assign");
+        })
     });
     m.report("assign", None);
     print_conflicts(&log);
@@ -505,13 +520,9 @@ fn small(url: &Db, shared: bool, cache: Option<&Path>) {
     let check = Ipam::new(&setup).check().expect("check");
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     let mut m = run_threads(url, NODES, shared, cache, &log, |t, ipam, lat| {
-        for p in 0..PER_NODE {
-            let start = Instant::now();
-            ipam.release_handle(&format!("small.{}", t * PER_NODE + p))
-                .expect("release");
-            lat.push(start.elapsed());
-        }
-        PER_NODE
+        timed_rounds(&[t], PER_NODE, lat, |_, n| {
+            ipam.release_handle(&format!("small.{n}")).expect("release");
+        })
     });
     header();
     m.report("release", None);
@@ -542,17 +553,9 @@ fn large_run(db: &Db, a: &Args, per_thread_nodes: &[Vec<usize>], cache: bool) ->
         cache_dir,
         &log,
         |t, ipam, lat| {
-            let mut done = 0;
-            for round in 0..per_node {
-                for &node in &per_thread_nodes[t] {
-                    let start = Instant::now();
-                    ipam.assign(&request("large", node * per_node + round, node))
-                        .expect("assign");
-                    lat.push(start.elapsed());
-                    done += 1;
-                }
-            }
-            done
+            timed_rounds(&per_thread_nodes[t], per_node, lat, |node, n| {
+                ipam.assign(&request("large", n, node)).expect("assign");
+            })
         },
     );
     let assign_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
@@ -564,17 +567,9 @@ fn large_run(db: &Db, a: &Args, per_thread_nodes: &[Vec<usize>], cache: bool) ->
         cache_dir,
         &log,
         |t, ipam, lat| {
-            let mut done = 0;
-            for round in 0..per_node {
-                for &node in &per_thread_nodes[t] {
-                    let start = Instant::now();
-                    ipam.release_handle(&format!("large.{}", node * per_node + round))
-                        .expect("release");
-                    lat.push(start.elapsed());
-                    done += 1;
-                }
-            }
-            done
+            timed_rounds(&per_thread_nodes[t], per_node, lat, |_, n| {
+                ipam.release_handle(&format!("large.{n}")).expect("release");
+            })
         },
     );
     let release_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());

@@ -322,7 +322,7 @@ impl<S: Store> Ipam<S> {
         let usable = cached.as_ref().filter(|v| v.covers(namespace));
         if let Some(view) = usable {
             let inputs = Inputs::from_view(view, namespace);
-            match self.try_assign(req, &attrs, inputs, Some(view)) {
+            match self.try_assign(req, &attrs, inputs, Some(view), true) {
                 Ok(Attempt::Done(done, ctx)) => return Ok(Some((done, *ctx))),
                 // A stale view or a request the view cannot answer: the fresh read decides.
                 Ok(Attempt::Conflict) | Err(IpamError::BeyondView) => {}
@@ -363,22 +363,25 @@ impl<S: Store> Ipam<S> {
             if only_new && inputs.handle.is_some() {
                 return Ok(None);
             }
-            if let Attempt::Done(done, ctx) = self.try_assign(req, &attrs, inputs, None)? {
+            let fresh = self.try_assign(req, &attrs, inputs, cached.as_ref(), false)?;
+            if let Attempt::Done(done, ctx) = fresh {
                 return Ok(Some((done, *ctx)));
             }
         }
         Err(IpamError::Contention(MAX_ATTEMPTS))
     }
 
-    /// One plan and commit. `view` is set when `inputs` come from the node's cached view
-    /// rather than a read.
+    /// One plan and commit. `cached` is the node's view as loaded from the cache;
+    /// `from_view` says whether `inputs` come from it rather than from a read.
     fn try_assign(
         &self,
         req: &AssignRequest,
         attrs: &Attributes,
         inputs: Inputs,
-        view: Option<&NodeView>,
+        cached: Option<&NodeView>,
+        from_view: bool,
     ) -> Result<Attempt, IpamError> {
+        let view = cached.filter(|_| from_view);
         let namespace = attrs.namespace.as_deref();
         let ctx = Context::from_records(
             &inputs.config,
@@ -430,7 +433,15 @@ impl<S: Store> Ipam<S> {
             return Ok(Attempt::Conflict);
         };
         if let Some(cache) = &self.cache {
-            remember_assign(cache.as_ref(), req, &inputs, view, &ops, revision);
+            remember_assign(
+                cache.as_ref(),
+                req,
+                &inputs,
+                cached,
+                from_view,
+                &ops,
+                revision,
+            );
         }
         let done = Assignment {
             handle: req.handle.clone(),
@@ -462,9 +473,8 @@ impl<S: Store> Ipam<S> {
                     if let Some(cache) = &self.cache {
                         cache.forget_handle(handle);
                         let view = rec.attrs.node.as_deref().and_then(|n| cache.load_view(n));
-                        if let (Some(mut view), Some(revision)) = (view, revision) {
-                            view.apply(&ops, revision);
-                            cache.save_view(&view);
+                        if let Some(view) = view {
+                            save_applied(cache.as_ref(), view, &ops, revision);
                         }
                     }
                     return Ok(ips);
@@ -489,7 +499,7 @@ impl<S: Store> Ipam<S> {
             cache.forget_handle(handle);
             return Ok(None);
         };
-        let Some(mut view) = rec.attrs.node.as_deref().and_then(|n| cache.load_view(n)) else {
+        let Some(view) = rec.attrs.node.as_deref().and_then(|n| cache.load_view(n)) else {
             return Ok(None);
         };
         let blocks: std::collections::BTreeMap<String, KeyValue> = view
@@ -505,10 +515,7 @@ impl<S: Store> Ipam<S> {
             Some(&blocks),
         ) {
             Ok(Released::Done { ips, revision, ops }) => {
-                if let Some(revision) = revision {
-                    view.apply(&ops, revision);
-                    cache.save_view(&view);
-                }
+                save_applied(cache, view, &ops, revision);
                 cache.forget_handle(handle);
                 Ok(Some(ips))
             }
@@ -595,19 +602,20 @@ impl<S: Store> Ipam<S> {
 }
 
 /// Updates the node's view and caches the handle after an assign committed at `revision`
-/// with `ops`, planned from `inputs` (read fresh, or from `view`).
+/// with `ops`, planned from `inputs`: read fresh, or (`from_view`) taken from `cached`.
 fn remember_assign(
     cache: &dyn NodeCache,
     req: &AssignRequest,
     inputs: &Inputs,
-    view: Option<&NodeView>,
+    cached: Option<&NodeView>,
+    from_view: bool,
     ops: &[Op],
     revision: i64,
 ) {
     let namespace = req.attrs.namespace.as_deref();
-    let updated = match view {
-        Some(v) => Some(v.clone()),
-        None => NodeView::from_snapshot(
+    let updated = match cached {
+        Some(v) if from_view => Some(v.clone()),
+        _ => NodeView::from_snapshot(
             &req.node,
             &inputs.config,
             inputs.node.as_ref(),
@@ -615,15 +623,14 @@ fn remember_assign(
             &inputs.blocks,
         )
         .map(|mut fresh| {
-            if let Some(older) = cache.load_view(&req.node) {
-                fresh.keep_namespaces_of(&older);
+            if let Some(older) = cached {
+                fresh.keep_namespaces_of(older);
             }
             fresh
         }),
     };
-    if let Some(mut updated) = updated {
-        updated.apply(ops, revision);
-        cache.save_view(&updated);
+    if let Some(updated) = updated {
+        save_applied(cache, updated, ops, Some(revision));
     }
     let handle_key = keys::handle(&req.handle);
     let written = ops.iter().find_map(|op| match op {
@@ -644,6 +651,15 @@ fn remember_assign(
                 mod_revision: revision,
             },
         );
+    }
+}
+
+/// Saves `view` with the writes `ops` committed at `revision` (nothing when nothing was
+/// written).
+fn save_applied(cache: &dyn NodeCache, mut view: NodeView, ops: &[Op], revision: Option<i64>) {
+    if let Some(revision) = revision {
+        view.apply(ops, revision);
+        cache.save_view(&view);
     }
 }
 
