@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use tessera_core::ipam::SPIDER_POOL_REF;
+use tessera_core::ipam::{plain_quotes, SPIDER_POOL_REF};
 
 use crate::error::{code, CniError};
 
@@ -147,16 +147,8 @@ fn pool_lists(m: &Map<String, Value>) -> Result<Vec<String>, String> {
 /// JSON, also when pasted with typographic quotes (as blog posts print annotations).
 fn parse_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text.trim()).or_else(|first| {
-        let plain: String = text
-            .trim()
-            .trim_matches(|c| matches!(c, '\u{2018}' | '\u{2019}' | '\''))
-            .chars()
-            .map(|c| match c {
-                '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2033}' => '"',
-                c => c,
-            })
-            .collect();
-        serde_json::from_str(&plain).map_err(|_| format!("{text:?} is not valid JSON ({first})"))
+        serde_json::from_str(&plain_quotes(text))
+            .map_err(|_| format!("{text:?} is not valid JSON ({first})"))
     })
 }
 
