@@ -78,9 +78,13 @@ pub fn binary() -> Option<PathBuf> {
     if let Some(bin) = std::env::var_os(ETCD_BIN_ENV).filter(|b| !b.is_empty()) {
         return Some(PathBuf::from(bin));
     }
+    find_on_path("etcd")
+}
+
+fn find_on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path)
-        .map(|dir| dir.join("etcd"))
+        .map(|dir| dir.join(name))
         .find(|candidate| candidate.is_file())
 }
 
@@ -404,6 +408,47 @@ impl LocalEtcd {
         self.wait_ready(START_TIMEOUT)
     }
 
+    /// Saves a snapshot of the keyspace to `file` with `etcdctl snapshot save`, as an
+    /// operator's backup does.
+    pub fn save_snapshot(&self, file: &Path) -> Result<(), String> {
+        let endpoint = format!("127.0.0.1:{}", self.members[0].client_port);
+        let mut cmd = etcdctl()?;
+        cmd.args(["--endpoints", &endpoint, "snapshot", "save"])
+            .arg(file);
+        run_tool(cmd)
+    }
+
+    /// Restores a one-member cluster from `file` the way an operator does: stops the member,
+    /// `etcdctl snapshot restore` into a new data directory, starts the member on it. The
+    /// restored store goes back to the snapshot's revision, so revision numbers written
+    /// after the snapshot are handed out again.
+    pub fn restore_snapshot(&mut self, file: &Path) -> Result<(), String> {
+        if self.members.len() != 1 || self.tls.is_some() {
+            return Err("snapshot restore is supported for one plain member".into());
+        }
+        self.stop(0);
+        let m = &self.members[0];
+        let restored = self.dir.join(format!("{}.restored", m.name));
+        let _ = std::fs::remove_dir_all(&restored);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let mut cmd = etcdctl()?;
+        cmd.args(["snapshot", "restore"])
+            .arg(file)
+            .arg("--data-dir")
+            .arg(&restored)
+            .args(["--name", &m.name])
+            .args(["--initial-cluster", &format!("{}={peer}", m.name)])
+            .args(["--initial-cluster-token", "tessera-test"])
+            .args(["--initial-advertise-peer-urls", &peer]);
+        run_tool(cmd)?;
+        std::fs::remove_dir_all(&m.data_dir)
+            .map_err(|e| format!("cannot remove {}: {e}", m.data_dir.display()))?;
+        std::fs::rename(&restored, &m.data_dir)
+            .map_err(|e| format!("cannot move the restored data into place: {e}"))?;
+        self.spawn(0, "existing")?;
+        self.wait_ready(START_TIMEOUT)
+    }
+
     /// The last lines of member `i`'s log, for failure messages.
     pub fn log_tail(&self, i: usize) -> String {
         tail(&self.members[i].log)
@@ -424,6 +469,44 @@ fn signal(pid: u32, sig: libc::c_int) {
     // have not waited for, so it cannot have been reused by another process.
     unsafe {
         libc::kill(pid as libc::pid_t, sig);
+    }
+}
+
+/// Environment variable naming the etcdctl binary (snapshots).
+pub const ETCDCTL_BIN_ENV: &str = "TESSERA_ETCDCTL_BIN";
+
+/// `etcdctl` (`$TESSERA_ETCDCTL_BIN`, else on the `PATH`; Debian's `etcd-client`), speaking
+/// the v3 API.
+fn etcdctl() -> Result<Command, String> {
+    let bin = std::env::var_os(ETCDCTL_BIN_ENV)
+        .filter(|b| !b.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| find_on_path("etcdctl"))
+        .ok_or_else(|| {
+            format!(
+                "no etcdctl binary: install Debian's etcd-client package, or set \
+                 {ETCDCTL_BIN_ENV} to an etcdctl binary"
+            )
+        })?;
+    let mut cmd = Command::new(bin);
+    cmd.env("ETCDCTL_API", "3");
+    Ok(cmd)
+}
+
+fn run_tool(mut cmd: Command) -> Result<(), String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
     }
 }
 

@@ -34,7 +34,7 @@ pub use select::{
 
 use crate::keys;
 use crate::store::{KeyValue, Op, Read, Store, StoreError, TxnOutcome};
-use cache::{CachedKv, NodeCache, NodeView};
+use cache::{ByValue, CachedKv, NodeCache, NodeView};
 use plan::{Plan, Released};
 use records::decode;
 
@@ -388,7 +388,16 @@ impl<S: Store> Ipam<S> {
             inputs.node.as_ref(),
             inputs.namespace.as_ref(),
         )?;
-        let mut plan = Plan::new(&self.store, &ctx, &req.node, &inputs.blocks, view.is_some())?;
+        // A plan from a view commits with value compares on what it took from the view.
+        let by_value;
+        let store: &dyn Store = match view {
+            Some(v) => {
+                by_value = ByValue::new(&self.store, v.records());
+                &by_value
+            }
+            None => &self.store,
+        };
+        let mut plan = Plan::new(store, &ctx, &req.node, &inputs.blocks, view.is_some())?;
         let mut handle: HandleRecord = match &inputs.handle {
             Some(kv) => decode(kv)?,
             None => HandleRecord {
@@ -492,9 +501,10 @@ impl<S: Store> Ipam<S> {
         cache: &dyn NodeCache,
         handle: &str,
     ) -> Result<Option<Vec<IpAddr>>, IpamError> {
-        let Some(kv) = cache.load_handle(handle).map(|c| c.to_kv()) else {
+        let Some(cached) = cache.load_handle(handle) else {
             return Ok(None);
         };
+        let kv = cached.to_kv();
         let Ok(rec) = decode::<HandleRecord>(&kv) else {
             cache.forget_handle(handle);
             return Ok(None);
@@ -508,8 +518,9 @@ impl<S: Store> Ipam<S> {
             .map(|b| (b.key.clone(), b.to_kv()))
             .collect();
         let targets = handle_targets(&rec);
+        let store = ByValue::new(&self.store, view.records().chain([&cached]));
         match plan::release(
-            &self.store,
+            &store,
             &targets,
             Some((&rec, kv.mod_revision)),
             Some(&blocks),

@@ -9,6 +9,15 @@
 //! writes. If anything changed, the compare fails, nothing is written, and the request falls
 //! back to the ordinary read. A view is only ever a guess; the compares make it safe.
 //!
+//! Every record the plan took from the view is compared by **value**, never by revision:
+//! revision numbers are only meaningful within one history. An etcd restored from a snapshot,
+//! rebuilt, or replaced by another cluster at the same address hands out the same revision
+//! numbers again for different contents, while equal bytes mean an equal record in any
+//! history. A plan is a function of the contents it read, so a commit whose value compares
+//! hold is correct whatever happened to the store in between. Only "absent" compares (which
+//! mean the same in every history) and compares on records read fresh by the same request
+//! stay revision compares.
+//!
 //! An assign that needs more than the view holds (claiming a block, borrowing, marking a
 //! block full) falls back to a fresh read. A release that empties a block or clears a full
 //! flag reads what that decision needs (the pool index, the node's other blocks) and still
@@ -20,7 +29,7 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::keys;
-use crate::store::{Compare, KeyValue, Op};
+use crate::store::{Compare, KeyValue, Op, Read, Snapshot, Store, StoreError, TxnOutcome};
 
 mod dir;
 pub use dir::DirNodeCache;
@@ -60,6 +69,61 @@ impl CachedKv {
             create_revision: self.create_revision,
             mod_revision: self.mod_revision,
         }
+    }
+
+    /// "The key still holds exactly this value."
+    pub fn compare(&self) -> Compare {
+        Compare::Value(self.key.clone(), self.value.clone().into_bytes())
+    }
+}
+
+/// A store whose transactions compare the records a plan took from a node's view by value.
+///
+/// The planner compares every record it relied on at the revision it saw. For records that
+/// came from a view, that revision belongs to the history the view was made in; this adapter
+/// replaces each such compare (same key, same revision as the view's record) with a compare
+/// of the view's bytes, so a commit can never succeed against a store whose history was
+/// rewritten. Reads and every other compare pass through unchanged.
+pub struct ByValue<'a, S: ?Sized> {
+    store: &'a S,
+    known: HashMap<&'a str, &'a CachedKv>,
+}
+
+impl<'a, S: Store + ?Sized> ByValue<'a, S> {
+    /// `store`, with compares on `records` (taken from a view) made by value.
+    pub fn new(store: &'a S, records: impl IntoIterator<Item = &'a CachedKv>) -> Self {
+        Self {
+            store,
+            known: records
+                .into_iter()
+                .map(|kv| (kv.key.as_str(), kv))
+                .collect(),
+        }
+    }
+
+    fn harden(&self, compare: &Compare) -> Compare {
+        match compare {
+            Compare::ModRevision(key, rev) if *rev != 0 => match self.known.get(key.as_str()) {
+                Some(kv) if kv.mod_revision == *rev => kv.compare(),
+                _ => compare.clone(),
+            },
+            _ => compare.clone(),
+        }
+    }
+}
+
+impl<S: Store + ?Sized> Store for ByValue<'_, S> {
+    fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+        self.store.read(reads)
+    }
+
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+        let compares: Vec<Compare> = compares.iter().map(|c| self.harden(c)).collect();
+        self.store.txn(&compares, ops)
+    }
+
+    fn describe(&self) -> String {
+        self.store.describe()
     }
 }
 
@@ -141,25 +205,33 @@ impl NodeView {
     }
 
     /// The compares that make a plan made from this view safe to commit: the configuration,
-    /// node and namespace are still as seen. (Blocks are compared by the plan itself.)
+    /// node and namespace are still as seen, by value (absent ones still absent). Blocks and
+    /// pools are compared by the plan itself; [`ByValue`] turns those into value compares.
     pub fn compares(&self, namespace: Option<&str>) -> Vec<Compare> {
         let mut out = Vec::new();
         if let Some(guard) = self.guard() {
-            out.push(Compare::Value(
-                guard.key.clone(),
-                guard.value.clone().into_bytes(),
-            ));
+            out.push(guard.compare());
         }
-        let rev = |kv: &Option<CachedKv>| kv.as_ref().map_or(0, |kv| kv.mod_revision);
-        out.push(Compare::unchanged(
-            keys::node(&self.node),
-            rev(&self.node_record),
-        ));
+        out.push(match &self.node_record {
+            Some(kv) => kv.compare(),
+            None => Compare::absent(keys::node(&self.node)),
+        });
         if let Some(ns) = namespace {
-            let kv = self.namespaces.get(ns).cloned().flatten();
-            out.push(Compare::unchanged(keys::namespace(ns), rev(&kv)));
+            out.push(match self.namespaces.get(ns).and_then(Option::as_ref) {
+                Some(kv) => kv.compare(),
+                None => Compare::absent(keys::namespace(ns)),
+            });
         }
         out
+    }
+
+    /// Every record of the view: configuration, node, namespaces and blocks.
+    pub fn records(&self) -> impl Iterator<Item = &CachedKv> {
+        self.config
+            .iter()
+            .chain(&self.node_record)
+            .chain(self.namespaces.values().flatten())
+            .chain(&self.blocks)
     }
 
     /// Records the writes of a transaction committed at `revision`.
@@ -301,11 +373,31 @@ mod tests {
             v.compares(Some("ns")),
             vec![
                 Compare::Value(keys::CONFIG_GUARD.into(), b"{\"nonce\":\"a\"}".to_vec()),
-                Compare::unchanged("nodes/n1", 4),
-                Compare::unchanged("namespaces/ns", 0),
+                Compare::Value("nodes/n1".into(), b"{}".to_vec()),
+                Compare::absent("namespaces/ns"),
             ]
         );
         assert!(v.covers(Some("ns")) && v.covers(None) && !v.covers(Some("other")));
+    }
+
+    #[test]
+    fn compares_on_view_records_become_value_compares() {
+        let v = view();
+        let store = crate::store::MemoryStore::new();
+        let by_value = ByValue::new(&store, v.records());
+        let block = "blocks/n1/10.0.0.0-26";
+        assert_eq!(
+            by_value.harden(&Compare::unchanged(block, 5)),
+            Compare::Value(block.into(), b"{}".to_vec())
+        );
+        // Absent, read at another revision, or not from the view: left as they are.
+        for kept in [
+            Compare::absent(block),
+            Compare::unchanged(block, 6),
+            Compare::unchanged("pool-index/10.0.0.0-24/26", 5),
+        ] {
+            assert_eq!(by_value.harden(&kept), kept);
+        }
     }
 
     #[test]
