@@ -166,10 +166,13 @@ fn looks_like_json(text: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // YAML
 
-/// A document's text, padded with newlines so that parser line numbers are file line numbers.
+/// A document's text and where it sits in the file.
 struct Chunk {
     /// Line of the document's first content (not blank, comment or directive).
     line: usize,
+    /// Lines of the file before the chunk's first line: added to the parser's line numbers
+    /// (padding the text with that many newlines instead would make the input quadratic).
+    lines_before: usize,
     text: String,
     /// Lines of top-level sequence entries (`- ...` at column 0).
     entry_lines: Vec<usize>,
@@ -215,11 +218,11 @@ fn split_yaml(text: &str) -> Vec<Chunk> {
         }
         fn finish(self, out: &mut Vec<Chunk>) {
             if let Some(line) = self.content_line {
-                let mut text = "\n".repeat(self.first_line - 1);
-                text.push_str(&self.lines.join("\n"));
+                let mut text = self.lines.join("\n");
                 text.push('\n');
                 out.push(Chunk {
                     line,
+                    lines_before: self.first_line - 1,
                     text,
                     entry_lines: self.entry_lines,
                 });
@@ -287,14 +290,19 @@ fn parse_yaml(text: &str) -> (Vec<Doc>, Vec<Problem>) {
             }
             Err(e) => {
                 number += 1;
-                problems.push(syntax_problem(number, chunk.line, yaml_message(&e)));
+                problems.push(syntax_problem(
+                    number,
+                    chunk.line,
+                    yaml_message(&e, chunk.lines_before),
+                ));
             }
         }
     }
     (docs, problems)
 }
 
-fn yaml_message(e: &serde_saphyr::Error) -> String {
+/// The parser's message for a chunk, its line numbers made file line numbers.
+fn yaml_message(e: &serde_saphyr::Error, lines_before: usize) -> String {
     let e = e.without_snippet();
     let mut msg = e.render_with_formatter(&serde_saphyr::UserMessageFormatter);
     if let Some(at) = msg.rfind(" at line ") {
@@ -312,7 +320,7 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
     match e.location() {
         Some(loc) if loc.line() > 0 => format!(
             "YAML syntax error at line {}, column {}: {msg}",
-            loc.line(),
+            lines_before as u64 + loc.line(),
             loc.column()
         ),
         _ => format!("YAML syntax error: {msg}"),
@@ -322,12 +330,34 @@ fn yaml_message(e: &serde_saphyr::Error) -> String {
 // ---------------------------------------------------------------------------------------------
 // JSON
 
-fn line_at(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+/// Line numbers of byte offsets, for offsets asked in increasing order: each byte of the text
+/// is counted once, however many documents it holds.
+struct LineCounter<'a> {
+    text: &'a str,
+    offset: usize,
+    line: usize,
+}
+
+impl<'a> LineCounter<'a> {
+    fn new(text: &'a str) -> Self {
+        Self {
+            text,
+            offset: 0,
+            line: 1,
+        }
+    }
+
+    /// The 1-based line of `offset`.
+    fn line_at(&mut self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        if offset < self.offset {
+            *self = Self::new(self.text);
+        }
+        let bytes = &self.text.as_bytes()[self.offset..offset];
+        self.line += bytes.iter().filter(|b| **b == b'\n').count();
+        self.offset = offset;
+        self.line
+    }
 }
 
 fn skip_whitespace(text: &str, mut offset: usize) -> usize {
@@ -385,6 +415,7 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
     let mut docs = Vec::new();
     let mut problems = Vec::new();
     let mut number = 0;
+    let mut lines = LineCounter::new(text);
     let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
     loop {
         let start = skip_whitespace(text, stream.byte_offset());
@@ -397,7 +428,7 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
                     let at = offsets.get(i).map_or(start, |o| start + o);
                     docs.push(Doc {
                         number,
-                        line: line_at(text, at),
+                        line: lines.line_at(at),
                         value,
                     });
                 }
@@ -406,7 +437,7 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
                 number += 1;
                 docs.push(Doc {
                     number,
-                    line: line_at(text, start),
+                    line: lines.line_at(start),
                     value,
                 });
             }
@@ -418,7 +449,7 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
                 }
                 problems.push(syntax_problem(
                     number,
-                    line_at(text, start),
+                    lines.line_at(start),
                     format!(
                         "JSON syntax error at line {}, column {}: {msg}",
                         e.line(),

@@ -3,7 +3,7 @@
 //! first and writes all of it or nothing.
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
+use std::io::Read;
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
@@ -32,22 +32,60 @@ fn plural(kind: Kind) -> String {
     format!("{}s", kind.as_str().to_ascii_lowercase())
 }
 
+/// The most manifest input one command reads, in bytes. Well above any real manifest: a
+/// `kubectl get nodes,namespaces -o yaml` export of a large cluster (thousands of objects,
+/// each with its status) is tens of MiB, and 10,000 IPPools are about 1.3 MiB. Anything
+/// larger is a wrong file or an endless stream (`-f /dev/zero`), refused before it fills the
+/// memory.
+pub const MAX_MANIFEST_BYTES: u64 = 64 << 20;
+
+/// Reads at most `limit` bytes from `source_name`, and one more to tell that there are more:
+/// then the input is refused without reading on.
+fn read_capped(reader: impl Read, limit: u64, source_name: &str) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read manifests from {source_name}"))?;
+    if bytes.len() as u64 > limit {
+        bail!(too_large(source_name, limit));
+    }
+    Ok(bytes)
+}
+
+fn too_large(source_name: &str, limit: u64) -> String {
+    format!(
+        "{source_name} is larger than {} MiB, the limit for manifest input; split it into \
+         several files and apply them one by one",
+        limit >> 20
+    )
+}
+
 /// Reads a manifest file, or standard input for `-`, and decodes every document.
 fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
     let (bytes, source) = if filename == "-" {
-        let mut bytes = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut bytes)
-            .context("cannot read manifests from standard input")?;
+        let bytes = read_capped(
+            std::io::stdin().lock(),
+            MAX_MANIFEST_BYTES,
+            "standard input",
+        )?;
         (bytes, "stdin".to_string())
     } else {
-        let bytes = std::fs::read(filename).with_context(|| {
+        let cannot_read = || {
             format!(
                 "cannot read {filename}; check the path given with -f (use -f - for standard \
                  input)"
             )
-        })?;
-        (bytes, filename.to_string())
+        };
+        let file = std::fs::File::open(filename).with_context(cannot_read)?;
+        // A regular file's size is known: one too large is refused without reading it.
+        if file.metadata().is_ok_and(|m| m.len() > MAX_MANIFEST_BYTES) {
+            bail!(too_large(filename, MAX_MANIFEST_BYTES));
+        }
+        (
+            read_capped(file, MAX_MANIFEST_BYTES, filename)?,
+            filename.to_string(),
+        )
     };
     let text = String::from_utf8(bytes).map_err(|e| {
         anyhow::anyhow!(
@@ -546,6 +584,33 @@ pub fn edit_meta(store: &dyn Store, target: MetaTarget, args: &MetaArgs) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Counts the bytes handed out by an endless reader.
+    struct Endless<'a>(&'a mut u64);
+
+    impl Read for Endless<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(b'a');
+            *self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn input_is_read_up_to_the_limit_and_one_byte_more() {
+        assert_eq!(read_capped(&b"0123456789"[..], 10, "f").unwrap().len(), 10);
+        let err = read_capped(&b"0123456789x"[..], 10, "f").unwrap_err();
+        assert!(err.to_string().starts_with("f is larger than"), "{err}");
+        let mut handed_out = 0;
+        let err = read_capped(Endless(&mut handed_out), 1 << 20, "stdin").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "stdin is larger than 1 MiB, the limit for manifest input; split it into several \
+             files and apply them one by one"
+        );
+        // `take` asks only for what is left, so the reader stops at the limit plus one byte.
+        assert_eq!(handed_out, (1 << 20) + 1);
+    }
 
     #[test]
     fn summaries_group_by_kind_in_order() {

@@ -234,3 +234,62 @@ fn usage_errors_exit_1_with_the_usage_hint() {
          For more information, try '--help'.\n"
     );
 }
+
+/// The manifest input limit of `tessera apply`, as the error names it.
+const LIMIT_MESSAGE: &str = "is larger than 64 MiB, the limit for manifest input; split it into \
+                             several files and apply them one by one\n";
+
+#[test]
+fn endless_or_oversized_input_is_refused_at_the_limit() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let started = Instant::now();
+    assert_eq!(
+        env.fails(&["apply", "-f", "/dev/zero"]),
+        format!("Error: /dev/zero {LIMIT_MESSAGE}")
+    );
+    // A sparse file: its size alone refuses it.
+    let big = env.dir().join("big.yaml");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len((64 << 20) + 1)
+        .unwrap();
+    let big = big.to_string_lossy().into_owned();
+    assert_eq!(
+        env.fails(&["apply", "-f", &big]),
+        format!("Error: {big} {LIMIT_MESSAGE}")
+    );
+    // `yes 'a: b' | tessera apply -f -`: the writer stops when the reader gives up, or after
+    // twice the limit.
+    let mut child = env
+        .command(&["apply", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = "a: b\n".repeat(1 << 14);
+        let mut written = 0usize;
+        while written < 2 * (64 << 20) && stdin.write_all(chunk.as_bytes()).is_ok() {
+            written += chunk.len();
+        }
+        written
+    });
+    let run = child.wait_with_output().unwrap();
+    let written = writer.join().unwrap();
+    assert_eq!(run.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&run.stderr),
+        format!("Error: standard input {LIMIT_MESSAGE}")
+    );
+    assert!(written < 2 * (64 << 20), "tessera read on: {written} bytes");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(env.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
+}

@@ -181,3 +181,61 @@ fn ipv6_pools_show_full_totals() {
          +----------+---------------+---------------------------+------------+----------------------------------+\n"
     );
 }
+
+/// `count` IPPools of one /24 each, as YAML documents.
+fn many_pools_yaml(count: usize) -> String {
+    (0..count)
+        .map(|i| {
+            format!(
+                "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p-{i}\n\
+                 spec:\n  cidr: 10.{}.{}.0/24\n  nodeSelector: rack == \"{i}\"\n",
+                i / 256,
+                i % 256
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+/// `count` Namespaces as a stream of JSON objects, one line each.
+fn many_namespaces_json(count: usize) -> String {
+    (0..count)
+        .map(|i| format!("{{\"apiVersion\": \"v1\", \"kind\": \"Namespace\", \"metadata\": {{\"name\": \"ns-{i}\"}}}}\n"))
+        .collect()
+}
+
+#[test]
+fn ten_thousand_documents_apply_in_linear_time() {
+    use std::time::{Duration, Instant};
+    // Each input takes a few seconds at most (unoptimised build); a step that grows with the
+    // square of the document count takes a minute.
+    const BUDGET: Duration = Duration::from_secs(20);
+    let env = Env::new();
+    let pools = env.write_file("pools.yaml", &many_pools_yaml(10_000));
+    let namespaces = env.write_file("namespaces.json", &many_namespaces_json(10_000));
+    for (file, want) in [
+        (&pools, "Successfully applied 10000 'IPPool' resource(s)\n"),
+        (
+            &namespaces,
+            "Successfully applied 10000 'Namespace' resource(s)\n",
+        ),
+    ] {
+        let started = Instant::now();
+        assert_eq!(env.ok(&["apply", "-f", file]), want);
+        let took = started.elapsed();
+        assert!(took < BUDGET, "{file} took {took:?}");
+    }
+    // A mistake in the last document is still found, on its own line.
+    let mut bad = many_pools_yaml(10_000);
+    bad.push_str("---\napiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: last\nspec:\n  cidr: 10.39.15.0/24\n");
+    let bad = env.write_file("bad.yaml", &bad);
+    let started = Instant::now();
+    let err = env.fails(&["apply", "-f", &bad]);
+    assert!(started.elapsed() < BUDGET, "took {:?}", started.elapsed());
+    assert_eq!(
+        err,
+        "Error: IPPool \"last\" is invalid: spec.cidr: 10.39.15.0/24 overlaps 10.39.15.0/24 of \
+         IPPool \"p-9999\"; pools may not overlap: choose a free range, or disable and delete \
+         the other pool first\n"
+    );
+}

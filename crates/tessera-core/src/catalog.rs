@@ -18,15 +18,17 @@
 //! not exist yet create it (kubectl would refuse; there is no other way to declare one short of
 //! `tessera apply -f`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use ipnet::IpNet;
 use serde_json::Value;
 
 use crate::keys;
 use crate::manifest::{decode_document, DecodeError};
+use crate::net::OverlapIndex;
 use crate::ranges::IpRangeSet;
 use crate::resources::{IPAMConfiguration, IPPool, Kind, Namespace, Node, ObjectMeta, Resource};
 use crate::spider::{check_spider_against, describe_set};
@@ -304,12 +306,12 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         targets: &[(Kind, String)],
         ignore_missing: bool,
     ) -> Result<Vec<Outcome>, CatalogError> {
-        let mut unique: Vec<(Kind, String)> = Vec::new();
-        for t in targets {
-            if !unique.contains(t) {
-                unique.push(t.clone());
-            }
-        }
+        let mut seen = HashSet::new();
+        let unique: Vec<(Kind, String)> = targets
+            .iter()
+            .filter(|t| seen.insert((t.0, t.1.as_str())))
+            .cloned()
+            .collect();
         self.retry(|| {
             let reads: Vec<Read> = unique
                 .iter()
@@ -687,16 +689,23 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                 .iter()
                 .filter(|r| POOL_KINDS.contains(&r.kind()))
                 .collect();
-            let same = |a: &Resource, b: &Resource| a.kind() == b.kind() && a.name() == b.name();
-            for (j, new) in batch.iter().enumerate() {
-                let previous = stored.iter().find(|s| same(s, new));
-                // Each pair is checked once: stored resources the batch leaves alone, and the
-                // batch's own resources before this one (every rule is symmetric).
-                let mut others: Vec<&Resource> = stored
-                    .iter()
-                    .filter(|s| !batch.iter().any(|b| same(s, b)))
-                    .collect();
-                others.extend(batch[..j].iter().copied());
+            let in_batch: HashSet<(Kind, &str)> =
+                batch.iter().map(|r| (r.kind(), r.name())).collect();
+            let stored_by_name: HashMap<(Kind, &str), &Resource> =
+                stored.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+            // Each pair is checked once: stored resources the batch leaves alone, and the
+            // batch's own resources before this one (every rule is symmetric).
+            let mut world = PoolWorld::default();
+            for s in stored
+                .iter()
+                .filter(|s| !in_batch.contains(&(s.kind(), s.name())))
+            {
+                world.add(s);
+            }
+            for new in batch {
+                let previous = stored_by_name.get(&(new.kind(), new.name())).copied();
+                let others = world.overlapping(new);
+                world.add(new);
                 let mut errors = Vec::new();
                 if let Resource::IPPool(pool) = new {
                     let mut calico: Vec<IPPool> = others
@@ -823,6 +832,50 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         let mut r = decode_document(doc).map_err(|e| corrupt(e.to_string()))?;
         r.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
         Ok(r)
+    }
+}
+
+/// The pool-like resources (IPPools, SpiderIPPools, SpiderSubnets) a batch is checked
+/// against, indexed by network: every rule between two of them concerns shared addresses, so
+/// each resource meets only those whose network overlaps its own, and a batch of n pools costs
+/// n log n instead of n².
+#[derive(Default)]
+struct PoolWorld<'r> {
+    members: Vec<&'r Resource>,
+    index: OverlapIndex,
+    /// Members without a network (never true of validated resources); they meet every query.
+    unplaced: Vec<usize>,
+}
+
+impl<'r> PoolWorld<'r> {
+    fn add(&mut self, r: &'r Resource) {
+        let id = self.members.len();
+        self.members.push(r);
+        match pool_network(r) {
+            Some(net) => self.index.insert(&net, id),
+            None => self.unplaced.push(id),
+        }
+    }
+
+    /// The members whose network overlaps `r`'s, in the order they were added.
+    fn overlapping(&self, r: &Resource) -> Vec<&'r Resource> {
+        let mut ids = self.unplaced.clone();
+        if let Some(net) = pool_network(r) {
+            ids.extend(self.index.overlapping(&net));
+            ids.sort_unstable();
+        }
+        ids.into_iter().map(|id| self.members[id]).collect()
+    }
+}
+
+/// The network holding every address of a pool-like resource: an IPPool's CIDR, a Spiderpool
+/// resource's subnet (its ips lie inside it).
+fn pool_network(r: &Resource) -> Option<IpNet> {
+    match r {
+        Resource::IPPool(p) => p.spec.cidr.trim().parse().ok(),
+        Resource::SpiderIPPool(p) => p.spec.subnet_net(),
+        Resource::SpiderSubnet(s) => s.spec.subnet_net(),
+        _ => None,
     }
 }
 

@@ -1,6 +1,7 @@
 //! Address and block arithmetic on `u128`, for IPv4 and IPv6 alike, without ever
 //! enumerating a pool's addresses.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
@@ -158,6 +159,53 @@ pub fn addr_in_block(block: &IpNet, offset: u32) -> IpAddr {
     )
 }
 
+/// Networks with an id each, answering "which of them overlap this network?" without looking
+/// at the others: two networks overlap only when one contains the other, so the answer is the
+/// query's supernets (one lookup per shorter prefix length) and the networks starting inside
+/// it (one range scan).
+#[derive(Clone, Debug, Default)]
+pub struct OverlapIndex {
+    /// (IPv6, first address, prefix length) to the ids of the networks with it.
+    nets: BTreeMap<(bool, u128, u8), Vec<usize>>,
+}
+
+impl OverlapIndex {
+    /// Adds network `net` under `id`.
+    pub fn insert(&mut self, net: &IpNet, id: usize) {
+        let net = net.trunc();
+        let key = (is_v6(&net), net_first(&net), net.prefix_len());
+        self.nets.entry(key).or_default().push(id);
+    }
+
+    /// The ids of the networks sharing an address with `net`, ascending, each once.
+    pub fn overlapping(&self, net: &IpNet) -> Vec<usize> {
+        let net = net.trunc();
+        let (v6, first, prefix) = (is_v6(&net), net_first(&net), net.prefix_len());
+        let last = addr_to_u128(net.broadcast());
+        let mut ids = Vec::new();
+        for shorter in 0..prefix {
+            let start = net_first(&net_from(first, shorter, v6).trunc());
+            if let Some(found) = self.nets.get(&(v6, start, shorter)) {
+                ids.extend_from_slice(found);
+            }
+        }
+        let inside = self
+            .nets
+            .range((v6, first, prefix)..=(v6, last, u8::MAX))
+            .filter(|((_, _, p), _)| *p >= prefix);
+        for (_, found) in inside {
+            ids.extend_from_slice(found);
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
+
+fn is_v6(net: &IpNet) -> bool {
+    matches!(net, IpNet::V6(_))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +292,34 @@ mod tests {
         assert!(nets_overlap(&net("10.0.0.0/16"), &net("10.0.5.0/24")));
         assert!(!nets_overlap(&net("10.0.0.0/16"), &net("10.1.0.0/16")));
         assert!(!nets_overlap(&net("10.0.0.0/16"), &net("fd00::/16")));
+    }
+
+    #[test]
+    fn overlap_index_finds_supernets_equals_and_subnets_only() {
+        let nets = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.2.0.0/16",
+            "10.1.0.0/16",
+            "fd00::/8",
+            "0.0.0.0/0",
+            "11.0.0.0/8",
+        ];
+        let mut index = OverlapIndex::default();
+        for (id, n) in nets.iter().enumerate() {
+            index.insert(&net(n), id);
+        }
+        assert_eq!(index.overlapping(&net("10.1.0.0/16")), [0, 1, 2, 4, 6]);
+        assert_eq!(index.overlapping(&net("10.1.2.128/25")), [0, 1, 2, 4, 6]);
+        assert_eq!(index.overlapping(&net("10.0.0.0/8")), [0, 1, 2, 3, 4, 6]);
+        assert_eq!(index.overlapping(&net("::/0")), [5]);
+        assert_eq!(index.overlapping(&net("12.0.0.0/8")), [6]);
+        for probe in ["10.1.2.3/32", "10.3.0.0/16", "::/0", "10.0.0.0/7"] {
+            let want: Vec<usize> = (0..nets.len())
+                .filter(|&i| nets_overlap(&net(nets[i]), &net(probe)))
+                .collect();
+            assert_eq!(index.overlapping(&net(probe)), want, "{probe}");
+        }
     }
 }
