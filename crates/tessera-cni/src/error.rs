@@ -9,7 +9,8 @@ use tessera_store::{OpenError, StoreError};
 pub mod code {
     /// Incompatible CNI version (unsupported `cniVersion`, or a verb that version lacks).
     pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// I/O failure: the datastore refused access (permissions, read-only file system).
+    /// I/O failure: the datastore refused access (permissions, authentication, read-only
+    /// file system).
     pub const IO_FAILURE: u32 = 5;
     /// Invalid necessary environment variables.
     pub const BAD_ENV: u32 = 4;
@@ -39,6 +40,10 @@ pub mod code {
     pub const GATEWAY_NOT_RESERVED: u32 = 106;
     /// A pod annotation or runtimeConfig value is malformed.
     pub const BAD_POD_REQUEST: u32 = 107;
+    /// The datastore is full (etcd's NOSPACE alarm): an operator must free space.
+    pub const DATASTORE_FULL: u32 = 108;
+    /// A record is larger than the datastore accepts (etcd's `--max-request-bytes`).
+    pub const RECORD_TOO_LARGE: u32 = 109;
 }
 
 /// A failure, as the CNI spec reports it: a code, a message saying what was wrong, and
@@ -113,14 +118,20 @@ impl std::fmt::Display for CniError {
     }
 }
 
+/// The CNI code of a datastore failure.
+fn store_code(e: &StoreError) -> u32 {
+    match e {
+        StoreError::Unavailable { .. } => code::TRY_AGAIN,
+        StoreError::Refused { .. } => code::IO_FAILURE,
+        StoreError::Corrupt { .. } => code::DATASTORE_DAMAGED,
+        StoreError::Full { .. } => code::DATASTORE_FULL,
+        StoreError::TooLarge { .. } => code::RECORD_TOO_LARGE,
+    }
+}
+
 impl From<StoreError> for CniError {
     fn from(e: StoreError) -> Self {
-        let code = match &e {
-            StoreError::Unavailable { .. } => code::TRY_AGAIN,
-            StoreError::Refused { .. } => code::IO_FAILURE,
-            StoreError::Corrupt { .. } => code::DATASTORE_DAMAGED,
-        };
-        Self::new(code, e.to_string())
+        Self::new(store_code(&e), e.to_string())
     }
 }
 
@@ -140,7 +151,7 @@ impl From<OpenError> for CniError {
 impl From<IpamError> for CniError {
     fn from(e: IpamError) -> Self {
         let code = match &e {
-            IpamError::Store(s) => return CniError::from_store_ref(s, e.to_string()),
+            IpamError::Store(s) => store_code(s),
             IpamError::Contention(_) | IpamError::BeyondView => code::TRY_AGAIN,
             IpamError::CorruptRecord { .. } => code::DATASTORE_DAMAGED,
             IpamError::InvalidRequest(_) => code::BAD_POD_REQUEST,
@@ -158,17 +169,6 @@ impl From<IpamError> for CniError {
             | IpamError::LeftoverBlock { .. } => code::ADDRESS_UNAVAILABLE,
         };
         Self::new(code, e.to_string())
-    }
-}
-
-impl CniError {
-    fn from_store_ref(e: &StoreError, msg: String) -> Self {
-        let code = match e {
-            StoreError::Unavailable { .. } => code::TRY_AGAIN,
-            StoreError::Refused { .. } => code::IO_FAILURE,
-            StoreError::Corrupt { .. } => code::DATASTORE_DAMAGED,
-        };
-        Self::new(code, msg)
     }
 }
 
@@ -203,6 +203,28 @@ mod tests {
         assert_eq!(
             CniError::from(IpamError::Store(unavailable)).code,
             code::TRY_AGAIN
+        );
+    }
+
+    #[test]
+    fn a_full_store_and_a_too_large_record_have_codes_of_their_own() {
+        let full = || StoreError::Full {
+            endpoint: "x".into(),
+            reason: "NOSPACE".into(),
+        };
+        let too_large = || StoreError::TooLarge {
+            endpoint: "x".into(),
+            reason: "request is too large".into(),
+        };
+        assert_eq!(CniError::from(full()).code, code::DATASTORE_FULL);
+        assert_eq!(
+            CniError::from(IpamError::Store(full())).code,
+            code::DATASTORE_FULL
+        );
+        assert_eq!(CniError::from(too_large()).code, code::RECORD_TOO_LARGE);
+        assert_eq!(
+            CniError::from(IpamError::Store(too_large())).code,
+            code::RECORD_TOO_LARGE
         );
     }
 }

@@ -129,12 +129,31 @@ pub enum StoreError {
         /// What went wrong.
         reason: String,
     },
-    /// The store refused the request (permissions, size limits, authentication).
+    /// The store refused the request (permissions, authentication, limits on the number of
+    /// operations).
     #[error("datastore {endpoint} refused the request: {reason}")]
     Refused {
         /// File path or endpoint list of the store.
         endpoint: String,
         /// What went wrong.
+        reason: String,
+    },
+    /// The store is out of space and refuses writes until an operator frees some (etcd's
+    /// NOSPACE alarm). Retrying does not help.
+    #[error("datastore {endpoint} is full: {reason}")]
+    Full {
+        /// File path or endpoint list of the store.
+        endpoint: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+    /// One request, or one record in it, is larger than the store accepts. Retrying does
+    /// not help.
+    #[error("datastore {endpoint} refused a request as too large: {reason}")]
+    TooLarge {
+        /// File path or endpoint list of the store.
+        endpoint: String,
+        /// Which record, how large, the limit, and what to do.
         reason: String,
     },
 }

@@ -357,8 +357,10 @@ impl EtcdStore {
     /// failure that certainly left it unapplied; after one whose outcome is unknown it is
     /// repeated too (its compares make a second application impossible), and the answer says
     /// `ambiguous` so that [`EtcdStore::txn`] can tell a conflict caused by the first attempt
-    /// from a real one.
-    fn call(&self, txn: etcd_client::Txn, write: bool) -> Result<Answer, StoreError> {
+    /// from a real one. `writes` holds the writes of a write (`None` for a read), so that an
+    /// error can name the record that made the request too large.
+    fn call(&self, txn: etcd_client::Txn, writes: Option<&[Op]>) -> Result<Answer, StoreError> {
+        let write = writes.is_some();
         let what = if write { "writing" } else { "reading" };
         let deadline = Instant::now() + self.timeout;
         let n = self.members.len();
@@ -443,10 +445,7 @@ impl EtcdStore {
         });
         match outcome {
             Ok(resp) => Ok(Answer { resp, ambiguous }),
-            Err(Some(refusal)) => Err(StoreError::Refused {
-                endpoint: self.describe.clone(),
-                reason: refused_hint(&refusal),
-            }),
+            Err(Some(refusal)) => Err(self.refusal(refusal, writes.unwrap_or_default())),
             Err(None) => {
                 if reasons.is_empty() {
                     reasons.push(format!("no answer within {}", secs(self.timeout)));
@@ -466,6 +465,41 @@ impl EtcdStore {
                     );
                 }
                 Err(self.unavailable(reason))
+            }
+        }
+    }
+
+    /// The error for a request the cluster answered with a refusal: a full database and a
+    /// request over the size limit have variants of their own, since only an operator can
+    /// fix them and each needs its own remedy.
+    fn refusal(&self, refusal: String, writes: &[Op]) -> StoreError {
+        let endpoint = self.describe.clone();
+        if is_no_space(&refusal) {
+            StoreError::Full {
+                endpoint,
+                reason: format!(
+                    "the etcd database reached its space quota and raised the NOSPACE alarm, \
+                     so it refuses writes ({refusal}); free space by compacting the history \
+                     (etcdctl compact REVISION, with the current revision from etcdctl \
+                     endpoint status -w json), defragmenting every member (etcdctl defrag), \
+                     then clearing the alarm (etcdctl alarm disarm); if it fills up again, \
+                     raise --quota-backend-bytes (etcd's default is 2 GiB) on every member"
+                ),
+            }
+        } else if is_too_large(&refusal) {
+            StoreError::TooLarge {
+                endpoint,
+                reason: format!(
+                    "{} exceeds what the cluster accepts ({refusal}); etcd takes requests up \
+                     to its --max-request-bytes (1.5 MiB by default): make the record \
+                     smaller, or raise --max-request-bytes on every member",
+                    describe_writes(writes)
+                ),
+            }
+        } else {
+            StoreError::Refused {
+                endpoint,
+                reason: refused_hint(&refusal),
             }
         }
     }
@@ -536,9 +570,7 @@ impl Store for EtcdStore {
                 }
             })
             .collect();
-        let resp = self
-            .call(etcd_client::Txn::new().and_then(ops), false)?
-            .resp;
+        let resp = self.call(etcd_client::Txn::new().and_then(ops), None)?.resp;
         let revision = resp.header().map_or(0, |h| h.revision());
         let mut results = Vec::with_capacity(reads.len());
         for op in resp.op_responses() {
@@ -595,7 +627,7 @@ impl Store for EtcdStore {
             })
             .collect();
         let txn = etcd_client::Txn::new().when(compares).and_then(etcd_ops);
-        let Answer { resp, ambiguous } = self.call(txn, true)?;
+        let Answer { resp, ambiguous } = self.call(txn, Some(&last_ops))?;
         if !resp.succeeded() {
             if ambiguous {
                 if let Some(revision) = self.applied_at(&last_ops)? {
@@ -798,14 +830,43 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// etcd's NOSPACE refusal ("etcdserver: mvcc: database space exceeded").
+fn is_no_space(text: &str) -> bool {
+    text.contains("database space exceeded")
+}
+
+/// A request over etcd's --max-request-bytes ("etcdserver: request is too large"), or over
+/// that plus gRPC's 512 KiB allowance, which the gRPC layer refuses before etcd sees it
+/// ("grpc: received message larger than max").
+fn is_too_large(text: &str) -> bool {
+    text.contains("request is too large") || text.contains("message larger than max")
+}
+
+/// Names a write refused for its size: how many records, how many bytes, and the largest
+/// record, which is the one to shrink.
+fn describe_writes(writes: &[Op]) -> String {
+    let puts = writes.iter().filter_map(|op| match op {
+        Op::Put(key, value) => Some((key, value.len())),
+        Op::Delete(_) => None,
+    });
+    let total: usize = puts.clone().map(|(key, len)| key.len() + len).sum();
+    match puts.max_by_key(|(_, len)| *len) {
+        None => "the request".to_string(),
+        Some((key, len)) if writes.len() == 1 => {
+            format!("writing the record {key} ({len} bytes)")
+        }
+        Some((key, len)) => format!(
+            "writing {} records ({total} bytes in all), the largest {key} ({len} bytes),",
+            writes.len()
+        ),
+    }
+}
+
 /// Adds what to do to a refusal whose cause is recognisable.
 fn refused_hint(reason: &str) -> String {
     let hint = if reason.contains("too many operations in txn") {
         "; a single change touched more keys than the cluster's --max-txn-ops allows (etcd's \
          default is 128): split the manifest, or raise --max-txn-ops on every member"
-    } else if reason.contains("request is too large") {
-        "; a single record exceeds the cluster's --max-request-bytes (etcd's default is \
-         1.5 MiB)"
     } else if reason.contains("authentication failed") || reason.contains("invalid auth token") {
         "; check --etcd-username and --etcd-password"
     } else if reason.contains("permission denied") {
@@ -814,9 +875,6 @@ fn refused_hint(reason: &str) -> String {
         "; this cluster has authentication enabled: set --etcd-username and --etcd-password"
     } else if reason.contains("authentication is not enabled") {
         "; this cluster has authentication disabled: drop --etcd-username and --etcd-password"
-    } else if reason.contains("database space exceeded") {
-        "; the cluster is out of space: compact and defragment it (etcdctl compact, etcdctl \
-         defrag) and disarm the NOSPACE alarm"
     } else if is_tls_failure(reason) {
         "; check --etcd-ca (the CA that signed the server certificate), that the server \
          certificate names the host used in the URL, and --etcd-cert/--etcd-key"

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_store::local_etcd::LocalEtcd;
+use tessera_store::local_etcd::{self, LocalEtcd};
 use tessera_store::{conformance, open_with, Op, OpenOptions, Store, StoreError, TxnOutcome};
 
 fn short_timeout() -> OpenOptions {
@@ -99,6 +99,98 @@ fn too_many_ops_is_refused_with_the_limit_named() {
     let msg = err.to_string();
     assert!(msg.contains("--max-txn-ops"), "{msg}");
     assert!(msg.contains(&etcd.url()), "{msg}");
+}
+
+/// One member started with `args`, or `None` (after saying why) when no etcd is installed
+/// outside CI.
+fn etcd_with_args(test: &str, args: &[&str]) -> Option<LocalEtcd> {
+    if local_etcd::binary().is_none() && !local_etcd::required() {
+        eprintln!("skipping {test}: no etcd binary; under CI=true this is a failure");
+        return None;
+    }
+    Some(
+        LocalEtcd::start_with_args(1, args)
+            .unwrap_or_else(|e| panic!("{test}: cannot start etcd: {e}")),
+    )
+}
+
+/// Writes 4 KiB records until the cluster refuses one; at most 1000, so a cluster that
+/// never fills up fails the test instead of running on.
+fn fill_until_refused(store: &dyn Store) -> StoreError {
+    let value = vec![b'x'; 4096];
+    for i in 0..1000 {
+        if let Err(e) = store.txn(&[], &[Op::Put(format!("fill/{i}"), value.clone())]) {
+            return e;
+        }
+    }
+    panic!("1000 writes of 4 KiB never filled the 256 KiB quota");
+}
+
+#[test]
+fn a_full_database_says_so_and_how_to_free_space() {
+    let Some(etcd) = etcd_with_args("NOSPACE", &["--quota-backend-bytes", "262144"]) else {
+        return;
+    };
+    let store = etcd.store();
+    let err = fill_until_refused(&store);
+    assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+    assert!(!err.is_transient(), "{err}");
+    let msg = err.to_string();
+    for needle in [
+        etcd.url().as_str(),
+        "is full",
+        "NOSPACE",
+        "etcdctl compact",
+        "etcdctl defrag",
+        "etcdctl alarm disarm",
+        "--quota-backend-bytes",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing: {msg}");
+    }
+    // Once the alarm is raised, every write is refused the same way, however small.
+    let err = store
+        .txn(&[], &[Op::Put("small".into(), b"v".to_vec())])
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
+    // Reads go on, so admin commands can still show what the store holds.
+    assert!(store.get("fill/0").unwrap().is_some());
+}
+
+#[test]
+fn a_record_over_max_request_bytes_is_named_with_the_limit() {
+    let Some(etcd) = etcd_with_args("max-request-bytes", &["--max-request-bytes", "4096"]) else {
+        return;
+    };
+    let store = etcd.store();
+    // Over --max-request-bytes: etcd itself refuses ("request is too large"). Over that
+    // plus gRPC's 512 KiB allowance: the gRPC layer refuses before etcd sees it ("message
+    // larger than max"). Either way the message names the record and the limit.
+    for size in [8 * 1024, 600 * 1024] {
+        let err = store
+            .txn(
+                &[],
+                &[
+                    Op::Put("small".into(), b"v".to_vec()),
+                    Op::Put("config/reservations/big".into(), vec![b'x'; size]),
+                ],
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooLarge { .. }),
+            "{size}: {err:?}"
+        );
+        let msg = err.to_string();
+        for needle in [
+            etcd.url().as_str(),
+            "config/reservations/big",
+            &format!("{size} bytes"),
+            "--max-request-bytes",
+            "1.5 MiB",
+        ] {
+            assert!(msg.contains(needle), "{size}: {needle:?} missing: {msg}");
+        }
+        assert_eq!(store.get("small").unwrap(), None, "nothing may be written");
+    }
 }
 
 #[test]
