@@ -17,6 +17,7 @@
 use std::fmt;
 
 use serde_json::Value;
+use tessera_core::json::StrictValue;
 use tessera_core::manifest::decode_each;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::validate::{validate, FieldError};
@@ -416,12 +417,12 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut number = 0;
     let mut lines = LineCounter::new(text);
-    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
+    let mut stream = serde_json::Deserializer::from_str(text).into_iter::<StrictValue>();
     loop {
         let start = skip_whitespace(text, stream.byte_offset());
         match stream.next() {
             None => break,
-            Some(Ok(Value::Array(items))) => {
+            Some(Ok(StrictValue(Value::Array(items)))) => {
                 let offsets = json_array_element_offsets(&text[start..]);
                 for (i, value) in items.into_iter().enumerate() {
                     number += 1;
@@ -433,7 +434,7 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
                     });
                 }
             }
-            Some(Ok(value)) => {
+            Some(Ok(StrictValue(value))) => {
                 number += 1;
                 docs.push(Doc {
                     number,
@@ -805,6 +806,24 @@ metadata:
         assert_eq!(
             error(text, "ns.json"),
             "ns.json: document 1 (line 1): JSON syntax error at line 2, column 27: trailing comma"
+        );
+    }
+
+    #[test]
+    fn json_duplicate_keys_are_refused_like_yaml_ones() {
+        let text = "{\"apiVersion\": \"v1\", \"kind\": \"Namespace\",\n \"metadata\": {\"name\": \"a\"},\n \"kind\": \"Node\"}";
+        assert_eq!(
+            error(text, "dup.json"),
+            "dup.json: document 1 (line 1): JSON syntax error at line 3, column 7: duplicate key \
+             \"kind\" in an object; keep only one of them"
+        );
+        let nested = "[{\"apiVersion\": \"projectcalico.org/v3\", \"kind\": \"IPPool\",\n  \
+                      \"metadata\": {\"name\": \"a\"},\n  \"spec\": {\"cidr\": \"10.0.0.0/16\", \
+                      \"cidr\": \"10.1.0.0/16\"}}]";
+        assert_eq!(
+            error(nested, "dup.json"),
+            "dup.json: document 1 (line 1): JSON syntax error at line 3, column 40: duplicate \
+             key \"cidr\" in an object; keep only one of them"
         );
     }
 

@@ -493,7 +493,7 @@ fn table(
 /// `patch KIND NAME -p JSON`.
 pub fn patch(store: &dyn Store, args: &PatchArgs) -> anyhow::Result<String> {
     let kind = parse_kind(&args.kind)?;
-    let patch: Value = serde_json::from_str(&args.patch).map_err(|e| {
+    let patch: Value = tessera_core::json::from_str(&args.patch).map_err(|e| {
         anyhow::anyhow!(
             "the patch is not valid JSON ({e}); write a JSON merge patch such as \
              -p '{{\"spec\": {{\"disabled\": true}}}}'"

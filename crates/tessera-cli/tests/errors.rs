@@ -87,6 +87,18 @@ fn bad_patches_and_label_arguments_are_explained() {
          JSON merge patch such as -p '{\"spec\": {\"disabled\": true}}'\n"
     );
     assert_eq!(
+        env.fails(&[
+            "patch",
+            "ippool",
+            "p",
+            "-p",
+            r#"{"spec": {"disabled": true, "disabled": false}}"#
+        ]),
+        "Error: the patch is not valid JSON (duplicate key \"disabled\" in an object; keep only \
+         one of them at line 1 column 38); write a JSON merge patch such as -p '{\"spec\": \
+         {\"disabled\": true}}'\n"
+    );
+    assert_eq!(
         env.fails(&["label", "node", "n1", "rack"]),
         "Error: \"rack\" is neither key=value (to set) nor key- (to remove)\n"
     );

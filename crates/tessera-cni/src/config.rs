@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
+use tessera_core::text::quoted;
 
 use crate::error::{code, CniError};
 use crate::version::{Version, SUPPORTED};
@@ -191,7 +192,8 @@ pub fn parse_json(stdin: &[u8]) -> Result<Map<String, Value>, CniError> {
              JSON configuration on standard input",
         ));
     }
-    match serde_json::from_slice::<Value>(stdin) {
+    // Strict: a key given twice is refused, not silently the last one.
+    match tessera_core::json::from_slice(stdin) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(CniError::decode(format!(
             "the network configuration on stdin must be a JSON object, not {}",
@@ -515,17 +517,30 @@ fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniErr
         None | Some(Value::Null) => {}
         Some(Value::Object(a)) => {
             for (k, v) in a {
-                // Annotation values are strings in Kubernetes; anything else is not ours.
-                if let Some(s) = v.as_str() {
-                    annotations.insert(k.clone(), s.to_string());
-                }
+                // Annotation values are strings in Kubernetes; skipping another value would
+                // silently drop what the pod asked for.
+                let text = v.as_str().ok_or_else(|| {
+                    CniError::new(
+                        code::BAD_POD_REQUEST,
+                        format!(
+                            "runtimeConfig[{POD_ANNOTATIONS_KEY:?}][{}] must be a string, not {}",
+                            quoted(k),
+                            kind(v)
+                        ),
+                    )
+                })?;
+                annotations.insert(k.clone(), text.to_string());
             }
         }
         Some(other) => {
-            return Err(CniError::config(format!(
-                "runtimeConfig[{POD_ANNOTATIONS_KEY:?}] must be an object of annotations, not {}",
-                kind(other)
-            )))
+            return Err(CniError::new(
+                code::BAD_POD_REQUEST,
+                format!(
+                    "runtimeConfig[{POD_ANNOTATIONS_KEY:?}] must be an object of annotations, \
+                     not {}",
+                    kind(other)
+                ),
+            ))
         }
     }
     let labels = match rc.get(POD_LABELS_KEY) {
@@ -538,7 +553,8 @@ fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniErr
                     CniError::new(
                         code::BAD_POD_REQUEST,
                         format!(
-                            "runtimeConfig[{POD_LABELS_KEY:?}][{k:?}] must be a string, not {}",
+                            "runtimeConfig[{POD_LABELS_KEY:?}][{}] must be a string, not {}",
+                            quoted(k),
                             kind(v)
                         ),
                     )
@@ -846,7 +862,7 @@ mod tests {
     fn runtime_config_and_prev_result() {
         let mut v = base();
         v["runtimeConfig"] = json!({
-            POD_ANNOTATIONS_KEY: {"cni.projectcalico.org/ipv4pools": "[\"a\"]", "n": 1},
+            POD_ANNOTATIONS_KEY: {"cni.projectcalico.org/ipv4pools": "[\"a\"]"},
             "ips": ["10.0.0.9/24", "fd00::9"]
         });
         v["prevResult"] = json!({"cniVersion": "1.0.0", "ips": [{"address": "10.0.0.9/24"}]});
@@ -863,6 +879,9 @@ mod tests {
         let mut v = base();
         v["prevResult"] = json!({"ips": [{"address": "10.0.0.9"}]});
         assert_eq!(conf(v).unwrap_err().code, 6);
+        let mut v = base();
+        v["runtimeConfig"] = json!({POD_ANNOTATIONS_KEY: {"n": 1}});
+        assert_eq!(conf(v).unwrap_err().code, 107);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The `CNI_*` environment variables of one invocation.
 
+use tessera_core::text::quoted;
+
 use crate::error::CniError;
 
 /// The operation asked for in `CNI_COMMAND`.
@@ -81,8 +83,8 @@ pub fn command(get: &dyn Fn(&str) -> Option<String>) -> Result<Option<Command>, 
     };
     Command::parse(&text).map(Some).ok_or_else(|| {
         CniError::env(format!(
-            "CNI_COMMAND {text:?} is not a CNI verb; expected ADD, DEL, CHECK, GC, STATUS or \
-             VERSION"
+            "CNI_COMMAND {} is not a CNI verb; expected ADD, DEL, CHECK, GC, STATUS or VERSION",
+            quoted(&text)
         ))
     })
 }
@@ -134,8 +136,9 @@ fn parse_args(text: &str) -> Result<Vec<(String, String)>, CniError> {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .ok_or_else(|| {
                     CniError::env(format!(
-                        "CNI_ARGS entry {pair:?} is not KEY=VALUE (CNI_ARGS is KEY=VALUE pairs \
-                         separated by ';')"
+                        "CNI_ARGS entry {} is not KEY=VALUE (CNI_ARGS is KEY=VALUE pairs \
+                         separated by ';')",
+                        quoted(pair)
                     ))
                 })
         })
@@ -150,8 +153,9 @@ fn validate_container_id(id: &str) -> Result<(), CniError> {
         Ok(())
     } else {
         Err(CniError::env(format!(
-            "CNI_CONTAINERID {id:?} is invalid: it must start with a letter or digit followed \
-             by letters, digits, '_', '.' or '-'"
+            "CNI_CONTAINERID {} is invalid: it must start with a letter or digit followed by \
+             letters, digits, '_', '.' or '-'",
+            quoted(id)
         )))
     }
 }
@@ -174,7 +178,8 @@ fn validate_ifname(name: &str) -> Result<(), CniError> {
     match problem {
         None => Ok(()),
         Some(p) => Err(CniError::env(format!(
-            "CNI_IFNAME {name:?} is invalid: {p}"
+            "CNI_IFNAME {} is invalid: {p}",
+            quoted(name)
         ))),
     }
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 use tessera_core::ipam::{plain_quotes, SPIDER_POOL_REF};
+use tessera_core::json;
+use tessera_core::text::quoted;
 
 use crate::error::{code, CniError};
 
@@ -144,11 +146,12 @@ fn pool_lists(m: &Map<String, Value>) -> Result<Vec<String>, String> {
     Ok(out)
 }
 
-/// JSON, also when pasted with typographic quotes (as blog posts print annotations).
+/// JSON, also when pasted with typographic quotes (as blog posts print annotations); a key
+/// given twice is refused.
 fn parse_json(text: &str) -> Result<Value, String> {
-    serde_json::from_str(text.trim()).or_else(|first| {
-        serde_json::from_str(&plain_quotes(text))
-            .map_err(|_| format!("{text:?} is not valid JSON ({first})"))
+    json::from_str(text.trim()).or_else(|first| {
+        json::from_str(&plain_quotes(text))
+            .map_err(|_| format!("{} is not valid JSON ({first})", quoted(text)))
     })
 }
 

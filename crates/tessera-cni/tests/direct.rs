@@ -771,3 +771,57 @@ fn logs_go_to_the_log_file_never_to_stdout() {
         run.stderr
     );
 }
+
+#[test]
+fn duplicate_keys_and_non_string_annotations_are_refused() {
+    let env = env_with_pool();
+    let att = Att::new("c1");
+    let conf = env.conf("1.0.0", json!({}));
+    // The same key twice in the configuration: serde_json alone would keep the last one.
+    let text = conf
+        .to_string()
+        .replacen("{", "{\"ipam\": {\"type\": \"host-local\"}, ", 1);
+    let run = env.run_cmd(env.command("ADD", Some(&att)), text.as_bytes());
+    let msg = run.err(6);
+    assert!(
+        msg.starts_with(
+            "the network configuration on stdin is not valid JSON: duplicate key \"ipam\" in \
+             an object; keep only one of them at line 1 column "
+        ),
+        "{msg}"
+    );
+    let with_ip = with_annotations(
+        conf.clone(),
+        json!({"cni.projectcalico.org/ipAddrs": "[\"10.22.0.5\"]"}),
+    );
+    let text = with_ip.to_string().replace(
+        "\"cni.projectcalico.org/ipAddrs\"",
+        "\"cni.projectcalico.org/ipAddrs\":\"[\\\"10.22.0.6\\\"]\",\"cni.projectcalico.org/ipAddrs\"",
+    );
+    let msg = env
+        .run_cmd(env.command("ADD", Some(&att)), text.as_bytes())
+        .err(6);
+    assert!(
+        msg.contains("duplicate key \"cni.projectcalico.org/ipAddrs\" in an object"),
+        "{msg}"
+    );
+    // A duplicate inside an annotation's own JSON.
+    let spider = with_annotations(
+        conf.clone(),
+        json!({"ipam.spidernet.io/ippool": "{\"ipv4\": [\"p1\"], \"ipv4\": [\"p2\"]}"}),
+    );
+    assert_eq!(
+        env.cni("ADD", &spider, Some(&att)).err(107),
+        "pod annotation ipam.spidernet.io/ippool: \"{\\\"ipv4\\\": [\\\"p1\\\"], \\\"ipv4\\\": \
+         [\\\"p2\\\"]}\" is not valid JSON (duplicate key \"ipv4\" in an object; keep only one \
+         of them at line 1 column 23)"
+    );
+    // Annotation values are strings; a number is not silently skipped.
+    let number = with_annotations(conf, json!({"cni.projectcalico.org/ipAddrs": 5}));
+    assert_eq!(
+        env.cni("ADD", &number, Some(&att)).err(107),
+        "runtimeConfig[\"io.kubernetes.cri.pod-annotations\"][\"cni.projectcalico.org/ipAddrs\"] \
+         must be a string, not a number"
+    );
+    assert_eq!(env.handle_count(), 0);
+}

@@ -4,6 +4,7 @@
 
 pub mod catalog;
 pub mod ipam;
+pub mod json;
 pub mod keys;
 pub mod manifest;
 pub mod net;
@@ -12,4 +13,5 @@ pub mod resources;
 pub mod selector;
 pub mod spider;
 pub mod store;
+pub mod text;
 pub mod validate;
