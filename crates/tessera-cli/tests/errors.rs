@@ -305,3 +305,51 @@ fn endless_or_oversized_input_is_refused_at_the_limit() {
     );
     assert_eq!(env.ok(&["get", "ippool"]), "NAME   CIDR   SELECTOR\n");
 }
+
+#[test]
+fn handles_with_control_characters_and_mapped_addresses_are_refused() {
+    let env = Env::new();
+    env.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: v6\nspec:\n  \
+         cidr: fd00:10::/120\n",
+    );
+    let assign = |handle: &str, extra: &[&str]| {
+        let mut args = vec!["ipam", "assign", "--node", "n1", "--handle", handle];
+        args.extend_from_slice(extra);
+        env.fails(&args)
+    };
+    assert_eq!(
+        assign("h\nforged line", &["--ipv6", "1"]),
+        "Error: invalid request: the handle id \"h\\nforged line\" contains the control \
+         character U+000A; a handle id is printable text of at most 512 bytes\n"
+    );
+    let long = "h".repeat(600);
+    assert_eq!(
+        assign(&long, &["--ipv6", "1"]),
+        format!(
+            "Error: invalid request: the handle id \"{}\"… (600 bytes) is longer than 512 \
+             bytes; a handle id is printable text of at most 512 bytes\n",
+            "h".repeat(120)
+        )
+    );
+    assert_eq!(
+        assign("h1", &["--ip", "::ffff:10.90.0.5"]),
+        "Error: invalid request: ::ffff:10.90.0.5 is an IPv4-mapped IPv6 address (::ffff:0:0/96 \
+         stands for IPv4 addresses); ask for 10.90.0.5 instead\n"
+    );
+    // Printable text beyond ASCII is fine.
+    assert_eq!(
+        env.ok(&[
+            "ipam",
+            "assign",
+            "--node",
+            "n1",
+            "--handle",
+            "h\u{a0}é",
+            "--ipv6",
+            "1"
+        ]),
+        "fd00:10::\n"
+    );
+}

@@ -55,6 +55,15 @@ pub fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
+/// The IPv4-mapped IPv6 range as people write it (Rust prints it `::ffff:0.0.0.0/96`).
+pub const IPV4_MAPPED_TEXT: &str = "::ffff:0:0/96";
+
+/// `::ffff:0:0/96`, the IPv4-mapped IPv6 addresses (RFC 4291, 2.5.5.2): each stands for an
+/// IPv4 address, so a pool of them would hand out IPv4 addresses a second time in disguise.
+pub fn ipv4_mapped_range() -> IpNet {
+    IpNet::V6(Ipv6Net::new(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96).expect("96 <= 128"))
+}
+
 /// Key-safe text form of a network: `10.0.0.0/26` becomes `10.0.0.0-26`.
 pub fn net_key(net: &IpNet) -> String {
     format!("{}-{}", net.network(), net.prefix_len())

@@ -14,9 +14,10 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::net::nets_overlap;
+use crate::net::{ipv4_mapped_range, nets_overlap};
 use crate::ranges::{IpRangeSet, RangeError};
 use crate::resources::{IPPool, Kind, ObjectMeta, Resource};
+use crate::text::quoted;
 use crate::validate::{
     check_metadata, dns_label_problem, label_value_problem, parse_network, qualified_name_problem,
     subdomain_problem, typography_hint, FieldError, NameRule, ValidationError,
@@ -469,6 +470,20 @@ fn check_ranges(
                 errors.push(FieldError::new(path, range_problem(&e, v6, net, what)));
             }
             Ok(set) => {
+                let mapped = set.intersect(&IpRangeSet::from_net(&ipv4_mapped_range()));
+                if entry_v6 && !mapped.is_empty() {
+                    ok = false;
+                    errors.push(FieldError::new(
+                        path,
+                        format!(
+                            "{} holds IPv4-mapped IPv6 addresses ({}), which stand for IPv4 \
+                             ones; write them as IPv4 addresses",
+                            quoted(entry),
+                            describe_set(&mapped)
+                        ),
+                    ));
+                    continue;
+                }
                 if let Some(net) = net {
                     let outside = set.subtract(&IpRangeSet::from_net(&net));
                     if !outside.is_empty() {

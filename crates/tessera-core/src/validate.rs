@@ -16,13 +16,14 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
-use crate::net::nets_overlap;
+use crate::net::{ipv4_mapped_range, nets_overlap, IPV4_MAPPED_TEXT};
 use crate::resources::{
     AllowedUse, AssignmentMode, EncapMode, IPAMConfiguration, IPPool, IPReservation, Kind,
     Namespace, Node, ObjectMeta, Resource,
 };
 use crate::selector::Selector;
 use crate::spider::{validate_spider_pool, validate_spider_reserved, validate_spider_subnet};
+use crate::text::quoted;
 
 /// Default block size of IPv4 pools.
 pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
@@ -748,37 +749,71 @@ pub fn typography_hint(text: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Handles
+
+/// Longest handle id the allocator accepts, in bytes: room for any network name, container id
+/// and interface a CNI handle is made of.
+pub const MAX_HANDLE_BYTES: usize = 512;
+
+/// Why `id` cannot name a new handle: it is empty, longer than [`MAX_HANDLE_BYTES`], or holds
+/// a control character (a newline or tab would break every line the handle is printed on).
+pub fn handle_id_problem(id: &str) -> Option<String> {
+    let rule = format!("a handle id is printable text of at most {MAX_HANDLE_BYTES} bytes");
+    if id.is_empty() {
+        return Some("the handle id is empty".into());
+    }
+    let problem = if id.len() > MAX_HANDLE_BYTES {
+        format!("is longer than {MAX_HANDLE_BYTES} bytes")
+    } else {
+        let c = id.chars().find(|c| c.is_control())?;
+        format!("contains the control character U+{:04X}", u32::from(c))
+    };
+    Some(format!("the handle id {} {problem}; {rule}", quoted(id)))
+}
+
+// ---------------------------------------------------------------------------------------------
 // CIDRs
 
 /// Parses a strictly masked network; with `allow_single_ip`, a bare address becomes a /32 or
-/// /128. The error says what is wrong (without the field name).
+/// /128. IPv4-mapped IPv6 addresses are refused. The error says what is wrong (without the
+/// field name).
 pub fn parse_network(text: &str, allow_single_ip: bool) -> Result<IpNet, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("is required, e.g. 192.168.0.0/16 or fd00:10::/64".into());
     }
+    let shown = quoted(text);
     if let Some(hint) = typography_hint(text) {
-        return Err(format!("{text:?} is not a CIDR: {hint}"));
+        return Err(format!("{shown} is not a CIDR: {hint}"));
     }
     let Some((addr_text, len_text)) = text.split_once('/') else {
         return match text.parse::<IpAddr>() {
-            Ok(addr) if allow_single_ip => Ok(IpNet::from(addr)),
+            Ok(addr) if allow_single_ip => {
+                let net = IpNet::from(addr);
+                match mapped_problem(&shown, &net, true) {
+                    Some(problem) => Err(problem),
+                    None => Ok(net),
+                }
+            }
             Ok(addr) => {
                 let example = match addr {
                     IpAddr::V4(_) => "/16",
                     IpAddr::V6(_) => "/64",
                 };
                 Err(format!(
-                    "{text:?} has no prefix length; write a network such as {text}{example}"
+                    "{shown} has no prefix length; write a network such as {text}{example}"
                 ))
             }
             Err(_) => Err(format!(
-                "{text:?} is not a CIDR; write e.g. 192.168.0.0/16 or fd00:10::/64"
+                "{shown} is not a CIDR; write e.g. 192.168.0.0/16 or fd00:10::/64"
             )),
         };
     };
     let addr: IpAddr = addr_text.parse().map_err(|_| {
-        format!("{text:?} is not a CIDR: {addr_text:?} is not an IPv4 or IPv6 address")
+        format!(
+            "{shown} is not a CIDR: {} is not an IPv4 or IPv6 address",
+            quoted(addr_text)
+        )
     })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let len: u8 = match len_text.parse::<u8>() {
@@ -786,8 +821,9 @@ pub fn parse_network(text: &str, allow_single_ip: bool) -> Result<IpNet, String>
         _ => {
             let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
             return Err(format!(
-                "{text:?} is not a CIDR: the prefix length {len_text:?} must be a number from 0 \
-                 to {max} for {family}"
+                "{shown} is not a CIDR: the prefix length {} must be a number from 0 to {max} \
+                 for {family}",
+                quoted(len_text)
             ));
         }
     };
@@ -798,10 +834,42 @@ pub fn parse_network(text: &str, allow_single_ip: bool) -> Result<IpNet, String>
     let masked = net.trunc();
     if masked.addr() != net.addr() {
         return Err(format!(
-            "{text:?} is not a network address (host bits set); use {masked}"
+            "{shown} is not a network address (host bits set); use {masked}"
         ));
     }
-    Ok(masked)
+    match mapped_problem(&shown, &masked, false) {
+        Some(problem) => Err(problem),
+        None => Ok(masked),
+    }
+}
+
+/// Why `net` (written `shown`; a bare address when `single`) may not be used: it lies in or
+/// around the IPv4-mapped IPv6 range.
+fn mapped_problem(shown: &str, net: &IpNet, single: bool) -> Option<String> {
+    let mapped = ipv4_mapped_range();
+    if !nets_overlap(net, &mapped) {
+        return None;
+    }
+    let IpNet::V6(v6) = net else {
+        return None;
+    };
+    if !mapped.contains(net) {
+        return Some(format!(
+            "{shown} overlaps {IPV4_MAPPED_TEXT}, the IPv4-mapped IPv6 addresses, which stand \
+             for IPv4 ones; choose a range clear of it"
+        ));
+    }
+    let v4 = v6.network().to_ipv4_mapped()?;
+    let v4_net = Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?;
+    let (what, instead) = if single {
+        ("address", v4.to_string())
+    } else {
+        ("network", v4_net.to_string())
+    };
+    Some(format!(
+        "{shown} is an IPv4-mapped IPv6 {what} ({IPV4_MAPPED_TEXT} stands for IPv4 addresses); \
+         write the IPv4 {what} {instead} instead"
+    ))
 }
 
 fn parse_cidr_field(field: &str, text: &str, allow_single_ip: bool) -> Result<IpNet, FieldError> {
@@ -1122,6 +1190,51 @@ mod tests {
             "IPReservation \"reserved\" is invalid: spec.reservedCIDRs[1]: \"10.1.0.7/24\" is \
              not a network address (host bits set); use 10.1.0.0/24; spec.reservedCIDRs[2]: \
              \"nope\" is not a CIDR; write e.g. 192.168.0.0/16 or fd00:10::/64"
+        );
+    }
+
+    #[test]
+    fn handle_ids_are_printable_and_bounded() {
+        for good in [
+            "k8s-pod-network.0123abc",
+            "net.c1.eth0",
+            "h\u{a0}é",
+            &"h".repeat(512),
+        ] {
+            assert_eq!(handle_id_problem(good), None, "{good:?}");
+        }
+        assert_eq!(
+            handle_id_problem("a\tb").unwrap(),
+            "the handle id \"a\\tb\" contains the control character U+0009; a handle id is \
+             printable text of at most 512 bytes"
+        );
+        assert!(handle_id_problem("a\u{7f}").is_some());
+        assert!(handle_id_problem("a\u{85}").is_some());
+        assert!(handle_id_problem(&"h".repeat(513)).is_some());
+        assert_eq!(handle_id_problem("").unwrap(), "the handle id is empty");
+    }
+
+    #[test]
+    fn ipv4_mapped_networks_are_refused() {
+        assert_eq!(
+            err(pool("mapped", "::ffff:10.90.0.0/120")),
+            "IPPool \"mapped\" is invalid: spec.cidr: \"::ffff:10.90.0.0/120\" is an \
+             IPv4-mapped IPv6 network (::ffff:0:0/96 stands for IPv4 addresses); write the IPv4 \
+             network 10.90.0.0/24 instead"
+        );
+        assert!(err(pool("around", "::/64")).contains(
+            "spec.cidr: \"::/64\" overlaps ::ffff:0:0/96, the IPv4-mapped IPv6 addresses, which \
+             stand for IPv4 ones; choose a range clear of it"
+        ));
+        assert!(check(pool("v6", "::fffe:0:0/120")).is_ok());
+        let e = validate(reservation(&["::ffff:10.90.0.5", "::ffff:0:0/96"])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "IPReservation \"reserved\" is invalid: spec.reservedCIDRs[0]: \"::ffff:10.90.0.5\" \
+             is an IPv4-mapped IPv6 address (::ffff:0:0/96 stands for IPv4 addresses); write the \
+             IPv4 address 10.90.0.5 instead; spec.reservedCIDRs[1]: \"::ffff:0:0/96\" is an \
+             IPv4-mapped IPv6 network (::ffff:0:0/96 stands for IPv4 addresses); write the IPv4 \
+             network 0.0.0.0/0 instead"
         );
     }
 

@@ -624,3 +624,32 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn ipv4_mapped_addresses_are_refused() {
+    let mapped = "(::ffff:0:0/96 stands for IPv4 addresses)";
+    let e = err(pool(json!({"subnet": "::ffff:10.90.0.0/120",
+                            "ips": ["::ffff:10.90.0.10-::ffff:10.90.0.20"]})));
+    assert!(
+        e.starts_with(&format!(
+            "{P}spec.subnet: \"::ffff:10.90.0.0/120\" is an IPv4-mapped IPv6 network {mapped}; \
+             write the IPv4 network 10.90.0.0/24 instead; spec.ips[0]: \
+             \"::ffff:10.90.0.10-::ffff:10.90.0.20\" holds IPv4-mapped IPv6 addresses"
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        fields(subnet(json!({"subnet": "::ffff:10.90.0.0/120"}))),
+        ["spec.subnet"]
+    );
+    assert_eq!(
+        err(reserved(json!({"ips": ["fd00::1", "::ffff:10.90.0.5"]}))),
+        "SpiderReservedIP \"reserved\" is invalid: spec.ips[1]: \"::ffff:10.90.0.5\" holds \
+         IPv4-mapped IPv6 addresses (::ffff:10.90.0.5), which stand for IPv4 ones; write them as \
+         IPv4 addresses"
+    );
+    // Next to the mapped range is fine.
+    valid_reserved(reserved(
+        json!({"ips": ["::fffe:ffff:ffff-::fffe:ffff:ffff"]}),
+    ));
+}

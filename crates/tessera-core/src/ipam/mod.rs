@@ -253,6 +253,19 @@ impl Inputs {
     }
 }
 
+/// Why a requested address is refused: an IPv4-mapped IPv6 address stands for an IPv4 one.
+fn mapped_request_problem(ip: IpAddr) -> Option<String> {
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let v4 = v6.to_ipv4_mapped()?;
+    Some(format!(
+        "{ip} is an IPv4-mapped IPv6 address ({} stands for IPv4 addresses); ask for {v4} \
+         instead",
+        crate::net::IPV4_MAPPED_TEXT
+    ))
+}
+
 impl<S: Store> Ipam<S> {
     /// An allocator over `store`.
     pub fn new(store: S) -> Self {
@@ -302,8 +315,11 @@ impl<S: Store> Ipam<S> {
         req: &AssignRequest,
         only_new: bool,
     ) -> Result<Option<(Assignment, Context)>, IpamError> {
-        if req.handle.is_empty() {
-            return Err(IpamError::InvalidRequest("the handle id is empty".into()));
+        if let Some(problem) = crate::validate::handle_id_problem(&req.handle) {
+            return Err(IpamError::InvalidRequest(problem));
+        }
+        if let Some(problem) = req.ips.iter().find_map(|ip| mapped_request_problem(*ip)) {
+            return Err(IpamError::InvalidRequest(problem));
         }
         if req.node.is_empty() {
             return Err(IpamError::InvalidRequest("the node name is empty".into()));
