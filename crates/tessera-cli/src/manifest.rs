@@ -20,6 +20,7 @@ use serde_json::Value;
 use tessera_core::json::StrictValue;
 use tessera_core::manifest::decode_each;
 use tessera_core::resources::{Kind, Resource};
+use tessera_core::text::quoted;
 use tessera_core::validate::{validate, FieldError};
 
 /// One problem in one document.
@@ -61,7 +62,9 @@ impl fmt::Display for ManifestError {
                 }
                 if let Some(kind) = p.kind {
                     match p.name.as_deref() {
-                        Some(name) if !name.is_empty() => context.push(format!("{kind} {name:?}")),
+                        Some(name) if !name.is_empty() => {
+                            context.push(format!("{kind} {}", quoted(name)))
+                        }
                         _ => context.push(format!("{kind} <unnamed>")),
                     }
                 }

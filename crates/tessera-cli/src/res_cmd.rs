@@ -12,6 +12,7 @@ use tessera_core::ipam::{Ipam, IpamError};
 use tessera_core::ranges::IpRangeSet;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::{Store, StoreError};
+use tessera_core::text::{plain_or_quoted, quoted};
 
 use crate::cli::{DeleteArgs, GetArgs, GetOutput, MetaArgs, PatchArgs};
 use crate::table::Columns;
@@ -23,8 +24,12 @@ const KIND_NAMES: &str = "ippool, ipreservation, ipamconfiguration, node, namesp
 
 /// Resolves a kind as kubectl/calicoctl accept it (`ippools`, `ipp`, `ns`, ...).
 pub fn parse_kind(name: &str) -> anyhow::Result<Kind> {
-    Kind::from_cli_name(name)
-        .with_context(|| format!("unknown resource type {name:?}; Tessera manages: {KIND_NAMES}"))
+    Kind::from_cli_name(name).with_context(|| {
+        format!(
+            "unknown resource type {}; Tessera manages: {KIND_NAMES}",
+            quoted(name)
+        )
+    })
 }
 
 /// The lower-case plural kubectl uses in hints (`ippools`, `namespaces`).
@@ -120,7 +125,8 @@ fn explain(err: CatalogError) -> anyhow::Error {
         .into_iter()
         .map(|p| match p {
             CatalogError::NotFound { kind, name } => format!(
-                "resource does not exist: {kind}({name}); see what exists with `tessera get {}`",
+                "resource does not exist: {kind}({}); see what exists with `tessera get {}`",
+                plain_or_quoted(name),
                 plural(*kind)
             ),
             other => other.to_string(),
@@ -532,13 +538,16 @@ pub fn parse_changes(changes: &[String]) -> anyhow::Result<MetaChanges> {
     for change in changes {
         if let Some((k, v)) = change.split_once('=') {
             if k.is_empty() {
-                bail!("{change:?} has no key before '='; write key=value");
+                bail!("{} has no key before '='; write key=value", quoted(change));
             }
             sets.push((k.to_string(), v.to_string()));
         } else if let Some(k) = change.strip_suffix('-').filter(|k| !k.is_empty()) {
             removes.push(k.to_string());
         } else {
-            bail!("{change:?} is neither key=value (to set) nor key- (to remove)");
+            bail!(
+                "{} is neither key=value (to set) nor key- (to remove)",
+                quoted(change)
+            );
         }
     }
     Ok(MetaChanges { sets, removes })

@@ -353,3 +353,41 @@ fn handles_with_control_characters_and_mapped_addresses_are_refused() {
         "fd00:10::\n"
     );
 }
+
+#[test]
+fn long_or_multi_line_input_is_quoted_and_cut_in_errors() {
+    let env = Env::new();
+    let huge = "x".repeat(100_000);
+    // YAML keys are at most 1024 characters.
+    let key = "x".repeat(1_000);
+    let manifest = format!(
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: n{huge}\n\
+         spec:\n  cidr: 10.{huge}/8\n  nodeSelector: rack == \"0\" && {huge} ==\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata:\n  name: node-1\n  labels:\n    k{key}: \"v\\nforged\"\n"
+    );
+    let file = env.write_file("huge.yaml", &manifest);
+    let err = env.fails(&["apply", "-f", &file]);
+    assert!(err.len() < 4_000, "{} bytes: {}", err.len(), &err[..4_000]);
+    for part in [
+        "metadata.name: \"nxxxxxxxxx",
+        "xxxx\"… (100001 bytes) is not a valid name",
+        "spec.cidr: \"10.xxxx",
+        "spec.nodeSelector: invalid selector \"rack == \\\"0\\\" && xxxx",
+        "metadata.labels.\"kxxxx",
+        "\"v\\nforged\" is not a valid label value",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from:\n{err}");
+    }
+    // One line per problem: nothing in the input starts a line of its own.
+    assert_eq!(err.lines().count(), 5, "{err}");
+    assert!(
+        err.lines()
+            .all(|l| l.starts_with(&format!("Error: {file}: document"))
+                || l.starts_with(&format!("{file}: document"))),
+        "{err}"
+    );
+    // A name given on the command line.
+    let err = env.fails(&["get", "ippool", &huge]);
+    assert!(err.len() < 400, "{err}");
+    assert!(err.contains("… (100000 bytes)); see what exists"), "{err}");
+}

@@ -33,6 +33,7 @@ use crate::ranges::IpRangeSet;
 use crate::resources::{IPAMConfiguration, IPPool, Kind, Namespace, Node, ObjectMeta, Resource};
 use crate::spider::{check_spider_against, describe_set};
 use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
+use crate::text::{plain_or_quoted, quoted};
 use crate::validate::{
     check_pool_against, validate, FieldError, ValidationError, IPAM_CONFIG_NAME,
 };
@@ -97,7 +98,7 @@ pub struct Outcome {
 
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} {}", self.kind, self.name, self.action)
+        write!(f, "{} {} {}", self.kind, quoted(&self.name), self.action)
     }
 }
 
@@ -111,7 +112,11 @@ pub enum CatalogError {
     #[error("{0}")]
     Decode(#[from] DecodeError),
     /// The resource does not exist.
-    #[error("{kind} {name:?} not found; see what exists with `tessera get {}`", plural(*.kind))]
+    #[error(
+        "{kind} {} not found; see what exists with `tessera get {}`",
+        quoted(.name),
+        plural(*.kind)
+    )]
     NotFound {
         /// Kind of the resource.
         kind: Kind,
@@ -120,8 +125,9 @@ pub enum CatalogError {
     },
     /// `create` found the resource already there.
     #[error(
-        "resource already exists: {kind}({name}); use `tessera apply` or `tessera replace` to \
-         change it"
+        "resource already exists: {kind}({}); use `tessera apply` or `tessera replace` to \
+         change it",
+        plain_or_quoted(.name)
     )]
     AlreadyExists {
         /// Kind of the resource.
@@ -131,8 +137,10 @@ pub enum CatalogError {
     },
     /// The input carried a `metadata.resourceVersion` that is no longer current.
     #[error(
-        "{kind} {name:?} was modified since it was read (resourceVersion {given} given, it is \
-         now {current}); get it again and reapply the change, or drop metadata.resourceVersion"
+        "{kind} {} was modified since it was read (resourceVersion {} given, it is \
+         now {current}); get it again and reapply the change, or drop metadata.resourceVersion",
+        quoted(.name),
+        plain_or_quoted(.given)
     )]
     Stale {
         /// Kind of the resource.
@@ -145,7 +153,7 @@ pub enum CatalogError {
         current: i64,
     },
     /// The command itself asks for something that cannot be done.
-    #[error("{kind} {name:?}: {field}: {reason}")]
+    #[error("{kind} {}: {field}: {reason}", quoted(.name))]
     Refused {
         /// Kind of the resource.
         kind: Kind,
@@ -465,7 +473,10 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                     kind,
                     name,
                     &format!("{path}.{k}"),
-                    &format!("cannot both set and remove the {word} {k:?} in one command"),
+                    &format!(
+                        "cannot both set and remove the {word} {} in one command",
+                        quoted(k)
+                    ),
                 ));
             }
         }
@@ -484,7 +495,9 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                         name,
                         &format!("{path}.{k}"),
                         &format!(
-                            "already has the value {old:?}; pass --overwrite to set it to {v:?}"
+                            "already has the value {}; pass --overwrite to set it to {}",
+                            quoted(old),
+                            quoted(v)
                         ),
                     )),
                     _ => {

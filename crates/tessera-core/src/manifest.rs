@@ -18,6 +18,7 @@ use crate::resources::{
     CORE_API_VERSION,
 };
 use crate::spider::{SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION};
+use crate::text::{plain_or_quoted, quoted};
 use crate::validate::{fmt_errors, fmt_subject, typography_hint, FieldError};
 
 /// apiVersion of Calico's CRDs as `calicoctl` and `kubectl` print them in some setups.
@@ -114,7 +115,7 @@ pub fn decode_document(doc: Value) -> Result<Resource, DecodeError> {
     for key in obj.keys() {
         if !top_fields.contains(&key.as_str()) {
             errors.push(unknown_field(
-                key,
+                &plain_or_quoted(key),
                 key,
                 &["apiVersion", "kind", "metadata", "spec"],
                 "A resource",
@@ -241,7 +242,7 @@ pub fn decode_each(doc: Value) -> Vec<Decoded> {
     for key in obj.keys() {
         if !["apiVersion", "kind", "items", "metadata"].contains(&key.as_str()) {
             errors.push(unknown_field(
-                key,
+                &plain_or_quoted(key),
                 key,
                 &["apiVersion", "kind", "items", "metadata"],
                 "A list",
@@ -282,7 +283,7 @@ pub fn decode_each(doc: Value) -> Vec<Decoded> {
                             item: Some(i),
                             result: Err(DecodeError::one(
                                 "kind",
-                                format!("{list} holds {kind} resources, not {k:?}"),
+                                format!("{list} holds {kind} resources, not {}", quoted(k)),
                             )
                             .prefixed(&prefix)),
                         };
@@ -373,7 +374,7 @@ fn read_kind(obj: &Map<String, Value>) -> Result<KindName, DecodeError> {
     {
         return Ok(KindName::List(ListKind::Of(kind)));
     }
-    let mut reason = format!("{text:?} is not supported");
+    let mut reason = format!("{} is not supported", quoted(text));
     if let Some(hint) = typography_hint(text) {
         reason.push_str(&format!("; {hint}"));
     } else {
@@ -408,7 +409,7 @@ fn check_api_version(
         Some(Value::String(v)) if accepted.contains(&v.as_str()) => {}
         Some(other) => {
             let given = match other {
-                Value::String(s) => format!("{s:?}"),
+                Value::String(s) => quoted(s),
                 v => describe(v),
             };
             let mut reason = format!("{given} is not supported for {what}");
@@ -607,7 +608,7 @@ fn check_fields(
         .map(|(n, _)| *n)
         .collect();
     for (key, value) in obj.iter() {
-        let field = format!("{path}.{key}");
+        let field = format!("{path}.{}", plain_or_quoted(key));
         match table.iter().find(|(n, _)| n == key) {
             Some((_, ty)) => check_value(&field, value, *ty, errors),
             None => errors.push(unknown_field(&field, key, &names, what)),
@@ -652,7 +653,8 @@ fn check_value(field: &str, value: &Value, ty: Ty, errors: &mut Vec<FieldError>)
                 _ => fail(format!("{n} is out of range; {note}")),
             },
             Value::String(s) if s.trim().parse::<i64>().is_ok() => fail(format!(
-                "expected a whole number, got the string {s:?}; remove the quotes"
+                "expected a whole number, got the string {}; remove the quotes",
+                quoted(s)
             )),
             other => fail(format!("expected a whole number, got {}", describe(other))),
         },
@@ -710,7 +712,8 @@ fn check_value(field: &str, value: &Value, ty: Ty, errors: &mut Vec<FieldError>)
             Value::Object(map) => {
                 for (k, v) in map {
                     if !v.is_string() {
-                        errors.push(FieldError::new(format!("{field}.{k}"), expected_string(v)));
+                        let field = format!("{field}.{}", plain_or_quoted(k));
+                        errors.push(FieldError::new(field, expected_string(v)));
                     }
                 }
             }
@@ -752,7 +755,7 @@ fn check_nested(
     };
     let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
     for (key, v) in map {
-        let field = format!("{path}.{key}");
+        let field = format!("{path}.{}", plain_or_quoted(key));
         match table.iter().find(|(n, _)| n == key) {
             Some((_, ty)) => check_value(&field, v, *ty, errors),
             None => errors.push(unknown_field(&field, key, &names, &capitalised(what))),
@@ -823,7 +826,7 @@ fn check_enum(value: &Value, choices: &[&str], fail: &mut dyn FnMut(String)) {
     match value {
         Value::String(s) if choices.contains(&s.as_str()) => {}
         Value::String(s) => {
-            let mut reason = format!("{s:?} is not one of {}", choices.join(", "));
+            let mut reason = format!("{} is not one of {}", quoted(s), choices.join(", "));
             if let Some(guess) = closest(s, choices) {
                 reason.push_str(&format!("; did you mean {guess}?"));
             } else if let Some(hint) = typography_hint(s) {
@@ -853,7 +856,7 @@ fn describe(value: &Value) -> String {
         Value::Null => "nothing (null)".into(),
         Value::Bool(b) => format!("{b}"),
         Value::Number(n) => format!("the number {n}"),
-        Value::String(s) => format!("the string {s:?}"),
+        Value::String(s) => format!("the string {}", quoted(s)),
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "a mapping".into(),
     }

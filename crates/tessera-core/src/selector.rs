@@ -21,6 +21,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::text::quoted;
+
 /// The deepest nesting of `(` and `!` a selector may use.
 ///
 /// Parsing and evaluation recurse once per level, so the cap is what keeps hostile input from
@@ -39,7 +41,7 @@ pub struct Selector {
 
 /// A selector that failed to parse.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid selector {input:?}: {message} at position {position}")]
+#[error("invalid selector {}: {message} at position {position}", quoted(.input))]
 pub struct SelectorError {
     /// The text that was parsed.
     pub input: String,
@@ -440,7 +442,8 @@ impl<'a> Parser<'a> {
                     op_start,
                     format!(
                         "expected '==', '!=', 'in', 'not in', 'contains', 'starts with' or \
-                         'ends with' after label {key:?}, found {}",
+                         'ends with' after label {}, found {}",
+                        quoted(key),
                         self.found()
                     ),
                 ))
@@ -542,7 +545,7 @@ fn check_key(parser: &Parser<'_>, key: &str, start: usize) -> ParseResult<()> {
     if !key.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(parser.error_at(
             start,
-            format!("label {key:?} must start with a letter or digit"),
+            format!("label {} must start with a letter or digit", quoted(key)),
         ));
     }
     let mut slashes = key.match_indices('/');
@@ -550,13 +553,16 @@ fn check_key(parser: &Parser<'_>, key: &str, start: usize) -> ParseResult<()> {
         if let Some((second, _)) = slashes.next() {
             return Err(parser.error_at(
                 start + second,
-                format!("label {key:?} has more than one '/'"),
+                format!("label {} has more than one '/'", quoted(key)),
             ));
         }
         if !key[slash + 1..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
             return Err(parser.error_at(
                 start + slash + 1,
-                format!("label {key:?} needs a name starting with a letter or digit after '/'"),
+                format!(
+                    "label {} needs a name starting with a letter or digit after '/'",
+                    quoted(key)
+                ),
             ));
         }
     }

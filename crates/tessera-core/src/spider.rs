@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::net::{ipv4_mapped_range, nets_overlap};
 use crate::ranges::{IpRangeSet, RangeError};
 use crate::resources::{IPPool, Kind, ObjectMeta, Resource};
-use crate::text::quoted;
+use crate::text::{plain_or_quoted, quoted};
 use crate::validate::{
     check_metadata, dns_label_problem, label_value_problem, parse_network, qualified_name_problem,
     subdomain_problem, typography_hint, FieldError, NameRule, ValidationError,
@@ -491,8 +491,9 @@ fn check_ranges(
                         errors.push(FieldError::new(
                             path,
                             format!(
-                                "{entry:?} is not inside subnet {net} ({} {} outside it); list \
-                                 only addresses of the subnet",
+                                "{} is not inside subnet {net} ({} {} outside it); list only \
+                                 addresses of the subnet",
+                                quoted(entry),
                                 describe_set(&outside),
                                 is_are(&outside)
                             ),
@@ -515,12 +516,12 @@ fn check_ranges(
 
 fn range_problem(e: &RangeError, v6: Option<bool>, net: Option<IpNet>, what: &str) -> String {
     if let Some(hint) = typography_hint(&e.entry) {
-        return format!("{:?} is not an address or range: {hint}", e.entry);
+        return format!("{} is not an address or range: {hint}", quoted(&e.entry));
     }
     let mut text = if e.reason.starts_with("is ") || e.reason.starts_with("has ") {
-        format!("{:?} {}", e.entry, e.reason)
+        format!("{} {}", quoted(&e.entry), e.reason)
     } else {
-        format!("{:?}: {}", e.entry, e.reason)
+        format!("{}: {}", quoted(&e.entry), e.reason)
     };
     let family_mixup = e.reason.contains("address in an");
     match (family_mixup, v6, net) {
@@ -560,14 +561,17 @@ fn check_ip(
             let reason = if trimmed.is_empty() {
                 "is required; write an IP address such as 10.244.0.1".to_string()
             } else if let Some(t) = typography_hint(trimmed) {
-                format!("{text:?} is not an IP address: {t}")
+                format!("{} is not an IP address: {t}", quoted(text))
             } else {
                 let example = if v6.unwrap_or(false) {
                     "fd00::1"
                 } else {
                     "10.244.0.1"
                 };
-                format!("{text:?} is not an IP address; write e.g. {example}")
+                format!(
+                    "{} is not an IP address; write e.g. {example}",
+                    quoted(text)
+                )
             };
             errors.push(FieldError::new(field, reason));
             return None;
@@ -604,17 +608,17 @@ fn check_ip(
 pub fn selector_problems(selector: &LabelSelector, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
     for (key, value) in &selector.match_labels {
-        let field = format!("{path}.matchLabels.{key}");
+        let field = format!("{path}.matchLabels.{}", plain_or_quoted(key));
         if let Some(p) = qualified_name_problem(key) {
             errors.push(FieldError::new(
                 &field,
-                format!("{key:?} is not a valid label key: {p}"),
+                format!("{} is not a valid label key: {p}", quoted(key)),
             ));
         }
         if let Some(p) = label_value_problem(value) {
             errors.push(FieldError::new(
                 &field,
-                format!("{value:?} is not a valid label value: {p}"),
+                format!("{} is not a valid label value: {p}", quoted(value)),
             ));
         }
     }
@@ -628,7 +632,7 @@ pub fn selector_problems(selector: &LabelSelector, path: &str) -> Vec<FieldError
         } else if let Some(p) = qualified_name_problem(&req.key) {
             errors.push(FieldError::new(
                 format!("{at}.key"),
-                format!("{:?} is not a valid label key: {p}", req.key),
+                format!("{} is not a valid label key: {p}", quoted(&req.key)),
             ));
         }
         match req.operator.as_str() {
@@ -662,7 +666,7 @@ pub fn selector_problems(selector: &LabelSelector, path: &str) -> Vec<FieldError
                 let guess = ["In", "NotIn", "Exists", "DoesNotExist"]
                     .into_iter()
                     .find(|op| op.eq_ignore_ascii_case(other));
-                let mut reason = format!("{other:?} is not a label selector operator");
+                let mut reason = format!("{} is not a label selector operator", quoted(other));
                 if let Some(guess) = guess {
                     reason.push_str(&format!(" (did you mean {guess}?)"));
                 }
@@ -674,7 +678,7 @@ pub fn selector_problems(selector: &LabelSelector, path: &str) -> Vec<FieldError
             if let Some(p) = label_value_problem(value) {
                 errors.push(FieldError::new(
                     format!("{at}.values[{j}]"),
-                    format!("{value:?} is not a valid label value: {p}"),
+                    format!("{} is not a valid label value: {p}", quoted(value)),
                 ));
             }
         }
@@ -693,7 +697,7 @@ fn check_names(
         if let Some(p) = problem(name) {
             errors.push(FieldError::new(
                 format!("{field}[{i}]"),
-                format!("{name:?} is not a valid {what}: {p}"),
+                format!("{} is not a valid {what}: {p}", quoted(name)),
             ));
         }
     }
@@ -703,8 +707,8 @@ fn check_names(
 fn multus_name_problem(name: &str) -> Option<String> {
     match name.split_once('/') {
         Some((ns, n)) => dns_label_problem(ns)
-            .map(|p| format!("the namespace part {ns:?}: {p}"))
-            .or_else(|| subdomain_problem(n).map(|p| format!("the name part {n:?}: {p}"))),
+            .map(|p| format!("the namespace part {}: {p}", quoted(ns)))
+            .or_else(|| subdomain_problem(n).map(|p| format!("the name part {}: {p}", quoted(n)))),
         None => subdomain_problem(name),
     }
     .map(|p| format!("{p}; write NAME or NAMESPACE/NAME, e.g. kube-system/macvlan-vlan0"))

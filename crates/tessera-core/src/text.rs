@@ -14,6 +14,18 @@ pub fn quoted(text: &str) -> String {
     }
 }
 
+/// User input shown bare where a message has it without quotes (a map key in a field path,
+/// `metadata.labels.rack`; a name in `IPPool(name)`): as written when it is short
+/// and free of control characters, [`quoted`] otherwise.
+pub fn plain_or_quoted(text: &str) -> String {
+    let plain = text.chars().nth(SHOWN_CHARS).is_none() && !text.chars().any(char::is_control);
+    if plain {
+        text.to_string()
+    } else {
+        quoted(text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -35,5 +47,15 @@ mod tests {
         );
         let exact = "a".repeat(SHOWN_CHARS);
         assert_eq!(quoted(&exact), format!("\"{exact}\""));
+    }
+
+    #[test]
+    fn plain_text_stays_plain_unless_long_or_odd() {
+        assert_eq!(
+            plain_or_quoted("cni.projectcalico.org/ipv4pools"),
+            "cni.projectcalico.org/ipv4pools"
+        );
+        assert_eq!(plain_or_quoted("a\nb"), r#""a\nb""#);
+        assert!(plain_or_quoted(&"k".repeat(1000)).ends_with("… (1000 bytes)"));
     }
 }

@@ -23,7 +23,7 @@ use crate::resources::{
 };
 use crate::selector::Selector;
 use crate::spider::{validate_spider_pool, validate_spider_reserved, validate_spider_subnet};
-use crate::text::quoted;
+use crate::text::{plain_or_quoted, quoted};
 
 /// Default block size of IPv4 pools.
 pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
@@ -86,7 +86,7 @@ pub(crate) fn fmt_subject(f: &mut fmt::Formatter<'_>, kind: Kind, name: &str) ->
     if name.is_empty() {
         write!(f, "{kind} <unnamed>")
     } else {
-        write!(f, "{kind} {name:?}")
+        write!(f, "{kind} {}", quoted(name))
     }
 }
 
@@ -161,8 +161,8 @@ pub fn check_pool_against(new: &IPPool, existing: &[IPPool]) -> Result<(), Valid
         errors.push(FieldError::new(
             "spec.cidr",
             format!(
-                "{:?} is not a network address; validate the pool first",
-                new.spec.cidr
+                "{} is not a network address; validate the pool first",
+                quoted(&new.spec.cidr)
             ),
         ));
         return Err(ValidationError {
@@ -393,7 +393,7 @@ fn check_selector(field: &str, text: &str) -> Option<FieldError> {
     if let Some(hint) = typography_hint(text) {
         return Some(FieldError::new(
             field,
-            format!("{text:?} is not a valid selector: {hint}"),
+            format!("{} is not a valid selector: {hint}", quoted(text)),
         ));
     }
     match Selector::parse(text) {
@@ -426,9 +426,9 @@ fn validate_ipam_config(c: IPAMConfiguration, errors: &mut Vec<FieldError>) -> I
             format!("is required; the IPAMConfiguration is a single resource named {IPAM_CONFIG_NAME:?}")
         } else {
             format!(
-                "{:?} is not allowed; the IPAMConfiguration is a single resource named \
+                "{} is not allowed; the IPAMConfiguration is a single resource named \
                  {IPAM_CONFIG_NAME:?}",
-                c.metadata.name
+                quoted(&c.metadata.name)
             )
         };
         errors.push(FieldError::new("metadata.name", reason));
@@ -473,7 +473,7 @@ pub fn pool_list_problem(value: &str) -> Option<String> {
     if ok(value) {
         return None;
     }
-    let mut reason = format!("{value:?} is not a JSON list of pool names");
+    let mut reason = format!("{} is not a JSON list of pool names", quoted(value));
     if let Some(hint) = typography_hint(value) {
         reason.push_str(&format!(": {hint}"));
         let fixed: String = value
@@ -530,8 +530,8 @@ pub(crate) fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec
                 }
             };
             format!(
-                "{:?} is not a valid name: {problem}; {rule_text}",
-                meta.name
+                "{} is not a valid name: {problem}; {rule_text}",
+                quoted(&meta.name)
             )
         };
         errors.push(FieldError::new("metadata.name", reason));
@@ -541,17 +541,17 @@ pub(crate) fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec
 
 fn check_labels(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
     for (key, value) in &meta.labels {
-        let field = format!("metadata.labels.{key}");
+        let field = format!("metadata.labels.{}", plain_or_quoted(key));
         if let Some(p) = qualified_name_problem(key) {
             errors.push(FieldError::new(
                 &field,
-                format!("{key:?} is not a valid label key: {p}"),
+                format!("{} is not a valid label key: {p}", quoted(key)),
             ));
         }
         if let Some(p) = label_value_problem(value) {
             errors.push(FieldError::new(
                 &field,
-                format!("{value:?} is not a valid label value: {p}"),
+                format!("{} is not a valid label value: {p}", quoted(value)),
             ));
         }
     }
@@ -562,8 +562,8 @@ fn check_annotation_keys(annotations: &BTreeMap<String, String>, errors: &mut Ve
     for key in annotations.keys() {
         if let Some(p) = qualified_name_problem(key) {
             errors.push(FieldError::new(
-                format!("metadata.annotations.{key}"),
-                format!("{key:?} is not a valid annotation key: {p}"),
+                format!("metadata.annotations.{}", plain_or_quoted(key)),
+                format!("{} is not a valid annotation key: {p}", quoted(key)),
             ));
         }
     }
@@ -634,8 +634,8 @@ pub fn qualified_name_problem(key: &str) -> Option<String> {
     if let Some(prefix) = prefix {
         if let Some(p) = subdomain_problem(prefix) {
             return Some(format!(
-                "the prefix {prefix:?} is not a DNS subdomain ({p}); write e.g. \
-                 example.com/rack"
+                "the prefix {} is not a DNS subdomain ({p}); write e.g. example.com/rack",
+                quoted(prefix)
             ));
         }
     }
