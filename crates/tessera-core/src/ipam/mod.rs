@@ -34,6 +34,7 @@ pub use select::{
 
 use crate::keys;
 use crate::store::{KeyValue, Op, Read, Store, StoreError, TxnOutcome};
+use crate::text::quoted;
 use cache::{ByValue, CachedKv, NodeCache, NodeView};
 use plan::{Plan, Released};
 use records::decode;
@@ -59,7 +60,7 @@ pub enum IpamError {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     /// A named pool does not exist.
-    #[error("IP pool {0:?} does not exist; list pools with `tessera get ippool`")]
+    #[error("IP pool {} does not exist; list pools with `tessera get ippool`", quoted(.0))]
     PoolNotFound(String),
     /// A named pool is disabled.
     #[error("IP pool {0:?} is disabled; enable it with `tessera patch ippool {0} -p '{{\"spec\":{{\"disabled\":false}}}}'` or choose another pool")]
@@ -109,7 +110,7 @@ pub enum IpamError {
     #[error("address {0} is not in any IP pool")]
     AddressNotInPool(IpAddr),
     /// A requested address is already allocated.
-    #[error("address {ip} is already in use by handle {handle:?}")]
+    #[error("address {ip} is already in use by handle {}", quoted(.handle))]
     AddressInUse {
         /// The address.
         ip: IpAddr,

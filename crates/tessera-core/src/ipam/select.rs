@@ -64,7 +64,10 @@ pub fn parse_pool_annotation(value: &str) -> Result<Vec<String>, String> {
     let parse = |text: &str| serde_json::from_str::<Vec<String>>(text.trim());
     parse(value).or_else(|first_error| {
         parse(&plain_quotes(value)).map_err(|_| {
-            format!("{value:?} is not a JSON list of strings such as [\"pool-a\"] ({first_error})")
+            format!(
+                "{} is not a JSON list of strings such as [\"pool-a\"] ({first_error})",
+                crate::text::quoted(value)
+            )
         })
     })
 }
