@@ -472,7 +472,7 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                 return Err(refused(
                     kind,
                     name,
-                    &format!("{path}.{k}"),
+                    &format!("{path}.{}", plain_or_quoted(k)),
                     &format!(
                         "cannot both set and remove the {word} {} in one command",
                         quoted(k)
@@ -493,7 +493,7 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                     Some(old) if old != v && !overwrite => problems.push(refused(
                         kind,
                         name,
-                        &format!("{path}.{k}"),
+                        &format!("{path}.{}", plain_or_quoted(k)),
                         &format!(
                             "already has the value {}; pass --overwrite to set it to {}",
                             quoted(old),
