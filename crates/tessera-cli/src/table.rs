@@ -32,8 +32,8 @@ impl Columns {
         self.rows.push(row);
     }
 
-    /// The table as text, one line per row, each ending with a newline. The last column is
-    /// not padded, so lines carry no trailing spaces.
+    /// The table as text, one line per row, each ending with a newline. Lines carry no
+    /// trailing spaces, also when their last cells are empty.
     pub fn render(&self) -> String {
         let lines: Vec<&Vec<String>> = std::iter::once(&self.header).chain(&self.rows).collect();
         let columns = lines.iter().map(|l| l.len()).max().unwrap_or(0);
@@ -57,6 +57,7 @@ impl Columns {
                     out.extend(std::iter::repeat_n(' ', pad));
                 }
             }
+            out.truncate(out.trim_end_matches(' ').len());
             out.push('\n');
         }
         out
@@ -137,11 +138,13 @@ mod tests {
             "all()".into(),
         ]);
         t.push(vec!["b".into(), "10.0.0.0/8".into(), "".into()]);
+        t.push(vec!["c".into(), "".into(), "".into()]);
         assert_eq!(
             t.render(),
             "NAME                  CIDR             SELECTOR\n\
              default-ipv4-ippool   192.168.0.0/16   all()\n\
-             b                     10.0.0.0/8       \n"
+             b                     10.0.0.0/8\n\
+             c\n"
         );
     }
 

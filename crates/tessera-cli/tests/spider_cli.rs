@@ -103,7 +103,7 @@ spec:
         env.ok(&["get", "sp", "nginx-v4-ippool", "test-pod-ippool", "-o", "wide"]),
         "\
 NAME              VERSION   SUBNET          ALLOCATED-IP-COUNT   TOTAL-IP-COUNT   DEFAULT   DISABLE   NODENAME               MULTUSNAME                      APP-NAMESPACE
-nginx-v4-ippool   4         10.244.0.0/16   0                    11               false     false                                                            
+nginx-v4-ippool   4         10.244.0.0/16   0                    11               false     false
 test-pod-ippool   4         10.6.0.0/16     0                    10               false     true      [\"master\",\"worker1\"]   [\"kube-system/macvlan-vlan0\"]   kube-system
 "
     );
