@@ -62,14 +62,15 @@ impl Invocation<'_> {
         let mut ipam = Ipam::new(store);
         let remote = url.starts_with("etcd://") || url.starts_with("etcds://");
         if let Some(dir) = self.conf.ipam.cache_dir.as_deref().filter(|_| remote) {
-            // The cache only saves round trips: without it every request still works.
+            // The cache only saves round trips: without it every request still works. One
+            // that another user could write is refused, since a planted view would be
+            // planned from.
             match DirNodeCache::open(dir, &describe) {
                 Ok(cache) => ipam = ipam.with_cache(cache),
                 Err(e) => self.log.warn(format_args!(
-                    "node cache {} is not usable ({e}); reading the datastore for every \
-                     request (set ipam.cache_dir to a writable directory, or \"\" to turn \
-                     the cache off)",
-                    dir.display()
+                    "node cache not used: {e}; reading the datastore for every request (set \
+                     ipam.cache_dir to a directory only this user can write, or \"\" to turn \
+                     the cache off)"
                 )),
             }
         }

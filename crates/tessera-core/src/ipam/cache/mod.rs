@@ -31,8 +31,10 @@ use serde::{Deserialize, Serialize};
 use crate::keys;
 use crate::store::{Compare, KeyValue, Op, Read, Snapshot, Store, StoreError, TxnOutcome};
 
+#[cfg(unix)]
 mod dir;
-pub use dir::DirNodeCache;
+#[cfg(unix)]
+pub use dir::{CacheDirError, DirNodeCache};
 
 /// Version of the on-disk format; views of another version are ignored.
 const FORMAT: u32 = 1;
