@@ -5,8 +5,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Needs only a Rust toolchain and a C compiler (SQLite and the TLS library are compiled from
+# source); no root, no other system package.
+if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+  PATH="$HOME/.cargo/bin:$PATH"
+fi
 if ! command -v cargo >/dev/null; then
   echo "cargo not found: install a Rust toolchain (https://rustup.rs) and gcc, then run again" >&2
+  exit 1
+fi
+if ! command -v "${CC:-cc}" >/dev/null; then
+  echo "no C compiler (${CC:-cc}) found: install gcc (Debian: apt-get install gcc libc6-dev)," \
+    "then run again" >&2
   exit 1
 fi
 cargo build --release --locked -q -p tessera-cli

@@ -203,8 +203,8 @@ fn stopped_and_frozen_etcd_fail_fast_with_the_endpoint_named() {
         stderr,
         format!(
             "Error: cannot read IPAM usage: datastore {url} is unavailable: reading failed on \
-             every endpoint (127.0.0.1:{port}: tcp connect error: transport error: Connection \
-             refused (os error 111)); check that etcd is running and reachable, then try again\n"
+             every endpoint (127.0.0.1:{port}: tcp connect error: Connection refused (os error \
+             111)); check that etcd is running and reachable, then try again\n"
         )
     );
 

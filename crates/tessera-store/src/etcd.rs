@@ -10,6 +10,12 @@
 //! its connections (HTTP/2 multiplexes the requests). Throughput-minded callers with many
 //! threads do better with one store per thread (see `docs/BENCHMARKS.md`).
 //!
+//! It speaks etcd's gRPC API through the tonic clients of the `tessera-etcd-proto` crate
+//! (built without protoc): one connection per member, opened on first use, with a user's
+//! token when a user name is set. A token etcd no longer accepts (expired, or issued before
+//! users or roles changed) is replaced once per request: the request authenticates again and
+//! is sent a second time.
+//!
 //! Every call is bounded by the request timeout: a stopped, unreachable or frozen cluster turns
 //! into [`StoreError::Unavailable`] naming the endpoints, never into a hang.
 //!
@@ -29,10 +35,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use etcd_client::{
-    Certificate, Client, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, TxnOp,
-    TxnOpResponse,
+use tessera_etcd_proto::etcdserverpb::{
+    auth_client::AuthClient, compare, kv_client::KvClient, request_op, response_op,
+    AuthenticateRequest, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    TxnResponse,
 };
+use tessera_etcd_proto::mvccpb;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     Compare, KeyValue, Op, OpenError, OpenOptions, Read, ReadResult, Snapshot, Store, StoreError,
@@ -55,6 +65,10 @@ pub const DEFAULT_PORT: u16 = 2379;
 /// Responses larger than tonic's 4 MiB default are normal for admin scans (`ipam check` reads
 /// every block), and etcd itself sends up to 2 GiB.
 const MAX_RESPONSE_BYTES: usize = 1 << 30;
+
+/// How often an idle connection is probed (HTTP/2 ping), so a member that vanished without
+/// closing the connection is noticed before a request is sent into the void.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// An `etcd://` or `etcds://` datastore value, parsed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,13 +172,27 @@ fn parse_endpoint(part: &str) -> Result<String, String> {
     Ok(format!("{host}:{port}"))
 }
 
-/// One cluster member and its client, connected on first use.
+/// One cluster member and its session, opened on first use.
 struct Member {
     /// `host:port`, as shown in messages.
     name: String,
-    /// `http://host:port` or `https://host:port`.
-    uri: String,
-    client: Mutex<Option<Client>>,
+    /// Where and how to connect: the URI, TLS settings, timeouts and keep-alive.
+    endpoint: Endpoint,
+    session: Mutex<Option<Session>>,
+}
+
+/// An open connection to one member, and the token it issued to the configured user.
+#[derive(Clone)]
+struct Session {
+    channel: Channel,
+    /// `None` without a user name, for a cluster with authentication disabled.
+    token: Option<AsciiMetadataValue>,
+}
+
+/// The etcd user a store authenticates as.
+struct Credentials {
+    user: String,
+    password: String,
 }
 
 /// A [`Store`] on an etcd v3 cluster.
@@ -173,7 +201,7 @@ pub struct EtcdStore {
     members: Vec<Member>,
     /// Index of the member that answered last; calls start there.
     preferred: AtomicUsize,
-    connect: ConnectOptions,
+    credentials: Option<Credentials>,
     prefix: String,
     timeout: Duration,
     describe: String,
@@ -189,7 +217,7 @@ impl std::fmt::Debug for EtcdStore {
 
 /// A member's answer to [`EtcdStore::call`].
 struct Answer {
-    resp: etcd_client::TxnResponse,
+    resp: TxnResponse,
     /// An earlier attempt of the same request went unanswered and may have been applied.
     ambiguous: bool,
 }
@@ -236,20 +264,11 @@ impl EtcdStore {
                 "the etcd request timeout must be above 0 ms".into(),
             ));
         }
-        let connect_timeout = DEFAULT_CONNECT_TIMEOUT.min(timeout);
-        let mut connect = ConnectOptions::new()
-            .with_timeout(timeout)
-            .with_connect_timeout(connect_timeout)
-            // A member cut off from the leader answers "no leader" at once instead of letting
-            // the request wait, so the next member can be tried within the same call.
-            .with_require_leader(true)
-            .with_keep_alive(Duration::from_secs(10), connect_timeout);
-        match (&options.etcd_username, &options.etcd_password) {
-            (Some(user), Some(password)) => {
-                connect = connect
-                    .with_user(user.clone(), password.clone())
-                    .with_auto_token_refresh(true);
-            }
+        let credentials = match (&options.etcd_username, &options.etcd_password) {
+            (Some(user), Some(password)) => Some(Credentials {
+                user: user.clone(),
+                password: password.clone(),
+            }),
             (Some(_), None) => {
                 return Err(invalid(
                     "an etcd user name was given without a password; set --etcd-password \
@@ -264,9 +283,9 @@ impl EtcdStore {
                         .into(),
                 ))
             }
-            (None, None) => {}
-        }
-        connect = configure_tls(connect, &parsed, options)?;
+            (None, None) => None,
+        };
+        let tls = tls_config(&parsed, options)?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -276,16 +295,17 @@ impl EtcdStore {
                      of file descriptors or threads"
                 ))
             })?;
-        let scheme = if parsed.tls { "https" } else { "http" };
         let members = parsed
             .endpoints
             .iter()
-            .map(|e| Member {
-                name: e.clone(),
-                uri: format!("{scheme}://{e}"),
-                client: Mutex::new(None),
+            .map(|e| {
+                Ok(Member {
+                    name: e.clone(),
+                    endpoint: endpoint(e, tls.clone(), timeout)?,
+                    session: Mutex::new(None),
+                })
             })
-            .collect();
+            .collect::<Result<_, OpenError>>()?;
         let describe = if prefix == DEFAULT_PREFIX {
             parsed.canonical()
         } else {
@@ -295,7 +315,7 @@ impl EtcdStore {
             runtime,
             members,
             preferred: AtomicUsize::new(0),
-            connect,
+            credentials,
             prefix,
             timeout,
             describe,
@@ -326,19 +346,26 @@ impl EtcdStore {
         }
     }
 
-    /// The client of member `i`, connecting it first if needed (which, with a user name,
+    /// The session with member `i`, connecting first if needed (which, with a user name,
     /// includes one authentication round trip).
     /// The flag says whether the connection was made just now.
-    async fn client(&self, i: usize, deadline: Instant) -> Result<(Client, bool), Failure> {
+    async fn session(&self, i: usize, deadline: Instant) -> Result<(Session, bool), Failure> {
         let member = &self.members[i];
-        if let Some(c) = lock(&member.client).as_ref() {
-            return Ok((c.clone(), false));
+        if let Some(s) = lock(&member.session).as_ref() {
+            return Ok((s.clone(), false));
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let connecting = Client::connect([member.uri.as_str()], Some(self.connect.clone()));
-        let client = match tokio::time::timeout(remaining, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(classify(&e)),
+        let opening = async {
+            let channel = member
+                .endpoint
+                .connect()
+                .await
+                .map_err(|e| classify_transport(&e))?;
+            let token = self.authenticate(&channel).await?;
+            Ok(Session { channel, token })
+        };
+        let session = match tokio::time::timeout(remaining, opening).await {
+            Ok(result) => result?,
             Err(_) => {
                 return Err(Failure::NotApplied(format!(
                     "no answer to the connection attempt within {}",
@@ -346,8 +373,69 @@ impl EtcdStore {
                 )))
             }
         };
-        *lock(&member.client) = Some(client.clone());
-        Ok((client, true))
+        *lock(&member.session) = Some(session.clone());
+        Ok((session, true))
+    }
+
+    /// A new token for the configured user, or `None` when no user name is set.
+    async fn authenticate(&self, channel: &Channel) -> Result<Option<AsciiMetadataValue>, Failure> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        let request = tonic::Request::new(AuthenticateRequest {
+            name: credentials.user.clone(),
+            password: credentials.password.clone(),
+        });
+        let answer = AuthClient::new(channel.clone())
+            .authenticate(require_leader(request))
+            .await
+            .map_err(|status| classify_status(&status))?;
+        let token = answer.into_inner().token.parse().map_err(|_| {
+            Failure::Refused(
+                "etcd answered the authentication with a token that cannot be sent back (not \
+                 printable ASCII)"
+                    .into(),
+            )
+        })?;
+        Ok(Some(token))
+    }
+
+    /// Sends `txn` to member `i` on `session`. A token the member no longer accepts is
+    /// replaced, and the txn sent once more: etcd checks the token before it applies
+    /// anything, so the refused attempt changed nothing.
+    async fn txn_on(
+        &self,
+        i: usize,
+        session: Session,
+        txn: &TxnRequest,
+    ) -> Result<TxnResponse, Failure> {
+        match send_txn(&session, txn).await {
+            Err(status) if session.token.is_some() && is_stale_token(&status) => {
+                let session = self.renew_token(i, session).await?;
+                send_txn(&session, txn)
+                    .await
+                    .map_err(|status| classify_status(&status))
+            }
+            answer => answer.map_err(|status| classify_status(&status)),
+        }
+    }
+
+    /// `stale` with a new token, unless another request already renewed it (then its session
+    /// is used, so concurrent requests that meet the expiry authenticate once).
+    async fn renew_token(&self, i: usize, stale: Session) -> Result<Session, Failure> {
+        let member = &self.members[i];
+        if let Some(current) = lock(&member.session).as_ref() {
+            if current.token != stale.token {
+                return Ok(current.clone());
+            }
+        }
+        let token = self.authenticate(&stale.channel).await?;
+        let renewed = Session {
+            channel: stale.channel,
+            token,
+        };
+        *lock(&member.session) = Some(renewed.clone());
+        Ok(renewed)
     }
 
     /// Runs one etcd `Txn` on the first member that takes it, going round the members until
@@ -359,7 +447,7 @@ impl EtcdStore {
     /// `ambiguous` so that [`EtcdStore::txn`] can tell a conflict caused by the first attempt
     /// from a real one. `writes` holds the writes of a write (`None` for a read), so that an
     /// error can name the record that made the request too large.
-    fn call(&self, txn: etcd_client::Txn, writes: Option<&[Op]>) -> Result<Answer, StoreError> {
+    fn call(&self, txn: TxnRequest, writes: Option<&[Op]>) -> Result<Answer, StoreError> {
         let write = writes.is_some();
         let what = if write { "writing" } else { "reading" };
         let deadline = Instant::now() + self.timeout;
@@ -385,12 +473,9 @@ impl EtcdStore {
                 };
                 let mut fresh = false;
                 let attempt = async {
-                    let (client, new) = self.client(i, deadline).await?;
+                    let (session, new) = self.session(i, deadline).await?;
                     fresh = new;
-                    let mut kv = client
-                        .kv_client()
-                        .max_decoding_message_size(MAX_RESPONSE_BYTES);
-                    kv.txn(txn.clone()).await.map_err(|e| classify(&e))
+                    self.txn_on(i, session, &txn).await
                 };
                 let failure = match tokio::time::timeout(budget, attempt).await {
                     Ok(Ok(resp)) => {
@@ -421,7 +506,7 @@ impl EtcdStore {
                 };
                 // A broken connection is rebuilt from scratch next time rather than trusted
                 // to heal.
-                lock(&self.members[i].client).take();
+                lock(&self.members[i].session).take();
                 if !fresh && !reconnected && is_stale_connection(&reason) {
                     // The member went away since the connection was made (it was restarted,
                     // or a proxy dropped the connection): the same member gets one more try
@@ -534,9 +619,9 @@ impl EtcdStore {
         Ok(revision)
     }
 
-    fn convert(&self, kv: &etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    fn convert(&self, kv: mvccpb::KeyValue) -> Result<KeyValue, StoreError> {
         let key = kv
-            .key()
+            .key
             .strip_prefix(self.prefix.as_bytes())
             .and_then(|k| std::str::from_utf8(k).ok())
             .ok_or_else(|| StoreError::Corrupt {
@@ -544,45 +629,55 @@ impl EtcdStore {
                 reason: format!(
                     "key {:?} under the prefix is not UTF-8 text; something other than \
                      Tessera writes under {}",
-                    String::from_utf8_lossy(kv.key()),
+                    String::from_utf8_lossy(&kv.key),
                     self.prefix
                 ),
             })?;
         Ok(KeyValue {
             key: key.to_string(),
-            value: kv.value().to_vec(),
-            create_revision: kv.create_revision(),
-            mod_revision: kv.mod_revision(),
+            value: kv.value,
+            create_revision: kv.create_revision,
+            mod_revision: kv.mod_revision,
         })
     }
 }
 
 impl Store for EtcdStore {
     fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
-        let ops: Vec<TxnOp> = reads
+        let success = reads
             .iter()
-            .map(|r| match r {
-                Read::Get(k) => TxnOp::get(self.full_key(k), None),
-                Read::Prefix(p) => {
-                    let start = self.full_key(p);
-                    let end = prefix_end(&start);
-                    TxnOp::get(start, Some(GetOptions::new().with_range(end)))
-                }
+            .map(|r| {
+                let range = match r {
+                    Read::Get(k) => RangeRequest {
+                        key: self.full_key(k),
+                        range_end: Vec::new(),
+                    },
+                    Read::Prefix(p) => {
+                        let key = self.full_key(p);
+                        let range_end = prefix_end(&key);
+                        RangeRequest { key, range_end }
+                    }
+                };
+                operation(request_op::Request::RequestRange(range))
             })
             .collect();
-        let resp = self.call(etcd_client::Txn::new().and_then(ops), None)?.resp;
-        let revision = resp.header().map_or(0, |h| h.revision());
+        let txn = TxnRequest {
+            success,
+            ..Default::default()
+        };
+        let resp = self.call(txn, None)?.resp;
+        let revision = resp.header.map_or(0, |h| h.revision);
         let mut results = Vec::with_capacity(reads.len());
-        for op in resp.op_responses() {
-            let TxnOpResponse::Get(get) = op else {
+        for op in resp.responses {
+            let Some(response_op::Response::ResponseRange(range)) = op.response else {
                 return Err(StoreError::Corrupt {
                     endpoint: self.describe.clone(),
                     reason: "etcd answered a read with something other than range results".into(),
                 });
             };
-            let result: ReadResult = get
-                .kvs()
-                .iter()
+            let result: ReadResult = range
+                .kvs
+                .into_iter()
                 .map(|kv| self.convert(kv))
                 .collect::<Result<_, _>>()?;
             results.push(result);
@@ -597,14 +692,26 @@ impl Store for EtcdStore {
     }
 
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
-        let compares: Vec<etcd_client::Compare> = compares
+        let compare = compares
             .iter()
-            .map(|c| match c {
-                Compare::ModRevision(key, rev) => {
-                    etcd_client::Compare::mod_revision(self.full_key(key), CompareOp::Equal, *rev)
-                }
-                Compare::Value(key, value) => {
-                    etcd_client::Compare::value(self.full_key(key), CompareOp::Equal, value.clone())
+            .map(|c| {
+                let (key, target, value) = match c {
+                    Compare::ModRevision(key, rev) => (
+                        key,
+                        compare::CompareTarget::Mod,
+                        compare::TargetUnion::ModRevision(*rev),
+                    ),
+                    Compare::Value(key, value) => (
+                        key,
+                        compare::CompareTarget::Value,
+                        compare::TargetUnion::Value(value.clone()),
+                    ),
+                };
+                tessera_etcd_proto::etcdserverpb::Compare {
+                    result: compare::CompareResult::Equal.into(),
+                    target: target.into(),
+                    key: self.full_key(key),
+                    target_union: Some(value),
                 }
             })
             .collect();
@@ -619,16 +726,28 @@ impl Store for EtcdStore {
             }
         }
         last_ops.reverse();
-        let etcd_ops: Vec<TxnOp> = last_ops
+        let success = last_ops
             .iter()
-            .map(|op| match op {
-                Op::Put(k, v) => TxnOp::put(self.full_key(k), v.clone(), None),
-                Op::Delete(k) => TxnOp::delete(self.full_key(k), None),
+            .map(|op| {
+                operation(match op {
+                    Op::Put(k, v) => request_op::Request::RequestPut(PutRequest {
+                        key: self.full_key(k),
+                        value: v.clone(),
+                    }),
+                    Op::Delete(k) => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                        key: self.full_key(k),
+                        range_end: Vec::new(),
+                    }),
+                })
             })
             .collect();
-        let txn = etcd_client::Txn::new().when(compares).and_then(etcd_ops);
+        let txn = TxnRequest {
+            compare,
+            success,
+            failure: Vec::new(),
+        };
         let Answer { resp, ambiguous } = self.call(txn, Some(&last_ops))?;
-        if !resp.succeeded() {
+        if !resp.succeeded {
             if ambiguous {
                 if let Some(revision) = self.applied_at(&last_ops)? {
                     return Ok(TxnOutcome::Committed(revision));
@@ -636,9 +755,7 @@ impl Store for EtcdStore {
             }
             return Ok(TxnOutcome::Conflict);
         }
-        Ok(TxnOutcome::Committed(
-            resp.header().map_or(0, |h| h.revision()),
-        ))
+        Ok(TxnOutcome::Committed(resp.header.map_or(0, |h| h.revision)))
     }
 
     fn describe(&self) -> String {
@@ -646,12 +763,9 @@ impl Store for EtcdStore {
     }
 }
 
-/// Adds TLS settings when the URL asks for TLS, and refuses TLS files with a plain URL.
-fn configure_tls(
-    connect: ConnectOptions,
-    url: &EtcdUrl,
-    options: &OpenOptions,
-) -> Result<ConnectOptions, OpenError> {
+/// The TLS settings when the URL asks for TLS (`None` for a plain URL, which refuses TLS
+/// files).
+fn tls_config(url: &EtcdUrl, options: &OpenOptions) -> Result<Option<ClientTlsConfig>, OpenError> {
     let invalid = |reason: String| OpenError::InvalidOptions { reason };
     let given = [
         ("--etcd-ca (etcd_ca)", &options.etcd_ca),
@@ -666,7 +780,7 @@ fn configure_tls(
                 url.canonical()
             )));
         }
-        return Ok(connect);
+        return Ok(None);
     }
     let Some(ca) = &options.etcd_ca else {
         return Err(invalid(format!(
@@ -675,7 +789,7 @@ fn configure_tls(
             url.canonical()
         )));
     };
-    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read_pem(ca, "CA")?));
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read_pem(ca, "CA")?));
     match (&options.etcd_cert, &options.etcd_key) {
         (Some(cert), Some(key)) => {
             tls = tls.identity(Identity::from_pem(
@@ -699,7 +813,79 @@ fn configure_tls(
         }
         (None, None) => {}
     }
-    Ok(connect.with_tls(tls))
+    Ok(Some(tls))
+}
+
+/// How to reach the member at `host_port`: over TLS when `tls` is set, each request bounded
+/// by `timeout`, and connecting bounded by [`DEFAULT_CONNECT_TIMEOUT`] (or `timeout` if
+/// shorter).
+fn endpoint(
+    host_port: &str,
+    tls: Option<ClientTlsConfig>,
+    timeout: Duration,
+) -> Result<Endpoint, OpenError> {
+    let invalid = |reason: String| OpenError::InvalidOptions { reason };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let uri = format!("{scheme}://{host_port}");
+    let connect_timeout = DEFAULT_CONNECT_TIMEOUT.min(timeout);
+    let mut endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|e| invalid(format!("the etcd endpoint {uri} is not a valid URI: {e}")))?
+        .timeout(timeout)
+        .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(connect_timeout)
+        .keep_alive_while_idle(true);
+    if let Some(tls) = tls {
+        endpoint = endpoint.tls_config(tls).map_err(|e| {
+            invalid(format!(
+                "the etcd TLS files cannot be used for {uri}: {}; check --etcd-ca, \
+                 --etcd-cert and --etcd-key (PEM certificates and a PEM private key)",
+                error_chain(&e)
+            ))
+        })?;
+    }
+    Ok(endpoint)
+}
+
+/// One operation of a txn.
+fn operation(request: request_op::Request) -> RequestOp {
+    RequestOp {
+        request: Some(request),
+    }
+}
+
+/// Asks the member to refuse at once when it has no leader ("etcdserver: no leader") instead
+/// of letting the request wait for one, so the next member can be tried within the same call.
+fn require_leader<T>(mut request: tonic::Request<T>) -> tonic::Request<T> {
+    request
+        .metadata_mut()
+        .insert("hasleader", AsciiMetadataValue::from_static("true"));
+    request
+}
+
+/// Sends one txn on `session`, with its token if it has one.
+async fn send_txn(session: &Session, txn: &TxnRequest) -> Result<TxnResponse, tonic::Status> {
+    let mut request = require_leader(tonic::Request::new(txn.clone()));
+    if let Some(token) = &session.token {
+        request.metadata_mut().insert("token", token.clone());
+    }
+    KvClient::new(session.channel.clone())
+        .max_decoding_message_size(MAX_RESPONSE_BYTES)
+        .txn(request)
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// etcd refused the token the request carried, though the user's credentials may still be
+/// good: the token expired ("invalid auth token", also after a member restart, which forgets
+/// the simple tokens it issued), or users or roles changed since it was issued ("revision of
+/// auth store is old").
+fn is_stale_token(status: &tonic::Status) -> bool {
+    let message = status.message();
+    status.code() == tonic::Code::Unauthenticated
+        || message.contains("invalid auth token")
+        || message.contains("token is expired")
+        || message.contains("revision of auth store is old")
 }
 
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, OpenError> {
@@ -730,41 +916,41 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// Sorts a client error into what the caller may do about it.
-fn classify(e: &etcd_client::Error) -> Failure {
+/// Sorts an error answer, or a request that failed on its way, into what the caller may do
+/// about it.
+fn classify_status(status: &tonic::Status) -> Failure {
     use tonic::Code;
-    match e {
-        etcd_client::Error::GRpcStatus(status) => {
-            let text = status_text(status);
-            match status.code() {
-                Code::Unavailable if is_connect_failure(&text) => Failure::NotApplied(text),
-                // etcd rejects these before proposing anything to raft.
-                Code::Unavailable if text.contains("no leader") || text.contains("not capable") => {
-                    Failure::NotApplied(text)
-                }
-                Code::InvalidArgument
-                | Code::PermissionDenied
-                | Code::Unauthenticated
-                | Code::FailedPrecondition
-                | Code::ResourceExhausted
-                | Code::OutOfRange
-                | Code::Unimplemented => Failure::Refused(text),
-                _ if is_tls_failure(&text) => Failure::Refused(text),
-                _ => Failure::Unknown(text),
-            }
+    let text = status_text(status);
+    match status.code() {
+        Code::Unavailable if is_connect_failure(&text) => Failure::NotApplied(text),
+        // etcd rejects these before proposing anything to raft.
+        Code::Unavailable if text.contains("no leader") || text.contains("not capable") => {
+            Failure::NotApplied(text)
         }
-        etcd_client::Error::TransportError(t) => {
-            let text = error_chain(t);
-            if is_tls_failure(&text) {
-                Failure::Refused(text)
-            } else {
-                Failure::NotApplied(text)
-            }
-        }
-        etcd_client::Error::InvalidArgs(_)
-        | etcd_client::Error::InvalidUri(_)
-        | etcd_client::Error::InvalidMetadataValue(_) => Failure::Refused(e.to_string()),
-        other => Failure::NotApplied(other.to_string()),
+        Code::InvalidArgument
+        | Code::PermissionDenied
+        | Code::Unauthenticated
+        | Code::FailedPrecondition
+        | Code::ResourceExhausted
+        | Code::OutOfRange
+        | Code::Unimplemented => Failure::Refused(text),
+        _ if is_tls_failure(&text) => Failure::Refused(text),
+        _ => Failure::Unknown(text),
+    }
+}
+
+/// Sorts a failure to connect: nothing was sent, so nothing was applied; a TLS failure will
+/// not go away by trying again.
+fn classify_transport(e: &tonic::transport::Error) -> Failure {
+    // The error itself says only "transport error"; its causes say what went wrong.
+    let text = match std::error::Error::source(e) {
+        Some(cause) => error_chain(cause),
+        None => e.to_string(),
+    };
+    if is_tls_failure(&text) {
+        Failure::Refused(text)
+    } else {
+        Failure::NotApplied(text)
     }
 }
 
@@ -891,7 +1077,7 @@ fn secs(d: Duration) -> String {
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded value is an Option<Client> that is only ever replaced whole.
+    // The guarded value is an Option<Session> that is only ever replaced whole.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 

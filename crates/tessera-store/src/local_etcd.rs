@@ -408,6 +408,15 @@ impl LocalEtcd {
         self.wait_ready(START_TIMEOUT)
     }
 
+    /// Runs `etcdctl ARGS` against member 0, as an operator would (adding users, enabling
+    /// authentication).
+    pub fn etcdctl(&self, args: &[&str]) -> Result<(), String> {
+        let endpoint = format!("127.0.0.1:{}", self.members[0].client_port);
+        let mut cmd = etcdctl()?;
+        cmd.args(["--endpoints", &endpoint]).args(args);
+        run_tool(cmd)
+    }
+
     /// Saves a snapshot of the keyspace to `file` with `etcdctl snapshot save`, as an
     /// operator's backup does.
     pub fn save_snapshot(&self, file: &Path) -> Result<(), String> {

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use tessera_store::local_etcd::{self, LocalEtcd, TlsFiles};
-use tessera_store::{conformance, EtcdStore, OpenOptions, Store, StoreError};
+use tessera_store::{conformance, EtcdStore, Op, OpenOptions, Store, StoreError, TxnOutcome};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -166,33 +166,36 @@ fn tls_with_client_certificates() {
     assert!(plain.read(&[]).is_err());
 }
 
+/// Adds the root user, and a user `tessera` (password `s3cret`) allowed to read and write
+/// under /tessera/v1/, then turns authentication on.
+fn enable_auth(etcd: &LocalEtcd) {
+    for args in [
+        &["user", "add", "root:root-secret"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "tessera:s3cret"],
+        &["role", "add", "tessera"],
+        &[
+            "role",
+            "grant-permission",
+            "tessera",
+            "--prefix=true",
+            "readwrite",
+            "/tessera/v1/",
+        ],
+        &["user", "grant-role", "tessera", "tessera"],
+        &["auth", "enable"],
+    ] {
+        etcd.etcdctl(args)
+            .expect("set up authentication with etcdctl");
+    }
+}
+
 #[test]
 fn user_and_password() {
     let Some(etcd) = LocalEtcd::start_or_skip("authentication") else {
         return;
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut client = etcd_client::Client::connect(etcd.client_urls(), None)
-            .await
-            .unwrap();
-        client.user_add("root", "root-secret", None).await.unwrap();
-        client.user_grant_role("root", "root").await.unwrap();
-        client.user_add("tessera", "s3cret", None).await.unwrap();
-        client.role_add("tessera").await.unwrap();
-        client
-            .role_grant_permission(
-                "tessera",
-                etcd_client::Permission::read_write("/tessera/v1/").with_prefix(),
-            )
-            .await
-            .unwrap();
-        client.user_grant_role("tessera", "tessera").await.unwrap();
-        client.auth_enable().await.unwrap();
-    });
+    enable_auth(&etcd);
     let with = |user: Option<&str>, password: Option<&str>, prefix: Option<&str>| {
         EtcdStore::open(
             &etcd.url(),
@@ -221,4 +224,37 @@ fn user_and_password() {
     );
     let msg = refused(&with(Some("tessera"), Some("s3cret"), Some("/elsewhere/")));
     assert!(msg.contains("permission denied"), "{msg}");
+}
+
+#[test]
+fn expired_token_is_renewed() {
+    if local_etcd::binary().is_none() {
+        assert!(!local_etcd::required(), "CI=true needs etcd (etcd-server)");
+        eprintln!("skipping expired_token_is_renewed: etcd is not installed");
+        return;
+    }
+    // Tokens that live one second: the store's token expires between the two calls below.
+    let etcd = LocalEtcd::start_with_args(1, &["--auth-token-ttl", "1"]).expect("start etcd");
+    enable_auth(&etcd);
+    let store = EtcdStore::open(
+        &etcd.url(),
+        &OpenOptions {
+            etcd_username: Some("tessera".into()),
+            etcd_password: Some("s3cret".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let put = |value: &[u8]| store.txn(&[], &[Op::Put("config/ipam".into(), value.to_vec())]);
+    assert!(matches!(put(b"before"), Ok(TxnOutcome::Committed(_))));
+    // etcd drops expired simple tokens once a second.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let kv = store
+        .get("config/ipam")
+        .expect("a read after the token expired");
+    assert_eq!(kv.map(|kv| kv.value), Some(b"before".to_vec()));
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    assert!(matches!(put(b"after"), Ok(TxnOutcome::Committed(_))));
+    let kv = store.get("config/ipam").unwrap();
+    assert_eq!(kv.map(|kv| kv.value), Some(b"after".to_vec()));
 }
