@@ -215,7 +215,8 @@ fn resolves_to_non_string(s: &str) -> bool {
         ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan",
         ".NaN", ".NAN", "<<",
     ];
-    if WORDS.contains(&s) {
+    // serde-saphyr, which `tessera apply` reads with, takes booleans in any case (`yeS`).
+    if WORDS.iter().any(|w| w.eq_ignore_ascii_case(s)) {
         return true;
     }
     let Some(first) = s.chars().next() else {
@@ -384,6 +385,8 @@ mod tests {
             ("[\"external-pool\"]", "'[\"external-pool\"]'"),
             ("true", "\"true\""),
             ("yes", "\"yes\""),
+            ("yeS", "\"yeS\""),
+            ("oFF", "\"oFF\""),
             ("12", "\"12\""),
             ("1e3", "\"1e3\""),
             ("0x1F", "\"0x1F\""),
