@@ -352,3 +352,30 @@ fn version_needs_no_store() {
     );
     assert!(!env.db().exists());
 }
+
+#[test]
+fn a_request_for_too_many_addresses_is_refused_before_any_work() {
+    let env = with_pool();
+    let err = env.fails(&[
+        "ipam", "assign", "--node", "n1", "--handle", "big", "--ipv4", "300000",
+    ]);
+    assert!(
+        err.contains(
+            "at most 1024 addresses per request and per handle (IPv4, IPv6 and specific \
+             addresses counted together), and this one asks for 300000"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("etcd: 1.5 MiB per request, 128 operations"),
+        "{err}"
+    );
+    let err = env.fails(&[
+        "ipam", "assign", "--node", "n1", "--handle", "big", "--ipv4", "1000", "--ipv6", "25",
+    ]);
+    assert!(err.contains("this one asks for 1025"), "{err}");
+    assert_eq!(
+        env.ok(&["ipam", "release", "--handle", "big"]),
+        "Nothing to release\n"
+    );
+}

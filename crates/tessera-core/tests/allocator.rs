@@ -539,3 +539,23 @@ fn pools_replaced_under_running_workloads_never_double_allocate() {
     assert_eq!(fixed_now.addresses[0].ip, ip("192.168.0.9"));
     assert_clean(&ipam);
 }
+
+#[test]
+fn an_existing_block_of_a_later_pool_is_used_before_claiming_in_an_earlier_one() {
+    // As Calico does: the node's blocks with room come before a new block claim.
+    let s = MemoryStore::new();
+    pool(&s, "first", json!({"cidr": "10.1.0.0/24", "blockSize": 26}));
+    pool(
+        &s,
+        "second",
+        json!({"cidr": "10.2.0.0/24", "blockSize": 26}),
+    );
+    node(&s, "n", &[]);
+    let ipam = Ipam::new(s);
+    let mut req = v4("h1", "n");
+    req.pools = vec!["second".into()];
+    assert_eq!(ipam.assign(&req).unwrap().addresses[0].pool, "second");
+    req.handle = "h2".into();
+    req.pools = vec!["first".into(), "second".into()];
+    assert_eq!(ipam.assign(&req).unwrap().addresses[0].pool, "second");
+}

@@ -254,3 +254,44 @@ fn spider_pool_names_can_be_forced_and_fixed_addresses_checked() {
     ));
     assert_clean(&ipam);
 }
+
+/// A Calico pool `pods` (/26 blocks) and a SpiderIPPool `sp1`, on node `n`.
+fn calico_and_spider() -> Ipam<MemoryStore> {
+    let s = MemoryStore::new();
+    pool(&s, "pods", json!({"cidr": "10.1.0.0/24", "blockSize": 26}));
+    spider_pool(
+        &s,
+        "sp1",
+        json!({"subnet": "10.9.0.0/24", "ips": ["10.9.0.5-10.9.0.6"]}),
+    );
+    node(&s, "n", &[]);
+    Ipam::new(s)
+}
+
+fn pool_of(ipam: &Ipam<MemoryStore>, req: &AssignRequest) -> String {
+    ipam.assign(req).unwrap().addresses[0].pool.clone()
+}
+
+#[test]
+fn configured_pool_order_holds_between_calico_and_spiderpool_pools() {
+    // A fresh node: `pods` has room once the node claims a block, and comes first.
+    let ipam = calico_and_spider();
+    assert_eq!(pool_of(&ipam, &named("a", "n", &["pods", "sp1"])), "pods");
+    let mut cni = named("b", "n", &[]);
+    cni.default_pools = vec!["pods".into(), "sp1".into()];
+    assert_eq!(pool_of(&ipam, &cni), "pods");
+    // The other way round: `sp1` first, although the node now has a `pods` block with room.
+    assert_eq!(pool_of(&ipam, &named("c", "n", &["sp1", "pods"])), "sp1");
+    assert_clean(&ipam);
+}
+
+#[test]
+fn a_spiderpool_pool_serves_when_the_calico_pool_before_it_cannot() {
+    let ipam = calico_and_spider();
+    // `pods` holds 4 blocks of 64: 254 usable addresses.
+    let mut fill = named("fill", "n", &["pods"]);
+    fill.num_v4 = 254;
+    ipam.assign(&fill).unwrap();
+    assert_eq!(pool_of(&ipam, &named("a", "n", &["pods", "sp1"])), "sp1");
+    assert_clean(&ipam);
+}

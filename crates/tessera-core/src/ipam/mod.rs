@@ -330,6 +330,7 @@ impl<S: Store> Ipam<S> {
                 "nothing to assign: ask for IPv4 or IPv6 addresses or specific IPs".into(),
             ));
         }
+        plan::check_request_size(req)?;
         let mut attrs = req.attrs.clone();
         attrs.node = Some(req.node.clone());
         let namespace = attrs.namespace.clone();

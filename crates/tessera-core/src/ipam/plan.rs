@@ -1,7 +1,7 @@
 //! In-memory planning of one IPAM operation: the records it read, the changes it made to
 //! them, and the single transaction that commits those changes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -14,7 +14,7 @@ use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
 use super::context::{block_len_u32, is_edge_address, Context, PoolInfo};
 use super::records::{decode, encode, Block, HandleRecord, IndexEntry, PoolIndex};
 use super::select::Family;
-use super::{AssignedAddress, IpamError};
+use super::{AssignRequest, AssignedAddress, IpamError};
 
 struct PlannedBlock {
     block: Block,
@@ -35,7 +35,65 @@ struct PlannedIndex {
     changed: bool,
 }
 
+/// Where the search of one Spiderpool pool for a block with room stands in a plan.
+struct SharedSearch {
+    /// Ordinals of the blocks holding the pool's addresses, in order.
+    ordinals: Vec<u128>,
+    /// Where this node starts (a hash of its name), so that nodes spread over the blocks.
+    start: usize,
+    /// Blocks passed over: they had no room for the pool, and still have none, since a plan
+    /// only takes addresses.
+    passed: usize,
+}
+
+impl SharedSearch {
+    fn new(pool: &PoolInfo, spider: &crate::ipam::SpiderInfo, node: &str) -> Self {
+        let tiling = pool.tiling;
+        let mut ordinals: Vec<u128> = Vec::new();
+        for &(a, b) in spider.addresses.ranges() {
+            let first = tiling.block_ordinal_of(crate::net::u128_to_addr(a, pool.is_v6()));
+            let last = tiling.block_ordinal_of(crate::net::u128_to_addr(b, pool.is_v6()));
+            let (Some(first), Some(last)) = (first, last) else {
+                continue;
+            };
+            // Bounded: a pool larger than this many blocks is searched in its first part only.
+            for o in first..=last.min(first + MAX_SHARED_BLOCKS) {
+                if ordinals.last() != Some(&o) {
+                    ordinals.push(o);
+                }
+            }
+            if ordinals.len() as u128 >= MAX_SHARED_BLOCKS {
+                break;
+            }
+        }
+        let start = if ordinals.is_empty() {
+            0
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            node.hash(&mut h);
+            (h.finish() % ordinals.len() as u64) as usize
+        };
+        Self {
+            ordinals,
+            start,
+            passed: 0,
+        }
+    }
+
+    /// The block to try next, if any is left.
+    fn current(&self) -> Option<u128> {
+        (self.passed < self.ordinals.len())
+            .then(|| self.ordinals[(self.start + self.passed) % self.ordinals.len()])
+    }
+}
+
 /// Records read and changed by one operation.
+///
+/// A request for many addresses plans them one by one; the plan remembers how far each search
+/// got (the node's blocks found full, the last block claimed, the Spiderpool blocks passed
+/// over), so every block and index entry is looked at about once per plan, not once per
+/// address.
 pub(super) struct Plan<'a, S: ?Sized> {
     store: &'a S,
     ctx: &'a Context,
@@ -47,6 +105,51 @@ pub(super) struct Plan<'a, S: ?Sized> {
     taken_from: BTreeMap<IpAddr, String>,
     /// Planned from a node's cached view: anything beyond it needs a fresh read instead.
     from_view: bool,
+    /// Per tiling, this node's blocks that may still have room, in the order they are tried
+    /// (built on first use). A block found full moves to `found_full`.
+    with_room: BTreeMap<Tiling, VecDeque<String>>,
+    /// Per tiling, this node's blocks found full whose index flag is not set yet.
+    found_full: BTreeMap<Tiling, Vec<String>>,
+    /// Per tiling, where the next claim's search starts: every ordinal below it is claimed
+    /// or unusable.
+    claim_from: BTreeMap<Tiling, u128>,
+    /// Tilings whose index was searched for blocks this node claimed after its snapshot.
+    late_claims_checked: BTreeSet<Tiling>,
+    /// Blocks affine to this node, counted on first use.
+    owned: Option<usize>,
+    /// Per Spiderpool pool name, how far its search got.
+    shared: BTreeMap<String, SharedSearch>,
+    /// Blocks considered for a free address (the node's own, or a Spiderpool pool's), for
+    /// the tests that check the work is linear.
+    #[cfg(test)]
+    probes: u64,
+}
+
+/// The most addresses one request may ask for (IPv4 and IPv6 counts and specific addresses
+/// together), and one handle may hold. A request's addresses are committed in one
+/// transaction and listed in one handle record, which must fit the datastore's limits (etcd:
+/// 1.5 MiB per request, 128 operations per transaction); with /26 blocks and the longest
+/// handle ids, 1024 addresses stay well within both. A pod needs one address per family.
+pub(super) const MAX_ADDRESSES_PER_REQUEST: u64 = 1024;
+
+/// Refuses a request for more than [`MAX_ADDRESSES_PER_REQUEST`] addresses, before any
+/// planning.
+pub(super) fn check_request_size(req: &AssignRequest) -> Result<(), IpamError> {
+    let asked = u64::from(req.num_v4) + u64::from(req.num_v6) + req.ips.len() as u64;
+    if asked > MAX_ADDRESSES_PER_REQUEST {
+        return Err(too_many_addresses(format!("this one asks for {asked}")));
+    }
+    Ok(())
+}
+
+fn too_many_addresses(what: String) -> IpamError {
+    IpamError::InvalidRequest(format!(
+        "at most {MAX_ADDRESSES_PER_REQUEST} addresses per request and per handle (IPv4, IPv6 \
+         and specific addresses counted together), and {what}: one request's \
+         addresses are committed in one transaction and listed in one handle record, which \
+         must fit the datastore's limits (etcd: 1.5 MiB per request, 128 operations per \
+         transaction); spread the addresses over several handles"
+    ))
 }
 
 /// Splits a block key into (home, block network).
@@ -94,16 +197,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     ) -> Result<Self, IpamError> {
         let mut blocks = BTreeMap::new();
         for kv in node_blocks {
-            blocks.insert(
-                kv.key.clone(),
-                PlannedBlock {
-                    block: decode(kv)?,
-                    revision: kv.mod_revision,
-                    changed: false,
-                    allocated: false,
-                    deleted: false,
-                },
-            );
+            blocks.insert(kv.key.clone(), planned_block(kv)?);
         }
         Ok(Self {
             store,
@@ -114,15 +208,38 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             pools_used: BTreeSet::new(),
             taken_from: BTreeMap::new(),
             from_view,
+            with_room: BTreeMap::new(),
+            found_full: BTreeMap::new(),
+            claim_from: BTreeMap::new(),
+            late_claims_checked: BTreeSet::new(),
+            owned: None,
+            shared: BTreeMap::new(),
+            #[cfg(test)]
+            probes: 0,
         })
     }
 
-    fn pool_slot(&self, pool: &PoolInfo) -> usize {
-        self.ctx
-            .pools
-            .iter()
-            .position(|p| p.name == pool.name)
-            .unwrap_or(usize::MAX)
+    /// Records that the plan took an address from `pool`, whose record the commit compares.
+    fn use_pool(&mut self, pool: &PoolInfo) {
+        // By identity: a Calico and a Spiderpool pool may share a name.
+        if let Some(slot) = self.ctx.pools.iter().position(|p| std::ptr::eq(p, pool)) {
+            self.pools_used.insert(slot);
+        }
+    }
+
+    /// Adds a block read or created by the plan, keeping the per-node bookkeeping current.
+    fn add_block(&mut self, key: String, planned: PlannedBlock) {
+        let own = planned.block.affinity.as_deref() == Some(self.node);
+        let tiling = planned.block.tiling();
+        if self.blocks.insert(key.clone(), planned).is_some() || !own {
+            return;
+        }
+        if let Some(n) = self.owned.as_mut() {
+            *n += 1;
+        }
+        if let Some(list) = tiling.and_then(|t| self.with_room.get_mut(&t)) {
+            list.push_back(key);
+        }
     }
 
     /// Key of the block an address of this plan was taken from.
@@ -168,16 +285,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         self.may_read()?;
         match self.store.get(key)? {
             Some(kv) => {
-                self.blocks.insert(
-                    key.to_string(),
-                    PlannedBlock {
-                        block: decode(&kv)?,
-                        revision: kv.mod_revision,
-                        changed: false,
-                        allocated: false,
-                        deleted: false,
-                    },
-                );
+                self.add_block(key.to_string(), planned_block(&kv)?);
                 Ok(true)
             }
             None => Ok(false),
@@ -235,7 +343,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             },
         );
         idx.changed = true;
-        self.blocks.insert(
+        self.add_block(
             key.clone(),
             PlannedBlock {
                 block: Block::new(cidr, pool.cidr(), affinity),
@@ -248,94 +356,156 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         Ok(key)
     }
 
-    fn affine_keys(&self, pool: &PoolInfo) -> Vec<String> {
-        self.blocks
-            .iter()
-            .filter(|(_, b)| {
-                !b.deleted
-                    && b.block.tiling() == Some(pool.tiling)
-                    && b.block.affinity.as_deref() == Some(self.node)
-            })
-            .map(|(k, _)| k.clone())
-            .collect()
+    /// This node's blocks of `tiling` that may still have room, listed on first use.
+    fn blocks_with_room(&mut self, tiling: Tiling) -> &mut VecDeque<String> {
+        let (blocks, node) = (&self.blocks, self.node);
+        self.with_room.entry(tiling).or_insert_with(|| {
+            blocks
+                .iter()
+                .filter(|(_, b)| {
+                    !b.deleted
+                        && b.block.tiling() == Some(tiling)
+                        && b.block.affinity.as_deref() == Some(node)
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        })
     }
 
-    /// Allocates one address from the first pool that has room: the node's own blocks
-    /// first, then a newly claimed block, then (unless strictAffinity) another node's block.
+    /// Takes an address from one of this node's blocks of `pool`. A block found full is not
+    /// looked at again by this plan.
+    fn take_from_own_blocks(&mut self, pool: &PoolInfo, handle: &str) -> Option<AssignedAddress> {
+        let tiling = pool.tiling;
+        while let Some(key) = self.blocks_with_room(tiling).front().cloned() {
+            #[cfg(test)]
+            {
+                self.probes += 1;
+            }
+            if let Some(a) = self.take_free(&key, pool, handle) {
+                return Some(a);
+            }
+            self.blocks_with_room(tiling).pop_front();
+            self.found_full.entry(tiling).or_default().push(key);
+        }
+        None
+    }
+
+    /// Whether this node may claim another block (autoAllocateBlocks, maxBlocksPerHost).
+    fn may_claim(&mut self) -> bool {
+        let node = self.node;
+        let blocks = &self.blocks;
+        let owned = *self.owned.get_or_insert_with(|| {
+            blocks
+                .values()
+                .filter(|b| !b.deleted && b.block.affinity.as_deref() == Some(node))
+                .count()
+        });
+        let cfg = &self.ctx.config;
+        cfg.auto_allocate_blocks
+            && (cfg.max_blocks_per_host == 0 || owned < cfg.max_blocks_per_host as usize)
+    }
+
+    /// Allocates one address. Pools are tried in the given order; a run of consecutive
+    /// Calico pools is one step, as in Calico: the node's blocks with room in any pool of the
+    /// run come before a new block in any of them, and new blocks are claimed in the pools'
+    /// order. A Spiderpool pool is a step of its own, at its place in the list. Borrowing from
+    /// another node's block (unless strictAffinity) comes after every pool.
     pub(super) fn assign_auto(
         &mut self,
         pools: &[&PoolInfo],
         family: Family,
         handle: &str,
     ) -> Result<AssignedAddress, IpamError> {
-        for pool in pools {
-            if pool.spider.is_some() {
-                if let Some(a) = self.assign_shared(pool, handle)? {
-                    self.pools_used.insert(self.pool_slot(pool));
-                    return Ok(a);
-                }
-                continue;
-            }
-            for key in self.affine_keys(pool) {
-                if let Some(a) = self.take_free(&key, pool, handle) {
-                    self.pools_used.insert(self.pool_slot(pool));
-                    return Ok(a);
-                }
+        let may_claim = self.may_claim();
+        for run in pools.chunk_by(|a, b| a.spider.is_none() && b.spider.is_none()) {
+            if let Some((pool, a)) = self.assign_from_run(run, may_claim, handle)? {
+                self.use_pool(pool);
+                return Ok(a);
             }
         }
-        let cfg = &self.ctx.config;
-        let owned = self
-            .blocks
-            .values()
-            .filter(|b| !b.deleted && b.block.affinity.as_deref() == Some(self.node))
-            .count();
-        let may_claim = cfg.auto_allocate_blocks
-            && (cfg.max_blocks_per_host == 0 || owned < cfg.max_blocks_per_host as usize);
-        let pools_calico: Vec<&PoolInfo> = pools
-            .iter()
-            .copied()
-            .filter(|p| p.spider.is_none())
-            .collect();
-        if may_claim {
-            for pool in &pools_calico {
-                // Another process of this node may have claimed a block since the snapshot:
-                // use it rather than claim a second one.
-                if let Some(a) = self.use_late_claims(pool, handle)? {
-                    self.pools_used.insert(self.pool_slot(pool));
-                    return Ok(a);
-                }
-                self.mark_own_full(pool)?;
-                let ctx = self.ctx;
-                let leftovers = self.leftover_blocks(pool)?;
-                let count = pool.tiling.block_count();
-                let free = self.index(pool.tiling)?.index.first_unclaimed(count, |o| {
-                    ctx.skip_unusable_block(pool, o).or_else(|| {
-                        let b = pool.tiling.block(o)?;
-                        leftovers
-                            .iter()
-                            .any(|(l, _)| crate::net::nets_overlap(l, &b))
-                            .then_some(o + 1)
-                    })
-                });
-                if let Some(ordinal) = free {
-                    let key = self.claim(pool, ordinal)?;
-                    let a = self
-                        .take_free(&key, pool, handle)
-                        .expect("a usable new block has a free address");
-                    self.pools_used.insert(self.pool_slot(pool));
-                    return Ok(a);
-                }
-            }
-        }
-        if !cfg.strict_affinity {
-            for pool in &pools_calico {
+        if !self.ctx.config.strict_affinity {
+            for pool in pools.iter().filter(|p| p.spider.is_none()) {
                 if let Some(a) = self.borrow(pool, handle)? {
-                    self.pools_used.insert(self.pool_slot(pool));
+                    self.use_pool(pool);
                     return Ok(a);
                 }
             }
         }
-        let reason = if pools_calico.is_empty() {
+        Err(self.exhausted(pools, family, may_claim))
+    }
+
+    /// One step of [`Plan::assign_auto`]: a Spiderpool pool, or a run of Calico pools.
+    fn assign_from_run<'p>(
+        &mut self,
+        run: &[&'p PoolInfo],
+        may_claim: bool,
+        handle: &str,
+    ) -> Result<Option<(&'p PoolInfo, AssignedAddress)>, IpamError> {
+        if let [pool] = run {
+            if pool.spider.is_some() {
+                return Ok(self.assign_shared(pool, handle)?.map(|a| (*pool, a)));
+            }
+        }
+        for pool in run {
+            if let Some(a) = self.take_from_own_blocks(pool, handle) {
+                return Ok(Some((*pool, a)));
+            }
+        }
+        if may_claim {
+            for pool in run {
+                if let Some(a) = self.claim_for_node(pool, handle)? {
+                    return Ok(Some((*pool, a)));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes an address from a block of `pool` claimed for this node: one another process
+    /// of the node claimed since the snapshot, or a new one.
+    fn claim_for_node(
+        &mut self,
+        pool: &PoolInfo,
+        handle: &str,
+    ) -> Result<Option<AssignedAddress>, IpamError> {
+        // Rather than claim a second block, use one claimed since the snapshot.
+        if let Some(a) = self.use_late_claims(pool, handle)? {
+            return Ok(Some(a));
+        }
+        self.mark_own_full(pool)?;
+        let ctx = self.ctx;
+        let tiling = pool.tiling;
+        let leftovers = self.leftover_blocks(pool)?;
+        let count = tiling.block_count();
+        let start = self.claim_from.get(&tiling).copied().unwrap_or(0);
+        let free = self
+            .index(tiling)?
+            .index
+            .first_unclaimed_from(start, count, |o| {
+                ctx.skip_unusable_block(pool, o).or_else(|| {
+                    let b = tiling.block(o)?;
+                    leftovers
+                        .iter()
+                        .any(|(l, _)| crate::net::nets_overlap(l, &b))
+                        .then_some(o + 1)
+                })
+            });
+        let Some(ordinal) = free else {
+            self.claim_from.insert(tiling, count);
+            return Ok(None);
+        };
+        self.claim_from.insert(tiling, ordinal + 1);
+        let key = self.claim(pool, ordinal)?;
+        let a = self
+            .take_free(&key, pool, handle)
+            .expect("a usable new block has a free address");
+        Ok(Some(a))
+    }
+
+    /// Why no pool had an address for this node.
+    fn exhausted(&self, pools: &[&PoolInfo], family: Family, may_claim: bool) -> IpamError {
+        let cfg = &self.ctx.config;
+        let reason = if pools.iter().all(|p| p.spider.is_some()) {
             "every address of the pool is in use".to_string()
         } else if !cfg.auto_allocate_blocks {
             "the node's blocks are full and autoAllocateBlocks is off".to_string()
@@ -352,7 +522,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         } else {
             reason
         };
-        Err(IpamError::Exhausted {
+        IpamError::Exhausted {
             family,
             node: self.node.to_string(),
             pools: pools
@@ -361,7 +531,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 .collect::<Vec<_>>()
                 .join(", "),
             reason,
-        })
+        }
     }
 
     /// Takes an address from a Spiderpool pool. Its blocks are shared by every node; each node
@@ -375,75 +545,83 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let Some(spider) = pool.spider.as_ref() else {
             return Ok(None);
         };
-        let tiling = pool.tiling;
-        let mut ordinals: Vec<u128> = Vec::new();
-        for &(a, b) in spider.addresses.ranges() {
-            let first = tiling.block_ordinal_of(crate::net::u128_to_addr(a, pool.is_v6()));
-            let last = tiling.block_ordinal_of(crate::net::u128_to_addr(b, pool.is_v6()));
-            let (Some(first), Some(last)) = (first, last) else {
-                continue;
+        let node = self.node;
+        let every_spider_address = self.ctx.spider_addresses(&pool.tiling);
+        loop {
+            let search = self
+                .shared
+                .entry(pool.name.clone())
+                .or_insert_with(|| SharedSearch::new(pool, spider, node));
+            let Some(ordinal) = search.current() else {
+                return Ok(None);
             };
-            // Bounded: a pool larger than this many blocks is searched in its first part only.
-            for o in first..=last.min(first + MAX_SHARED_BLOCKS) {
-                if ordinals.last() != Some(&o) {
-                    ordinals.push(o);
-                }
-            }
-            if ordinals.len() as u128 >= MAX_SHARED_BLOCKS {
-                break;
-            }
-        }
-        if ordinals.is_empty() {
-            return Ok(None);
-        }
-        let start = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            self.node.hash(&mut h);
-            (h.finish() % ordinals.len() as u64) as usize
-        };
-        let ctx = self.ctx;
-        let every_spider_address = ctx.spider_addresses(&tiling);
-        for i in 0..ordinals.len() {
-            let ordinal = ordinals[(start + i) % ordinals.len()];
-            let entry = self.index(tiling)?.index.entry(ordinal).cloned();
-            let key = match entry {
-                Some(e) if e.full => continue,
-                Some(e) => {
-                    let Some(cidr) = tiling.block(ordinal) else {
-                        continue;
-                    };
-                    let key = keys::block(&e.home, &cidr);
-                    if !self.fetch_block(&key)? {
-                        continue;
-                    }
-                    key
-                }
-                None => {
-                    if ctx.skip_unusable_block(pool, ordinal).is_some() {
-                        continue;
-                    }
-                    self.claim(pool, ordinal)?
-                }
-            };
-            if let Some(a) = self.take_free(&key, pool, handle) {
+            if let Some(a) =
+                self.take_from_shared_block(pool, ordinal, handle, every_spider_address.as_ref())?
+            {
                 return Ok(Some(a));
             }
-            let block = &self.blocks[&key].block;
-            if free_offset(ctx, block, every_spider_address.as_ref()).is_none() {
-                self.mark_full(tiling, &key)?;
+            if let Some(search) = self.shared.get_mut(&pool.name) {
+                search.passed += 1;
             }
+        }
+    }
+
+    /// Takes an address of `pool` from its shared block `ordinal`, claiming the block if
+    /// nobody has yet. A block with no room left for any Spiderpool pool is flagged full.
+    fn take_from_shared_block(
+        &mut self,
+        pool: &PoolInfo,
+        ordinal: u128,
+        handle: &str,
+        every_spider_address: Option<&IpRangeSet>,
+    ) -> Result<Option<AssignedAddress>, IpamError> {
+        #[cfg(test)]
+        {
+            self.probes += 1;
+        }
+        let ctx = self.ctx;
+        let tiling = pool.tiling;
+        let entry = self.index(tiling)?.index.entry(ordinal).cloned();
+        let key = match entry {
+            Some(e) if e.full => return Ok(None),
+            Some(e) => {
+                let Some(cidr) = tiling.block(ordinal) else {
+                    return Ok(None);
+                };
+                let key = keys::block(&e.home, &cidr);
+                if !self.fetch_block(&key)? {
+                    return Ok(None);
+                }
+                key
+            }
+            None => {
+                if ctx.skip_unusable_block(pool, ordinal).is_some() {
+                    return Ok(None);
+                }
+                self.claim(pool, ordinal)?
+            }
+        };
+        if let Some(a) = self.take_free(&key, pool, handle) {
+            return Ok(Some(a));
+        }
+        let block = &self.blocks[&key].block;
+        if free_offset(ctx, block, every_spider_address).is_none() {
+            self.mark_full(tiling, &key)?;
         }
         Ok(None)
     }
 
     /// Takes an address from a block of this node that the index lists but the snapshot did
     /// not have (claimed concurrently by another process on the node).
+    /// Looks once per plan: later claims of this node in the index are the plan's own.
     fn use_late_claims(
         &mut self,
         pool: &PoolInfo,
         handle: &str,
     ) -> Result<Option<AssignedAddress>, IpamError> {
+        if !self.late_claims_checked.insert(pool.tiling) {
+            return Ok(None);
+        }
         let node = self.node;
         let listed: Vec<String> = self
             .index(pool.tiling)?
@@ -458,25 +636,19 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             .filter(|k| !self.blocks.contains_key(k))
             .collect();
         for key in late {
-            if self.fetch_block(&key)? && self.blocks[&key].block.affinity.as_deref() == Some(node)
-            {
-                if let Some(a) = self.take_free(&key, pool, handle) {
-                    return Ok(Some(a));
-                }
+            // A block still affine to this node joins its blocks with room.
+            self.fetch_block(&key)?;
+            if let Some(a) = self.take_from_own_blocks(pool, handle) {
+                return Ok(Some(a));
             }
         }
         Ok(None)
     }
 
-    /// Marks this node's full blocks of `pool` as full in the index, so other nodes looking
-    /// for room skip them without reading them.
+    /// Marks this node's blocks of `pool` found full as full in the index, so other nodes
+    /// looking for room skip them without reading them.
     fn mark_own_full(&mut self, pool: &PoolInfo) -> Result<(), IpamError> {
-        let ctx = self.ctx;
-        let full: Vec<String> = self
-            .affine_keys(pool)
-            .into_iter()
-            .filter(|k| free_offset(ctx, &self.blocks[k].block, None).is_none())
-            .collect();
+        let full = self.found_full.remove(&pool.tiling).unwrap_or_default();
         for key in full {
             self.mark_full(pool.tiling, &key)?;
         }
@@ -615,7 +787,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let a = Self::occupy(planned, pool, off, handle);
         planned.block.next = next; // A fixed address does not move the cursor.
         self.taken_from.insert(a.ip, key);
-        self.pools_used.insert(self.pool_slot(pool));
+        self.use_pool(pool);
         Ok(a)
     }
 
@@ -650,6 +822,13 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let (mut compares, mut ops) = self.txn_parts();
         compares.extend(extra);
         let (rec, rev) = handle;
+        if rec.addresses.len() as u64 > MAX_ADDRESSES_PER_REQUEST {
+            return Err(too_many_addresses(format!(
+                "handle {:?} would hold {}",
+                rec.id,
+                rec.addresses.len()
+            )));
+        }
         let key = keys::handle(&rec.id);
         compares.push(Compare::unchanged(key.clone(), rev));
         ops.push(Op::Put(key, encode(rec)));
@@ -1055,4 +1234,58 @@ pub(super) fn allocated(block: &Block) -> impl Iterator<Item = (IpAddr, &String)
         .allocations
         .iter()
         .map(move |(off, a)| (addr_in_block(&block.cidr, *off), a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    fn put(store: &MemoryStore, key: String, value: serde_json::Value) {
+        let op = Op::Put(key, serde_json::to_vec(&value).unwrap());
+        store.txn(&[], &[op]).unwrap();
+    }
+
+    /// Plans `count` addresses from the pool named `pool` on a fresh node; returns the
+    /// blocks looked at and the blocks the plan holds.
+    fn plan_many(store: &MemoryStore, pool: &str, count: usize) -> (u64, usize) {
+        let ctx =
+            Context::from_records(&store.range(keys::CONFIG_PREFIX).unwrap(), None, None).unwrap();
+        let pools: Vec<&PoolInfo> = ctx.pools.iter().filter(|p| p.name == pool).collect();
+        let mut plan = Plan::new(store, &ctx, "n", &[], false).unwrap();
+        for _ in 0..count {
+            plan.assign_auto(&pools, Family::V4, "h").unwrap();
+        }
+        (plan.probes, plan.blocks.len())
+    }
+
+    #[test]
+    fn many_addresses_look_at_each_node_block_about_once() {
+        let store = MemoryStore::new();
+        put(
+            &store,
+            keys::pool("big"),
+            serde_json::json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                "metadata": {"name": "big"}, "spec": {"cidr": "10.0.0.0/16", "blockSize": 26}}),
+        );
+        let (probes, blocks) = plan_many(&store, "big", 2000);
+        assert_eq!(blocks, 32);
+        // Once per address, plus once more for each block when it is full.
+        assert!(probes <= 2000 + 32, "{probes} blocks considered");
+    }
+
+    #[test]
+    fn many_spiderpool_addresses_look_at_each_shared_block_about_once() {
+        let store = MemoryStore::new();
+        put(
+            &store,
+            keys::spider_pool("sp"),
+            serde_json::json!({"apiVersion": "spiderpool.spidernet.io/v2beta1",
+                "kind": "SpiderIPPool", "metadata": {"name": "sp"},
+                "spec": {"subnet": "10.9.0.0/20", "ips": ["10.9.0.0-10.9.15.255"]}}),
+        );
+        let (probes, blocks) = plan_many(&store, "sp", 2000);
+        assert_eq!(blocks, 32);
+        assert!(probes <= 2000 + 32, "{probes} blocks considered");
+    }
 }

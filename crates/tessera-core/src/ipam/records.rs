@@ -136,10 +136,22 @@ impl PoolIndex {
     pub fn first_unclaimed(
         &self,
         count: u128,
+        unusable: impl FnMut(u128) -> Option<u128>,
+    ) -> Option<u128> {
+        self.first_unclaimed_from(0, count, unusable)
+    }
+
+    /// [`PoolIndex::first_unclaimed`] at or after `start`: a plan that claims several blocks
+    /// resumes after its last claim instead of walking the claimed blocks again.
+    pub fn first_unclaimed_from(
+        &self,
+        start: u128,
+        count: u128,
         mut unusable: impl FnMut(u128) -> Option<u128>,
     ) -> Option<u128> {
-        let mut candidate = 0u128;
-        let mut entries = self.blocks.iter().map(|e| e.ordinal).peekable();
+        let mut candidate = start;
+        let first = self.find(start).unwrap_or_else(|pos| pos);
+        let mut entries = self.blocks[first..].iter().map(|e| e.ordinal).peekable();
         while candidate < count {
             match entries.peek() {
                 Some(&o) if o == candidate => {
@@ -228,6 +240,23 @@ mod tests {
             index(&[1000]).first_unclaimed(1u128 << 80, skip),
             Some(1001)
         );
+    }
+
+    #[test]
+    fn first_unclaimed_from_starts_at_its_start() {
+        let any = |_| None;
+        let i = index(&[0, 1, 3, 4, 6]);
+        assert_eq!(i.first_unclaimed_from(0, 8, any), Some(2));
+        assert_eq!(i.first_unclaimed_from(3, 8, any), Some(5));
+        assert_eq!(i.first_unclaimed_from(6, 8, any), Some(7));
+        assert_eq!(i.first_unclaimed_from(8, 8, any), None);
+        // The walk looks at no ordinal below its start.
+        let mut seen = Vec::new();
+        i.first_unclaimed_from(5, 8, |o| {
+            seen.push(o);
+            Some(o + 1)
+        });
+        assert_eq!(seen, [5, 7]);
     }
 
     #[test]
