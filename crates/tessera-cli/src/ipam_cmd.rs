@@ -11,7 +11,7 @@ use tessera_core::ipam::{AssignRequest, Attributes, Context, Ipam, Usage};
 use tessera_core::keys;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::Store;
-use tessera_core::validate::IPAM_CONFIG_NAME;
+use tessera_core::validate::{node_name_problem, IPAM_CONFIG_NAME};
 
 use crate::cli::{AssignArgs, AssignOutput, ConfigureArgs, ReleaseArgs, ShowArgs};
 use crate::table::boxed;
@@ -280,6 +280,9 @@ pub fn configure(store: &dyn Store, args: &ConfigureArgs) -> anyhow::Result<Stri
 
 /// `ipam assign`.
 pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
+    if let Some(problem) = node_name_problem(&args.node) {
+        bail!("--node: {problem}");
+    }
     let default_v4 = args.ipv4.is_none() && args.ipv6.is_none() && args.ips.is_empty();
     let req = AssignRequest {
         handle: args.handle.clone(),

@@ -391,3 +391,41 @@ fn long_or_multi_line_input_is_quoted_and_cut_in_errors() {
     assert!(err.len() < 400, "{err}");
     assert!(err.contains("… (100000 bytes)); see what exists"), "{err}");
 }
+
+#[test]
+fn assign_refuses_node_names_kubernetes_would_refuse() {
+    let env = Env::new();
+    env.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: p\nspec:\n  \
+         cidr: 10.0.0.0/24\n  blockSize: 28\n",
+    );
+    let rule = "a node name is a DNS subdomain, as in Kubernetes: use lowercase letters, digits, \
+                '-' and '.', starting and ending with a letter or digit, at most 253 characters";
+    for (node, problem) in [
+        ("a/x", "'/' is not allowed"),
+        ("A B", "'A' is uppercase (write 'a')"),
+        ("_shared", "'_' is not allowed"),
+        ("", "it is empty"),
+    ] {
+        assert_eq!(
+            env.fails(&["ipam", "assign", "--node", node, "--handle", "h"]),
+            format!("Error: --node: node name \"{node}\" is not valid: {problem}; {rule}\n"),
+            "for {node:?}"
+        );
+    }
+    let check = env.ok(&["ipam", "check"]);
+    assert!(check.contains("Found 0 IPAM blocks."), "{check}");
+    assert!(check.contains("found 0 problems"), "{check}");
+    assert_eq!(
+        env.ok(&[
+            "ipam",
+            "assign",
+            "--node",
+            "kube-node-0.example.com",
+            "--handle",
+            "h"
+        ]),
+        "10.0.0.1\n"
+    );
+}

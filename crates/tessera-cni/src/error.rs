@@ -44,6 +44,9 @@ pub mod code {
     pub const DATASTORE_FULL: u32 = 108;
     /// A record is larger than the datastore accepts (etcd's `--max-request-bytes`).
     pub const RECORD_TOO_LARGE: u32 = 109;
+    /// ADD: this attachment's handle holds addresses for another pod or container; they are
+    /// never handed to a second workload.
+    pub const HELD_FOR_ANOTHER: u32 = 110;
 }
 
 /// A failure, as the CNI spec reports it: a code, a message saying what was wrong, and

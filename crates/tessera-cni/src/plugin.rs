@@ -8,10 +8,12 @@ use serde_json::Value;
 use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{
     parse_pool_annotation, AssignRequest, AssignedAddress, Assignment, Attributes, Context, Family,
-    Ipam, Readiness, ReadinessQuery, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
-    IP_ADDRS_ANNOTATION,
+    HandleRecord, HandleRelease, Ipam, IpamError, Readiness, ReadinessQuery, IPV4_POOLS_ANNOTATION,
+    IPV6_POOLS_ANNOTATION, IP_ADDRS_ANNOTATION,
 };
 use tessera_core::store::Store;
+use tessera_core::text::{plain_or_quoted, quoted};
+use tessera_core::validate::node_name_problem;
 
 use crate::config::{parse_addr_or_cidr, NetConf, ResultPrefix, Route};
 use crate::env::{CniEnv, Command};
@@ -34,11 +36,66 @@ pub struct Invocation<'a> {
 
 type Allocator = Ipam<Box<dyn Store>>;
 
+/// What a retried ADD found under this attachment's handle ids.
+enum Existing {
+    /// This attachment's addresses, with the configuration read with them.
+    Ours(Assignment, Box<Context>),
+    /// Addresses held under one of this attachment's ids for another workload.
+    Other {
+        id: String,
+        held: Assignment,
+        attrs: Attributes,
+    },
+    /// The legacy id holds another network's attachment: not this one's.
+    OtherLegacy,
+    /// Nothing any more: deleted since the ADD found it.
+    Gone,
+}
+
 impl Invocation<'_> {
-    /// The handle of this attachment: `<network>.<container id>.<interface>`, so the
-    /// interfaces of one container are released independently.
+    /// The handle of this attachment (see [`handle_id`]), so the interfaces of one container
+    /// are released independently.
     pub fn handle(&self) -> String {
         handle_id(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
+
+    /// The id earlier versions gave this attachment (see [`legacy_handle_id`]).
+    fn legacy_handle(&self) -> String {
+        legacy_handle_id(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
+
+    /// Whether a handle was assigned to this attachment: its recorded container id and
+    /// interface are this invocation's. Together with the handle id, that pins the network
+    /// too, the legacy id included (its network is what the id has before them).
+    fn is_this_attachment(&self, attrs: &Attributes) -> bool {
+        attrs.container_id.as_deref() == Some(self.env.container_id.as_str())
+            && attrs.interface.as_deref() == Some(self.env.ifname.as_str())
+    }
+
+    /// The pod this invocation is for, as the handle records it (namespace, name).
+    fn pod(&self) -> (Option<&str>, Option<&str>) {
+        (
+            self.env.arg("K8S_POD_NAMESPACE"),
+            self.env.arg("K8S_POD_NAME"),
+        )
+    }
+
+    /// Whether a retried ADD may return what a handle holds: same attachment, same pod.
+    fn is_repeat_of(&self, attrs: &Attributes) -> bool {
+        self.is_this_attachment(attrs)
+            && (attrs.namespace.as_deref(), attrs.pod.as_deref()) == self.pod()
+    }
+
+    /// This attachment's handle record: under its id, else under its legacy id; only one
+    /// whose recorded container id and interface are this attachment's.
+    fn own_record(&self, ipam: &Allocator) -> Result<Option<HandleRecord>, IpamError> {
+        for id in [self.handle(), self.legacy_handle()] {
+            match ipam.handle(&id)? {
+                Some(rec) if self.is_this_attachment(&rec.attrs) => return Ok(Some(rec)),
+                _ => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Runs the verb; `Some` is printed on stdout.
@@ -91,28 +148,38 @@ impl Invocation<'_> {
         let (ipam, datastore) = self.open()?;
         let at = || self.where_(&node, &datastore);
         let handle = request.handle.clone();
+        // An attachment an earlier version added is held under its legacy id.
+        let mut aliases = vec![self.legacy_handle()];
         let mut fresh = None;
-        // Twice at most: the attachment may be deleted between the two reads of a retried ADD.
-        for _ in 0..2 {
+        // Three times at most: the attachment may be deleted between the reads of a retried
+        // ADD, and the legacy id may turn out to be another network's.
+        for _ in 0..3 {
             if let Some(done) = ipam
-                .assign_new(&request)
+                .assign_new_unless(&request, &aliases)
                 .map_err(|e| CniError::from(e).context(at()))?
             {
                 fresh = Some(done);
                 break;
             }
-            let view = ipam
-                .attachment(&handle)
-                .map_err(|e| CniError::from(e).context(at()))?;
-            if let Some(held) = view.held {
-                // The runtime retried an ADD whose result it never got: the same attachment
-                // gets the same addresses.
-                self.log.info(format_args!(
-                    "already holds {}; returning them",
-                    list(held.addresses.iter().map(|a| a.ip))
-                ));
-                let ips = self.result_ips(&held, &view.context)?;
-                return self.result(&ips, &held);
+            match self
+                .existing(&ipam, &handle, &aliases)
+                .map_err(|e| CniError::from(e).context(at()))?
+            {
+                Existing::Ours(held, context) => {
+                    // The runtime retried an ADD whose result it never got: the same
+                    // attachment gets the same addresses.
+                    self.log.info(format_args!(
+                        "already holds {}; returning them",
+                        list(held.addresses.iter().map(|a| a.ip))
+                    ));
+                    let ips = self.result_ips(&held, &context)?;
+                    return self.result(&ips, &held);
+                }
+                Existing::Other { id, held, attrs } => {
+                    return Err(self.held_for_another(&id, &held, &attrs).context(at()))
+                }
+                Existing::OtherLegacy => aliases.clear(),
+                Existing::Gone => {}
             }
         }
         let Some((assignment, context)) = fresh else {
@@ -144,6 +211,57 @@ impl Invocation<'_> {
                 Err(e.context(at()))
             }
         }
+    }
+
+    /// What the handle `handle`, or else one of its `aliases`, holds and for whom.
+    fn existing(
+        &self,
+        ipam: &Allocator,
+        handle: &str,
+        aliases: &[String],
+    ) -> Result<Existing, IpamError> {
+        for id in std::iter::once(handle).chain(aliases.iter().map(String::as_str)) {
+            let view = ipam.attachment(id)?;
+            let (Some(held), Some(attrs)) = (view.held, view.attrs) else {
+                continue;
+            };
+            if self.is_repeat_of(&attrs) {
+                return Ok(Existing::Ours(held, Box::new(view.context)));
+            }
+            if id != handle && !self.is_this_attachment(&attrs) {
+                return Ok(Existing::OtherLegacy);
+            }
+            let id = id.to_string();
+            return Ok(Existing::Other { id, held, attrs });
+        }
+        Ok(Existing::Gone)
+    }
+
+    /// The error of an ADD whose handle holds addresses for another pod or container: they
+    /// are never handed to a second workload.
+    fn held_for_another(&self, id: &str, held: &Assignment, attrs: &Attributes) -> CniError {
+        let (namespace, pod) = self.pod();
+        let this = Attributes {
+            namespace: namespace.map(str::to_string),
+            pod: pod.map(str::to_string),
+            container_id: Some(self.env.container_id.clone()),
+            interface: Some(self.env.ifname.clone()),
+            node: None,
+        };
+        CniError::new(
+            code::HELD_FOR_ANOTHER,
+            format!(
+                "attachment {} already holds {} for {}; this ADD is for {}, so its addresses \
+                 are not handed out again",
+                quoted(id),
+                list(held.addresses.iter().map(|a| a.ip)),
+                workload(attrs),
+                workload(&this)
+            ),
+        )
+        .context(format!(
+            "if that attachment is gone, release it with `tessera ipam release --handle {id}`"
+        ))
     }
 
     /// The result: the configured routes, then those of the addresses' SpiderIPPools, with a
@@ -374,10 +492,28 @@ impl Invocation<'_> {
 
     fn del(&self) -> Result<(), CniError> {
         let (ipam, datastore) = self.open()?;
-        let handle = self.handle();
-        let released = ipam.release_handle(&handle).map_err(|e| {
-            CniError::from(e).context(self.where_(&node_or_unknown(&self.conf), &datastore))
-        })?;
+        let at = || self.where_(&node_or_unknown(&self.conf), &datastore);
+        let owns = |attrs: &Attributes| self.is_this_attachment(attrs);
+        let mut released = Vec::new();
+        // The attachment's id, else the id an earlier version gave it; only a handle
+        // recorded for this container and interface is released.
+        for id in [self.handle(), self.legacy_handle()] {
+            match ipam
+                .release_handle_of(&id, &owns)
+                .map_err(|e| CniError::from(e).context(at()))?
+            {
+                HandleRelease::Released(ips) if ips.is_empty() => {}
+                HandleRelease::Released(ips) => {
+                    released = ips;
+                    break;
+                }
+                HandleRelease::NotOwned(attrs) => self.log.warn(format_args!(
+                    "left handle {} alone: it holds addresses for {}",
+                    quoted(&id),
+                    workload(&attrs)
+                )),
+            }
+        }
         if released.is_empty() {
             self.log.debug("nothing to release");
         } else {
@@ -391,8 +527,8 @@ impl Invocation<'_> {
         let (ipam, datastore) = self.open()?;
         let handle = self.handle();
         let at = || self.where_(&node_or_unknown(&self.conf), &datastore);
-        let held: Vec<IpAddr> = ipam
-            .handle(&handle)
+        let held: Vec<IpAddr> = self
+            .own_record(&ipam)
             .map_err(|e| CniError::from(e).context(at()))?
             .map(|r| r.addresses.iter().map(|a| a.ip).collect())
             .unwrap_or_default();
@@ -433,13 +569,15 @@ impl Invocation<'_> {
             .map(|v| (v.container_id.as_str(), v.ifname.as_str()))
             .collect();
         let (ipam, datastore) = self.open()?;
-        let prefix = format!("{}.", self.conf.name);
-        let records = ipam.handles_with_prefix(&prefix).map_err(|e| {
-            CniError::from(e).context(format!(
-                "network {:?}, datastore {datastore}",
-                self.conf.name
-            ))
-        })?;
+        let network = &self.conf.name;
+        let mut records = Vec::new();
+        // This network's handles, and those an earlier version named `<network>.…`.
+        for prefix in [format!("{network}{SEPARATOR}"), format!("{network}.")] {
+            let found = ipam.handles_with_prefix(&prefix).map_err(|e| {
+                CniError::from(e).context(format!("network {network:?}, datastore {datastore}"))
+            })?;
+            records.extend(found);
+        }
         let mut released = 0usize;
         let mut failures = Vec::new();
         let mut transient = true;
@@ -447,9 +585,14 @@ impl Invocation<'_> {
             let (Some(cid), Some(ifname)) = (&rec.attrs.container_id, &rec.attrs.interface) else {
                 continue;
             };
-            // Another network whose name starts with this one's plus a dot shares the prefix;
-            // only handles that are exactly this network's attachment ids are ours.
-            if rec.id != handle_id(&self.conf.name, cid, ifname) {
+            // Another network whose name starts with this one's plus a dot shares the legacy
+            // prefix, and a handle made by hand may have any id: only a handle whose id is
+            // what this network gives the attachment recorded in it is ours.
+            let ours = [
+                handle_id(network, cid, ifname),
+                legacy_handle_id(network, cid, ifname),
+            ];
+            if !ours.contains(&rec.id) {
                 continue;
             }
             if valid.contains(&(cid.as_str(), ifname.as_str())) {
@@ -584,9 +727,49 @@ fn pool_route(r: &tessera_core::spider::Route, a: &AssignedAddress) -> Result<Ro
     })
 }
 
-/// `<network>.<container id>.<interface>`.
+/// What separates the parts of a handle id: a character no network name or container id
+/// can hold (the CNI spec allows them letters, digits, `_`, `.` and `-`), nor an interface
+/// name (Linux refuses `:` in one).
+const SEPARATOR: char = ':';
+
+/// The handle id of an attachment: `<network>:<container id>:<interface>`.
+///
+/// Network names and container ids never contain `:`, so an id splits back into its three
+/// parts at its first two colons: two attachments never share an id.
 pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("{network}{SEPARATOR}{container_id}{SEPARATOR}{ifname}")
+}
+
+/// The id earlier versions gave an attachment: `<network>.<container id>.<interface>`. Dots
+/// may be in every part, so two attachments could share it (network `a`, container `b.c` and
+/// network `a.b`, container `c`); a handle under it is this attachment's only when its
+/// recorded container id and interface are this attachment's.
+pub fn legacy_handle_id(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{network}.{container_id}.{ifname}")
+}
+
+/// Who a handle's addresses are for, as messages name it: pod, container id, interface.
+fn workload(attrs: &Attributes) -> String {
+    let shown = |v: &Option<String>| v.as_deref().map(plain_or_quoted);
+    let mut parts = Vec::new();
+    if let Some(cid) = shown(&attrs.container_id) {
+        parts.push(format!("container {cid}"));
+    }
+    if let Some(ifname) = shown(&attrs.interface) {
+        parts.push(format!("interface {ifname}"));
+    }
+    let attachment = parts.join(", ");
+    let pod = match (shown(&attrs.namespace), shown(&attrs.pod)) {
+        (Some(ns), Some(pod)) => Some(format!("pod {ns}/{pod}")),
+        (None, Some(pod)) => Some(format!("pod {pod}")),
+        _ => None,
+    };
+    match pod {
+        Some(pod) if attachment.is_empty() => pod,
+        Some(pod) => format!("{pod} ({attachment})"),
+        None if attachment.is_empty() => "a workload of unknown container".into(),
+        None => attachment,
+    }
 }
 
 /// The first address after the network address, where `bridge` (isGateway) and `ptp` put
@@ -606,20 +789,25 @@ fn first_host(net: &IpNet) -> Option<IpAddr> {
 }
 
 /// The node this plugin allocates for: `ipam.nodename`, else `NODENAME`, else the node name
-/// file, else the host name (lower-cased, as Kubernetes names nodes).
+/// file, else the host name lower-cased (Kubernetes names a node after its lower-cased host
+/// name, and so does Calico). Whichever gives it, the name must be a valid node name (see
+/// [`node_name_problem`]); an explicit name is taken as written, never lower-cased, so that a
+/// mistyped one is reported rather than allocated for under another spelling.
 pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
     if let Some(name) = &conf.ipam.nodename {
-        return Ok(name.trim().to_string());
+        return checked_node_name(name.trim(), "ipam.nodename");
     }
     if let Some(name) = std::env::var("NODENAME")
         .ok()
         .filter(|n| !n.trim().is_empty())
     {
-        return Ok(name.trim().to_string());
+        return checked_node_name(name.trim(), "NODENAME");
     }
     let file = &conf.ipam.nodename_file;
     match std::fs::read_to_string(file) {
-        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(text) if !text.trim().is_empty() => {
+            return checked_node_name(text.trim(), &file.display().to_string())
+        }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => {
@@ -631,8 +819,7 @@ pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
     }
     for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
         if let Ok(text) = std::fs::read_to_string(path) {
-            let name = text.trim().to_ascii_lowercase();
-            if !name.is_empty() {
+            if let Some(name) = node_of_host_name(&text, path)? {
                 return Ok(name);
             }
         }
@@ -642,6 +829,27 @@ pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
          or write the name to {}",
         file.display()
     )))
+}
+
+/// `name` when it is a valid node name; a configuration error naming where it came from
+/// otherwise.
+fn checked_node_name(name: &str, source: &str) -> Result<String, CniError> {
+    match node_name_problem(name) {
+        None => Ok(name.to_string()),
+        Some(problem) => Err(CniError::config(format!("{source}: {problem}"))),
+    }
+}
+
+/// The node name a host name read from `path` stands for: trimmed and lower-cased; `None`
+/// when it is empty.
+fn node_of_host_name(text: &str, path: &str) -> Result<Option<String>, CniError> {
+    let name = text.trim().to_ascii_lowercase();
+    if name.is_empty() {
+        return Ok(None);
+    }
+    checked_node_name(&name, &format!("the host name in {path}, lower-cased"))
+        .map(Some)
+        .map_err(|e| e.context("set ipam.nodename or NODENAME to the node's name in Kubernetes"))
 }
 
 fn node_or_unknown(conf: &NetConf) -> String {
@@ -672,11 +880,54 @@ mod tests {
     }
 
     #[test]
-    fn handle_ids_keep_interfaces_apart() {
-        assert_eq!(handle_id("net", "c1", "eth0"), "net.c1.eth0");
+    fn handle_ids_keep_interfaces_and_networks_apart() {
+        assert_eq!(handle_id("net", "c1", "eth0"), "net:c1:eth0");
         assert_ne!(
             handle_id("net", "c1", "eth0"),
             handle_id("net", "c1", "net1")
+        );
+        // Joined with dots these were one id.
+        assert_eq!(
+            legacy_handle_id("a", "b.c", "eth0"),
+            legacy_handle_id("a.b", "c", "eth0")
+        );
+        assert_ne!(handle_id("a", "b.c", "eth0"), handle_id("a.b", "c", "eth0"));
+        // The parts come back at the first two separators, whatever the interface holds.
+        let parts = |id: &str| {
+            let (network, rest) = id.split_once(SEPARATOR).unwrap();
+            let (cid, ifname) = rest.split_once(SEPARATOR).unwrap();
+            (network.to_string(), cid.to_string(), ifname.to_string())
+        };
+        for (network, cid, ifname) in [
+            ("a.b", "c", "eth0"),
+            ("a", "b.c", "eth0.100"),
+            ("n-1_x", "0_.-", "%@"),
+        ] {
+            let id = handle_id(network, cid, ifname);
+            assert_eq!(parts(&id), (network.into(), cid.into(), ifname.into()));
+        }
+    }
+
+    #[test]
+    fn host_names_are_lower_cased_then_checked() {
+        assert_eq!(
+            node_of_host_name("Node-A.Example.COM\n", "/etc/hostname").unwrap(),
+            Some("node-a.example.com".to_string())
+        );
+        assert_eq!(node_of_host_name(" \n", "/etc/hostname").unwrap(), None);
+        let e = node_of_host_name("my_host\n", "/etc/hostname").unwrap_err();
+        assert_eq!(e.code, code::INVALID_CONFIG);
+        assert!(
+            e.msg.starts_with(
+                "the host name in /etc/hostname, lower-cased: node name \"my_host\" is not \
+                 valid: '_' is not allowed;"
+            ),
+            "{}",
+            e.msg
+        );
+        assert_eq!(
+            e.details,
+            "set ipam.nodename or NODENAME to the node's name in Kubernetes"
         );
     }
 }

@@ -114,7 +114,7 @@ fn adds_killed_in_flight_leave_nothing_half_written_and_gc_collects_them() {
     for (att, result) in &finished {
         let held = env
             .ipam()
-            .handle(&format!("tnet.{}.eth0", att.cid))
+            .handle(&format!("tnet:{}:eth0", att.cid))
             .unwrap()
             .expect("finished ADD holds its addresses");
         let held: BTreeSet<String> = held.addresses.iter().map(|a| a.ip.to_string()).collect();

@@ -103,7 +103,7 @@ fn add_again_returns_the_same_addresses_and_interfaces_are_independent() {
     env.cni("DEL", &conf, Some(&eth0)).ok();
     let held = env
         .ipam()
-        .handle("tnet.c1.net1")
+        .handle("tnet:c1:net1")
         .unwrap()
         .expect("net1 still held");
     assert_eq!(
@@ -113,7 +113,7 @@ fn add_again_returns_the_same_addresses_and_interfaces_are_independent() {
     assert_eq!(held.attrs.interface.as_deref(), Some("net1"));
     assert_eq!(held.attrs.container_id.as_deref(), Some("c1"));
     assert_eq!(held.attrs.node.as_deref(), Some("node-a"));
-    assert!(env.ipam().handle("tnet.c1.eth0").unwrap().is_none());
+    assert!(env.ipam().handle("tnet:c1:eth0").unwrap().is_none());
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn check_verifies_prev_result_addresses_are_still_held() {
     let run = env.cni("CHECK", &with_prev, Some(&att));
     assert_eq!(
         run.err(103),
-        "attachment \"tnet.c1.eth0\" holds no address in the datastore"
+        "attachment \"tnet:c1:eth0\" holds no address in the datastore"
     );
 
     // Held, but not what prevResult says.
@@ -198,7 +198,7 @@ fn gc_releases_attachments_not_listed_as_valid() {
         .collect();
     assert_eq!(
         left,
-        ["tnet.keep.eth0", "tnet.manual", "tnet.x.c9.eth0"]
+        ["tnet:keep:eth0", "tnet.manual", "tnet.x:c9:eth0"]
             .map(String::from)
             .into()
     );
@@ -208,7 +208,7 @@ fn gc_releases_attachments_not_listed_as_valid() {
     let mut gc = conf.clone();
     gc["cni.dev/attachments"] = json!([]);
     env.cni("GC", &gc, None).ok();
-    assert!(env.ipam().handle("tnet.keep.eth0").unwrap().is_none());
+    assert!(env.ipam().handle("tnet:keep:eth0").unwrap().is_none());
 
     // Without a list GC refuses rather than release everything.
     assert!(env
@@ -258,7 +258,7 @@ fn gc_continues_past_a_damaged_attachment_and_reports_it() {
         "{}",
         run.stdout
     );
-    assert!(ipam.handle("tnet.stale.eth0").unwrap().is_none());
+    assert!(ipam.handle("tnet:stale:eth0").unwrap().is_none());
 }
 
 #[test]
@@ -476,7 +476,7 @@ fn ip_addrs_annotation_assigns_and_refuses_addresses_in_use() {
     let run = env.cni("ADD", &conf, Some(&Att::new("c2").pod("default", "web-1")));
     assert_eq!(
         run.err(101),
-        "address 10.22.0.77 is already in use by handle \"tnet.c1.eth0\""
+        "address 10.22.0.77 is already in use by handle \"tnet:c1:eth0\""
     );
     assert!(run
         .full_error()
@@ -601,7 +601,7 @@ fn dual_stack_and_all_or_nothing() {
     }
     let msg = small.cni("ADD", &conf, Some(&Att::new("c9"))).err(100);
     assert!(msg.starts_with("no free IPv6 address"), "{msg}");
-    assert!(small.ipam().handle("tnet.c9.eth0").unwrap().is_none());
+    assert!(small.ipam().handle("tnet:c9:eth0").unwrap().is_none());
     let usage = small.ipam().usage().unwrap();
     let v4 = usage.pools.iter().find(|p| p.name == "v4").unwrap();
     assert_eq!(v4.in_use, 2, "the failed ADD left no IPv4 address behind");
@@ -724,7 +724,7 @@ fn node_name_sources_in_order() {
         }
         env.run_cmd(cmd, conf.to_string().as_bytes()).ok();
         env.ipam()
-            .handle(&format!("tnet.{cid}.eth0"))
+            .handle(&format!("tnet:{cid}:eth0"))
             .unwrap()
             .unwrap()
             .attrs
@@ -824,4 +824,244 @@ fn duplicate_keys_and_non_string_annotations_are_refused() {
          must be a string, not a number"
     );
     assert_eq!(env.handle_count(), 0);
+}
+
+/// The configuration of network `name` on `env`'s store.
+fn network(env: &Env, name: &str) -> Value {
+    let mut conf = env.conf("1.1.0", json!({}));
+    conf["name"] = json!(name);
+    conf
+}
+
+/// The address of the first entry of an ADD result, without prefix.
+fn first_address(result: &Value) -> std::net::IpAddr {
+    addr(result["ips"][0]["address"].as_str().unwrap())
+        .parse()
+        .unwrap()
+}
+
+/// The handle holding `ip`, if any.
+fn holder(env: &Env, ip: std::net::IpAddr) -> Option<String> {
+    env.ipam()
+        .lookup(ip)
+        .unwrap()
+        .and_then(|info| info.allocation)
+        .map(|a| a.handle)
+}
+
+#[test]
+fn attachments_whose_names_join_alike_never_share_an_address() {
+    let env = env_with_pool();
+    // Network "a" with container "b.c", and network "a.b" with container "c": joined with
+    // dots, both attachments were "a.b.c.eth0".
+    let (net_a, net_ab) = (network(&env, "a"), network(&env, "a.b"));
+    let first = Att::new("b.c").pod("default", "first");
+    let second = Att::new("c").pod("default", "second");
+    let first_ip = first_address(&env.add(&net_a, &first));
+    let second_result = env.add(&net_ab, &second);
+    let second_ip = first_address(&second_result);
+    assert_ne!(first_ip, second_ip, "two pods were given one address");
+    assert_eq!(holder(&env, first_ip).as_deref(), Some("a:b.c:eth0"));
+    assert_eq!(holder(&env, second_ip).as_deref(), Some("a.b:c:eth0"));
+
+    // DEL of the first leaves the second alone, and CHECK of the second still passes.
+    env.cni("DEL", &net_a, Some(&first)).ok();
+    assert_eq!(holder(&env, first_ip), None);
+    assert_eq!(holder(&env, second_ip).as_deref(), Some("a.b:c:eth0"));
+    let mut check = net_ab.clone();
+    check["prevResult"] = second_result;
+    env.cni("CHECK", &check, Some(&second)).ok();
+    // GC of network "a" does not see network "a.b"'s attachment.
+    let mut gc = net_a.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    env.cni("GC", &gc, None).ok();
+    assert_eq!(holder(&env, second_ip).as_deref(), Some("a.b:c:eth0"));
+    env.assert_consistent();
+}
+
+#[test]
+fn an_add_never_returns_the_addresses_of_another_pod_or_container() {
+    let env = env_with_pool();
+    let conf = network(&env, "tnet");
+    let web = Att::new("c1").pod("default", "web-0");
+    let held = first_address(&env.add(&conf, &web));
+    // The same container and interface, but another pod: not a repeat of the first ADD.
+    let run = env.cni("ADD", &conf, Some(&Att::new("c1").pod("default", "db-0")));
+    assert_eq!(
+        run.err(110),
+        format!(
+            "attachment \"tnet:c1:eth0\" already holds {held} for pod default/web-0 (container \
+             c1, interface eth0); this ADD is for pod default/db-0 (container c1, interface \
+             eth0), so its addresses are not handed out again"
+        )
+    );
+    assert!(
+        run.full_error().contains(
+            "if that attachment is gone, release it with `tessera ipam release --handle \
+             tnet:c1:eth0`"
+        ),
+        "{}",
+        run.full_error()
+    );
+    // A handle with this attachment's id made by hand for another container.
+    env.ipam()
+        .assign(&AssignRequest {
+            handle: "tnet:c2:eth0".into(),
+            node: "node-a".into(),
+            attrs: tessera_core::ipam::Attributes {
+                container_id: Some("other".into()),
+                interface: Some("eth0".into()),
+                ..Default::default()
+            },
+            num_v4: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let manual = env.ipam().handle("tnet:c2:eth0").unwrap().unwrap();
+    let run = env.cni("ADD", &conf, Some(&Att::new("c2")));
+    assert!(
+        run.err(110)
+            .starts_with("attachment \"tnet:c2:eth0\" already holds"),
+        "{}",
+        run.stdout
+    );
+    // Nor does a DEL or GC of that attachment release it.
+    env.cni("DEL", &conf, Some(&Att::new("c2"))).ok();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c1", "ifname": "eth0"}]);
+    env.cni("GC", &gc, None).ok();
+    assert_eq!(env.ipam().handle("tnet:c2:eth0").unwrap(), Some(manual));
+    assert_eq!(holder(&env, held).as_deref(), Some("tnet:c1:eth0"));
+    assert_eq!(env.handle_count(), 2);
+    env.assert_consistent();
+}
+
+/// Assigns an address under `handle` as the previous version of the plugin did, with the
+/// attachment's attributes.
+fn legacy_assign(env: &Env, handle: &str, cid: &str, pod: &str) -> std::net::IpAddr {
+    let done = env
+        .ipam()
+        .assign_new(&AssignRequest {
+            handle: handle.into(),
+            node: "node-a".into(),
+            attrs: tessera_core::ipam::Attributes {
+                namespace: Some("default".into()),
+                pod: Some(pod.into()),
+                node: Some("node-a".into()),
+                interface: Some("eth0".into()),
+                container_id: Some(cid.into()),
+            },
+            num_v4: 1,
+            ..Default::default()
+        })
+        .unwrap()
+        .expect("a new handle");
+    done.0.addresses[0].ip
+}
+
+#[test]
+fn attachments_made_by_the_previous_version_are_still_found() {
+    let env = env_with_pool();
+    let conf = network(&env, "tnet");
+    let old = Att::new("old").pod("default", "old-0");
+    let old_ip = legacy_assign(&env, "tnet.old.eth0", "old", "old-0");
+
+    // CHECK finds it; a repeated ADD returns it rather than assigning another address.
+    let mut check = conf.clone();
+    check["prevResult"] = json!({"cniVersion": "1.1.0",
+                                 "ips": [{"address": format!("{old_ip}/24")}]});
+    env.cni("CHECK", &check, Some(&old)).ok();
+    assert_eq!(first_address(&env.add(&conf, &old)), old_ip);
+    assert_eq!(env.handle_count(), 1);
+    // Not for another pod on that attachment.
+    env.cni("ADD", &conf, Some(&Att::new("old").pod("default", "new-0")))
+        .err(110);
+    // DEL releases it.
+    env.cni("DEL", &conf, Some(&old)).ok();
+    assert_eq!(holder(&env, old_ip), None);
+    assert_eq!(env.handle_count(), 0);
+
+    // An old handle that the previous version gave network "a", container "b.c" is not
+    // network "a.b", container "c".
+    let taken = legacy_assign(&env, "a.b.c.eth0", "b.c", "first");
+    let (net_a, net_ab) = (network(&env, "a"), network(&env, "a.b"));
+    let second = Att::new("c").pod("default", "second");
+    let mut check = net_ab.clone();
+    check["prevResult"] = json!({"cniVersion": "1.1.0",
+                                 "ips": [{"address": format!("{taken}/24")}]});
+    env.cni("CHECK", &check, Some(&second)).err(103);
+    let second_ip = first_address(&env.add(&net_ab, &second));
+    assert_ne!(second_ip, taken);
+    env.cni("DEL", &net_ab, Some(&second)).ok();
+    assert_eq!(holder(&env, taken).as_deref(), Some("a.b.c.eth0"));
+    // GC of network "a.b" leaves it too; GC of network "a" knows it as its own.
+    let mut gc = net_ab.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    env.cni("GC", &gc, None).ok();
+    assert_eq!(holder(&env, taken).as_deref(), Some("a.b.c.eth0"));
+    let mut gc = net_a.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "b.c", "ifname": "eth0"}]);
+    env.cni("GC", &gc, None).ok();
+    assert_eq!(holder(&env, taken).as_deref(), Some("a.b.c.eth0"));
+    // Its own network's DEL releases it.
+    env.cni("DEL", &net_a, Some(&Att::new("b.c"))).ok();
+    assert_eq!(holder(&env, taken), None);
+
+    // GC releases a stale attachment of the previous version.
+    let stale = legacy_assign(&env, "tnet.stale.eth0", "stale", "stale-0");
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([]);
+    env.cni("GC", &gc, None).ok();
+    assert_eq!(holder(&env, stale), None);
+    assert_eq!(env.handle_count(), 0);
+    env.assert_consistent();
+}
+
+#[test]
+fn node_names_that_kubernetes_would_refuse_are_refused() {
+    let env = env_with_pool();
+    let rule = "a node name is a DNS subdomain, as in Kubernetes: use lowercase letters, \
+                digits, '-' and '.', starting and ending with a letter or digit, at most 253 \
+                characters";
+    for (name, problem) in [
+        ("a/x", "'/' is not allowed"),
+        ("A B", "'A' is uppercase (write 'a')"),
+        ("_shared", "'_' is not allowed"),
+    ] {
+        let conf = env.conf("1.1.0", json!({"nodename": name}));
+        let run = env.cni("ADD", &conf, Some(&Att::new("c1")));
+        assert_eq!(
+            run.err(7),
+            format!("ipam.nodename: node name \"{name}\" is not valid: {problem}; {rule}")
+        );
+        assert_eq!(run.status, 1);
+        // STATUS says the plugin cannot serve ADD.
+        env.cni("STATUS", &conf, None).err(50);
+    }
+    let mut conf = env.conf("1.1.0", json!({}));
+    conf["ipam"].as_object_mut().unwrap().remove("nodename");
+    let mut cmd = env.command("ADD", Some(&Att::new("c1")));
+    cmd.env("NODENAME", "a/x");
+    let run = env.run_cmd(cmd, conf.to_string().as_bytes());
+    assert!(
+        run.err(7)
+            .starts_with("NODENAME: node name \"a/x\" is not valid: '/' is not allowed;"),
+        "{}",
+        run.stdout
+    );
+    let file = env.dir().join("nodename");
+    std::fs::write(&file, "node_a\n").unwrap();
+    conf["ipam"]["nodename_file"] = json!(file.to_str().unwrap());
+    let run = env.cni("ADD", &conf, Some(&Att::new("c1")));
+    assert!(
+        run.err(7).starts_with(&format!(
+            "{}: node name \"node_a\" is not valid: '_' is not allowed;",
+            file.display()
+        )),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.handle_count(), 0);
+    let report = env.assert_consistent();
+    assert_eq!(report.blocks, 0);
 }

@@ -335,11 +335,11 @@ fn multi_nic_failure_on_one_interface_leaves_the_others_alone() {
     );
     let held = env
         .ipam()
-        .handle("tnet.p2.eth0")
+        .handle("tnet:p2:eth0")
         .unwrap()
         .expect("p2 eth0 kept");
     assert_eq!(held.addresses[0].ip.to_string(), eth0_ip);
-    assert!(env.ipam().handle("tnet.p2.net1").unwrap().is_none());
+    assert!(env.ipam().handle("tnet:p2:net1").unwrap().is_none());
     assert_eq!(env.handle_count(), 3);
     assert_eq!(usage(&env).get("front"), Some(&2));
     assert_eq!(usage(&env).get("storage"), Some(&1));
@@ -347,7 +347,7 @@ fn multi_nic_failure_on_one_interface_leaves_the_others_alone() {
 
     // DEL of one interface leaves the other; its address then serves the waiting pod.
     env.cni("DEL", &conf, Some(&p1_net1)).ok();
-    assert!(env.ipam().handle("tnet.p1.eth0").unwrap().is_some());
+    assert!(env.ipam().handle("tnet:p1:eth0").unwrap().is_some());
     assert_eq!(first_ip(&env.add(&conf, &p2_net1)), "10.74.0.10");
     assert_eq!(env.handle_count(), 3);
     env.assert_consistent();

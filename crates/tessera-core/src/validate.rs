@@ -520,10 +520,7 @@ pub(crate) fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec
             "is required".to_string()
         } else {
             let rule_text = match rule {
-                NameRule::Subdomain => {
-                    "use lowercase letters, digits, '-' and '.', starting and ending with a \
-                     letter or digit, at most 253 characters"
-                }
+                NameRule::Subdomain => SUBDOMAIN_RULE,
                 NameRule::Label => {
                     "use lowercase letters, digits and '-', starting and ending with a letter \
                      or digit, at most 63 characters"
@@ -567,6 +564,25 @@ fn check_annotation_keys(annotations: &BTreeMap<String, String>, errors: &mut Ve
             ));
         }
     }
+}
+
+/// How to write a DNS-1123 subdomain, as error messages say it.
+const SUBDOMAIN_RULE: &str = "use lowercase letters, digits, '-' and '.', starting and ending \
+                              with a letter or digit, at most 253 characters";
+
+/// Why `name` cannot name a node, as a sentence naming it and the rule; `None` when it can.
+///
+/// A node name is a DNS-1123 subdomain, as Kubernetes requires of node names and as
+/// `tessera label node` checks. That also keeps it one segment of a block key and apart from
+/// the home of shared blocks (`_shared`), so every way a node name enters (the CNI plugin,
+/// `ipam assign --node`, the allocator) applies this one rule.
+pub fn node_name_problem(name: &str) -> Option<String> {
+    let problem = subdomain_problem(name)?;
+    Some(format!(
+        "node name {} is not valid: {problem}; a node name is a DNS subdomain, as in \
+         Kubernetes: {SUBDOMAIN_RULE}",
+        quoted(name)
+    ))
 }
 
 /// Why `name` is not a DNS-1123 subdomain, if it is not one.
@@ -1283,6 +1299,30 @@ mod tests {
             validate(node("kube_node", &[])).unwrap_err().errors[0].field,
             "metadata.name"
         );
+    }
+
+    #[test]
+    fn node_name_problems_name_the_name_and_the_rule() {
+        for good in [
+            "kube-node-0",
+            "kube-node-0.example.com",
+            "0",
+            &"a".repeat(253),
+        ] {
+            assert_eq!(node_name_problem(good), None, "{good:?}");
+        }
+        assert_eq!(
+            node_name_problem("a/x").unwrap(),
+            "node name \"a/x\" is not valid: '/' is not allowed; a node name is a DNS \
+             subdomain, as in Kubernetes: use lowercase letters, digits, '-' and '.', starting \
+             and ending with a letter or digit, at most 253 characters"
+        );
+        for bad in ["A B", "_shared", "", "-a", "a..b", "a\nb", &"a".repeat(254)] {
+            assert!(node_name_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(node_name_problem("Node")
+            .unwrap()
+            .contains("'N' is uppercase (write 'n')"));
     }
 
     #[test]

@@ -402,3 +402,57 @@ fn a_block_emptied_by_a_release_keeps_the_view_warm() {
     }
     assert_clean(&*store);
 }
+
+#[test]
+fn assign_new_unless_an_alias_exists_costs_no_more() {
+    use tessera_core::ipam::HandleRelease;
+    let store = cluster();
+    for cached in [false, true] {
+        let mut ipam = Ipam::new(store.clone());
+        if cached {
+            ipam = ipam.with_cache(MemoryNodeCache::new());
+        }
+        let h = |name: &str| format!("{name}-{cached}");
+        ipam.assign_new(&v4(&h("warm"), "n1"))
+            .unwrap()
+            .expect("new");
+        store.reset();
+        let aliases = [h("never-written")];
+        ipam.assign_new_unless(&v4(&h("fresh"), "n1"), &aliases)
+            .unwrap()
+            .expect("new");
+        assert_eq!(store.round_trips(), if cached { 1 } else { 2 });
+        // The alias is written by another process after this one's view was warm (a record
+        // of its own, no block of the view changes): the commit's compare catches it, and
+        // nothing is assigned.
+        let alias = tessera_core::keys::handle(&h("legacy"));
+        let record = format!(r#"{{"id":"{}","addresses":[]}}"#, h("legacy"));
+        let put = tessera_core::store::Op::Put(alias.clone(), record.into_bytes());
+        store.txn(&[], &[put]).unwrap();
+        let before = Ipam::new(store.clone()).check().unwrap();
+        assert!(ipam
+            .assign_new_unless(&v4(&h("renamed"), "n1"), &[h("legacy")])
+            .unwrap()
+            .is_none());
+        let after = Ipam::new(store.clone()).check().unwrap();
+        assert_eq!(before.allocations, after.allocations);
+        assert!(ipam.handle(&h("renamed")).unwrap().is_none());
+        store
+            .txn(&[], &[tessera_core::store::Op::Delete(alias)])
+            .unwrap();
+
+        // A release that must match the recorded attributes leaves another's handle alone.
+        let held = ipam.handle(&h("fresh")).unwrap().expect("held");
+        assert_eq!(
+            ipam.release_handle_of(&h("fresh"), &|a| a.pod.as_deref() == Some("other"))
+                .unwrap(),
+            HandleRelease::NotOwned(held.attrs.clone())
+        );
+        assert_eq!(ipam.handle(&h("fresh")).unwrap(), Some(held));
+        assert!(matches!(
+            ipam.release_handle_of(&h("fresh"), &|a| a.pod.is_none()).unwrap(),
+            HandleRelease::Released(ips) if ips.len() == 1
+        ));
+    }
+    assert_clean(&*store);
+}

@@ -6,7 +6,7 @@ use crate::store::{Read, Store};
 
 use super::context::Context;
 use super::plan::parse_block_key;
-use super::records::{decode, HandleRecord};
+use super::records::{decode, Attributes, HandleRecord};
 use super::{AssignedAddress, Assignment, Ipam, IpamError};
 
 /// A handle's addresses described as [`Ipam::assign`] would have returned them, together
@@ -15,6 +15,8 @@ use super::{AssignedAddress, Assignment, Ipam, IpamError};
 pub struct Attachment {
     /// The addresses the handle holds; `None` when the handle holds nothing.
     pub held: Option<Assignment>,
+    /// Who the handle was assigned to, as recorded with it; `None` when it does not exist.
+    pub attrs: Option<Attributes>,
     /// Configuration, pools and reservations at the time of the read.
     pub context: Context,
 }
@@ -49,10 +51,12 @@ impl<S: Store> Ipam<S> {
             Read::Prefix(keys::CONFIG_PREFIX.into()),
         ])?;
         let context = Context::from_records(snap.list(1), None, None)?;
+        let mut attrs = None;
         let held = match snap.get(0) {
             None => None,
             Some(kv) => {
                 let rec: HandleRecord = decode(kv)?;
+                attrs = Some(rec.attrs.clone());
                 let addresses: Vec<AssignedAddress> = rec
                     .addresses
                     .iter()
@@ -80,7 +84,11 @@ impl<S: Store> Ipam<S> {
                 })
             }
         };
-        Ok(Attachment { held, context })
+        Ok(Attachment {
+            held,
+            attrs,
+            context,
+        })
     }
 }
 

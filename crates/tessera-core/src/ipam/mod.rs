@@ -33,7 +33,7 @@ pub use select::{
 };
 
 use crate::keys;
-use crate::store::{KeyValue, Op, Read, Store, StoreError, TxnOutcome};
+use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
 use crate::text::quoted;
 use cache::{ByValue, CachedKv, NodeCache, NodeView};
 use plan::{Plan, Released};
@@ -216,6 +216,16 @@ pub struct Assignment {
     pub addresses: Vec<AssignedAddress>,
 }
 
+/// What [`Ipam::release_handle_of`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HandleRelease {
+    /// The handle's addresses were released (none when the handle did not exist).
+    Released(Vec<IpAddr>),
+    /// The handle exists but was assigned to another workload (these are its attributes); it
+    /// was left as it is.
+    NotOwned(Attributes),
+}
+
 /// The allocator over a store.
 pub struct Ipam<S> {
     store: S,
@@ -292,7 +302,7 @@ impl<S: Store> Ipam<S> {
     /// Common path: one snapshot read (configuration, node, namespace, the node's blocks)
     /// and one transaction; with a cache, the transaction alone.
     pub fn assign(&self, req: &AssignRequest) -> Result<Assignment, IpamError> {
-        match self.assign_inner(req, false)? {
+        match self.assign_inner(req, None)? {
             Some((done, _)) => Ok(done),
             None => unreachable!("an assign that may extend its handle always assigns"),
         }
@@ -308,23 +318,37 @@ impl<S: Store> Ipam<S> {
         &self,
         req: &AssignRequest,
     ) -> Result<Option<(Assignment, Context)>, IpamError> {
-        self.assign_inner(req, true)
+        self.assign_inner(req, Some(&[]))
     }
 
+    /// [`Ipam::assign_new`], answering `Ok(None)` as well when a handle named in `aliases`
+    /// exists: other ids the same workload's addresses may be held under (ids an earlier
+    /// version gave it). The aliases are read in the same snapshot as the handle, or from a
+    /// cached view compared absent at commit, so the common path costs no extra round trip.
+    pub fn assign_new_unless(
+        &self,
+        req: &AssignRequest,
+        aliases: &[String],
+    ) -> Result<Option<(Assignment, Context)>, IpamError> {
+        self.assign_inner(req, Some(aliases))
+    }
+
+    /// `new_only`: `None` extends an existing handle; `Some(aliases)` assigns only when
+    /// neither the handle nor any alias exists.
     fn assign_inner(
         &self,
         req: &AssignRequest,
-        only_new: bool,
+        new_only: Option<&[String]>,
     ) -> Result<Option<(Assignment, Context)>, IpamError> {
+        let only_new = new_only.is_some();
+        let aliases = new_only.unwrap_or_default();
         if let Some(problem) = crate::validate::handle_id_problem(&req.handle) {
             return Err(IpamError::InvalidRequest(problem));
         }
         if let Some(problem) = req.ips.iter().find_map(|ip| mapped_request_problem(*ip)) {
             return Err(IpamError::InvalidRequest(problem));
         }
-        if req.node.is_empty() {
-            return Err(IpamError::InvalidRequest("the node name is empty".into()));
-        }
+        check_node_name(&req.node)?;
         if req.num_v4 == 0 && req.num_v6 == 0 && req.ips.is_empty() {
             return Err(IpamError::InvalidRequest(
                 "nothing to assign: ask for IPv4 or IPv6 addresses or specific IPs".into(),
@@ -340,7 +364,7 @@ impl<S: Store> Ipam<S> {
         let usable = cached.as_ref().filter(|v| v.covers(namespace));
         if let Some(view) = usable {
             let inputs = Inputs::from_view(view, namespace);
-            match self.try_assign(req, &attrs, inputs, Some(view), true) {
+            match self.try_assign(req, &attrs, inputs, Some(view), true, aliases) {
                 Ok(Attempt::Done(done, ctx)) => return Ok(Some((done, *ctx))),
                 // A stale view or a request the view cannot answer: the fresh read decides.
                 Ok(Attempt::Conflict) | Err(IpamError::BeyondView) => {}
@@ -365,6 +389,7 @@ impl<S: Store> Ipam<S> {
             if read_handle {
                 reads.push(Read::Get(keys::handle(&req.handle)));
             }
+            reads.extend(aliases.iter().map(|a| Read::Get(keys::handle(a))));
             let mut results = self.store.read(&reads)?.results.into_iter();
             let mut next = || results.next().unwrap_or_default();
             let inputs = Inputs {
@@ -378,10 +403,11 @@ impl<S: Store> Ipam<S> {
                 },
                 handle: if read_handle { next().pop() } else { None },
             };
-            if only_new && inputs.handle.is_some() {
+            let alias_exists = aliases.iter().any(|_| !next().is_empty());
+            if only_new && (inputs.handle.is_some() || alias_exists) {
                 return Ok(None);
             }
-            let fresh = self.try_assign(req, &attrs, inputs, cached.as_ref(), false)?;
+            let fresh = self.try_assign(req, &attrs, inputs, cached.as_ref(), false, aliases)?;
             if let Attempt::Done(done, ctx) = fresh {
                 return Ok(Some((done, *ctx)));
             }
@@ -390,7 +416,8 @@ impl<S: Store> Ipam<S> {
     }
 
     /// One plan and commit. `cached` is the node's view as loaded from the cache;
-    /// `from_view` says whether `inputs` come from it rather than from a read.
+    /// `from_view` says whether `inputs` come from it rather than from a read. The commit
+    /// requires the handles `absent` not to exist.
     fn try_assign(
         &self,
         req: &AssignRequest,
@@ -398,6 +425,7 @@ impl<S: Store> Ipam<S> {
         inputs: Inputs,
         cached: Option<&NodeView>,
         from_view: bool,
+        absent: &[String],
     ) -> Result<Attempt, IpamError> {
         let view = cached.filter(|_| from_view);
         let namespace = attrs.namespace.as_deref();
@@ -454,7 +482,8 @@ impl<S: Store> Ipam<S> {
             });
         }
         let handle_rev = inputs.handle.as_ref().map_or(0, |kv| kv.mod_revision);
-        let extra = view.map(|v| v.compares(namespace)).unwrap_or_default();
+        let mut extra = view.map(|v| v.compares(namespace)).unwrap_or_default();
+        extra.extend(absent.iter().map(|a| Compare::absent(keys::handle(a))));
         let (outcome, ops) = plan.commit((&handle, handle_rev), extra)?;
         let TxnOutcome::Committed(revision) = outcome else {
             return Ok(Attempt::Conflict);
@@ -480,9 +509,24 @@ impl<S: Store> Ipam<S> {
     /// Releases every address of a handle. Releasing an unknown or already released handle
     /// is not an error; the released addresses are returned.
     pub fn release_handle(&self, handle: &str) -> Result<Vec<IpAddr>, IpamError> {
+        match self.release_handle_of(handle, &|_| true)? {
+            HandleRelease::Released(ips) => Ok(ips),
+            HandleRelease::NotOwned(_) => unreachable!("every handle is accepted"),
+        }
+    }
+
+    /// Releases every address of a handle only when `owns` accepts the attributes recorded
+    /// with it (the workload it was assigned to); the release compares the record it checked,
+    /// so a handle written meanwhile is never released on an older record's word. Like
+    /// [`Ipam::release_handle`], an unknown handle releases nothing without an error.
+    pub fn release_handle_of(
+        &self,
+        handle: &str,
+        owns: &dyn Fn(&Attributes) -> bool,
+    ) -> Result<HandleRelease, IpamError> {
         if let Some(cache) = &self.cache {
-            if let Some(released) = self.release_from_view(cache.as_ref(), handle)? {
-                return Ok(released);
+            if let Some(released) = self.release_from_view(cache.as_ref(), handle, owns)? {
+                return Ok(HandleRelease::Released(released));
             }
         }
         for attempt in 0..MAX_ATTEMPTS {
@@ -491,9 +535,12 @@ impl<S: Store> Ipam<S> {
                 if let Some(cache) = &self.cache {
                     cache.forget_handle(handle);
                 }
-                return Ok(Vec::new());
+                return Ok(HandleRelease::Released(Vec::new()));
             };
             let rec: HandleRecord = decode(&kv)?;
+            if !owns(&rec.attrs) {
+                return Ok(HandleRelease::NotOwned(rec.attrs));
+            }
             let targets = handle_targets(&rec);
             match plan::release(&self.store, &targets, Some((&rec, kv.mod_revision)), None)? {
                 Released::Done { ips, revision, ops } => {
@@ -504,7 +551,7 @@ impl<S: Store> Ipam<S> {
                             save_applied(cache.as_ref(), view, &ops, revision);
                         }
                     }
-                    return Ok(ips);
+                    return Ok(HandleRelease::Released(ips));
                 }
                 Released::Conflict => continue,
             }
@@ -513,11 +560,13 @@ impl<S: Store> Ipam<S> {
     }
 
     /// The release of a handle this node wrote, planned from the cached handle and the
-    /// node's view: one transaction. `Ok(None)` when the view is stale or not enough.
+    /// node's view: one transaction. `Ok(None)` when the view is stale or not enough, or
+    /// when `owns` refuses the cached record (the store's record decides then).
     fn release_from_view(
         &self,
         cache: &dyn NodeCache,
         handle: &str,
+        owns: &dyn Fn(&Attributes) -> bool,
     ) -> Result<Option<Vec<IpAddr>>, IpamError> {
         let Some(cached) = cache.load_handle(handle) else {
             return Ok(None);
@@ -527,6 +576,9 @@ impl<S: Store> Ipam<S> {
             cache.forget_handle(handle);
             return Ok(None);
         };
+        if !owns(&rec.attrs) {
+            return Ok(None);
+        }
         let Some(view) = rec.attrs.node.as_deref().and_then(|n| cache.load_view(n)) else {
             return Ok(None);
         };
@@ -594,6 +646,7 @@ impl<S: Store> Ipam<S> {
     /// Releases a node's claim on its blocks (the node left the cluster): empty blocks are
     /// freed, blocks that still hold addresses stay where they are without affinity.
     pub fn release_node(&self, node: &str) -> Result<usize, IpamError> {
+        check_node_name(node)?;
         for attempt in 0..MAX_ATTEMPTS {
             backoff(attempt, node);
             match plan::release_node(&self.store, node)? {
@@ -704,6 +757,15 @@ fn handle_targets(rec: &HandleRecord) -> Vec<plan::Target> {
         .collect()
 }
 
+/// Refuses a node name Kubernetes would refuse (see [`crate::validate::node_name_problem`]):
+/// such a name would put the node's blocks under another home.
+pub(crate) fn check_node_name(node: &str) -> Result<(), IpamError> {
+    match crate::validate::node_name_problem(node) {
+        Some(problem) => Err(IpamError::InvalidRequest(problem)),
+        None => Ok(()),
+    }
+}
+
 /// Short randomized pause before a retry, so racing writers spread out.
 fn backoff(attempt: u32, salt: &str) {
     if attempt == 0 {
@@ -720,4 +782,40 @@ fn backoff(attempt: u32, salt: &str) {
         .hash(&mut h);
     let cap_us = 200u64 << attempt.min(6);
     std::thread::sleep(std::time::Duration::from_micros(h.finish() % cap_us));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[test]
+    fn every_entry_point_refuses_a_node_name_kubernetes_would_refuse() {
+        let ipam = Ipam::new(MemoryStore::new());
+        for node in ["a/x", "A B", keys::SHARED_HOME, ""] {
+            let req = AssignRequest {
+                handle: "h".into(),
+                node: node.into(),
+                num_v4: 1,
+                ..Default::default()
+            };
+            let expected = crate::validate::node_name_problem(node).unwrap();
+            let refused = |e: IpamError| {
+                assert!(
+                    matches!(&e, IpamError::InvalidRequest(p) if *p == expected),
+                    "{node:?}: {e}"
+                )
+            };
+            refused(ipam.assign(&req).unwrap_err());
+            refused(ipam.assign_new(&req).unwrap_err());
+            refused(ipam.release_node(node).unwrap_err());
+            let query = ReadinessQuery {
+                node: node.into(),
+                families: vec![Family::V4],
+                ..Default::default()
+            };
+            refused(ipam.readiness(&query).unwrap_err());
+        }
+        assert!(ipam.store().range("").unwrap().is_empty());
+    }
 }

@@ -51,9 +51,7 @@ impl<S: Store> Ipam<S> {
     /// the node's blocks are full, the candidate pools' indexes. The answer is optimistic
     /// where the index is: a block of another node not yet flagged full counts as room.
     pub fn readiness(&self, q: &ReadinessQuery) -> Result<Readiness, IpamError> {
-        if q.node.is_empty() {
-            return Err(IpamError::InvalidRequest("the node name is empty".into()));
-        }
+        super::check_node_name(&q.node)?;
         let mut reads = vec![
             Read::Prefix(keys::CONFIG_PREFIX.into()),
             Read::Get(keys::node(&q.node)),
