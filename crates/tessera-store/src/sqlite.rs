@@ -7,10 +7,18 @@
 //! never fail half-way with `SQLITE_BUSY` on lock upgrade; waiting for the lock is left to
 //! SQLite's busy handler. Reads run inside one deferred transaction, which in WAL mode pins one
 //! snapshot for the whole batch.
+//!
+//! A file in which SQLite reported damage (`SQLITE_CORRUPT` on a read or a write, or a failed
+//! integrity check) is marked as such in its header (`PRAGMA user_version`, which only touches
+//! the first page), and a marked file takes no more writes: writing into a damaged b-tree can
+//! spread the damage to records that were still intact. Reads still work, to see what is
+//! left. Checking the mark costs one header read per write, never a scan; opening a marked
+//! file runs the full integrity check, and a file that passes it (recovered, or restored
+//! from a backup that carried the mark) is unmarked.
 
 use std::fs::{self, DirBuilder, OpenOptions, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -46,6 +54,10 @@ CREATE TABLE kv (
 ) STRICT;
 ";
 
+/// `user_version` of a file in which SQLite reported damage ("DAMG"); healthy stores keep 0.
+const DAMAGED_MARK: i64 = 0x4441_4D47;
+
+const SQL_DAMAGE_MARK: &str = "PRAGMA user_version";
 const SQL_REVISION: &str = "SELECT revision FROM meta WHERE id = 1";
 const SQL_BUMP: &str = "UPDATE meta SET revision = revision + 1 WHERE id = 1 RETURNING revision";
 const SQL_GET: &str = "SELECT key, value, create_rev, mod_rev FROM kv WHERE key = ?1";
@@ -105,6 +117,7 @@ impl SqliteStore {
             ),
         })?;
         ensure_file(&path)?;
+        check_not_exposed(&path)?;
         let ctx = ErrCtx {
             path: &path,
             busy_timeout,
@@ -129,6 +142,7 @@ impl SqliteStore {
         if let Layout::Empty = layout {
             create_schema(&mut conn, &ctx)?;
         }
+        unmark_if_repaired(&conn, &ctx)?;
         Ok(Self {
             path,
             busy_timeout,
@@ -149,25 +163,33 @@ impl SqliteStore {
     }
 
     /// Runs SQLite's `PRAGMA integrity_check` over the whole file; for `tessera ipam check`
-    /// and tests. Returns [`StoreError::Corrupt`] listing the problems SQLite found.
+    /// and tests. Returns [`StoreError::Corrupt`] listing the problems SQLite found; the file
+    /// then takes no more writes until it passes again.
     pub fn integrity_check(&self) -> Result<(), StoreError> {
         let ctx = self.ctx();
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare("PRAGMA integrity_check")
-            .map_err(|e| ctx.sqlite("checking integrity", e))?;
-        let problems = stmt
-            .query_map([], |row| row.get::<_, String>(0))
-            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| ctx.sqlite("checking integrity", e))?;
-        if problems.len() == 1 && problems[0] == "ok" {
-            Ok(())
-        } else {
-            Err(ctx.corrupt(&format!(
-                "SQLite integrity check failed: {}",
-                problems.join("; ")
-            )))
+        let problems =
+            integrity_problems(&conn).map_err(|e| self.failed(&conn, "checking integrity", e))?;
+        if problems.is_empty() {
+            set_damage_mark(&conn, 0).map_err(|e| ctx.sqlite("clearing the damage mark", e))?;
+            return Ok(());
         }
+        let _ = set_damage_mark(&conn, DAMAGED_MARK);
+        Err(ctx.damaged(&format!(
+            "SQLite's integrity check failed ({})",
+            problems.join("; ")
+        )))
+    }
+
+    /// The error for a failure of `doing`, after marking the file damaged when SQLite says
+    /// it is. Call it once the failed transaction has been rolled back.
+    fn failed(&self, conn: &Connection, doing: &str, e: rusqlite::Error) -> StoreError {
+        if e.sqlite_error_code() == Some(ErrorCode::DatabaseCorrupt) {
+            // Best effort: the mark lives on the first page, which the damage spared if
+            // SQLite got far enough to report it.
+            let _ = set_damage_mark(conn, DAMAGED_MARK);
+        }
+        self.ctx().sqlite(doing, e)
     }
 
     fn ctx(&self) -> ErrCtx<'_> {
@@ -186,77 +208,140 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
-        let ctx = self.ctx();
-        let err = |e| ctx.sqlite("reading", e);
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Deferred)
-            .map_err(err)?;
-        // The first SELECT starts the WAL read transaction; every later read in the batch sees
-        // the same snapshot, so the revision read here covers all results.
-        let revision = current_revision(&tx).map_err(err)?;
-        let mut results = Vec::with_capacity(reads.len());
-        for read in reads {
-            let result = match read {
-                Read::Get(key) => get(&tx, key),
-                Read::Prefix(prefix) => range(&tx, prefix),
-            }
-            .map_err(err)?;
-            results.push(result);
-        }
-        tx.commit().map_err(err)?;
-        Ok(Snapshot { revision, results })
+        let result = read_snapshot(&mut conn, reads);
+        result.map_err(|e| self.failed(&conn, "reading", e))
     }
 
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
-        let ctx = self.ctx();
-        let err = |e| ctx.sqlite("writing", e);
         let mut conn = self.lock();
-        // A compare-only txn writes nothing, so a snapshot is enough and it need not wait for
-        // the write lock.
-        let behavior = if ops.is_empty() {
-            TransactionBehavior::Deferred
-        } else {
-            TransactionBehavior::Immediate
-        };
-        let tx = conn.transaction_with_behavior(behavior).map_err(err)?;
-        for compare in compares {
-            let current = tx
-                .prepare_cached(SQL_GET)
-                .and_then(|mut s| s.query_row([compare.key()], row_to_kv).optional())
-                .map_err(err)?;
-            if !compare.holds(current.as_ref()) {
-                // Dropping `tx` rolls back; nothing was written.
-                return Ok(TxnOutcome::Conflict);
+        let result = write_txn(&mut conn, compares, ops);
+        match result {
+            Ok(Written::Done(outcome)) => {
+                if matches!(outcome, TxnOutcome::Committed(_)) && !ops.is_empty() {
+                    self.checkpoint_if_large(&conn);
+                }
+                Ok(outcome)
             }
-        }
-        if ops.is_empty() {
-            let revision = current_revision(&tx).map_err(err)?;
-            tx.commit().map_err(err)?;
-            return Ok(TxnOutcome::Committed(revision));
-        }
-        let revision: i64 = tx
-            .prepare_cached(SQL_BUMP)
-            .and_then(|mut s| s.query_row([], |r| r.get(0)))
-            .map_err(err)?;
-        for op in ops {
-            match op {
-                Op::Put(key, value) => tx
-                    .prepare_cached(SQL_PUT)
-                    .and_then(|mut s| s.execute(params![key, value, revision])),
-                Op::Delete(key) => tx
-                    .prepare_cached(SQL_DELETE)
-                    .and_then(|mut s| s.execute([key])),
+            Ok(Written::RefusedDamaged) => {
+                Err(self.ctx().damaged("SQLite found damaged pages in it"))
             }
-            .map_err(err)?;
+            Err(e) => Err(self.failed(&conn, "writing", e)),
         }
-        tx.commit().map_err(err)?;
-        self.checkpoint_if_large(&conn);
-        Ok(TxnOutcome::Committed(revision))
     }
 
     fn describe(&self) -> String {
         format!("sqlite:{}", self.path.display())
+    }
+}
+
+/// One snapshot read of every request in `reads`.
+fn read_snapshot(conn: &mut Connection, reads: &[Read]) -> rusqlite::Result<Snapshot> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+    // The first SELECT starts the WAL read transaction; every later read in the batch sees
+    // the same snapshot, so the revision read here covers all results.
+    let revision = current_revision(&tx)?;
+    let mut results = Vec::with_capacity(reads.len());
+    for read in reads {
+        results.push(match read {
+            Read::Get(key) => get(&tx, key)?,
+            Read::Prefix(prefix) => range(&tx, prefix)?,
+        });
+    }
+    tx.commit()?;
+    Ok(Snapshot { revision, results })
+}
+
+/// What a write transaction came to.
+enum Written {
+    /// Committed, or not because a compare failed.
+    Done(TxnOutcome),
+    /// The file is marked damaged; nothing was written.
+    RefusedDamaged,
+}
+
+/// The compares, then the ops, in one transaction. Any error rolls it back.
+fn write_txn(conn: &mut Connection, compares: &[Compare], ops: &[Op]) -> rusqlite::Result<Written> {
+    // A compare-only txn writes nothing, so a snapshot is enough and it need not wait for
+    // the write lock.
+    let behavior = if ops.is_empty() {
+        TransactionBehavior::Deferred
+    } else {
+        TransactionBehavior::Immediate
+    };
+    let tx = conn.transaction_with_behavior(behavior)?;
+    if !ops.is_empty() && damage_mark(&tx)? == DAMAGED_MARK {
+        return Ok(Written::RefusedDamaged);
+    }
+    for compare in compares {
+        let current = tx
+            .prepare_cached(SQL_GET)
+            .and_then(|mut s| s.query_row([compare.key()], row_to_kv).optional())?;
+        if !compare.holds(current.as_ref()) {
+            // Dropping `tx` rolls back; nothing was written.
+            return Ok(Written::Done(TxnOutcome::Conflict));
+        }
+    }
+    if ops.is_empty() {
+        let revision = current_revision(&tx)?;
+        tx.commit()?;
+        return Ok(Written::Done(TxnOutcome::Committed(revision)));
+    }
+    let revision: i64 = tx.prepare_cached(SQL_BUMP)?.query_row([], |r| r.get(0))?;
+    for op in ops {
+        match op {
+            Op::Put(key, value) => tx
+                .prepare_cached(SQL_PUT)?
+                .execute(params![key, value, revision])?,
+            Op::Delete(key) => tx.prepare_cached(SQL_DELETE)?.execute([key])?,
+        };
+    }
+    tx.commit()?;
+    Ok(Written::Done(TxnOutcome::Committed(revision)))
+}
+
+/// The damage mark in the file's header (0, or [`DAMAGED_MARK`]).
+fn damage_mark(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.prepare_cached(SQL_DAMAGE_MARK)?
+        .query_row([], |r| r.get(0))
+}
+
+/// Sets the damage mark, unless it already has that value.
+fn set_damage_mark(conn: &Connection, mark: i64) -> rusqlite::Result<()> {
+    if damage_mark(conn)? != mark {
+        conn.execute_batch(&format!("PRAGMA user_version = {mark}"))?;
+    }
+    Ok(())
+}
+
+/// What `PRAGMA integrity_check` found; empty when the file is sound.
+fn integrity_problems(conn: &Connection) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+    let problems = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(if problems == ["ok"] {
+        Vec::new()
+    } else {
+        problems
+    })
+}
+
+/// Unmarks a file marked damaged that now passes the integrity check (it was recovered, or
+/// restored from a backup that carried the mark). A file still damaged stays marked: it can
+/// be read but takes no writes. Only marked files pay for the check.
+fn unmark_if_repaired(conn: &Connection, ctx: &ErrCtx<'_>) -> Result<(), StoreError> {
+    let mark = damage_mark(conn).map_err(|e| ctx.sqlite("reading the damage mark", e))?;
+    if mark != DAMAGED_MARK {
+        return Ok(());
+    }
+    match integrity_problems(conn) {
+        Ok(problems) if problems.is_empty() => {
+            set_damage_mark(conn, 0).map_err(|e| ctx.sqlite("clearing the damage mark", e))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::DatabaseCorrupt) => Ok(()),
+        Err(e) => Err(ctx.sqlite("checking the integrity of a file marked damaged", e)),
     }
 }
 
@@ -554,6 +639,66 @@ fn ensure_file(path: &Path) -> Result<(), StoreError> {
     }
 }
 
+/// Refuses a store that other users could tamper with, as ssh refuses keys they could write:
+/// one in a directory writable by its group or others (they could replace the file, or plant
+/// `-wal` and `-shm` files whose frames SQLite would read as the store's), and, in such a
+/// directory with the sticky bit (as /tmp), one whose files are not all this user's.
+fn check_not_exposed(path: &Path) -> Result<(), StoreError> {
+    let refused = |reason: String| StoreError::Refused {
+        endpoint: path.display().to_string(),
+        reason,
+    };
+    let Some(dir) = path.parent() else {
+        return Ok(());
+    };
+    let meta = fs::metadata(dir).map_err(|e| io_error(path, "looking at its directory", &e))?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o022 == 0 {
+        return Ok(());
+    }
+    let d = dir.display();
+    if mode & 0o1000 == 0 {
+        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
+        return Err(refused(format!(
+            "its directory {d} is writable by {who} (mode {mode:04o}), so another user could \
+             replace the store or plant its -wal and -shm files; keep the store in a directory \
+             only its owner can write (`chmod go-w {d}`)"
+        )));
+    }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let file = Path::new(&file);
+        match fs::symlink_metadata(file) {
+            Ok(m) if m.uid() != me => {
+                return Err(refused(format!(
+                    "{} belongs to uid {}, and its directory {d} may be written by others \
+                     (mode {mode:04o}), so that user could have planted it; remove it, and keep \
+                     the store in a directory only its owner can write",
+                    file.display(),
+                    m.uid()
+                )))
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(io_error(
+                    path,
+                    &format!("looking at {}", file.display()),
+                    &e,
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Creates every missing directory above the database file with mode 0700, because the store
 /// holds which workload owns which address and is nobody else's business.
 fn create_private_dirs(dir: &Path, file: &Path) -> Result<(), StoreError> {
@@ -668,6 +813,21 @@ impl ErrCtx<'_> {
         }
     }
 
+    /// A damaged file (`found` says how it showed), with what to do about it.
+    fn damaged(&self, found: &str) -> StoreError {
+        let p = self.path.display();
+        StoreError::Corrupt {
+            endpoint: p.to_string(),
+            reason: format!(
+                "{found}, so it takes no more writes (they could \
+                 spread the damage; reads still work); stop the processes using it, then \
+                 restore it from a backup, or keep what is readable with `sqlite3 {p} .recover \
+                 | sqlite3 {p}.recovered && rm -f {p}-wal {p}-shm && mv {p}.recovered {p}`; a \
+                 file that passes SQLite's integrity check takes writes again"
+            ),
+        }
+    }
+
     fn sqlite(&self, doing: &str, e: rusqlite::Error) -> StoreError {
         let endpoint = self.shown();
         let Some(code) = e.sqlite_error_code() else {
@@ -690,7 +850,7 @@ impl ErrCtx<'_> {
                 self.corrupt(&format!("{doing}: the file is not a SQLite database ({e})"))
             }
             ErrorCode::DatabaseCorrupt => {
-                self.corrupt(&format!("{doing}: the database file is damaged ({e})"))
+                self.damaged(&format!("{doing}: SQLite found damaged pages in it ({e})"))
             }
             // SQLITE_ERROR from our fixed statements means the tables do not look like ours.
             ErrorCode::Unknown | ErrorCode::SchemaChanged | ErrorCode::TypeMismatch => {

@@ -370,3 +370,166 @@ fn unreadable_file_and_unwritable_directory_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Overwrites the one page of the table (not of its index) that holds `key`'s record, and
+/// returns the page's number and its original bytes.
+fn damage_page_holding(path: &Path, key: &str) -> (usize, Vec<u8>) {
+    const PAGE: usize = 4096;
+    let mut bytes = fs::read(path).unwrap();
+    let holds = |page: &[u8], needle: &[u8]| page.windows(needle.len()).any(|w| w == needle);
+    let n = (1..bytes.len() / PAGE)
+        .find(|&n| {
+            let page = &bytes[n * PAGE..(n + 1) * PAGE];
+            holds(page, key.as_bytes()) && holds(page, &[b'v'; 64])
+        })
+        .expect("a table page holding the key");
+    let original = bytes[n * PAGE..(n + 1) * PAGE].to_vec();
+    bytes[n * PAGE..(n + 1) * PAGE].fill(0xA5);
+    fs::write(path, &bytes).unwrap();
+    (n, original)
+}
+
+#[track_caller]
+fn assert_refused_as_damaged(result: Result<tessera_store::TxnOutcome, StoreError>, path: &Path) {
+    let err = result.expect_err("a store known to be damaged must take no write");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    let p = path.display();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!(
+            "datastore {p} is corrupt or not a Tessera store: SQLite found damaged pages in \
+             it, so it takes no more writes"
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("restore it from a backup"), "{msg}");
+    assert!(
+        msg.contains(&format!("sqlite3 {p} .recover | sqlite3 {p}.recovered")),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_store_found_damaged_takes_no_more_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    populated_store(&path);
+    let (page, original) = damage_page_holding(&path, "/k/1/3");
+
+    let store = SqliteStore::open(&path).unwrap();
+    // Records on healthy pages still read, and until the damage shows, writes go through.
+    assert!(store.get("/k/9/19").unwrap().is_some());
+    // A read across the damaged page (as `tessera ipam show` or `check` does) finds it...
+    let err = store
+        .range("/k/")
+        .expect_err("the damaged page must not read");
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    // ...and from then on no write goes into the file, from this process or any other.
+    let put = [Op::Put("/blocks/other-node".into(), b"{}".to_vec())];
+    assert_refused_as_damaged(store.txn(&[], &put), &path);
+    drop(store);
+    let again = SqliteStore::open(&path).unwrap();
+    assert_refused_as_damaged(again.txn(&[], &put), &path);
+    assert!(again.get("/k/9/19").unwrap().is_some(), "reads still work");
+    assert!(again.get("/blocks/other-node").unwrap().is_none());
+    drop(again);
+
+    // A file that passes SQLite's integrity check again (here: the page put back, as a
+    // recovery or a restored backup would) takes writes again.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[page * 4096..(page + 1) * 4096].copy_from_slice(&original);
+    fs::write(&path, &bytes).unwrap();
+    let repaired = SqliteStore::open(&path).unwrap();
+    repaired.txn(&[], &put).unwrap();
+    repaired.integrity_check().unwrap();
+    assert_eq!(repaired.range("/k/").unwrap().len(), 200);
+}
+
+#[test]
+fn a_failed_integrity_check_stops_writes_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tessera.db");
+    populated_store(&path);
+    damage_page_holding(&path, "/k/4/7");
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(matches!(
+        store.integrity_check(),
+        Err(StoreError::Corrupt { .. })
+    ));
+    let put = [Op::Put("/x".into(), b"1".to_vec())];
+    assert_refused_as_damaged(store.txn(&[], &put), &path);
+}
+
+fn chmod(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+#[test]
+fn a_store_in_a_directory_others_may_write_is_refused() {
+    let top = tempfile::tempdir().unwrap();
+    let shared = top.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let path = shared.join("tessera.db");
+    drop(SqliteStore::open(&path).unwrap());
+    for (mode, who) in [(0o777, "its group and others"), (0o775, "its group")] {
+        chmod(&shared, mode);
+        let err = open_err(&path);
+        assert!(matches!(err, StoreError::Refused { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "datastore {} refused the request: its directory {} is writable by {who} \
+                 (mode {mode:04o}), so another user could replace the store or plant its \
+                 -wal and -shm files; keep the store in a directory only its owner can write \
+                 (`chmod go-w {}`)",
+                path.display(),
+                shared.display(),
+                shared.display()
+            )
+        );
+    }
+    // Readable by everyone is fine, and so is a shared directory with the sticky bit (as
+    // /tmp) as long as every file of the store is this user's.
+    for mode in [0o755, 0o1777] {
+        chmod(&shared, mode);
+        SqliteStore::open(&path).unwrap();
+    }
+}
+
+#[test]
+fn files_planted_by_another_user_in_a_sticky_directory_are_refused() {
+    if !is_root() {
+        // Only root can give a file away.
+        return;
+    }
+    for planted in ["tessera.db-wal", "tessera.db-shm", "tessera.db"] {
+        let top = tempfile::tempdir().unwrap();
+        let shared = top.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        chmod(&shared, 0o1777);
+        let path = shared.join("tessera.db");
+        let file = shared.join(planted);
+        fs::write(&file, b"").unwrap();
+        chmod(&file, 0o666);
+        std::os::unix::fs::chown(&file, Some(65534), Some(65534)).unwrap();
+        let err = open_err(&path);
+        assert!(matches!(err, StoreError::Refused { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "datastore {} refused the request: {} belongs to uid 65534, and its directory \
+                 {} may be written by others (mode 1777), so that user could have planted it; \
+                 remove it, and keep the store in a directory only its owner can write",
+                path.display(),
+                file.display(),
+                shared.display()
+            ),
+            "{planted}"
+        );
+    }
+}
