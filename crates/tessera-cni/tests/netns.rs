@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{addr, in_ci, wait_bounded, Env, PLUGIN};
+use common::{addr, in_ci, wait_bounded, Att, Env, Run, PLUGIN};
 use serde_json::{json, Value};
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -422,4 +422,60 @@ fn namespaces_are_removed_when_a_test_fails() {
         !Path::new("/run/netns").join(name.as_str()).exists(),
         "namespace {name} survived the panic"
     );
+}
+
+/// Runs `verb` for `att` with `conf` in a UTS namespace of its own whose host name is `host`
+/// (written to the kernel directly: the `hostname` tool refuses names such as `node_a`).
+fn with_host_name(env: &Env, host: &str, verb: &str, conf: &Value, att: &Att) -> Run {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--uts",
+        "sh",
+        "-c",
+        "printf %s \"$1\" > /proc/sys/kernel/hostname && exec \"$2\"",
+        "sh",
+        host,
+        PLUGIN,
+    ])
+    .env_clear()
+    .env("PATH", "/usr/bin:/bin:/usr/sbin:/sbin")
+    .env("CNI_COMMAND", verb)
+    .env("CNI_CONTAINERID", &att.cid)
+    .env("CNI_IFNAME", &att.ifname)
+    .env("CNI_NETNS", &att.netns)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    env.run_cmd(cmd, conf.to_string().as_bytes())
+}
+
+#[test]
+fn the_host_name_is_lower_cased_and_must_be_a_node_name() {
+    if !prerequisites_met("the_host_name_is_lower_cased_and_must_be_a_node_name") {
+        return;
+    }
+    let env = Env::new();
+    env.pool("p", "10.94.0.0/24", 28, json!({}));
+    let mut conf = env.conf("1.0.0", json!({}));
+    let ipam = conf["ipam"].as_object_mut().unwrap();
+    ipam.remove("nodename");
+    ipam.insert(
+        "nodename_file".into(),
+        json!(env.dir().join("absent").to_str().unwrap()),
+    );
+    let att = Att::new("c1");
+    with_host_name(&env, "Node-A.Example.COM", "ADD", &conf, &att).ok();
+    let handle = env.ipam().handle("tnet:c1:eth0").unwrap().expect("held");
+    assert_eq!(handle.attrs.node.as_deref(), Some("node-a.example.com"));
+    let run = with_host_name(&env, "node_a", "ADD", &conf, &Att::new("c2"));
+    assert!(
+        run.err(7).starts_with(
+            "the host name in /proc/sys/kernel/hostname, lower-cased: node name \"node_a\" is \
+             not valid: '_' is not allowed;"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(env.handle_count(), 1);
+    env.assert_consistent();
 }
