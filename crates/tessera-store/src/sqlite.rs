@@ -118,6 +118,10 @@ impl SqliteStore {
         })?;
         ensure_file(&path)?;
         check_not_exposed(&path)?;
+        // SQLite follows a link to the file and keeps the -wal and -shm files beside it.
+        if let Some(target) = fs::canonicalize(&path).ok().filter(|t| *t != path) {
+            check_not_exposed(&target)?;
+        }
         let ctx = ErrCtx {
             path: &path,
             busy_timeout,
@@ -819,11 +823,11 @@ impl ErrCtx<'_> {
         StoreError::Corrupt {
             endpoint: p.to_string(),
             reason: format!(
-                "{found}, so it takes no more writes (they could \
-                 spread the damage; reads still work); stop the processes using it, then \
-                 restore it from a backup, or keep what is readable with `sqlite3 {p} .recover \
-                 | sqlite3 {p}.recovered && rm -f {p}-wal {p}-shm && mv {p}.recovered {p}`; a \
-                 file that passes SQLite's integrity check takes writes again"
+                "{found}, so it takes no more writes (they could spread the damage; reads \
+                 still work); stop the processes using it, then restore it from a backup, or \
+                 keep what is readable with `sqlite3 {p} .recover | sqlite3 {p}.recovered && \
+                 rm -f {p}-wal {p}-shm && mv {p}.recovered {p}`; a file that passes SQLite's \
+                 integrity check takes writes again"
             ),
         }
     }

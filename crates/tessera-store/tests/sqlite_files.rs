@@ -533,3 +533,27 @@ fn files_planted_by_another_user_in_a_sticky_directory_are_refused() {
         );
     }
 }
+
+#[test]
+fn a_link_to_a_store_in_a_directory_others_may_write_is_refused() {
+    let top = tempfile::tempdir().unwrap();
+    let shared = top.path().join("shared");
+    fs::create_dir(&shared).unwrap();
+    let target = shared.join("tessera.db");
+    drop(SqliteStore::open(&target).unwrap());
+    chmod(&shared, 0o777);
+    let private = top.path().join("private");
+    fs::create_dir(&private).unwrap();
+    chmod(&private, 0o700);
+    let link = private.join("tessera.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let err = open_err(&link);
+    assert!(matches!(err, StoreError::Refused { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&format!(
+            "its directory {} is writable by its group and others",
+            shared.display()
+        )),
+        "{err}"
+    );
+}
