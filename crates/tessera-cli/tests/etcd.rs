@@ -266,19 +266,6 @@ fn etcd_flags_are_checked_before_anything_is_sent() {
     }
 }
 
-/// One member started with `args`, or `None` (after saying why) when no etcd is installed
-/// outside CI.
-fn etcd_with_args(test: &str, args: &[&str]) -> Option<LocalEtcd> {
-    if tessera_store::local_etcd::binary().is_none() && !tessera_store::local_etcd::required() {
-        eprintln!("skipping {test}: no etcd binary; under CI=true this is a failure");
-        return None;
-    }
-    Some(
-        LocalEtcd::start_with_args(1, args)
-            .unwrap_or_else(|e| panic!("{test}: cannot start etcd: {e}")),
-    )
-}
-
 /// An IPReservation of `count` /32s, whose record grows with `count`.
 fn reservation(count: u32) -> String {
     let mut manifest = "apiVersion: projectcalico.org/v3\nkind: IPReservation\n\
@@ -297,7 +284,8 @@ fn reservation(count: u32) -> String {
 
 #[test]
 fn a_record_too_large_for_etcd_is_named_with_the_limit() {
-    let Some(etcd) = etcd_with_args("too large in the CLI", &["--max-request-bytes", "4096"])
+    let Some(etcd) =
+        LocalEtcd::with_args_or_skip(&["--max-request-bytes", "4096"], "too large in the CLI")
     else {
         return;
     };
@@ -325,20 +313,12 @@ fn a_record_too_large_for_etcd_is_named_with_the_limit() {
 
 #[test]
 fn a_full_etcd_says_what_to_do() {
-    let Some(etcd) = etcd_with_args("NOSPACE in the CLI", &["--quota-backend-bytes", "262144"])
+    let Some(etcd) =
+        LocalEtcd::with_args_or_skip(&["--quota-backend-bytes", "262144"], "NOSPACE in the CLI")
     else {
         return;
     };
-    let store = etcd.store();
-    let filler = vec![b'x'; 4096];
-    let filled = (0..1000).any(|i| {
-        let put = tessera_store::Op::Put(format!("filler/{i}"), filler.clone());
-        store.txn(&[], &[put]).is_err()
-    });
-    assert!(
-        filled,
-        "1000 writes of 4 KiB never filled the 256 KiB quota"
-    );
+    etcd.fill_until_refused();
     let out = run(&etcd.url(), &["apply", "-f", "-"], POOL);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -213,38 +213,15 @@ fn concurrent_and_killed_adds_on_one_node_share_the_cache_safely() {
     assert_clean(&etcd);
 }
 
-/// One member started with `args`, or `None` (after saying why) when no etcd is installed
-/// outside CI.
-fn etcd_with_args(test: &str, args: &[&str]) -> Option<LocalEtcd> {
-    if tessera_store::local_etcd::binary().is_none() && !tessera_store::local_etcd::required() {
-        eprintln!("skipping {test}: no etcd binary; under CI=true this is a failure");
-        return None;
-    }
-    Some(
-        LocalEtcd::start_with_args(1, args)
-            .unwrap_or_else(|e| panic!("{test}: cannot start etcd: {e}")),
-    )
-}
-
 #[test]
 fn a_full_etcd_is_its_own_error_code_with_what_to_do() {
-    let Some(etcd) = etcd_with_args("cni on a full etcd", &["--quota-backend-bytes", "262144"])
+    let Some(etcd) =
+        LocalEtcd::with_args_or_skip(&["--quota-backend-bytes", "262144"], "cni on a full etcd")
     else {
         return;
     };
     with_pool(&etcd);
-    let store = etcd.store();
-    let filler = vec![b'x'; 4096];
-    let filled = (0..1000).any(|i| {
-        use tessera_store::{Op, Store};
-        store
-            .txn(&[], &[Op::Put(format!("filler/{i}"), filler.clone())])
-            .is_err()
-    });
-    assert!(
-        filled,
-        "1000 writes of 4 KiB never filled the 256 KiB quota"
-    );
+    etcd.fill_until_refused();
     let env = Env::new();
     let run = env.cni("ADD", &conf(&env, &etcd, ""), Some(&Att::new("c1")));
     let msg = run.err(108);

@@ -137,6 +137,16 @@ impl LocalEtcd {
 
     /// [`LocalEtcd::start_or_skip`] for a cluster of `size` members.
     pub fn cluster_or_skip(size: usize, test: &str) -> Option<Self> {
+        Self::or_skip(test, || Self::start_cluster(size))
+    }
+
+    /// [`LocalEtcd::start_or_skip`] for one member started with `extra_args` (a small
+    /// `--quota-backend-bytes` or `--max-request-bytes`, say).
+    pub fn with_args_or_skip(extra_args: &[&str], test: &str) -> Option<Self> {
+        Self::or_skip(test, || Self::start_with_args(1, extra_args))
+    }
+
+    fn or_skip(test: &str, start: impl FnOnce() -> Result<Self, String>) -> Option<Self> {
         if binary().is_none() && !required() {
             eprintln!(
                 "skipping {test}: no etcd binary (install etcd-server or set {ETCD_BIN_ENV}); \
@@ -144,7 +154,7 @@ impl LocalEtcd {
             );
             return None;
         }
-        match Self::start_cluster(size) {
+        match start() {
             Ok(etcd) => Some(etcd),
             Err(e) => panic!("{test}: cannot start etcd: {e}"),
         }
@@ -347,6 +357,21 @@ impl LocalEtcd {
     /// Number of members.
     pub fn size(&self) -> usize {
         self.members.len()
+    }
+
+    /// Writes 4 KiB records (`fill/0`, `fill/1`, ...) until the cluster refuses one, and
+    /// returns the refusal: with a small `--quota-backend-bytes`, the NOSPACE alarm. Panics
+    /// after 1000 writes, so a cluster that never fills up fails the test instead of growing.
+    pub fn fill_until_refused(&self) -> crate::StoreError {
+        let store = self.store();
+        let value = vec![b'x'; 4096];
+        for i in 0..1000 {
+            let put = crate::Op::Put(format!("fill/{i}"), value.clone());
+            if let Err(e) = store.txn(&[], &[put]) {
+                return e;
+            }
+        }
+        panic!("1000 writes of 4 KiB never filled the cluster");
     }
 
     /// Opens a store on every member with [`LocalEtcd::options`].

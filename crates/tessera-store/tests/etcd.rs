@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use tessera_store::local_etcd::{self, LocalEtcd};
+use tessera_store::local_etcd::LocalEtcd;
 use tessera_store::{conformance, open_with, Op, OpenOptions, Store, StoreError, TxnOutcome};
 
 fn short_timeout() -> OpenOptions {
@@ -101,38 +101,14 @@ fn too_many_ops_is_refused_with_the_limit_named() {
     assert!(msg.contains(&etcd.url()), "{msg}");
 }
 
-/// One member started with `args`, or `None` (after saying why) when no etcd is installed
-/// outside CI.
-fn etcd_with_args(test: &str, args: &[&str]) -> Option<LocalEtcd> {
-    if local_etcd::binary().is_none() && !local_etcd::required() {
-        eprintln!("skipping {test}: no etcd binary; under CI=true this is a failure");
-        return None;
-    }
-    Some(
-        LocalEtcd::start_with_args(1, args)
-            .unwrap_or_else(|e| panic!("{test}: cannot start etcd: {e}")),
-    )
-}
-
-/// Writes 4 KiB records until the cluster refuses one; at most 1000, so a cluster that
-/// never fills up fails the test instead of running on.
-fn fill_until_refused(store: &dyn Store) -> StoreError {
-    let value = vec![b'x'; 4096];
-    for i in 0..1000 {
-        if let Err(e) = store.txn(&[], &[Op::Put(format!("fill/{i}"), value.clone())]) {
-            return e;
-        }
-    }
-    panic!("1000 writes of 4 KiB never filled the 256 KiB quota");
-}
-
 #[test]
 fn a_full_database_says_so_and_how_to_free_space() {
-    let Some(etcd) = etcd_with_args("NOSPACE", &["--quota-backend-bytes", "262144"]) else {
+    let Some(etcd) = LocalEtcd::with_args_or_skip(&["--quota-backend-bytes", "262144"], "NOSPACE")
+    else {
         return;
     };
     let store = etcd.store();
-    let err = fill_until_refused(&store);
+    let err = etcd.fill_until_refused();
     assert!(matches!(err, StoreError::Full { .. }), "{err:?}");
     assert!(!err.is_transient(), "{err}");
     let msg = err.to_string();
@@ -158,7 +134,9 @@ fn a_full_database_says_so_and_how_to_free_space() {
 
 #[test]
 fn a_record_over_max_request_bytes_is_named_with_the_limit() {
-    let Some(etcd) = etcd_with_args("max-request-bytes", &["--max-request-bytes", "4096"]) else {
+    let Some(etcd) =
+        LocalEtcd::with_args_or_skip(&["--max-request-bytes", "4096"], "max-request-bytes")
+    else {
         return;
     };
     let store = etcd.store();
