@@ -46,7 +46,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::{
     Compare, KeyValue, Op, OpenError, OpenOptions, Read, ReadResult, Snapshot, Store, StoreError,
-    TxnOutcome,
+    TxnLimits, TxnOutcome,
 };
 
 /// Key prefix used when none is configured. The version segment lets a future incompatible
@@ -761,6 +761,14 @@ impl Store for EtcdStore {
     fn describe(&self) -> String {
         self.describe.clone()
     }
+
+    /// etcd's defaults: a cluster that raised them still takes requests split to these.
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        Some(TxnLimits {
+            max_ops: 128,
+            max_bytes: 1536 * 1024,
+        })
+    }
 }
 
 /// The TLS settings when the URL asks for TLS (`None` for a plain URL, which refuses TLS
@@ -1127,6 +1135,45 @@ mod tests {
             let err = parse(url).unwrap_err();
             assert!(err.contains(needle), "{url}: {err}");
             assert!(err.contains(&format!("{url:?}")), "{url}: {err}");
+        }
+    }
+
+    #[test]
+    fn stale_tokens_are_told_from_bad_credentials() {
+        use tonic::{Code, Status};
+        for (code, message, stale) in [
+            (
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+                true,
+            ),
+            (
+                Code::InvalidArgument,
+                "etcdserver: revision of auth store is old",
+                true,
+            ),
+            (Code::Unknown, "auth: token is expired", true),
+            (
+                Code::InvalidArgument,
+                "etcdserver: authentication failed, invalid user ID or password",
+                false,
+            ),
+            (
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+                false,
+            ),
+            (
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+                false,
+            ),
+        ] {
+            assert_eq!(
+                is_stale_token(&Status::new(code, message)),
+                stale,
+                "{message}"
+            );
         }
     }
 

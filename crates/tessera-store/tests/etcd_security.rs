@@ -1,6 +1,7 @@
 //! The etcd backend against a member that serves only TLS with client certificates, and one
 //! with authentication enabled: the right settings work, wrong ones are refused with a
-//! message that says what to fix.
+//! message that says what to fix, and an expired token is replaced without the caller seeing
+//! it. Users and roles are set up with `etcdctl`, as an operator would.
 //!
 //! Certificates are made with the `openssl` command for each run. Without etcd (or openssl)
 //! these tests print why and pass, except under `CI=true`, where they fail.
