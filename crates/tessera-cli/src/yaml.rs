@@ -162,10 +162,21 @@ fn scalar_string(s: &str, level: usize) -> String {
     if resolves_to_non_string(s) {
         return double_quoted(s);
     }
-    if plain_allowed(s) {
-        return s.to_string();
+    if !plain_allowed(s) {
+        return format!("'{}'", s.replace('\'', "''"));
     }
-    format!("'{}'", s.replace('\'', "''"))
+    if reads_back_plain(s) {
+        s.to_string()
+    } else {
+        double_quoted(s)
+    }
+}
+
+/// Whether `s`, written plain, reads back as the same string with serde-saphyr, the parser
+/// `tessera apply` reads manifests with. It resolves more plain scalars than YAML 1.1 says
+/// (`yeS` as a boolean, `0X1F` as a number), so the rules above alone do not cover it.
+fn reads_back_plain(s: &str) -> bool {
+    matches!(serde_saphyr::from_str::<Value>(s), Ok(Value::String(read)) if read == s)
 }
 
 fn literal_block(s: &str, level: usize) -> String {
@@ -215,8 +226,7 @@ fn resolves_to_non_string(s: &str) -> bool {
         ".inf", ".Inf", ".INF", "+.inf", "+.Inf", "+.INF", "-.inf", "-.Inf", "-.INF", ".nan",
         ".NaN", ".NAN", "<<",
     ];
-    // serde-saphyr, which `tessera apply` reads with, takes booleans in any case (`yeS`).
-    if WORDS.iter().any(|w| w.eq_ignore_ascii_case(s)) {
+    if WORDS.contains(&s) {
         return true;
     }
     let Some(first) = s.chars().next() else {
@@ -390,6 +400,7 @@ mod tests {
             ("12", "\"12\""),
             ("1e3", "\"1e3\""),
             ("0x1F", "\"0x1F\""),
+            ("0X1F", "\"0X1F\""),
             ("1:20", "\"1:20\""),
             ("2024-01-02", "\"2024-01-02\""),
             ("192.168.0.0/24", "192.168.0.0/24"),
