@@ -202,6 +202,7 @@ fn in_use(ip: IpAddr, handle: &str, a: &Attributes) -> String {
     for (name, value) in [
         ("namespace", &a.namespace),
         ("pod", &a.pod),
+        ("pod-uid", &a.pod_uid),
         ("node", &a.node),
         ("interface", &a.interface),
         ("container", &a.container_id),
@@ -290,6 +291,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
         attrs: Attributes {
             namespace: args.namespace.clone(),
             pod: args.pod.clone(),
+            pod_uid: None,
             node: Some(args.node.clone()),
             interface: args.interface.clone(),
             container_id: args.container_id.clone(),
@@ -363,5 +365,29 @@ mod tests {
         assert_eq!(percent(3, 8), 38); // 37.5 rounds to even
         assert_eq!(percent(0, 0), 0);
         assert_eq!(percent(u128::MAX / 2, u128::MAX), 50);
+    }
+
+    #[test]
+    fn an_address_in_use_shows_the_pod_uid_after_the_pod() {
+        let attrs = Attributes {
+            namespace: Some("default".into()),
+            pod: Some("web-0".into()),
+            pod_uid: Some("6f1c2b9e-2f4d-4c1a-9a53-0e7d8b1f4a10".into()),
+            node: Some("node-a".into()),
+            interface: Some("eth0".into()),
+            container_id: Some("c1".into()),
+        };
+        assert_eq!(
+            in_use("10.22.0.5".parse().unwrap(), "pods:c1:eth0", &attrs),
+            "IP 10.22.0.5 is in use\n\
+             Attributes:\n\
+            \x20 handle: pods:c1:eth0\n\
+            \x20 namespace: default\n\
+            \x20 pod: web-0\n\
+            \x20 pod-uid: 6f1c2b9e-2f4d-4c1a-9a53-0e7d8b1f4a10\n\
+            \x20 node: node-a\n\
+            \x20 interface: eth0\n\
+            \x20 container: c1\n"
+        );
     }
 }

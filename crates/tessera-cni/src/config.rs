@@ -146,6 +146,8 @@ pub struct NetConf {
     pub pod_labels: Option<BTreeMap<String, String>>,
     /// Addresses asked for through the `ips` runtime capability.
     pub runtime_ips: Vec<IpAddr>,
+    /// Addresses asked for through the CNI "args" convention, `args.cni.ips`.
+    pub args_ips: Vec<IpAddr>,
     /// Addresses of `prevResult`, when one was passed.
     pub prev_result: Option<Vec<IpAddr>>,
     /// GC: attachments that stay; `None` when the runtime passed no list.
@@ -269,6 +271,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<NetConf, CniError> {
             )))
         }
     };
+    let args_ips = args_ips(map)?;
     let prev_result = match map.get("prevResult") {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_prev_result(v)?),
@@ -290,6 +293,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<NetConf, CniError> {
         pod_annotations,
         pod_labels,
         runtime_ips,
+        args_ips,
         prev_result,
         valid_attachments,
         unknown_ipam_keys,
@@ -573,39 +577,46 @@ fn parse_runtime_config(rc: &Map<String, Value>) -> Result<RuntimeConfig, CniErr
             ))
         }
     };
-    let mut ips = Vec::new();
-    match rc.get("ips") {
-        None | Some(Value::Null) => {}
-        Some(Value::Array(items)) => {
-            for (i, item) in items.iter().enumerate() {
-                let text = item.as_str().ok_or_else(|| {
-                    CniError::new(
-                        code::BAD_POD_REQUEST,
-                        format!(
-                            "runtimeConfig.ips[{i}] must be a string, not {}",
-                            kind(item)
-                        ),
-                    )
-                })?;
-                ips.push(parse_addr_or_cidr(text).ok_or_else(|| {
-                    CniError::new(
-                        code::BAD_POD_REQUEST,
-                        format!("runtimeConfig.ips[{i}] {text:?} is not an IP address"),
-                    )
-                })?);
-            }
-        }
-        Some(other) => {
-            return Err(CniError::new(
-                code::BAD_POD_REQUEST,
-                format!(
-                    "runtimeConfig.ips must be a list of addresses, not {}",
-                    kind(other)
-                ),
-            ))
-        }
-    }
+    let ips = ip_list(rc.get("ips"), "runtimeConfig.ips")?;
     Ok((annotations, labels, ips))
+}
+
+/// The addresses of the CNI "args" convention, `args.cni.ips`. Other keys of `args` belong
+/// to other plugins and runtimes, so an `args` or `args.cni` that is not an object is
+/// passed over like them.
+fn args_ips(map: &Map<String, Value>) -> Result<Vec<IpAddr>, CniError> {
+    let value = map
+        .get("args")
+        .and_then(|a| a.get("cni"))
+        .and_then(|c| c.get("ips"));
+    ip_list(value, "args.cni.ips")
+}
+
+/// A list of addresses asked for (`["10.0.0.5", "fd00::5/64"]`) found at `path`; absent or
+/// null is none. Anything else is the pod's malformed request (107).
+fn ip_list(value: Option<&Value>, path: &str) -> Result<Vec<IpAddr>, CniError> {
+    let bad = |msg: String| CniError::new(code::BAD_POD_REQUEST, msg);
+    let items = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(bad(format!(
+                "{path} must be a list of addresses, not {}",
+                kind(other)
+            )))
+        }
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let text = item
+                .as_str()
+                .ok_or_else(|| bad(format!("{path}[{i}] must be a string, not {}", kind(item))))?;
+            parse_addr_or_cidr(text)
+                .ok_or_else(|| bad(format!("{path}[{i}] {text:?} is not an IP address")))
+        })
+        .collect()
 }
 
 /// `10.0.0.5` or `10.0.0.5/24` (the prefix is ignored: the pool decides it).
@@ -882,6 +893,24 @@ mod tests {
         let mut v = base();
         v["runtimeConfig"] = json!({POD_ANNOTATIONS_KEY: {"n": 1}});
         assert_eq!(conf(v).unwrap_err().code, 107);
+    }
+
+    #[test]
+    fn args_cni_ips_are_read_and_other_args_left_alone() {
+        let mut v = base();
+        v["args"] = json!({"cni": {"ips": ["10.0.0.9/24", "fd00::9"], "labels": []},
+                           "org.example": {"ips": 3}});
+        let c = conf(v.clone()).unwrap();
+        assert_eq!(c.args_ips.len(), 2);
+        assert!(c.runtime_ips.is_empty());
+        v["args"] = json!("not an object");
+        assert!(conf(v.clone()).unwrap().args_ips.is_empty());
+        v["args"] = json!({"cni": {"ips": ["10.0.0.9", "x"]}});
+        let e = conf(v).unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str()),
+            (107, "args.cni.ips[1] \"x\" is not an IP address")
+        );
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The `CNI_*` environment variables of one invocation.
 
+use std::net::IpAddr;
+
 use tessera_core::text::quoted;
 
-use crate::error::CniError;
+use crate::config::parse_addr_or_cidr;
+use crate::error::{code, CniError};
 
 /// The operation asked for in `CNI_COMMAND`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +76,31 @@ impl CniEnv {
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
             .filter(|v| !v.is_empty())
+    }
+
+    /// The addresses `IP` asks for, as Podman's `--ip` and host-local's users send them: one
+    /// address, or several separated by commas, each with an optional prefix (ignored: the
+    /// pool decides it). Every `IP` entry counts. Read only by ADD, so that a malformed value
+    /// never stands in the way of a DEL.
+    pub fn requested_ips(&self) -> Result<Vec<IpAddr>, CniError> {
+        let mut ips = Vec::new();
+        for (_, value) in self.args.iter().filter(|(k, v)| k == "IP" && !v.is_empty()) {
+            for item in value.split(',') {
+                let ip = parse_addr_or_cidr(item).ok_or_else(|| {
+                    CniError::new(
+                        code::BAD_POD_REQUEST,
+                        format!(
+                            "CNI_ARGS IP={}: {} is not an IP address (IP takes one address, or \
+                             several separated by commas, such as IP=10.22.0.5,fd00::5)",
+                            quoted(value),
+                            quoted(item.trim())
+                        ),
+                    )
+                })?;
+                ips.push(ip);
+            }
+        }
+        Ok(ips)
     }
 }
 
@@ -232,6 +260,31 @@ mod tests {
         assert_eq!(env.arg("K8S_POD_NAME"), Some("p"));
         let e = parse_args("A=1;oops").unwrap_err();
         assert!(e.msg.contains("\"oops\" is not KEY=VALUE"), "{}", e.msg);
+    }
+
+    #[test]
+    fn ip_takes_addresses_separated_by_commas() {
+        let env = |args: &str| CniEnv {
+            args: parse_args(args).unwrap(),
+            ..CniEnv::default()
+        };
+        let ips = |args: &str| -> Vec<String> {
+            let got = env(args).requested_ips().unwrap();
+            got.iter().map(ToString::to_string).collect()
+        };
+        assert!(ips("IgnoreUnknown=1;K8S_POD_NAME=web").is_empty());
+        assert!(ips("IP=").is_empty());
+        assert_eq!(ips("IP=10.0.0.5"), ["10.0.0.5"]);
+        assert_eq!(ips("IP=10.0.0.5/24, fd00::5"), ["10.0.0.5", "fd00::5"]);
+        assert_eq!(ips("IP=10.0.0.5;IP=10.0.0.6"), ["10.0.0.5", "10.0.0.6"]);
+        let e = env("IP=10.0.0.5,,fd00::5").requested_ips().unwrap_err();
+        assert_eq!(e.code, code::BAD_POD_REQUEST);
+        assert!(
+            e.msg
+                .starts_with("CNI_ARGS IP=\"10.0.0.5,,fd00::5\": \"\" is not an IP address"),
+            "{}",
+            e.msg
+        );
     }
 
     #[test]

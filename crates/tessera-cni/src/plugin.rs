@@ -144,7 +144,7 @@ impl Invocation<'_> {
 
     fn add(&self) -> Result<Value, CniError> {
         let node = node_name(&self.conf)?;
-        let request = self.assign_request(&node)?;
+        let (request, origins) = self.assign_request(&node)?;
         let (ipam, datastore) = self.open()?;
         let at = || self.where_(&node, &datastore);
         let handle = request.handle.clone();
@@ -156,7 +156,7 @@ impl Invocation<'_> {
         for _ in 0..3 {
             if let Some(done) = ipam
                 .assign_new_unless(&request, &aliases)
-                .map_err(|e| CniError::from(e).context(at()))?
+                .map_err(|e| refused(e, &origins).context(at()))?
             {
                 fresh = Some(done);
                 break;
@@ -244,6 +244,7 @@ impl Invocation<'_> {
         let this = Attributes {
             namespace: namespace.map(str::to_string),
             pod: pod.map(str::to_string),
+            pod_uid: self.env.arg("K8S_POD_UID").map(str::to_string),
             container_id: Some(self.env.container_id.clone()),
             interface: Some(self.env.ifname.clone()),
             node: None,
@@ -317,19 +318,53 @@ impl Invocation<'_> {
         pod_pools(&self.conf.pod_annotations, &self.env.ifname)
     }
 
-    fn assign_request(&self, node: &str) -> Result<AssignRequest, CniError> {
+    /// The addresses the runtime asks for, and where: `runtimeConfig.ips`, else
+    /// `args.cni.ips`, else `IP` in `CNI_ARGS`. The first of them that names addresses
+    /// decides and the others are ignored, with a warning when they ask for other
+    /// addresses: a runtime fills `runtimeConfig` only for a capability the configuration
+    /// declares, and the CNI conventions have `args` override the older `CNI_ARGS`.
+    fn runtime_ips(&self) -> Result<Option<(&'static str, Vec<IpAddr>)>, CniError> {
+        let sources = [
+            ("runtimeConfig.ips", self.conf.runtime_ips.clone()),
+            ("args.cni.ips", self.conf.args_ips.clone()),
+            ("CNI_ARGS IP", self.env.requested_ips()?),
+        ];
+        let mut given = sources.into_iter().filter(|(_, ips)| !ips.is_empty());
+        let Some((source, ips)) = given.next() else {
+            return Ok(None);
+        };
+        let wanted: BTreeSet<&IpAddr> = ips.iter().collect();
+        let ignored: Vec<String> = given
+            .filter(|(_, other)| other.iter().collect::<BTreeSet<_>>() != wanted)
+            .map(|(name, other)| format!("{name} ({})", list(other.iter())))
+            .collect();
+        if !ignored.is_empty() {
+            self.log.warn(format_args!(
+                "{source} decides the addresses ({}); {} {} ignored",
+                list(ips.iter()),
+                ignored.join(" and "),
+                if ignored.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        Ok(Some((source, ips)))
+    }
+
+    /// The allocator request, and where each address it names by value was asked for.
+    fn assign_request(&self, node: &str) -> Result<(AssignRequest, Origins), CniError> {
         let conf = &self.conf;
         let annotations = &conf.pod_annotations;
         let bad_annotation = |key: &str, e: String| {
             CniError::new(code::BAD_POD_REQUEST, format!("pod annotation {key}: {e}"))
         };
-        let mut ips: Vec<IpAddr> = Vec::new();
-        let mut push = |ip: IpAddr| {
-            if !ips.contains(&ip) {
-                ips.push(ip);
+        let mut origins: Origins = Vec::new();
+        let mut push = |ip: IpAddr, source: &'static str| {
+            if !origins.iter().any(|(o, _)| *o == ip) {
+                origins.push((ip, source));
             }
         };
-        conf.runtime_ips.iter().copied().for_each(&mut push);
+        if let Some((source, ips)) = self.runtime_ips()? {
+            ips.into_iter().for_each(|ip| push(ip, source));
+        }
         if let Some(value) = annotations.get(IP_ADDRS_ANNOTATION) {
             let items =
                 parse_pool_annotation(value).map_err(|e| bad_annotation(IP_ADDRS_ANNOTATION, e))?;
@@ -340,9 +375,10 @@ impl Invocation<'_> {
                         format!("{item:?} is not an IP address"),
                     )
                 })?;
-                push(ip);
+                push(ip, "pod annotation cni.projectcalico.org/ipAddrs");
             }
         }
+        let ips: Vec<IpAddr> = origins.iter().map(|(ip, _)| *ip).collect();
         // Spiderpool's annotations and Calico's are one rule: the workload's own choice.
         let mut pools = self.pod_pools()?.pools;
         for key in [IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION] {
@@ -366,12 +402,13 @@ impl Invocation<'_> {
             ));
         }
         let env = &self.env;
-        Ok(AssignRequest {
+        let request = AssignRequest {
             handle: self.handle(),
             node: node.to_string(),
             attrs: Attributes {
                 namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
                 pod: env.arg("K8S_POD_NAME").map(str::to_string),
+                pod_uid: env.arg("K8S_POD_UID").map(str::to_string),
                 node: Some(node.to_string()),
                 interface: Some(env.ifname.clone()),
                 container_id: Some(env.container_id.clone()),
@@ -382,7 +419,8 @@ impl Invocation<'_> {
             pools,
             default_pools: default_pools(conf),
             pod_labels: conf.pod_labels.clone(),
-        })
+        };
+        Ok((request, origins))
     }
 
     /// The result's addresses with their prefix and gateway. Fails when a gateway is an
@@ -667,6 +705,28 @@ impl Invocation<'_> {
             }
             Err(e) => Err(unavailable(CniError::from(e).context(at))),
         }
+    }
+}
+
+/// Addresses an ADD asks for by value, each with where it was asked for (`CNI_ARGS IP`, ...).
+type Origins = Vec<(IpAddr, &'static str)>;
+
+/// An allocator error as a CNI error; when it refuses an address asked for by value, the
+/// details say where it was asked for, so that the user knows what to change.
+fn refused(e: IpamError, origins: &Origins) -> CniError {
+    let ip = match &e {
+        IpamError::AddressNotInPool(ip)
+        | IpamError::AddressInUse { ip, .. }
+        | IpamError::AddressReserved { ip, .. }
+        | IpamError::AddressUnusable { ip, .. }
+        | IpamError::LeftoverBlock { ip, .. } => Some(*ip),
+        _ => None,
+    };
+    let origin = origins.iter().find(|(o, _)| Some(*o) == ip);
+    let err = CniError::from(e);
+    match origin {
+        Some((ip, source)) => err.context(format!("{ip} was asked for in {source}")),
+        None => err,
     }
 }
 

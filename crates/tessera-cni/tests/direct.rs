@@ -947,6 +947,7 @@ fn legacy_assign(env: &Env, handle: &str, cid: &str, pod: &str) -> std::net::IpA
             attrs: tessera_core::ipam::Attributes {
                 namespace: Some("default".into()),
                 pod: Some(pod.into()),
+                pod_uid: None,
                 node: Some("node-a".into()),
                 interface: Some("eth0".into()),
                 container_id: Some(cid.into()),
@@ -1064,4 +1065,198 @@ fn node_names_that_kubernetes_would_refuse_are_refused() {
     assert_eq!(env.handle_count(), 0);
     let report = env.assert_consistent();
     assert_eq!(report.blocks, 0);
+}
+
+/// An attachment whose runtime sends `extra` in CNI_ARGS after what Podman sends (Podman
+/// names the container in `K8S_POD_NAME` and sends no namespace).
+fn podman_att(cid: &str, extra: &str) -> Att {
+    let mut att = Att::new(cid);
+    att.args = format!("IgnoreUnknown=1;K8S_POD_NAME={cid};{extra}");
+    att
+}
+
+#[test]
+fn cni_args_ip_asks_for_addresses_as_podman_sends_them() {
+    let env = Env::new();
+    env.pool("v4", "10.60.0.0/24", 28, json!({}));
+    env.pool("v6", "fd00:60::/120", 124, json!({}));
+    let conf = env.conf("1.0.0", json!({"assign_ipv6": true}));
+    // `podman run --ip 10.60.0.200`: CNI_ARGS only, no runtimeConfig.ips.
+    let web = podman_att("web", "IP=10.60.0.200");
+    let one = json!([{"address": "10.60.0.200/24"}]);
+    assert_eq!(env.add(&conf, &web)["ips"], one);
+    assert_eq!(env.add(&conf, &web)["ips"], one, "a repeated ADD");
+    // Several addresses, both families, with or without a prefix.
+    let both = podman_att("db", "IP=10.60.0.201/24, fd00:60::c9");
+    assert_eq!(
+        env.add(&conf, &both)["ips"],
+        json!([{"address": "10.60.0.201/24"}, {"address": "fd00:60::c9/120"}])
+    );
+    let handle = env.ipam().handle("tnet:web:eth0").unwrap().expect("held");
+    assert_eq!(handle.attrs.pod.as_deref(), Some("web"));
+    for att in [&web, &both] {
+        env.cni("DEL", &conf, Some(att)).ok();
+    }
+    assert_eq!(env.handle_count(), 0);
+    env.assert_consistent();
+}
+
+#[test]
+fn args_cni_ips_ask_for_addresses() {
+    let env = env_with_pool();
+    let mut conf = env.conf("1.0.0", json!({}));
+    conf["args"] = json!({"cni": {"ips": ["10.22.0.201/24", "10.22.0.202"],
+                                  "labels": [{"key": "app", "value": "web"}]}});
+    assert_eq!(
+        env.add(&conf, &Att::new("c1"))["ips"],
+        json!([{"address": "10.22.0.201/24"}, {"address": "10.22.0.202/24"}])
+    );
+    // Other runtimes' args are not this plugin's business: one automatic address.
+    conf["args"] = json!({"org.example": {"ips": 5}});
+    let ips = env.add(&conf, &Att::new("c2"))["ips"].clone();
+    assert_eq!(ips.as_array().map(Vec::len), Some(1), "{ips}");
+    assert!(!["10.22.0.201/24", "10.22.0.202/24"].contains(&ips[0]["address"].as_str().unwrap()));
+    env.assert_consistent();
+}
+
+#[test]
+fn runtime_config_ips_then_args_then_cni_args_decide_the_addresses() {
+    let env = env_with_pool();
+    let mut conf = env.conf("1.0.0", json!({}));
+    conf["runtimeConfig"] = json!({"ips": ["10.22.0.210"]});
+    conf["args"] = json!({"cni": {"ips": ["10.22.0.211"]}});
+    let run = env.cni("ADD", &conf, Some(&podman_att("c1", "IP=10.22.0.212")));
+    assert_eq!(run.ok()["ips"], json!([{"address": "10.22.0.210/24"}]));
+    assert!(
+        run.stderr.contains(
+            "runtimeConfig.ips decides the addresses (10.22.0.210); args.cni.ips (10.22.0.211) \
+             and CNI_ARGS IP (10.22.0.212) are ignored"
+        ),
+        "{}",
+        run.stderr
+    );
+    conf.as_object_mut().unwrap().remove("runtimeConfig");
+    let run = env.cni("ADD", &conf, Some(&podman_att("c2", "IP=10.22.0.212")));
+    assert_eq!(run.ok()["ips"], json!([{"address": "10.22.0.211/24"}]));
+    // The same addresses from two sources are one request, and nothing to warn about.
+    let run = env.cni("ADD", &conf, Some(&podman_att("c2", "IP=10.22.0.211")));
+    assert_eq!(run.ok()["ips"], json!([{"address": "10.22.0.211/24"}]));
+    assert!(!run.stderr.contains("ignored"), "{}", run.stderr);
+    assert_eq!(holder(&env, "10.22.0.212".parse().unwrap()), None);
+    assert_eq!(env.handle_count(), 2);
+    env.assert_consistent();
+}
+
+#[test]
+fn requested_addresses_that_cannot_be_given_fail_and_allocate_nothing() {
+    let env = env_with_pool();
+    env.reserve("gw", &["10.22.0.1"]);
+    let mut conf = env.conf("1.0.0", json!({}));
+    env.add(&conf, &podman_att("web", "IP=10.22.0.50"));
+    let cases = [
+        (
+            "IP=notanip",
+            107,
+            "CNI_ARGS IP=\"notanip\": \"notanip\" is not an IP address (IP takes one address, \
+             or several separated by commas, such as IP=10.22.0.5,fd00::5)",
+        ),
+        (
+            "IP=10.22.0.60,",
+            107,
+            "CNI_ARGS IP=\"10.22.0.60,\": \"\" is not an IP address (IP takes one address, or \
+             several separated by commas, such as IP=10.22.0.5,fd00::5)",
+        ),
+        (
+            "IP=10.22.0.60,10.99.0.1",
+            101,
+            "address 10.99.0.1 is not in any IP pool",
+        ),
+        (
+            "IP=10.22.0.1",
+            101,
+            "address 10.22.0.1 is reserved by IPReservation \"gw\"",
+        ),
+        (
+            "IP=10.22.0.60,10.22.0.50",
+            101,
+            "address 10.22.0.50 is already in use by handle \"tnet:web:eth0\"",
+        ),
+    ];
+    for (i, (args, code, msg)) in cases.into_iter().enumerate() {
+        let run = env.cni("ADD", &conf, Some(&podman_att(&format!("c{i}"), args)));
+        assert_eq!(run.err(code), msg, "{args}");
+        if code == 101 {
+            assert!(
+                run.full_error()
+                    .contains("asked for in CNI_ARGS IP; network \"tnet\""),
+                "{}",
+                run.full_error()
+            );
+        }
+    }
+    conf["args"] = json!({"cni": {"ips": ["10.22.0.60", 7]}});
+    assert_eq!(
+        env.cni("ADD", &conf, Some(&Att::new("c8"))).err(107),
+        "args.cni.ips[1] must be a string, not a number"
+    );
+    conf["args"] = json!({"cni": {"ips": "10.22.0.60"}});
+    assert_eq!(
+        env.cni("ADD", &conf, Some(&Att::new("c8"))).err(107),
+        "args.cni.ips must be a list of addresses, not a string"
+    );
+    conf["args"] = json!({"cni": {"ips": ["10.22.0.60", "10.22.0.256"]}});
+    assert_eq!(
+        env.cni("ADD", &conf, Some(&Att::new("c8"))).err(107),
+        "args.cni.ips[1] \"10.22.0.256\" is not an IP address"
+    );
+    conf["args"] = json!({"cni": {"ips": ["10.22.0.1"]}});
+    let run = env.cni("ADD", &conf, Some(&Att::new("c9")));
+    assert_eq!(
+        run.err(101),
+        "address 10.22.0.1 is reserved by IPReservation \"gw\""
+    );
+    assert!(
+        run.full_error().contains("asked for in args.cni.ips"),
+        "{}",
+        run.full_error()
+    );
+    // Nothing was allocated: the first pod's address is the only one.
+    assert_eq!(holder(&env, "10.22.0.60".parse().unwrap()), None);
+    assert_eq!(env.handle_count(), 1);
+    env.assert_consistent();
+}
+
+#[test]
+fn the_pod_uid_is_kept_with_the_attachment() {
+    let env = env_with_pool();
+    let conf = env.conf("1.0.0", json!({}));
+    // What containerd and CRI-O send.
+    let mut att = Att::new("c1");
+    att.args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;\
+                K8S_POD_INFRA_CONTAINER_ID=c1;K8S_POD_UID=6f1c2b9e-2f4d-4c1a-9a53-0e7d8b1f4a10"
+        .into();
+    env.add(&conf, &att);
+    let attrs = env
+        .ipam()
+        .handle("tnet:c1:eth0")
+        .unwrap()
+        .expect("held")
+        .attrs;
+    assert_eq!(
+        (attrs.namespace.as_deref(), attrs.pod.as_deref()),
+        (Some("default"), Some("web-0"))
+    );
+    assert_eq!(
+        attrs.pod_uid.as_deref(),
+        Some("6f1c2b9e-2f4d-4c1a-9a53-0e7d8b1f4a10")
+    );
+    // Podman sends none.
+    env.add(&conf, &podman_att("c2", ""));
+    let attrs = env
+        .ipam()
+        .handle("tnet:c2:eth0")
+        .unwrap()
+        .expect("held")
+        .attrs;
+    assert_eq!(attrs.pod_uid, None);
 }

@@ -1,7 +1,8 @@
 //! Root tests: Debian's `bridge`, `macvlan` and `ptp` plugins call `tessera-ipam` for two
 //! pods, each in a network namespace this test creates, with the "host" side in another
 //! namespace of its own. The pods exchange UDP datagrams; DEL removes the interfaces and
-//! releases the addresses. No packet leaves the namespaces made here.
+//! releases the addresses. No packet leaves the namespaces made here. Rootful Podman with its
+//! CNI backend runs containers with `--ip` on a bridge network served by `tessera-ipam`.
 //!
 //! Outside CI, a machine without root or without the plugins skips these tests with a printed
 //! reason; under `CI=true` that is a failure.
@@ -43,7 +44,12 @@ fn missing_prerequisite() -> Option<String> {
 
 /// True when the test may run; prints why not otherwise, and fails under CI.
 fn prerequisites_met(test: &str) -> bool {
-    match missing_prerequisite() {
+    can_run(test, missing_prerequisite())
+}
+
+/// True when nothing is `missing`; prints what is otherwise, and fails under CI.
+fn can_run(test: &str, missing: Option<String>) -> bool {
+    match missing {
         None => true,
         Some(reason) if in_ci() => panic!("{test}: cannot run under CI=true: {reason}"),
         Some(reason) => {
@@ -477,5 +483,250 @@ fn the_host_name_is_lower_cased_and_must_be_a_node_name() {
         run.stdout
     );
     assert_eq!(env.handle_count(), 1);
+    env.assert_consistent();
+}
+
+/// Why the Podman test cannot run here, if it cannot.
+fn podman_missing() -> Option<String> {
+    if let Some(reason) = missing_prerequisite() {
+        return Some(reason);
+    }
+    for (tool, package) in [
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("nsenter", "util-linux"),
+        ("timeout", "coreutils"),
+    ] {
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            return Some(format!("{tool} is missing (apt-get install {package})"));
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        return Some("/bin/busybox is missing (apt-get install busybox-static)".into());
+    }
+    None
+}
+
+/// Rootful Podman with its CNI backend, kept to a temporary directory: its own
+/// containers.conf, storage, file locks, network configurations, and plugin directories
+/// (the test binary's, then Debian's). It runs inside a network namespace of the test, so
+/// the bridge it makes there goes away with the namespace. Dropping it removes its
+/// containers (which releases their addresses and deletes their namespaces), then every
+/// file.
+struct Podman {
+    ns: Netns,
+    dir: tempfile::TempDir,
+}
+
+impl Podman {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path();
+        for sub in ["net.d", "storage", "run", "tmp", "rootfs/bin"] {
+            std::fs::create_dir_all(root.join(sub)).expect("podman directory");
+        }
+        let plugin_dir = Path::new(PLUGIN).parent().expect("target dir");
+        let at = |sub: &str| root.join(sub).to_str().expect("utf-8 path").to_string();
+        // runc rather than crun: crun refuses hosts whose cgroup v2 hierarchy has
+        // controllers next to v1 ones (hybrid mode). Podman raises a rootful container's
+        // open-file and process limits to the maximum, which hosts that are containers
+        // themselves refuse; busybox needs little.
+        let conf = format!(
+            "[containers]\n\
+             default_ulimits = [\"nofile=1024:1024\", \"nproc=1024:1024\"]\n\
+             [network]\n\
+             network_backend = \"cni\"\n\
+             cni_plugin_dirs = [{:?}, {PLUGIN_DIR:?}]\n\
+             network_config_dir = {:?}\n\
+             [engine]\n\
+             runtime = \"runc\"\n\
+             cgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"none\"\n\
+             lock_type = \"file\"\n\
+             tmp_dir = {:?}\n\
+             static_dir = {:?}\n\
+             volume_path = {:?}\n",
+            plugin_dir.to_str().expect("utf-8 path"),
+            at("net.d"),
+            at("tmp"),
+            at("storage/libpod"),
+            at("storage/volumes"),
+        );
+        std::fs::write(root.join("containers.conf"), conf).expect("containers.conf");
+        let storage = format!(
+            "[storage]\ndriver = \"vfs\"\ngraphroot = {:?}\nrunroot = {:?}\n",
+            at("storage"),
+            at("run")
+        );
+        std::fs::write(root.join("storage.conf"), storage).expect("storage.conf");
+        let podman = Self {
+            ns: Netns::new("podman"),
+            dir,
+        };
+        std::fs::copy("/bin/busybox", podman.dir.path().join("rootfs/bin/busybox"))
+            .expect("copy busybox");
+        podman
+    }
+
+    /// `podman ARGS` in the test's namespace with the test's configuration, bounded in time
+    /// even when run from `drop`.
+    fn command(&self, args: &[&str]) -> Command {
+        let root = self.dir.path();
+        let mut cmd = Command::new("timeout");
+        cmd.args([
+            "120",
+            "nsenter",
+            &format!("--net={}", self.ns.path()),
+            "podman",
+        ])
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CONTAINERS_CONF", root.join("containers.conf"))
+        .env("CONTAINERS_STORAGE_CONF", root.join("storage.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Runs `podman ARGS`; returns whether it succeeded, its stdout and its stderr.
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let child = self.command(args).spawn().expect("run podman");
+        let out = wait_bounded(child, Duration::from_secs(150));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `podman ARGS`, which must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = self.run(args);
+        assert!(ok, "podman {args:?} failed: {stderr}");
+        stdout
+    }
+
+    /// What the containers run: a root file system holding a statically linked busybox and
+    /// nothing else, used in place (`--rootfs`), as no registry is reachable from the test
+    /// machines and an image import would write to the host's image cache.
+    fn rootfs(&self) -> String {
+        let path = self.dir.path().join("rootfs");
+        path.to_str().expect("utf-8 path").to_string()
+    }
+
+    /// Writes the configuration list of a network into Podman's configuration directory.
+    fn network(&self, conflist: &Value) {
+        let name = conflist["name"].as_str().expect("network name");
+        let path = self
+            .dir
+            .path()
+            .join("net.d")
+            .join(format!("{name}.conflist"));
+        std::fs::write(path, conflist.to_string()).expect("write conflist");
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self
+            .command(&["rm", "--all", "--force", "--time", "0"])
+            .status();
+        // Nothing is left mounted in the storage once its containers are gone; should a
+        // failed run have left something, it is detached before the directory is removed.
+        let root = self.dir.path().to_str().unwrap_or_default().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if point.starts_with(&root) {
+                let _ = Command::new("umount").args(["-l", point]).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn podman_run_ip_gets_its_address_from_tessera() {
+    if !can_run(
+        "podman_run_ip_gets_its_address_from_tessera",
+        podman_missing(),
+    ) {
+        return;
+    }
+    let env = Env::new();
+    env.pool("pm", "10.124.0.0/24", 26, json!({}));
+    env.reserve("pm-gateway", &["10.124.0.1"]);
+    let podman = Podman::new();
+    let backend = podman.ok(&["info", "--format", "{{.Host.NetworkBackend}}"]);
+    assert_eq!(backend.trim(), "cni", "Podman must use its CNI backend");
+    podman.network(&json!({
+        "cniVersion": "1.0.0", "name": "tsr-podman",
+        "plugins": [{"type": "bridge", "bridge": "tsrpm0", "isGateway": true, "ipMasq": false,
+                     "ipam": {"type": "tessera-ipam", "datastore": env.db(),
+                              "nodename": "node-a"}}]
+    }));
+    let rootfs = podman.rootfs();
+    // `podman run --rootfs --name NAME --network tsr-podman --ip IP FLAGS ROOTFS busybox ARGS`
+    let run = |name: &str, ip: &str, flags: &[&str], busybox: &[&str]| {
+        let mut args = vec!["run", "--rootfs", "--name", name, "--network", "tsr-podman"];
+        args.extend(["--ip", ip]);
+        args.extend_from_slice(flags);
+        args.extend([rootfs.as_str(), "/bin/busybox"]);
+        args.extend_from_slice(busybox);
+        podman.run(&args)
+    };
+
+    // Podman passes `--ip` as CNI_ARGS IP=…; the container gets exactly that address.
+    let show = ["ip", "-4", "addr", "show", "eth0"];
+    let (ok, out, err) = run("probe", "10.124.0.200", &["--rm"], &show);
+    assert!(ok, "podman run failed: {err}");
+    assert!(out.contains("inet 10.124.0.200/24"), "{out}");
+    assert_eq!(env.handle_count(), 0, "--rm released the address");
+
+    // A running container holds it under its attachment, named after the container.
+    let (ok, _, err) = run("web", "10.124.0.201", &["-d"], &["sleep", "120"]);
+    assert!(ok, "podman run -d failed: {err}");
+    let cid = podman.ok(&["inspect", "--format", "{{.Id}}", "web"]);
+    let info = env
+        .ipam()
+        .lookup("10.124.0.201".parse().unwrap())
+        .unwrap()
+        .and_then(|i| i.allocation)
+        .expect("10.124.0.201 is held");
+    assert_eq!(info.handle, format!("tsr-podman:{}:eth0", cid.trim()));
+    assert_eq!(info.attrs.pod.as_deref(), Some("web"));
+
+    // An address no pool holds, or one held already: Podman reports tessera's error and
+    // nothing is allocated.
+    for (name, ip, why) in [
+        (
+            "outside",
+            "10.125.0.9",
+            "address 10.125.0.9 is not in any IP pool",
+        ),
+        (
+            "taken",
+            "10.124.0.201",
+            "address 10.124.0.201 is already in use by handle",
+        ),
+    ] {
+        let (ok, _, err) = run(name, ip, &["--rm"], &["true"]);
+        assert!(!ok, "podman run --ip {ip} succeeded");
+        assert!(err.contains(why), "{err}");
+    }
+    assert_eq!(env.handle_count(), 1);
+
+    podman.ok(&["rm", "--force", "--time", "0", "web"]);
+    assert_eq!(
+        env.handle_count(),
+        0,
+        "removing the container released its address"
+    );
     env.assert_consistent();
 }

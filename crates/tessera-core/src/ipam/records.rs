@@ -19,6 +19,10 @@ pub struct Attributes {
     /// Pod name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// Pod UID (`K8S_POD_UID`): tells a pod from an earlier one of the same name. Records
+    /// written before it was kept have none.
+    #[serde(rename = "uid", default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
     /// Node the address was assigned on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
@@ -257,6 +261,24 @@ mod tests {
             Some(o + 1)
         });
         assert_eq!(seen, [5, 7]);
+    }
+
+    #[test]
+    fn attributes_without_a_pod_uid_read_and_write_as_before() {
+        let before = br#"{"ns":"default","pod":"web-0","node":"n1","if":"eth0","cid":"c1"}"#;
+        let attrs: Attributes = serde_json::from_slice(before).unwrap();
+        assert_eq!(attrs.pod_uid, None);
+        assert_eq!(encode(&attrs), before);
+        let with_uid = Attributes {
+            pod_uid: Some("0b7c4a5e".into()),
+            ..attrs
+        };
+        let text = encode(&with_uid);
+        assert!(text.windows(16).any(|w| w == br#""uid":"0b7c4a5e""#));
+        assert_eq!(
+            serde_json::from_slice::<Attributes>(&text).unwrap(),
+            with_uid
+        );
     }
 
     #[test]
