@@ -90,11 +90,23 @@ fn write_map(out: &mut String, map: &Map<String, Value>, level: usize) {
         if i > 0 || !out.ends_with("- ") {
             indent(out, level);
         }
-        out.push_str(&scalar_string(key, level));
+        let key_text = scalar_string(key, level);
+        if key_text.contains('\n') || key_text.chars().count() > MAX_IMPLICIT_KEY {
+            // Too long or multi-line for a simple key: the explicit `? key` form.
+            out.push_str("? ");
+            out.push_str(&key_text);
+            out.push('\n');
+            indent(out, level);
+        } else {
+            out.push_str(&key_text);
+        }
         out.push(':');
         write_value_after_key(out, &map[key], level);
     }
 }
+
+/// YAML reads a simple (implicit) key only up to 1024 characters, on one line.
+const MAX_IMPLICIT_KEY: usize = 1024;
 
 fn write_value_after_key(out: &mut String, value: &Value, level: usize) {
     match value {
@@ -424,6 +436,21 @@ mod tests {
         assert_eq!(to_yaml(&v), "a:\n  note: |\n    one\n    two\n");
         let v = json!({"note": "one\n\ntwo"});
         assert_eq!(to_yaml(&v), "note: |-\n  one\n\n  two\n");
+    }
+
+    #[test]
+    fn long_and_multi_line_keys_read_back() {
+        let long = "k".repeat(1100);
+        for key in ["x\ny", "x\n", long.as_str(), "short"] {
+            for value in [json!(1), json!({"a": [1, {"b": 2}]}), json!(["a", "b"])] {
+                let v = json!({"outer": {key: value}, key: "top"});
+                let yaml = to_yaml(&v);
+                let back: Value =
+                    serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+                assert_eq!(back, v, "{yaml}");
+            }
+        }
+        assert_eq!(to_yaml(&json!({"x\ny": 1})), "? |-\n  x\n  y\n: 1\n");
     }
 
     #[test]
