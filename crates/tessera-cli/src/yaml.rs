@@ -6,7 +6,6 @@
 //! Runbooks diff this output against saved copies, so the exact layout matters more than
 //! generality; anything a JSON value can hold round-trips through any YAML parser.
 
-use std::cmp::Ordering;
 use std::fmt::Write as _;
 
 use serde_json::{Map, Value};
@@ -33,47 +32,50 @@ fn indent(out: &mut String, n: usize) {
 /// letters), which is what every Calico and Kubernetes tool prints.
 fn sorted_keys(map: &Map<String, Value>) -> Vec<&String> {
     let mut keys: Vec<&String> = map.keys().collect();
-    keys.sort_by(|a, b| go_yaml_key_order(a, b));
+    keys.sort_by_cached_key(|k| go_yaml_sort_key(k));
     keys
 }
 
-fn go_yaml_key_order(a: &str, b: &str) -> Ordering {
-    let ar: Vec<char> = a.chars().collect();
-    let br: Vec<char> = b.chars().collect();
-    let mut i = 0;
-    while i < ar.len() && i < br.len() {
-        if ar[i] == br[i] {
-            i += 1;
-            continue;
-        }
-        let (al, bl) = (ar[i].is_alphabetic(), br[i].is_alphabetic());
-        if al && bl {
-            return ar[i].cmp(&br[i]);
-        }
-        if al || bl {
-            return if bl {
-                Ordering::Less
-            } else {
-                Ordering::Greater
-            };
-        }
-        let number = |r: &[char]| {
-            let digits: Vec<u32> = r[i..].iter().map_while(|c| c.to_digit(10)).collect();
-            let value = digits.iter().fold(0u128, |acc, d| {
-                acc.saturating_mul(10).saturating_add(u128::from(*d))
+/// One piece of a key as go-yaml compares it. The variant order is the sort order: other
+/// characters, then numbers, then letters.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum KeyPart {
+    Other(char),
+    /// A run of digits: by value (significant digits: how many, then which), then the run
+    /// with fewer leading zeros first.
+    Number {
+        significant: usize,
+        digits: String,
+        run: usize,
+    },
+    Letter(char),
+}
+
+/// go-yaml's key order as a sort key. Comparing whole digit runs by value, with no
+/// arithmetic that can saturate, makes it a total order, which sorting requires (go-yaml's
+/// own comparison, character by character, is not one for every key set).
+fn go_yaml_sort_key(key: &str) -> Vec<KeyPart> {
+    let mut parts = Vec::new();
+    let mut chars = key.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            let mut run = String::from(c);
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                run.push(d);
+            }
+            let digits = run.trim_start_matches('0').to_string();
+            parts.push(KeyPart::Number {
+                significant: digits.len(),
+                digits,
+                run: run.len(),
             });
-            (value, digits.len())
-        };
-        let ((an, alen), (bn, blen)) = (number(&ar), number(&br));
-        if an != bn {
-            return an.cmp(&bn);
+        } else if c.is_alphabetic() {
+            parts.push(KeyPart::Letter(c));
+        } else {
+            parts.push(KeyPart::Other(c));
         }
-        if alen != blen {
-            return alen.cmp(&blen);
-        }
-        return ar[i].cmp(&br[i]);
     }
-    ar.len().cmp(&br.len())
+    parts
 }
 
 fn is_block(value: &Value) -> bool {
@@ -455,8 +457,32 @@ mod tests {
 
     #[test]
     fn key_order_follows_go_yaml() {
-        let mut keys = vec!["b10", "b9", "a_b", "aB", "A", "a"];
-        keys.sort_by(|a, b| go_yaml_key_order(a, b));
-        assert_eq!(keys, ["A", "a", "a_b", "aB", "b9", "b10"]);
+        let mut keys = vec!["b10", "b9", "a_b", "aB", "A", "a", "a01", "a1"];
+        keys.sort_by_key(|k| go_yaml_sort_key(k));
+        assert_eq!(keys, ["A", "a", "a_b", "a1", "a01", "aB", "b9", "b10"]);
+    }
+
+    #[test]
+    fn key_order_is_total_and_sorting_never_panics() {
+        // Comparing character by character ordered these in a cycle: a1b < a2 < a12 < a1b.
+        let mut keys = vec!["a12", "a2", "a1b"];
+        keys.sort_by_key(|k| go_yaml_sort_key(k));
+        assert_eq!(keys, ["a1b", "a2", "a12"]);
+        // Every key of up to four pieces, and digit runs too long for any integer type:
+        // sorting them once panicked ("does not correctly implement a total order").
+        let pieces = ["a", "b", "1", "2", "12", "0", "+", "_", &"7".repeat(45)];
+        let mut map = Map::new();
+        let mut grow = vec![String::new()];
+        for _ in 0..4 {
+            grow = grow
+                .iter()
+                .flat_map(|k| pieces.iter().map(move |p| format!("{k}{p}")))
+                .collect();
+            map.extend(grow.iter().map(|k| (k.clone(), Value::Null)));
+        }
+        let sorted = sorted_keys(&map);
+        assert!(sorted
+            .windows(2)
+            .all(|w| go_yaml_sort_key(w[0]) <= go_yaml_sort_key(w[1])));
     }
 }
