@@ -164,7 +164,7 @@ pub fn write(store: &dyn Store, mode: WriteMode, filename: &str) -> anyhow::Resu
 }
 
 /// The allocator's answer to "which addresses leaving a SpiderIPPool are allocated?", so
-/// that shrinking a pool never strands an address in use.
+/// that shrinking or deleting a pool never strands an address in use.
 fn in_use_check(store: &dyn Store) -> impl Fn(&str, &IpRangeSet) -> Result<InUse, StoreError> + '_ {
     move |pool, leaving| {
         Ipam::new(store)
@@ -199,7 +199,9 @@ pub fn delete(store: &dyn Store, args: &DeleteArgs) -> anyhow::Result<String> {
         }
         (None, None) => bail!("give -f FILE or KIND NAME..."),
     };
+    let check = in_use_check(store);
     let outcomes: Vec<Outcome> = Catalog::new(store)
+        .with_in_use_check(&check)
         .delete(&targets, args.skip_not_exists)
         .map_err(explain)?;
     // Like Calico, a node that leaves gives up its blocks: empty ones are freed for other

@@ -335,3 +335,82 @@ fn a_full_etcd_says_what_to_do() {
     // Reads still work, so the operator can look before freeing space.
     ok(&etcd.url(), &["get", "ippool"], "");
 }
+
+/// IPReservations named `{prefix}{i:03}` for each `i`, each reserving `10.{octet}.x.y/32`;
+/// the one at `big` (if any) reserves 6000 addresses, a record of about 100 KB.
+fn reservations(prefix: &str, range: std::ops::Range<u32>, octet: u8, big: Option<u32>) -> String {
+    let mut manifest = String::new();
+    for i in range {
+        manifest.push_str(&format!(
+            "---\napiVersion: projectcalico.org/v3\nkind: IPReservation\nmetadata:\n  \
+             name: {prefix}{i:03}\nspec:\n  reservedCIDRs:\n  - 10.{octet}.{}.{}/32\n",
+            i >> 8,
+            i & 255
+        ));
+        if big == Some(i) {
+            for j in 0..6000u32 {
+                manifest.push_str(&format!("  - 10.250.{}.{}/32\n", j >> 8, j & 255));
+            }
+        }
+    }
+    manifest
+}
+
+/// Every record but the configuration guard (renewed by every configuration change).
+fn records(store: &dyn Store) -> Vec<(String, Vec<u8>)> {
+    store
+        .range("")
+        .unwrap()
+        .into_iter()
+        .filter(|kv| kv.key != keys::CONFIG_GUARD)
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+#[test]
+fn manifests_beyond_one_etcd_transaction_apply_all_or_nothing() {
+    // Requests of at most 96 KiB: a part of 127 small reservations fits, one that also
+    // carries a 100 KB reservation does not.
+    let Some(etcd) = LocalEtcd::with_args_or_skip(&["--max-request-bytes", "98304"], "large apply")
+    else {
+        return;
+    };
+    let url = etcd.url();
+    let store = etcd.store();
+    let five_hundred = reservations("r", 0..500, 1, None);
+    assert_eq!(
+        ok(&url, &["apply", "-f", "-"], &five_hundred),
+        "Successfully applied 500 'IPReservation' resource(s)\n"
+    );
+    assert_eq!(store.range(keys::RESERVATION_PREFIX).unwrap().len(), 500);
+    let before = records(&store);
+    assert_eq!(
+        ok(&url, &["apply", "-f", "-"], &five_hundred),
+        "Successfully applied 500 'IPReservation' resource(s)\n"
+    );
+    assert_eq!(records(&store), before, "an unchanged apply writes nothing");
+
+    // 100 new reservations, then all 500 changed, the 400th document too large for etcd:
+    // the fourth of five transactions fails, and the three before it are undone.
+    let mut failing = reservations("n", 0..100, 2, None);
+    failing.push_str(&reservations("r", 0..500, 3, Some(299)));
+    let out = run(&url, &["apply", "-f", "-"], &failing);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for needle in [
+        "refused a request as too large",
+        "this command was written in 5 transactions to fit the datastore's limits and \
+         transaction 4 failed; the 381 resources written before it were put back as they were, \
+         so nothing was changed",
+    ] {
+        assert!(stderr.contains(needle), "{needle:?} missing: {stderr}");
+    }
+    assert_eq!(records(&store), before, "the store must be as before");
+
+    // Deleting them goes in parts too.
+    assert_eq!(
+        ok(&url, &["delete", "-f", "-"], &five_hundred),
+        "Successfully deleted 500 'IPReservation' resource(s)\n"
+    );
+    assert!(store.range(keys::RESERVATION_PREFIX).unwrap().is_empty());
+}

@@ -345,3 +345,48 @@ fn counts_follow_allocations_and_pools_keep_addresses_in_use() {
         .contains("   2                    10 "));
     env.ok(&["ipam", "check"]);
 }
+
+#[test]
+fn a_pool_holding_addresses_and_a_subnet_with_pools_are_not_deleted() {
+    let env = seeded();
+    let ip = env.ok(&[
+        "ipam",
+        "assign",
+        "--node",
+        "worker5",
+        "--handle",
+        "k8s-pod-network.nginx-0",
+        "--pool",
+        "spiderippool/nginx-v4-ippool",
+    ]);
+    let ip = ip.trim();
+    let refusal = format!(
+        "Error: SpiderIPPool \"nginx-v4-ippool\" still holds 1 allocated address ({ip}) and was \
+         not deleted; release it first (delete the pods that use it, or run `tessera ipam \
+         release --ip ADDRESS`; `tessera ipam show --ip ADDRESS` names the holder), then delete \
+         the pool\n"
+    );
+    assert_eq!(env.fails(&["delete", "sp", "nginx-v4-ippool"]), refusal);
+    let by_file = env.run_with_input(&["delete", "-f", "-"], POOL);
+    assert_eq!(by_file.stderr, refusal);
+    assert_eq!(
+        env.fails(&["delete", "ss", "nginx-subnet-v4"]),
+        "Error: SpiderSubnet \"nginx-subnet-v4\" still has SpiderIPPools of its subnet \
+         10.244.0.0/16 (\"nginx-v4-ippool\") and was not deleted; delete those pools first, or \
+         in the same command\n"
+    );
+    assert!(env
+        .ok(&["get", "sp", "nginx-v4-ippool"])
+        .contains("nginx-v4-ippool"));
+
+    env.ok(&["ipam", "release", "--ip", ip]);
+    assert_eq!(
+        env.ok(&["delete", "sp", "nginx-v4-ippool"]),
+        "Successfully deleted 1 'SpiderIPPool' resource(s)\n"
+    );
+    assert_eq!(
+        env.ok(&["delete", "ss", "nginx-subnet-v4"]),
+        "Successfully deleted 1 'SpiderSubnet' resource(s)\n"
+    );
+    env.ok(&["ipam", "check"]);
+}

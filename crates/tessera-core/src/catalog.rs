@@ -3,12 +3,17 @@
 //! Every command validates everything first ([`validate`], then [`check_pool_against`] and
 //! [`check_spider_against`] against the IPPools, SpiderIPPools and SpiderSubnets in the store
 //! *and* those of the same batch), then writes every change in one store transaction whose
-//! compares cover every key it read (a key that was absent must still be absent). When another
-//! writer got there first, the whole command is re-read and re-checked, up to
-//! [`MAX_ATTEMPTS`] times. A batch with one bad resource writes nothing.
+//! compares cover every key it read (a key that was absent must still be absent; the pools
+//! read are covered by `config/guard`, which every pool write renews). When another writer
+//! got there first, the whole command is re-read and re-checked, up to [`MAX_ATTEMPTS`]
+//! times. A batch with one bad resource writes nothing.
+//!
+//! A store that limits its transactions (etcd: 128 operations) gets a change too large for
+//! one in several, still all or nothing for the user: see [`Catalog::commit_in_parts`].
 //!
 //! The catalog cannot see allocations. A caller that can passes an [`InUseCheck`]
-//! ([`Catalog::with_in_use_check`]) so that addresses in use never leave a SpiderIPPool.
+//! ([`Catalog::with_in_use_check`]) so that addresses in use never leave a SpiderIPPool, by
+//! a change or by its deletion.
 //!
 //! Records are the resources' manifests as JSON, without `metadata.resourceVersion`; on read,
 //! `resourceVersion` is the key's `mod_revision`. `metadata.uid` and
@@ -32,7 +37,10 @@ use crate::net::OverlapIndex;
 use crate::ranges::IpRangeSet;
 use crate::resources::{IPAMConfiguration, IPPool, Kind, Namespace, Node, ObjectMeta, Resource};
 use crate::spider::{check_spider_against, describe_set};
-use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
+use crate::spider::{SpiderIPPool, SpiderSubnet};
+use crate::store::{
+    Compare, KeyValue, Op, Read, Snapshot, Store, StoreError, TxnLimits, TxnOutcome,
+};
 use crate::text::{plain_or_quoted, quoted};
 use crate::validate::{
     check_pool_against, validate, FieldError, ValidationError, IPAM_CONFIG_NAME,
@@ -163,6 +171,74 @@ pub enum CatalogError {
         field: String,
         /// What is wrong and what to do.
         reason: String,
+    },
+    /// A SpiderIPPool to delete still holds allocated addresses (Spiderpool's finalizer keeps
+    /// such a pool until they are released).
+    #[error(
+        "SpiderIPPool {} still holds {count} allocated address{} ({addresses}) and was not \
+         deleted; release {} first (delete the pods that use {}, or run `tessera ipam release \
+         --ip ADDRESS`; `tessera ipam show --ip ADDRESS` names the holder), then delete the pool",
+        quoted(.name),
+        if *.count == 1 { "" } else { "es" },
+        if *.count == 1 { "it" } else { "them" },
+        if *.count == 1 { "it" } else { "them" }
+    )]
+    PoolInUse {
+        /// Name of the pool.
+        name: String,
+        /// How many of its addresses are allocated.
+        count: u128,
+        /// Which (the first ranges of them).
+        addresses: String,
+    },
+    /// A SpiderSubnet to delete still has SpiderIPPools of its subnet (Spiderpool keeps such a
+    /// subnet until they are gone).
+    #[error(
+        "SpiderSubnet {} still has SpiderIPPools of its subnet {subnet} ({}) and was not \
+         deleted; delete those pools first, or in the same command",
+        quoted(.name),
+        .pools.iter().map(|p| quoted(p).to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    SubnetHasPools {
+        /// Name of the subnet.
+        name: String,
+        /// Its `spec.subnet`.
+        subnet: String,
+        /// The pools left.
+        pools: Vec<String>,
+    },
+    /// The pools and configuration of one command need more operations than the store takes
+    /// in one transaction.
+    #[error(
+        "this command changes {count} IPPools, SpiderIPPools, SpiderSubnets or the \
+         IPAMConfiguration; they are checked against one another and written in one \
+         transaction, which needs {needed} operations, and the datastore takes at most \
+         {max_ops} in one (etcd's --max-txn-ops): apply them in several smaller manifests, or \
+         raise --max-txn-ops on every etcd member; nothing was written"
+    )]
+    TooManyTogether {
+        /// How many such resources the command changes.
+        count: usize,
+        /// Operations their transaction needs.
+        needed: usize,
+        /// The store's limit.
+        max_ops: usize,
+    },
+    /// A command too large for one transaction was written in several, and one failed; the
+    /// parts before it were undone (`undo` says how that went).
+    #[error(
+        "{cause}; this command was written in {parts} transactions to fit the datastore's \
+         limits and transaction {failed} failed; {undo}"
+    )]
+    PartFailed {
+        /// Why the part failed.
+        cause: Box<CatalogError>,
+        /// How many parts there were.
+        parts: usize,
+        /// Which one failed (from 1).
+        failed: usize,
+        /// What undoing the earlier parts did.
+        undo: String,
     },
     /// Other writers kept changing the same resources.
     #[error(
@@ -309,6 +385,13 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
     /// Deletes every named resource; fails (deleting nothing) naming every missing one unless
     /// `ignore_missing`. Returns what was deleted. Deleting a pool leaves its allocated blocks
     /// in place, so running workloads keep their addresses.
+    ///
+    /// As in Spiderpool, whose finalizers hold them back: a SpiderIPPool that still holds
+    /// allocated addresses is not deleted (with the [`InUseCheck`] of
+    /// [`Catalog::with_in_use_check`]; the allocator's answer is compared at the write, so an
+    /// address allocated meanwhile makes the delete count again), and neither is a
+    /// SpiderSubnet while SpiderIPPools of its subnet remain, unless the same command deletes
+    /// them.
     pub fn delete(
         &self,
         targets: &[(Kind, String)],
@@ -320,40 +403,124 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             .filter(|t| seen.insert((t.0, t.1.as_str())))
             .cloned()
             .collect();
-        self.retry(|| {
-            let reads: Vec<Read> = unique
-                .iter()
-                .map(|(k, n)| Read::Get(key_of(*k, n)))
-                .collect();
-            let snap = self.store.read(&reads)?;
-            let mut compares = Vec::new();
-            let mut ops = Vec::new();
-            let mut outcomes = Vec::new();
-            let mut problems = Vec::new();
-            for (i, (kind, name)) in unique.iter().enumerate() {
-                let key = key_of(*kind, name);
-                match snap.get(i) {
-                    Some(kv) => {
-                        compares.push(Compare::unchanged(&key, kv.mod_revision));
-                        ops.push(Op::Delete(key));
-                        outcomes.push(Outcome {
-                            kind: *kind,
-                            name: name.clone(),
-                            action: Action::Deleted,
-                        });
-                    }
-                    None if ignore_missing => {}
-                    None => problems.push(CatalogError::NotFound {
+        self.retry(|| self.try_delete(&unique, ignore_missing))
+    }
+
+    /// One attempt at [`Catalog::delete`]; `Ok(None)` when another writer interfered.
+    fn try_delete(
+        &self,
+        unique: &[(Kind, String)],
+        ignore_missing: bool,
+    ) -> Result<Option<Vec<Outcome>>, CatalogError> {
+        let subnets = unique.iter().any(|(k, _)| *k == Kind::SpiderSubnet);
+        // The guard first: every configuration record read after it is covered by its compare.
+        let mut reads = vec![Read::Get(CONFIG_GUARD_KEY.to_string())];
+        if subnets {
+            reads.push(Read::Prefix(keys::SPIDER_POOL_PREFIX.to_string()));
+        }
+        let first = reads.len();
+        reads.extend(unique.iter().map(|(k, n)| Read::Get(key_of(*k, n))));
+        let snap = self.read_in_parts(&reads)?;
+        let mut plan = Plan::new(snap.get(0).map_or(0, |kv| kv.mod_revision), subnets);
+        let mut outcomes = Vec::new();
+        let mut problems = Vec::new();
+        let mut spider_records = Vec::new();
+        for (i, (kind, name)) in unique.iter().enumerate() {
+            match snap.get(first + i) {
+                Some(kv) => {
+                    let mut item = Item::new(*kind, name, Some(kv.clone()));
+                    item.op = Some(Op::Delete(kv.key.clone()));
+                    plan.items.push(item);
+                    outcomes.push(Outcome {
                         kind: *kind,
                         name: name.clone(),
-                    }),
+                        action: Action::Deleted,
+                    });
+                    // Only what the Spiderpool rules look at is decoded: a damaged record of
+                    // another kind can still be deleted.
+                    if matches!(kind, Kind::SpiderIPPool | Kind::SpiderSubnet) {
+                        spider_records.push(self.decode_stored(kv)?);
+                    }
                 }
+                None if ignore_missing => {}
+                None => problems.push(CatalogError::NotFound {
+                    kind: *kind,
+                    name: name.clone(),
+                }),
             }
-            if !problems.is_empty() {
-                return Err(many(problems));
+        }
+        for gone in &spider_records {
+            match gone {
+                Resource::SpiderIPPool(pool) => {
+                    if let Err(e) = self.check_pool_is_empty(pool, &mut plan.extra) {
+                        problems.push(e);
+                    }
+                }
+                Resource::SpiderSubnet(subnet) => {
+                    let remaining = self.pools_of_subnet(subnet, snap.list(1), unique)?;
+                    if !remaining.is_empty() {
+                        problems.push(CatalogError::SubnetHasPools {
+                            name: subnet.metadata.name.clone(),
+                            subnet: subnet.spec.subnet.clone(),
+                            pools: remaining,
+                        });
+                    }
+                }
+                _ => {}
             }
-            self.commit(&compares, &ops).map(|c| c.map(|_| outcomes))
+        }
+        if !problems.is_empty() {
+            return Err(many(problems));
+        }
+        Ok(self.commit_plan(&plan)?.map(|_| outcomes))
+    }
+
+    /// Refuses deleting a SpiderIPPool that holds allocated addresses; otherwise adds the
+    /// compares under which the allocator's answer holds.
+    fn check_pool_is_empty(
+        &self,
+        pool: &SpiderIPPool,
+        compares: &mut Vec<Compare>,
+    ) -> Result<(), CatalogError> {
+        let (Some(check), Ok(all)) = (self.in_use, pool.spec.total_ips()) else {
+            return Ok(());
+        };
+        let answer = check(&pool.metadata.name, &all)?;
+        compares.extend(answer.compares);
+        let held = answer.addresses.intersect(&all);
+        if held.is_empty() {
+            return Ok(());
+        }
+        Err(CatalogError::PoolInUse {
+            name: pool.metadata.name.clone(),
+            count: held.len(),
+            addresses: describe_set(&held),
         })
+    }
+
+    /// The names of the stored SpiderIPPools of `subnet`'s subnet that `targets` leaves.
+    fn pools_of_subnet(
+        &self,
+        subnet: &SpiderSubnet,
+        stored: &[KeyValue],
+        targets: &[(Kind, String)],
+    ) -> Result<Vec<String>, CatalogError> {
+        let mut names = Vec::new();
+        for kv in stored {
+            let Resource::SpiderIPPool(pool) = self.decode_stored(kv)? else {
+                continue;
+            };
+            let leaves = targets
+                .iter()
+                .any(|(k, n)| *k == Kind::SpiderIPPool && *n == pool.metadata.name);
+            if !leaves
+                && pool.spec.subnet_net().is_some()
+                && pool.spec.subnet_net() == subnet.spec.subnet_net()
+            {
+                names.push(pool.metadata.name);
+            }
+        }
+        Ok(names)
     }
 
     /// Reads one resource. A missing IPAMConfiguration reads as the default one.
@@ -584,9 +751,9 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         })
     }
 
-    /// One attempt at writing validated resources: read, check, one txn. `Ok(None)` means
-    /// another writer interfered (or, with `expected`, the single resource is no longer at
-    /// that revision) and the caller should start over.
+    /// One attempt at writing validated resources: read, check, commit the plan. `Ok(None)`
+    /// means another writer interfered (or, with `expected`, the single resource is no longer
+    /// at that revision) and the caller should start over.
     fn try_write(
         &self,
         valid: &[Resource],
@@ -594,31 +761,28 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         expected: Option<i64>,
     ) -> Result<Option<Vec<(Outcome, Resource)>>, CatalogError> {
         let has_pools = valid.iter().any(|r| POOL_KINDS.contains(&r.kind()));
-        let mut reads: Vec<Read> = valid
-            .iter()
-            .map(|r| Read::Get(key_of(r.kind(), r.name())))
-            .collect();
+        // The guard first: every configuration record read after it is covered by its compare.
+        let mut reads = vec![Read::Get(CONFIG_GUARD_KEY.to_string())];
         if has_pools {
             for kind in POOL_KINDS {
                 let prefix = prefix_of(kind).expect("pool kinds have prefixes");
                 reads.push(Read::Prefix(prefix.to_string()));
             }
-            reads.push(Read::Get(CONFIG_GUARD_KEY.to_string()));
         }
-        let snap = self.store.read(&reads)?;
-        let mut compares = Vec::new();
-        let mut ops = Vec::new();
+        let first = reads.len();
+        reads.extend(valid.iter().map(|r| Read::Get(key_of(r.kind(), r.name()))));
+        let snap = self.read_in_parts(&reads)?;
+        let mut plan = Plan::new(snap.get(0).map_or(0, |kv| kv.mod_revision), has_pools);
         let mut done = Vec::new();
         let mut problems = Vec::new();
         let now = format_rfc3339(unix_now());
         for (i, r) in valid.iter().enumerate() {
             let key = key_of(r.kind(), r.name());
-            let stored = snap.get(i);
+            let stored = snap.get(first + i);
             let revision = stored.map_or(0, |kv| kv.mod_revision);
             if expected.is_some_and(|want| want != revision) {
                 return Ok(None);
             }
-            compares.push(Compare::unchanged(&key, revision));
             let mut new = r.clone();
             let action = match (mode, stored) {
                 (Mode::Create, Some(_)) => {
@@ -667,9 +831,11 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                     Action::Created
                 }
             };
+            let mut item = Item::new(r.kind(), r.name(), stored.cloned());
             if action != Action::Unchanged {
-                ops.push(Op::Put(key, encode(&new)));
+                item.op = Some(Op::Put(key, encode(&new)));
             }
+            plan.items.push(item);
             done.push((
                 Outcome {
                     kind: r.kind(),
@@ -682,114 +848,32 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         }
 
         if has_pools {
-            let n = valid.len();
             let mut stored: Vec<Resource> = Vec::new();
             for (i, kind) in POOL_KINDS.into_iter().enumerate() {
                 let prefix = prefix_of(kind).expect("pool kinds have prefixes");
-                for kv in snap.list(n + i) {
-                    compares.push(Compare::unchanged(&kv.key, kv.mod_revision));
+                for kv in snap.list(1 + i) {
                     if !kv.key[prefix.len()..].contains('/') {
                         stored.push(self.decode_stored(kv)?);
                     }
                 }
             }
-            let guard_rev = snap
-                .get(n + POOL_KINDS.len())
-                .map_or(0, |kv| kv.mod_revision);
-            compares.push(Compare::unchanged(CONFIG_GUARD_KEY, guard_rev));
-
-            let batch: Vec<&Resource> = valid
-                .iter()
-                .filter(|r| POOL_KINDS.contains(&r.kind()))
-                .collect();
-            let in_batch: HashSet<(Kind, &str)> =
-                batch.iter().map(|r| (r.kind(), r.name())).collect();
-            let stored_by_name: HashMap<(Kind, &str), &Resource> =
-                stored.iter().map(|r| ((r.kind(), r.name()), r)).collect();
-            // Each pair is checked once: stored resources the batch leaves alone, and the
-            // batch's own resources before this one (every rule is symmetric).
-            let mut world = PoolWorld::default();
-            for s in stored
-                .iter()
-                .filter(|s| !in_batch.contains(&(s.kind(), s.name())))
-            {
-                world.add(s);
-            }
-            for new in batch {
-                let previous = stored_by_name.get(&(new.kind(), new.name())).copied();
-                let others = world.overlapping(new);
-                world.add(new);
-                let mut errors = Vec::new();
-                if let Resource::IPPool(pool) = new {
-                    let mut calico: Vec<IPPool> = others
-                        .iter()
-                        .filter_map(|r| match r {
-                            Resource::IPPool(p) => Some(p.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    if let Some(Resource::IPPool(old)) = previous {
-                        calico.push(old.clone());
-                    }
-                    if let Err(e) = check_pool_against(pool, &calico) {
-                        errors.extend(e.errors);
-                    }
-                }
-                if let Err(e) = check_spider_against(new, previous, &others) {
-                    errors.extend(e.errors);
-                }
-                if let (
-                    Some(check),
-                    Resource::SpiderIPPool(pool),
-                    Some(Resource::SpiderIPPool(old)),
-                ) = (self.in_use, new, previous)
-                {
-                    if let (Ok(before), Ok(after)) = (old.spec.total_ips(), pool.spec.total_ips()) {
-                        let leaving = before.subtract(&after);
-                        if !leaving.is_empty() {
-                            let answer = check(&pool.metadata.name, &leaving)?;
-                            compares.extend(answer.compares);
-                            let held = answer.addresses.intersect(&leaving);
-                            if !held.is_empty() {
-                                errors.push(FieldError::new(
-                                    "spec.ips",
-                                    format!(
-                                        "{} {} allocated and would no longer belong to the \
-                                         pool; keep {} in ips (and out of excludeIPs), or \
-                                         release {} first",
-                                        describe_set(&held),
-                                        if held.len() == 1 { "is" } else { "are" },
-                                        if held.len() == 1 { "it" } else { "them" },
-                                        if held.len() == 1 { "it" } else { "them" },
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                }
-                if !errors.is_empty() {
-                    problems.push(CatalogError::Validation(ValidationError {
-                        kind: new.kind(),
-                        name: new.name().to_string(),
-                        errors,
-                    }));
-                }
-            }
+            problems.extend(self.check_pools(valid, &stored, &mut plan.extra)?);
         }
 
         if !problems.is_empty() {
             return Err(many(problems));
         }
-        let Some(revision) = self.commit(&compares, &ops)? else {
+        let Some(revisions) = self.commit_plan(&plan)? else {
             return Ok(None);
         };
         Ok(Some(
             done.into_iter()
-                .map(|(outcome, mut resource, stored_rev)| {
+                .zip(revisions)
+                .map(|((outcome, mut resource, stored_rev), written)| {
                     let rev = if outcome.action == Action::Unchanged {
                         stored_rev
                     } else {
-                        revision
+                        written
                     };
                     resource.metadata_mut().resource_version = Some(rev.to_string());
                     (outcome, resource)
@@ -798,25 +882,325 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         ))
     }
 
-    /// Runs the txn (or nothing when there is nothing to write); `Ok(None)` on conflict.
-    /// A txn that changes the configuration also renews the guard's nonce.
-    fn commit(&self, compares: &[Compare], ops: &[Op]) -> Result<Option<i64>, CatalogError> {
-        if ops.is_empty() {
-            return Ok(Some(0));
+    /// Checks the batch's pool-like resources against the `stored` ones and one another, and
+    /// asks the allocator before a SpiderIPPool loses addresses (its answer's compares join
+    /// `compares`). Returns the problems found.
+    fn check_pools(
+        &self,
+        valid: &[Resource],
+        stored: &[Resource],
+        compares: &mut Vec<Compare>,
+    ) -> Result<Vec<CatalogError>, CatalogError> {
+        let mut problems = Vec::new();
+        let batch: Vec<&Resource> = valid
+            .iter()
+            .filter(|r| POOL_KINDS.contains(&r.kind()))
+            .collect();
+        let in_batch: HashSet<(Kind, &str)> = batch.iter().map(|r| (r.kind(), r.name())).collect();
+        let stored_by_name: HashMap<(Kind, &str), &Resource> =
+            stored.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+        // Each pair is checked once: stored resources the batch leaves alone, and the batch's
+        // own resources before this one (every rule is symmetric).
+        let mut world = PoolWorld::default();
+        for s in stored
+            .iter()
+            .filter(|s| !in_batch.contains(&(s.kind(), s.name())))
+        {
+            world.add(s);
         }
-        let changes_config = ops.iter().any(|op| {
-            let (Op::Put(key, _) | Op::Delete(key)) = op;
-            key.starts_with(keys::CONFIG_PREFIX)
-        });
-        let mut ops = ops.to_vec();
-        if changes_config {
-            let nonce = format!("{{\"nonce\":\"{}\"}}", new_uid());
-            ops.push(Op::Put(CONFIG_GUARD_KEY.to_string(), nonce.into_bytes()));
+        for new in batch {
+            let previous = stored_by_name.get(&(new.kind(), new.name())).copied();
+            let others = world.overlapping(new);
+            world.add(new);
+            let mut errors = Vec::new();
+            if let Resource::IPPool(pool) = new {
+                let mut calico: Vec<IPPool> = others
+                    .iter()
+                    .filter_map(|r| match r {
+                        Resource::IPPool(p) => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if let Some(Resource::IPPool(old)) = previous {
+                    calico.push(old.clone());
+                }
+                if let Err(e) = check_pool_against(pool, &calico) {
+                    errors.extend(e.errors);
+                }
+            }
+            if let Err(e) = check_spider_against(new, previous, &others) {
+                errors.extend(e.errors);
+            }
+            if let (Resource::SpiderIPPool(pool), Some(Resource::SpiderIPPool(old))) =
+                (new, previous)
+            {
+                errors.extend(self.check_leaving(pool, old, compares)?);
+            }
+            if !errors.is_empty() {
+                problems.push(CatalogError::Validation(ValidationError {
+                    kind: new.kind(),
+                    name: new.name().to_string(),
+                    errors,
+                }));
+            }
         }
-        match self.store.txn(compares, &ops)? {
-            TxnOutcome::Committed(rev) => Ok(Some(rev)),
-            TxnOutcome::Conflict => Ok(None),
+        Ok(problems)
+    }
+
+    /// The error for allocated addresses that an update of a SpiderIPPool would take out of
+    /// it, if any.
+    fn check_leaving(
+        &self,
+        pool: &SpiderIPPool,
+        old: &SpiderIPPool,
+        compares: &mut Vec<Compare>,
+    ) -> Result<Option<FieldError>, CatalogError> {
+        let (Some(check), Ok(before), Ok(after)) =
+            (self.in_use, old.spec.total_ips(), pool.spec.total_ips())
+        else {
+            return Ok(None);
+        };
+        let leaving = before.subtract(&after);
+        if leaving.is_empty() {
+            return Ok(None);
         }
+        let answer = check(&pool.metadata.name, &leaving)?;
+        compares.extend(answer.compares);
+        let held = answer.addresses.intersect(&leaving);
+        if held.is_empty() {
+            return Ok(None);
+        }
+        let (verb, pronoun) = if held.len() == 1 {
+            ("is", "it")
+        } else {
+            ("are", "them")
+        };
+        Ok(Some(FieldError::new(
+            "spec.ips",
+            format!(
+                "{} {verb} allocated and would no longer belong to the pool; keep {pronoun} in \
+                 ips (and out of excludeIPs), or release {pronoun} first",
+                describe_set(&held),
+            ),
+        )))
+    }
+
+    /// Reads at one revision, or, when the store takes fewer reads per request than asked
+    /// for, in several requests in order. Callers read `config/guard` first: a configuration
+    /// record that changes after it changes the guard too, which their commit compares.
+    fn read_in_parts(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+        let Some(limits) = self.store.txn_limits().filter(|l| reads.len() > l.max_ops) else {
+            return self.store.read(reads);
+        };
+        let mut all = Snapshot::default();
+        for part in reads.chunks(limits.max_ops.max(1)) {
+            let snap = self.store.read(part)?;
+            if all.results.is_empty() {
+                all.revision = snap.revision;
+            }
+            all.results.extend(snap.results);
+        }
+        Ok(all)
+    }
+
+    /// Commits a plan: in one transaction when the store takes it, otherwise in parts
+    /// ([`Catalog::commit_in_parts`]). Returns the revision each item was written at (0 for
+    /// items not written), or `None` on conflict.
+    fn commit_plan(&self, plan: &Plan) -> Result<Option<Vec<i64>>, CatalogError> {
+        let n = plan.items.len();
+        if plan.items.iter().all(|item| item.op.is_none()) {
+            return Ok(Some(vec![0; n]));
+        }
+        let (compares, ops) = plan.whole();
+        match self.store.txn_limits() {
+            Some(limits) if !Load::of_txn(&compares, &ops).fits(limits) => {
+                self.commit_in_parts(plan, limits)
+            }
+            _ => Ok(match self.store.txn(&compares, &ops)? {
+                TxnOutcome::Committed(rev) => Some(vec![rev; n]),
+                TxnOutcome::Conflict => None,
+            }),
+        }
+    }
+
+    /// Writes a plan too large for one transaction in several, all or nothing for the user.
+    ///
+    /// Everything was validated against one reading of the store. The parts then go in
+    /// order: first the resources that are checked on their own (reservations, nodes,
+    /// namespaces), packed to the store's limits, and last, in one transaction, every
+    /// IPPool, SpiderIPPool, SpiderSubnet and the IPAMConfiguration, which are checked
+    /// against one another (with the allocator's in-use answers). Each part compares the
+    /// records it writes (unchanged since read) and `config/guard` (unchanged since the part
+    /// before, or since the read), and writes a new nonce to the guard. So:
+    /// - any configuration change by another writer in between fails the next part, and the
+    ///   command undoes its earlier parts and starts over;
+    /// - an allocator never plans from a configuration this command half wrote and keeps
+    ///   using it: a node cache that read between two parts holds a nonce the next part
+    ///   replaces, and an allocator that reads fresh in between sees only whole parts, where
+    ///   the pools and the configuration are either all old or all new, and the records
+    ///   written before them are ones valid in either;
+    /// - when a part fails, the parts before it are undone ([`Catalog::undo`]) and the error
+    ///   says so.
+    fn commit_in_parts(
+        &self,
+        plan: &Plan,
+        limits: TxnLimits,
+    ) -> Result<Option<Vec<i64>>, CatalogError> {
+        let parts = plan.parts(limits)?;
+        let mut revisions = vec![0; plan.items.len()];
+        let mut guard = plan.guard;
+        let mut written: Vec<(&[usize], Option<i64>)> = Vec::new();
+        for (number, part) in parts.iter().enumerate() {
+            let mut compares = vec![Compare::unchanged(CONFIG_GUARD_KEY, guard)];
+            let mut ops = Vec::new();
+            for &i in part {
+                let item = &plan.items[i];
+                compares.push(item.compare());
+                ops.extend(item.op.clone());
+            }
+            if number + 1 == parts.len() {
+                compares.extend(plan.extra.iter().cloned());
+            }
+            ops.push(new_guard());
+            let failure = match self.store.txn(&compares, &ops) {
+                Ok(TxnOutcome::Committed(rev)) => {
+                    guard = rev;
+                    for &i in part {
+                        revisions[i] = rev;
+                    }
+                    written.push((part, Some(rev)));
+                    continue;
+                }
+                Ok(TxnOutcome::Conflict) => None,
+                Err(e) => Some(e),
+            };
+            let certain = written.len();
+            if failure.as_ref().is_some_and(StoreError::is_transient) {
+                // No answer: the part may have been applied. Undoing it is safe either way.
+                written.push((part, None));
+            }
+            let undo = self.undo(plan, &written, limits);
+            let restored = written[..certain].iter().map(|(p, _)| p.len()).sum();
+            let told = undo.describe(plan, restored);
+            let cause = match (failure, undo.failed) {
+                (None, None) => return Ok(None),
+                (Some(e), _) | (None, Some(e)) => e,
+            };
+            return Err(CatalogError::PartFailed {
+                cause: Box::new(CatalogError::Store(cause)),
+                parts: parts.len(),
+                failed: number + 1,
+                undo: told,
+            });
+        }
+        Ok(Some(revisions))
+    }
+
+    /// Puts back what the `written` parts of `plan` changed, the last part first: each record
+    /// as it was read, or deleted when it was absent. A record changed by another writer since
+    /// is left with that writer's content. `written` holds each part's revision, or `None`
+    /// for a part that may or may not have been applied.
+    fn undo(&self, plan: &Plan, written: &[(&[usize], Option<i64>)], limits: TxnLimits) -> Undo {
+        let mut undo = Undo::default();
+        for (part, revision) in written.iter().rev() {
+            let mut pending: Vec<usize> = part.to_vec();
+            for _ in 0..MAX_ATTEMPTS {
+                if pending.is_empty() {
+                    break;
+                }
+                match self.try_undo(plan, &pending, *revision, limits) {
+                    Ok(None) => pending.clear(),
+                    Ok(Some(conflicted)) => {
+                        match self.sort_conflicted(plan, &conflicted, *revision) {
+                            Ok((again, kept)) => {
+                                undo.kept.extend(kept);
+                                pending = again;
+                            }
+                            Err(e) => {
+                                undo.failed = Some(e);
+                                return undo;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        undo.failed = Some(e);
+                        return undo;
+                    }
+                }
+            }
+            undo.kept.extend(pending);
+        }
+        undo
+    }
+
+    /// Undoes `pending` items of one part, in as many transactions as the limits ask for.
+    /// Returns the items of the first transaction that met a conflict, if any (the others of
+    /// it were not undone).
+    fn try_undo(
+        &self,
+        plan: &Plan,
+        pending: &[usize],
+        revision: Option<i64>,
+        limits: TxnLimits,
+    ) -> Result<Option<Vec<usize>>, StoreError> {
+        let mut conflicted = Vec::new();
+        let mut batch: Vec<usize> = Vec::new();
+        let mut load = Load::guard();
+        let flush = |batch: &mut Vec<usize>, conflicted: &mut Vec<usize>| {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let compares: Vec<Compare> = batch
+                .iter()
+                .map(|&i| plan.items[i].written(revision))
+                .collect();
+            let mut ops: Vec<Op> = batch.iter().map(|&i| plan.items[i].restore()).collect();
+            ops.push(new_guard());
+            if self.store.txn(&compares, &ops)? == TxnOutcome::Conflict {
+                conflicted.append(batch);
+            }
+            batch.clear();
+            Ok::<(), StoreError>(())
+        };
+        for &i in pending {
+            let item = &plan.items[i];
+            let cost = Load::of_txn(&[item.written(revision)], &[item.restore()]);
+            if !batch.is_empty() && !load.plus(cost).fits(limits) {
+                flush(&mut batch, &mut conflicted)?;
+                load = Load::guard();
+            }
+            load = load.plus(cost);
+            batch.push(i);
+        }
+        flush(&mut batch, &mut conflicted)?;
+        Ok((!conflicted.is_empty()).then_some(conflicted))
+    }
+
+    /// Reads the `conflicted` items again: those that still hold this command's write are
+    /// undone again (first list), those back as they were need nothing, and the others were
+    /// changed by another writer and are kept (second list).
+    fn sort_conflicted(
+        &self,
+        plan: &Plan,
+        conflicted: &[usize],
+        revision: Option<i64>,
+    ) -> Result<(Vec<usize>, Vec<usize>), StoreError> {
+        let reads: Vec<Read> = conflicted
+            .iter()
+            .map(|&i| Read::Get(plan.items[i].key.clone()))
+            .collect();
+        let snap = self.read_in_parts(&reads)?;
+        let (mut again, mut kept) = (Vec::new(), Vec::new());
+        for (n, &i) in conflicted.iter().enumerate() {
+            let item = &plan.items[i];
+            let now = snap.get(n);
+            if item.written(revision).holds(now) {
+                again.push(i);
+            } else if now.map(|kv| &kv.value) != item.before.as_ref().map(|kv| &kv.value) {
+                kept.push(i);
+            }
+        }
+        Ok((again, kept))
     }
 
     fn retry<T>(
@@ -845,6 +1229,278 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         let mut r = decode_document(doc).map_err(|e| corrupt(e.to_string()))?;
         r.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
         Ok(r)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plans, and writing them in parts
+
+/// One record a command writes or relies on.
+struct Item {
+    kind: Kind,
+    name: String,
+    key: String,
+    /// The record as read (`None`: absent). The write compares its revision; an undo puts it
+    /// back.
+    before: Option<KeyValue>,
+    /// The write; `None` for a record the command leaves as it is.
+    op: Option<Op>,
+}
+
+impl Item {
+    fn new(kind: Kind, name: &str, before: Option<KeyValue>) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+            key: key_of(kind, name),
+            before,
+            op: None,
+        }
+    }
+
+    /// The record is still as read.
+    fn compare(&self) -> Compare {
+        Compare::unchanged(
+            &self.key,
+            self.before.as_ref().map_or(0, |kv| kv.mod_revision),
+        )
+    }
+
+    /// The record still holds this command's write: the part's revision when known, else the
+    /// written bytes (or absence, for a delete).
+    fn written(&self, revision: Option<i64>) -> Compare {
+        match (revision, &self.op) {
+            (Some(rev), _) => Compare::unchanged(&self.key, rev),
+            (None, Some(Op::Put(_, value))) => Compare::Value(self.key.clone(), value.clone()),
+            (None, _) => Compare::absent(&self.key),
+        }
+    }
+
+    /// The write that puts the record back as it was read.
+    fn restore(&self) -> Op {
+        match &self.before {
+            Some(kv) => Op::Put(self.key.clone(), kv.value.clone()),
+            None => Op::Delete(self.key.clone()),
+        }
+    }
+
+    /// What the item adds to a part.
+    fn load(&self) -> Load {
+        Load::of_txn(&[self.compare()], self.op.as_slice())
+    }
+
+    /// Pools, subnets and the IPAM configuration are checked against one another, so they
+    /// are written together.
+    fn written_together(&self) -> bool {
+        POOL_KINDS.contains(&self.kind) || self.kind == Kind::IPAMConfiguration
+    }
+}
+
+/// Everything one attempt of a command writes, with what the checks relied on.
+struct Plan {
+    /// The records, in the command's order.
+    items: Vec<Item>,
+    /// Compares that must hold when the pools are written: the allocator's in-use answers.
+    extra: Vec<Compare>,
+    /// `config/guard`'s revision when read, before every other record.
+    guard: i64,
+    /// The checks read the pools, so the write compares the guard (which every writer of a
+    /// pool renews) instead of every pool.
+    needs_guard: bool,
+}
+
+impl Plan {
+    fn new(guard: i64, needs_guard: bool) -> Self {
+        Self {
+            items: Vec::new(),
+            extra: Vec::new(),
+            guard,
+            needs_guard,
+        }
+    }
+
+    /// The one transaction that writes the whole plan. A plan that changes the configuration
+    /// also renews the guard's nonce.
+    fn whole(&self) -> (Vec<Compare>, Vec<Op>) {
+        let mut compares: Vec<Compare> = self.items.iter().map(Item::compare).collect();
+        if self.needs_guard {
+            compares.push(Compare::unchanged(CONFIG_GUARD_KEY, self.guard));
+        }
+        compares.extend(self.extra.iter().cloned());
+        let mut ops: Vec<Op> = self.items.iter().filter_map(|i| i.op.clone()).collect();
+        if self
+            .items
+            .iter()
+            .any(|i| i.op.is_some() && i.key.starts_with(keys::CONFIG_PREFIX))
+        {
+            ops.push(new_guard());
+        }
+        (compares, ops)
+    }
+
+    /// The items written, split into transactions within `limits` (see
+    /// [`Catalog::commit_in_parts`]): those checked on their own first, packed in order;
+    /// then, in the last part, everything written together. Items left as they are need no
+    /// part: the guard's compares cover the configuration they belong to.
+    fn parts(&self, limits: TxnLimits) -> Result<Vec<Vec<usize>>, CatalogError> {
+        let written = |together: bool| {
+            (0..self.items.len())
+                .filter(move |&i| {
+                    let item = &self.items[i];
+                    item.op.is_some() && item.written_together() == together
+                })
+                .collect::<Vec<usize>>()
+        };
+        let together = written(true);
+        let mut together_load = Load::of_txn(&self.extra, &[]);
+        for &i in &together {
+            together_load = together_load.plus(self.items[i].load());
+        }
+        let alone = Load::guard().plus(together_load);
+        let needed = alone.compares.max(alone.ops);
+        if needed > limits.max_ops {
+            return Err(CatalogError::TooManyTogether {
+                count: together.len(),
+                needed,
+                max_ops: limits.max_ops,
+            });
+        }
+        let mut parts: Vec<Vec<usize>> = Vec::new();
+        let mut part = Vec::new();
+        let mut load = Load::guard();
+        for i in written(false) {
+            let cost = self.items[i].load();
+            if !part.is_empty() && !load.plus(cost).fits(limits) {
+                parts.push(std::mem::take(&mut part));
+                load = Load::guard();
+            }
+            load = load.plus(cost);
+            part.push(i);
+        }
+        if part.is_empty() || load.plus(together_load).fits(limits) {
+            part.extend(together);
+            parts.push(part);
+        } else {
+            parts.push(part);
+            parts.push(together);
+        }
+        Ok(parts)
+    }
+}
+
+/// What one request carries, to compare with a store's [`TxnLimits`].
+#[derive(Clone, Copy, Debug, Default)]
+struct Load {
+    compares: usize,
+    ops: usize,
+    bytes: usize,
+}
+
+/// Bytes counted per compare or write beyond its key and value: the store's key prefix and
+/// the request's framing.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// Bytes of a request's limit kept free for what [`Load`] does not count.
+const REQUEST_MARGIN: usize = 16 * 1024;
+
+impl Load {
+    fn of_txn(compares: &[Compare], ops: &[Op]) -> Self {
+        let compare_bytes = compares.iter().map(|c| match c {
+            Compare::ModRevision(key, _) => key.len(),
+            Compare::Value(key, value) => key.len() + value.len(),
+        });
+        let op_bytes = ops.iter().map(|op| match op {
+            Op::Put(key, value) => key.len() + value.len(),
+            Op::Delete(key) => key.len(),
+        });
+        Self {
+            compares: compares.len(),
+            ops: ops.len(),
+            bytes: compare_bytes
+                .chain(op_bytes)
+                .map(|b| b + ENTRY_OVERHEAD)
+                .sum(),
+        }
+    }
+
+    /// The guard's compare and new nonce, which every part carries.
+    fn guard() -> Self {
+        Self::of_txn(&[Compare::unchanged(CONFIG_GUARD_KEY, 0)], &[new_guard()])
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            compares: self.compares + other.compares,
+            ops: self.ops + other.ops,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+
+    fn fits(self, limits: TxnLimits) -> bool {
+        self.compares <= limits.max_ops
+            && self.ops <= limits.max_ops
+            && self.bytes <= limits.max_bytes.saturating_sub(REQUEST_MARGIN)
+    }
+}
+
+/// A new nonce for `config/guard`.
+fn new_guard() -> Op {
+    let nonce = format!("{{\"nonce\":\"{}\"}}", new_uid());
+    Op::Put(CONFIG_GUARD_KEY.to_string(), nonce.into_bytes())
+}
+
+/// What undoing the parts written before a failure did.
+#[derive(Default)]
+struct Undo {
+    /// Items another writer changed since this command wrote them: left as they are.
+    kept: Vec<usize>,
+    /// Why undoing stopped, if it did.
+    failed: Option<StoreError>,
+}
+
+impl Undo {
+    /// How the undo ended, for the error message; `restored` counts the items the parts
+    /// certainly wrote.
+    fn describe(&self, plan: &Plan, restored: usize) -> String {
+        let name = |&i: &usize| {
+            let item = &plan.items[i];
+            format!("{} {}", item.kind, quoted(&item.name))
+        };
+        let list = |items: &[usize]| {
+            let mut names: Vec<String> = items.iter().take(10).map(name).collect();
+            if items.len() > 10 {
+                names.push(format!("and {} more", items.len() - 10));
+            }
+            names.join(", ")
+        };
+        let resources = if restored == 1 {
+            "resource"
+        } else {
+            "resources"
+        };
+        if let Some(e) = &self.failed {
+            return format!(
+                "putting back the {restored} {resources} written before it failed too ({e}); \
+                 some may keep the content this command gave them: run the command again once \
+                 the datastore answers, or check them with `tessera get`"
+            );
+        }
+        let mut text =
+            format!("the {restored} {resources} written before it were put back as they were");
+        match self.kept.len() {
+            0 => text.push_str(", so nothing was changed"),
+            1 => text.push_str(&format!(
+                ", except {}, which another writer changed since (it keeps that writer's \
+                 content)",
+                list(&self.kept)
+            )),
+            _ => text.push_str(&format!(
+                ", except {}, which other writers changed since (they keep those writers' \
+                 content)",
+                list(&self.kept)
+            )),
+        }
+        text
     }
 }
 

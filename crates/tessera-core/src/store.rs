@@ -110,6 +110,18 @@ pub enum TxnOutcome {
     Conflict,
 }
 
+/// How much one request may hold on a backend that limits it (etcd does; SQLite and memory
+/// do not). Writers of changes too large for one transaction split them ([`crate::catalog`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxnLimits {
+    /// The most compares, and separately the most writes, in one [`Store::txn`], and the most
+    /// reads in one [`Store::read`] (etcd's `--max-txn-ops`).
+    pub max_ops: usize,
+    /// The most bytes one request may carry, keys and values included (etcd's
+    /// `--max-request-bytes`).
+    pub max_bytes: usize,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -177,6 +189,11 @@ pub trait Store: Send + Sync {
     /// Human-readable description, e.g. `sqlite:/var/lib/tessera/tessera.db`.
     fn describe(&self) -> String;
 
+    /// What one request may hold; `None` (the default) when the backend sets no limit.
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        None
+    }
+
     /// Reads one key.
     fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let snap = self.read(&[Read::Get(key.to_string())])?;
@@ -200,6 +217,9 @@ impl<S: Store + ?Sized> Store for &S {
     fn describe(&self) -> String {
         (**self).describe()
     }
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        (**self).txn_limits()
+    }
 }
 
 impl<S: Store + ?Sized> Store for Box<S> {
@@ -212,6 +232,9 @@ impl<S: Store + ?Sized> Store for Box<S> {
     fn describe(&self) -> String {
         (**self).describe()
     }
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        (**self).txn_limits()
+    }
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -223,6 +246,9 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        (**self).txn_limits()
     }
 }
 
@@ -371,5 +397,9 @@ impl<S: Store> Store for CountingStore<S> {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        self.inner.txn_limits()
     }
 }

@@ -9,7 +9,7 @@ use tessera_core::catalog::{Action, Catalog, CatalogError, Outcome, CONFIG_GUARD
 use tessera_core::manifest::decode_document;
 use tessera_core::resources::{IPAMConfigurationSpec, Kind, Resource};
 use tessera_core::store::{
-    Compare, MemoryStore, Op, Read, Snapshot, Store, StoreError, TxnOutcome,
+    Compare, MemoryStore, Op, Read, Snapshot, Store, StoreError, TxnLimits, TxnOutcome,
 };
 
 fn pool(name: &str, cidr: &str) -> Resource {
@@ -847,4 +847,273 @@ fn conflicts_are_retried_then_reported() {
         .get(Kind::Node, "kube-node-0")
         .unwrap();
     assert!(!stored.metadata().labels.contains_key("rack"));
+}
+
+/// What a test does before one of [`Limited`]'s transactions (numbered from 1), playing
+/// another writer or a failure.
+type BeforeTxn<'a> = Box<dyn FnMut(usize, &MemoryStore) -> Result<(), StoreError> + Send + 'a>;
+
+/// A store with limits like etcd's, only smaller: more than `max_ops` reads, compares or
+/// writes in one request are refused, as etcd refuses them. It records every transaction.
+struct Limited<'a> {
+    inner: MemoryStore,
+    max_ops: usize,
+    txns: Mutex<Vec<Vec<Op>>>,
+    before: Mutex<BeforeTxn<'a>>,
+}
+
+impl<'a> Limited<'a> {
+    fn new(max_ops: usize) -> Self {
+        Self::with(max_ops, |_, _| Ok(()))
+    }
+
+    fn with(
+        max_ops: usize,
+        before: impl FnMut(usize, &MemoryStore) -> Result<(), StoreError> + Send + 'a,
+    ) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            max_ops,
+            txns: Mutex::new(Vec::new()),
+            before: Mutex::new(Box::new(before)),
+        }
+    }
+
+    fn too_many(&self) -> StoreError {
+        StoreError::Refused {
+            endpoint: "limited".into(),
+            reason: "etcdserver: too many operations in txn request".into(),
+        }
+    }
+}
+
+impl Store for Limited<'_> {
+    fn read(&self, reads: &[Read]) -> Result<Snapshot, StoreError> {
+        if reads.len() > self.max_ops {
+            return Err(self.too_many());
+        }
+        self.inner.read(reads)
+    }
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
+        let number = self.txns.lock().unwrap().len() + 1;
+        self.txns.lock().unwrap().push(ops.to_vec());
+        (self.before.lock().unwrap())(number, &self.inner)?;
+        if compares.len() > self.max_ops || ops.len() > self.max_ops {
+            return Err(self.too_many());
+        }
+        self.inner.txn(compares, ops)
+    }
+    fn describe(&self) -> String {
+        "limited".into()
+    }
+    fn txn_limits(&self) -> Option<TxnLimits> {
+        Some(TxnLimits {
+            max_ops: self.max_ops,
+            max_bytes: 1 << 20,
+        })
+    }
+}
+
+fn reservation(name: &str, cidr: &str) -> Resource {
+    decode_document(json!({
+        "apiVersion": "projectcalico.org/v3",
+        "kind": "IPReservation",
+        "metadata": {"name": name},
+        "spec": {"reservedCIDRs": [cidr]},
+    }))
+    .unwrap()
+}
+
+fn reservations(count: usize, third_octet: u8) -> Vec<Resource> {
+    (0..count)
+        .map(|i| reservation(&format!("r{i:03}"), &format!("10.9.{third_octet}.{i}/32")))
+        .collect()
+}
+
+/// Every record but the configuration guard, which every configuration change renews.
+fn contents(store: &MemoryStore) -> Vec<(String, Vec<u8>)> {
+    store
+        .range("")
+        .unwrap()
+        .into_iter()
+        .filter(|kv| kv.key != CONFIG_GUARD_KEY)
+        .map(|kv| (kv.key, kv.value))
+        .collect()
+}
+
+fn refused_store(reason: &str) -> StoreError {
+    StoreError::Refused {
+        endpoint: "limited".into(),
+        reason: reason.into(),
+    }
+}
+
+#[test]
+fn a_change_too_large_for_one_transaction_is_written_in_parts() {
+    let store = Limited::new(8);
+    let mut batch = reservations(30, 0);
+    batch.push(pool("a", "10.1.0.0/16"));
+    batch.push(node("kube-node-0", json!({"rack": "0"})));
+    batch.push(pool("b", "10.2.0.0/16"));
+    let done = Catalog::new(&store).apply(&batch).unwrap();
+    assert_eq!(done.len(), 33);
+    assert!(done.iter().all(|o| o.action == Action::Created));
+    let cat = Catalog::new(&store.inner);
+    assert_eq!(cat.list(Kind::IPReservation).unwrap().len(), 30);
+    assert_eq!(names(&cat.list(Kind::IPPool).unwrap()), ["a", "b"]);
+
+    // Several transactions, the pools together in the last one, every one renewing the guard.
+    let txns = store.txns.lock().unwrap().clone();
+    assert!(txns.len() >= 5, "{} transactions", txns.len());
+    let writes_pool = |ops: &Vec<Op>| {
+        ops.iter()
+            .any(|op| matches!(op, Op::Put(k, _) if k.starts_with("config/pools/")))
+    };
+    assert_eq!(txns.iter().filter(|ops| writes_pool(ops)).count(), 1);
+    assert!(writes_pool(txns.last().unwrap()));
+    for ops in &txns {
+        assert!(ops
+            .iter()
+            .any(|op| matches!(op, Op::Put(k, _) if k == CONFIG_GUARD_KEY)));
+    }
+
+    // Applied again, nothing changes; changed, every one is configured; deleted in parts too.
+    store.txns.lock().unwrap().clear();
+    let again = Catalog::new(&store).apply(&batch).unwrap();
+    assert!(again.iter().all(|o| o.action == Action::Unchanged));
+    assert!(store.txns.lock().unwrap().is_empty());
+    let moved = reservations(30, 1);
+    let done = Catalog::new(&store).apply(&moved).unwrap();
+    assert!(done.iter().all(|o| o.action == Action::Configured));
+    let targets: Vec<(Kind, String)> = moved
+        .iter()
+        .map(|r| (r.kind(), r.name().to_string()))
+        .collect();
+    assert_eq!(
+        Catalog::new(&store).delete(&targets, false).unwrap().len(),
+        30
+    );
+    assert!(cat.list(Kind::IPReservation).unwrap().is_empty());
+}
+
+#[test]
+fn a_part_that_fails_undoes_the_parts_before_it() {
+    let store = Limited::with(8, |n, _| match n {
+        4 => Err(refused_store("injected failure")),
+        _ => Ok(()),
+    });
+    Catalog::new(&store.inner)
+        .apply(&reservations(10, 0))
+        .unwrap();
+    let before = contents(&store.inner);
+    // Ten updates, twenty new ones, and a pool: the fourth transaction fails.
+    let mut batch = reservations(30, 1);
+    batch.push(pool("a", "10.1.0.0/16"));
+    let err = Catalog::new(&store).apply(&batch).unwrap_err().to_string();
+    assert!(err.contains("injected failure"), "{err}");
+    assert!(
+        err.contains(
+            "this command was written in 5 transactions to fit the datastore's limits and \
+             transaction 4 failed; the 21 resources written before it were put back as they \
+             were, so nothing was changed"
+        ),
+        "{err}"
+    );
+    assert_eq!(contents(&store.inner), before);
+}
+
+#[test]
+fn a_configuration_change_between_parts_undoes_them_and_starts_over() {
+    // Another writer adds a reservation right before our second transaction: the guard tells,
+    // the first part is undone, and the command runs again on the new configuration.
+    let store = Limited::with(8, |n, inner| {
+        if n == 2 {
+            Catalog::new(inner)
+                .apply(&[reservation("theirs", "10.9.9.9/32")])
+                .unwrap();
+        }
+        Ok(())
+    });
+    let batch = reservations(20, 0);
+    let done = Catalog::new(&store).apply(&batch).unwrap();
+    assert!(done.iter().all(|o| o.action == Action::Created));
+    assert_eq!(
+        Catalog::new(&store.inner)
+            .list(Kind::IPReservation)
+            .unwrap()
+            .len(),
+        21
+    );
+
+    // Interfering every other transaction, the command gives up and leaves no trace.
+    let mut count = 0;
+    let store = Limited::with(8, move |n, inner| {
+        if n % 2 == 0 {
+            count += 1;
+            Catalog::new(inner)
+                .apply(&[reservation(&format!("theirs{count}"), "10.9.9.9/32")])
+                .unwrap();
+        }
+        Ok(())
+    });
+    let err = Catalog::new(&store)
+        .with_attempts(2)
+        .apply(&batch)
+        .unwrap_err();
+    assert!(
+        matches!(err, CatalogError::Conflict { attempts: 2 }),
+        "{err}"
+    );
+    let left = Catalog::new(&store.inner)
+        .list(Kind::IPReservation)
+        .unwrap();
+    assert!(
+        left.iter().all(|r| r.name().starts_with("theirs")),
+        "{left:?}"
+    );
+}
+
+#[test]
+fn undoing_leaves_alone_what_another_writer_changed_since() {
+    let store = Limited::with(8, |n, inner| {
+        if n == 3 {
+            Catalog::new(inner)
+                .label(Kind::Node, "n00", &[("x".into(), "y".into())], &[], true)
+                .unwrap();
+            return Err(refused_store("injected failure"));
+        }
+        Ok(())
+    });
+    let batch: Vec<Resource> = (0..20)
+        .map(|i| node(&format!("n{i:02}"), json!({"rack": "0"})))
+        .collect();
+    let err = Catalog::new(&store).apply(&batch).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "the 14 resources written before it were put back as they were, except Node \
+             \"n00\", which another writer changed since (it keeps that writer's content)"
+        ),
+        "{err}"
+    );
+    let left = Catalog::new(&store.inner).list(Kind::Node).unwrap();
+    assert_eq!(names(&left), ["n00"]);
+    assert_eq!(left[0].metadata().labels["x"], "y");
+}
+
+#[test]
+fn pools_that_do_not_fit_one_transaction_are_refused_before_writing() {
+    let store = Limited::new(8);
+    let batch: Vec<Resource> = (0..10)
+        .map(|i| pool(&format!("p{i}"), &format!("10.{i}.0.0/16")))
+        .collect();
+    let err = Catalog::new(&store).apply(&batch).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "this command changes 10 IPPools, SpiderIPPools, SpiderSubnets or the \
+         IPAMConfiguration; they are checked against one another and written in one \
+         transaction, which needs 11 operations, and the datastore takes at most 8 in one \
+         (etcd's --max-txn-ops): apply them in several smaller manifests, or raise --max-txn-ops on \
+         every etcd member; nothing was written"
+    );
+    assert!(store.txns.lock().unwrap().is_empty());
 }

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 use tessera_core::catalog::{Action, Catalog, CatalogError, InUse, Outcome, CONFIG_GUARD_KEY};
+use tessera_core::ipam::{AssignRequest, Ipam, IpamError};
 use tessera_core::keys;
 use tessera_core::manifest::decode_document;
 use tessera_core::ranges::IpRangeSet;
@@ -588,4 +589,142 @@ fn a_calico_pool_created_concurrently_is_caught_on_retry() {
         .list(Kind::SpiderIPPool)
         .unwrap()
         .is_empty());
+}
+
+/// The allocator's answer, as the `tessera` command passes it to the catalog.
+fn allocator_check<S: Store>(
+    store: &S,
+) -> impl Fn(&str, &IpRangeSet) -> Result<InUse, StoreError> + '_ {
+    move |pool, leaving| {
+        Ipam::new(store)
+            .spider_in_use(pool, leaving)
+            .map_err(|e| match e {
+                IpamError::Store(e) => e,
+                other => panic!("{other}"),
+            })
+    }
+}
+
+fn assign_from(store: &MemoryStore, handle: &str, pool: &str) -> String {
+    let req = AssignRequest {
+        handle: handle.into(),
+        node: "worker0".into(),
+        num_v4: 1,
+        pools: vec![pool.into()],
+        ..Default::default()
+    };
+    Ipam::new(store).assign(&req).unwrap().addresses[0]
+        .ip
+        .to_string()
+}
+
+#[test]
+fn a_pool_holding_addresses_is_not_deleted_until_they_are_released() {
+    let store = MemoryStore::new();
+    Catalog::new(&store)
+        .apply(&[seed_subnet(), seed_pool()])
+        .unwrap();
+    let first = assign_from(&store, "a", "nginx-v4-ippool");
+    assign_from(&store, "b", "nginx-v4-ippool");
+    let check = allocator_check(&store);
+    let cat = Catalog::new(&store).with_in_use_check(&check);
+    let target = [(Kind::SpiderIPPool, "nginx-v4-ippool".to_string())];
+
+    let before = revision(&store);
+    let err = cat.delete(&target, false).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "SpiderIPPool \"nginx-v4-ippool\" still holds 2 allocated addresses \
+         (10.244.120.10-10.244.120.11) and was not deleted; release them first (delete the \
+         pods that use them, or run `tessera ipam release --ip ADDRESS`; `tessera ipam show \
+         --ip ADDRESS` names the holder), then delete the pool"
+    );
+    assert_eq!(revision(&store), before, "a refused delete wrote something");
+
+    Ipam::new(&store).release_handle("b").unwrap();
+    let err = cat.delete(&target, false).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("still holds 1 allocated address ({first})")),
+        "{err}"
+    );
+    Ipam::new(&store).release_handle("a").unwrap();
+    assert_eq!(
+        cat.delete(&target, false).unwrap(),
+        [Outcome {
+            kind: Kind::SpiderIPPool,
+            name: "nginx-v4-ippool".into(),
+            action: Action::Deleted,
+        }]
+    );
+}
+
+#[test]
+fn an_allocation_racing_a_pool_delete_is_counted() {
+    // The delete compares the records the count came from: an address allocated between the
+    // count and the delete makes the delete count again, and refuse.
+    let store = MemoryStore::new();
+    Catalog::new(&store)
+        .apply(&[seed_subnet(), seed_pool()])
+        .unwrap();
+    let calls = Cell::new(0);
+    let real = allocator_check(&store);
+    let check = |pool: &str, leaving: &IpRangeSet| -> Result<InUse, StoreError> {
+        let answer = real(pool, leaving)?;
+        calls.set(calls.get() + 1);
+        if calls.get() == 1 {
+            assign_from(&store, "late", "nginx-v4-ippool");
+        }
+        Ok(answer)
+    };
+    let err = Catalog::new(&store)
+        .with_in_use_check(&check)
+        .delete(&[(Kind::SpiderIPPool, "nginx-v4-ippool".into())], false)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("still holds 1 allocated address"),
+        "{err}"
+    );
+    assert_eq!(calls.get(), 2);
+}
+
+#[test]
+fn a_subnet_with_pools_is_deleted_only_with_them() {
+    let store = MemoryStore::new();
+    let other = spider_pool("other", "10.244.0.0/16", &["10.244.150.1-10.244.150.9"]);
+    Catalog::new(&store)
+        .apply(&[seed_subnet(), seed_pool(), other])
+        .unwrap();
+    let subnet = (Kind::SpiderSubnet, "nginx-subnet-v4".to_string());
+    let msg = refused(&store, |cat| {
+        cat.delete(std::slice::from_ref(&subnet), false)
+    });
+    assert_eq!(
+        msg,
+        "SpiderSubnet \"nginx-subnet-v4\" still has SpiderIPPools of its subnet 10.244.0.0/16 \
+         (\"nginx-v4-ippool\", \"other\") and was not deleted; delete those pools first, or in \
+         the same command"
+    );
+    let msg = refused(&store, |cat| {
+        cat.delete(
+            &[subnet.clone(), (Kind::SpiderIPPool, "other".into())],
+            false,
+        )
+    });
+    assert!(msg.contains("(\"nginx-v4-ippool\")"), "{msg}");
+    let deleted = Catalog::new(&store)
+        .delete(
+            &[
+                (Kind::SpiderIPPool, "nginx-v4-ippool".into()),
+                subnet,
+                (Kind::SpiderIPPool, "other".into()),
+            ],
+            false,
+        )
+        .unwrap();
+    assert_eq!(deleted.len(), 3);
+    assert!(store
+        .range(keys::CONFIG_PREFIX)
+        .unwrap()
+        .iter()
+        .all(|kv| kv.key == CONFIG_GUARD_KEY));
 }
