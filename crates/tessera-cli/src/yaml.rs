@@ -196,8 +196,9 @@ fn reads_back_plain(s: &str) -> bool {
 fn literal_block(s: &str, level: usize) -> String {
     let body = s.strip_suffix('\n').unwrap_or(s);
     let chomp = if s.ends_with('\n') { "" } else { "-" };
-    if body.starts_with(' ') || s.ends_with("\n\n") {
-        // A leading space would need an indentation indicator; quoting is simpler and exact.
+    if body.is_empty() || body.starts_with(' ') || s.ends_with("\n\n") {
+        // A leading space would need an indentation indicator, and a block of nothing but
+        // line breaks reads back as ""; quoting is simpler and exact.
         return double_quoted(s);
     }
     let mut out = format!("|{chomp}");
@@ -438,6 +439,9 @@ mod tests {
         assert_eq!(to_yaml(&v), "a:\n  note: |\n    one\n    two\n");
         let v = json!({"note": "one\n\ntwo"});
         assert_eq!(to_yaml(&v), "note: |-\n  one\n\n  two\n");
+        let v = json!({"note": "\n"});
+        assert_eq!(to_yaml(&v), "note: \"\\n\"\n");
+        assert_eq!(serde_saphyr::from_str::<Value>(&to_yaml(&v)).unwrap(), v);
     }
 
     #[test]
