@@ -379,3 +379,27 @@ fn a_request_for_too_many_addresses_is_refused_before_any_work() {
         "Nothing to release\n"
     );
 }
+
+#[test]
+fn an_ipv6_pool_never_hands_out_its_subnet_router_anycast_address() {
+    let env = Env::new();
+    env.ok_with_input(
+        &["apply", "-f", "-"],
+        "apiVersion: projectcalico.org/v3\nkind: IPPool\nmetadata:\n  name: v6\nspec:\n  \
+         cidr: fd00:5::/120\n",
+    );
+    assert_eq!(
+        env.ok(&["ipam", "assign", "--node", "n1", "--handle", "h1", "--ipv6", "1"]),
+        "fd00:5::1\n"
+    );
+    assert_eq!(
+        env.fails(&["ipam", "assign", "--node", "n1", "--handle", "h2", "--ip", "fd00:5::"]),
+        "Error: address fd00:5:: is the subnet-router anycast address (RFC 4291) of pool \"v6\" \
+         and is never handed out\n"
+    );
+    assert_eq!(
+        env.ok(&["ipam", "show", "--ip", "fd00:5::"]),
+        "IP fd00:5:: is not assigned\n"
+    );
+    env.ok(&["ipam", "check"]);
+}

@@ -583,13 +583,13 @@ fn dual_stack_and_all_or_nothing() {
     assert_eq!(
         r["ips"],
         json!([{"version": "4", "address": "10.60.0.1/24"},
-               {"version": "6", "address": "fd00:60::/120"}])
+               {"version": "6", "address": "fd00:60::1/120"}])
     );
     // IPv6 only.
     let v6only = env.conf("1.0.0", json!({"assign_ipv4": false, "assign_ipv6": true}));
     assert_eq!(
         env.add(&v6only, &Att::new("c2"))["ips"],
-        json!([{"address": "fd00:60::1/120"}])
+        json!([{"address": "fd00:60::2/120"}])
     );
     // With IPv6 exhausted, a dual-stack ADD takes no IPv4 address either.
     let small = Env::new();

@@ -306,7 +306,7 @@ fn dual_stack_is_all_or_nothing() {
     let a = ipam.assign(&req).unwrap();
     assert_eq!(a.addresses.len(), 2);
     assert_eq!(a.addresses[0].ip, ip("10.0.0.1"));
-    assert_eq!(a.addresses[1].ip, ip("fd00:10::"));
+    assert_eq!(a.addresses[1].ip, ip("fd00:10::1"));
     assert_eq!(a.addresses[1].block, "fd00:10::/122".parse().unwrap());
     assert_eq!(ipam.release_handle("dual").unwrap().len(), 2);
     assert!(
@@ -423,7 +423,7 @@ fn large_pools_without_enumeration() {
     let a = ipam.assign(&req).unwrap();
     // /32 blocks: the pool's network address block is skipped.
     assert_eq!(a.addresses[0].ip, ip("10.0.0.1"));
-    assert_eq!(a.addresses[1].ip, ip("fd00:1::"));
+    assert_eq!(a.addresses[1].ip, ip("fd00:1::1"));
     let mut req = v4("fixed", "n");
     req.num_v4 = 0;
     req.ips = vec![
@@ -558,4 +558,50 @@ fn an_existing_block_of_a_later_pool_is_used_before_claiming_in_an_earlier_one()
     req.handle = "h2".into();
     req.pools = vec!["first".into(), "second".into()];
     assert_eq!(ipam.assign(&req).unwrap().addresses[0].pool, "second");
+}
+
+#[test]
+fn ipv6_pools_keep_their_subnet_router_anycast_address_back() {
+    let s = MemoryStore::new();
+    pool(&s, "v6", json!({"cidr": "fd00:5::/120", "blockSize": 122}));
+    pool(
+        &s,
+        "tiny",
+        json!({"cidr": "fd00:6::/127", "blockSize": 127}),
+    );
+    node(&s, "n1", &[]);
+    let ipam = Ipam::new(s);
+    let v6 = |h: &str, pool: &str| AssignRequest {
+        handle: h.into(),
+        node: "n1".into(),
+        num_v6: 1,
+        pools: vec![pool.into()],
+        ..Default::default()
+    };
+    // RFC 4291 §2.6.1: the first address of the prefix is the subnet-router anycast address.
+    let a = ipam.assign(&v6("a", "v6")).unwrap();
+    assert_eq!(a.addresses[0].ip, ip("fd00:5::1"));
+    let mut fixed = v6("b", "v6");
+    fixed.num_v6 = 0;
+    fixed.ips = vec![ip("fd00:5::")];
+    let err = ipam.assign(&fixed).unwrap_err();
+    assert!(matches!(err, IpamError::AddressUnusable { .. }), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "address fd00:5:: is the subnet-router anycast address (RFC 4291) of pool \"v6\" and \
+         is never handed out"
+    );
+    // Every other address, the last one included, is handed out: 255 in all.
+    for i in 0..254 {
+        ipam.assign(&v6(&format!("h{i}"), "v6")).unwrap();
+    }
+    let err = ipam.assign(&v6("full", "v6")).unwrap_err();
+    assert!(matches!(err, IpamError::Exhausted { .. }), "{err}");
+    // A /127 is a point-to-point link (RFC 6164): both of its addresses are used.
+    let got: Vec<IpAddr> = ["p1", "p2"]
+        .iter()
+        .map(|h| ipam.assign(&v6(h, "tiny")).unwrap().addresses[0].ip)
+        .collect();
+    assert_eq!(got, [ip("fd00:6::"), ip("fd00:6::1")]);
+    assert_clean(&ipam);
 }

@@ -265,8 +265,8 @@ impl PoolInfo {
         self.tiling.is_v6()
     }
 
-    /// An IPv4 pool's own network and broadcast addresses are never handed out (pools of
-    /// /31 and /32 have no such addresses to spare).
+    /// An IPv4 pool's own network and broadcast addresses, and an IPv6 pool's first address,
+    /// are never handed out (see [`is_edge_address`]).
     pub fn is_edge_address(&self, addr: IpAddr) -> bool {
         is_edge_address(&self.cidr(), addr)
     }
@@ -470,11 +470,25 @@ impl Context {
     }
 }
 
-/// Whether `addr` is the network or broadcast address of an IPv4 pool of /30 or larger.
+/// Whether `addr` is an address of `pool` that is never handed out: the network or
+/// broadcast address of an IPv4 pool of /30 or larger, or the subnet-router anycast address
+/// (the first, RFC 4291 §2.6.1) of an IPv6 pool of /126 or larger. A /127 is a
+/// point-to-point link whose two addresses are both used (RFC 6164), as are /31s.
 pub fn is_edge_address(pool: &IpNet, addr: IpAddr) -> bool {
-    matches!(pool, IpNet::V4(_))
-        && pool.prefix_len() <= 30
-        && (addr == pool.network() || addr == pool.broadcast())
+    match pool {
+        IpNet::V4(_) => {
+            pool.prefix_len() <= 30 && (addr == pool.network() || addr == pool.broadcast())
+        }
+        IpNet::V6(_) => pool.prefix_len() <= 126 && addr == pool.network(),
+    }
+}
+
+/// What an address [`is_edge_address`] says is kept back is, for messages.
+pub fn edge_address_kind(addr: &IpAddr) -> &'static str {
+    match addr {
+        IpAddr::V4(_) => "the network or broadcast address",
+        IpAddr::V6(_) => "the subnet-router anycast address (RFC 4291)",
+    }
 }
 
 /// Block length as u32 (blocks hold at most 2^12 addresses for valid pools; clamp otherwise).

@@ -449,8 +449,10 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
             if let Some(p) = pool {
                 if p.is_edge_address(ip) {
                     problems.push(format!(
-                        "address {ip} is the network or broadcast address of pool {:?} but is allocated to handle {:?}",
-                        p.name, handle
+                        "address {ip} is {} of pool {:?} but is allocated to handle {:?}",
+                        super::context::edge_address_kind(&ip),
+                        p.name,
+                        handle
                     ));
                 }
             }

@@ -125,9 +125,11 @@ pub enum IpamError {
         /// Reservation name.
         reservation: String,
     },
-    /// A requested address is a pool's network or broadcast address.
+    /// A requested address is a pool's IPv4 network or broadcast address, or its IPv6
+    /// subnet-router anycast address.
     #[error(
-        "address {ip} is the network or broadcast address of pool {pool:?} and is never handed out"
+        "address {ip} is {} of pool {pool:?} and is never handed out",
+        context::edge_address_kind(.ip)
     )]
     AddressUnusable {
         /// The address.
