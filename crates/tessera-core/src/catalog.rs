@@ -9,7 +9,8 @@
 //! times. A batch with one bad resource writes nothing.
 //!
 //! A store that limits its transactions (etcd: 128 operations) gets a change too large for
-//! one in several, still all or nothing for the user: see [`Catalog::commit_in_parts`].
+//! one in several, still all or nothing for the user (how, and why allocators never plan
+//! from a half-written configuration: `Catalog::commit_in_parts`).
 //!
 //! The catalog cannot see allocations. A caller that can passes an [`InUseCheck`]
 //! ([`Catalog::with_in_use_check`]) so that addresses in use never leave a SpiderIPPool, by
@@ -1134,8 +1135,8 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
     }
 
     /// Undoes `pending` items of one part, in as many transactions as the limits ask for.
-    /// Returns the items of the first transaction that met a conflict, if any (the others of
-    /// it were not undone).
+    /// Returns the items of the transactions that met a conflict, if any: those were not
+    /// undone.
     fn try_undo(
         &self,
         plan: &Plan,
@@ -1144,12 +1145,11 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
         limits: TxnLimits,
     ) -> Result<Option<Vec<usize>>, StoreError> {
         let mut conflicted = Vec::new();
-        let mut batch: Vec<usize> = Vec::new();
-        let mut load = Load::guard();
-        let flush = |batch: &mut Vec<usize>, conflicted: &mut Vec<usize>| {
-            if batch.is_empty() {
-                return Ok(());
-            }
+        let cost = |i: usize| {
+            let item = &plan.items[i];
+            Load::of_txn(&[item.written(revision)], &[item.restore()])
+        };
+        for (batch, _) in pack(pending.iter().copied(), cost, limits) {
             let compares: Vec<Compare> = batch
                 .iter()
                 .map(|&i| plan.items[i].written(revision))
@@ -1157,22 +1157,9 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             let mut ops: Vec<Op> = batch.iter().map(|&i| plan.items[i].restore()).collect();
             ops.push(new_guard());
             if self.store.txn(&compares, &ops)? == TxnOutcome::Conflict {
-                conflicted.append(batch);
+                conflicted.extend(batch);
             }
-            batch.clear();
-            Ok::<(), StoreError>(())
-        };
-        for &i in pending {
-            let item = &plan.items[i];
-            let cost = Load::of_txn(&[item.written(revision)], &[item.restore()]);
-            if !batch.is_empty() && !load.plus(cost).fits(limits) {
-                flush(&mut batch, &mut conflicted)?;
-                load = Load::guard();
-            }
-            load = load.plus(cost);
-            batch.push(i);
         }
-        flush(&mut batch, &mut conflicted)?;
         Ok((!conflicted.is_empty()).then_some(conflicted))
     }
 
@@ -1365,27 +1352,35 @@ impl Plan {
                 max_ops: limits.max_ops,
             });
         }
-        let mut parts: Vec<Vec<usize>> = Vec::new();
-        let mut part = Vec::new();
-        let mut load = Load::guard();
-        for i in written(false) {
-            let cost = self.items[i].load();
-            if !part.is_empty() && !load.plus(cost).fits(limits) {
-                parts.push(std::mem::take(&mut part));
-                load = Load::guard();
-            }
-            load = load.plus(cost);
-            part.push(i);
+        let mut parts = pack(written(false), |i| self.items[i].load(), limits);
+        match parts.last_mut() {
+            Some((part, load)) if load.plus(together_load).fits(limits) => part.extend(together),
+            _ => parts.push((together, alone)),
         }
-        if part.is_empty() || load.plus(together_load).fits(limits) {
-            part.extend(together);
-            parts.push(part);
-        } else {
-            parts.push(part);
-            parts.push(together);
-        }
-        Ok(parts)
+        Ok(parts.into_iter().map(|(part, _)| part).collect())
     }
+}
+
+/// Packs `items`, in order, into transactions whose loads (with the guard's) fit `limits`;
+/// an item too large even alone gets one of its own, for the store to refuse by name.
+/// Returns each transaction's items and load.
+fn pack(
+    items: impl IntoIterator<Item = usize>,
+    cost: impl Fn(usize) -> Load,
+    limits: TxnLimits,
+) -> Vec<(Vec<usize>, Load)> {
+    let mut packed: Vec<(Vec<usize>, Load)> = Vec::new();
+    for i in items {
+        let load = cost(i);
+        match packed.last_mut() {
+            Some((part, sum)) if sum.plus(load).fits(limits) => {
+                part.push(i);
+                *sum = sum.plus(load);
+            }
+            _ => packed.push((vec![i], Load::guard().plus(load))),
+        }
+    }
+    packed
 }
 
 /// What one request carries, to compare with a store's [`TxnLimits`].
