@@ -11,7 +11,9 @@
 //! 2. 100,000 allocations across 1,000 nodes, then their releases, next to the raw write
 //!    ceiling of the same etcd measured by the same number of threads writing one key per
 //!    txn. Reports throughput, latency percentiles, round trips and CAS conflicts per
-//!    operation, and which records the conflicts were on.
+//!    operation, and which records the conflicts were on; the bytes each kind of record
+//!    put (the history etcd keeps until compaction), and etcd's backend size after the
+//!    assign phase, before and after `etcdctl compact` + `defrag`.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -89,6 +91,8 @@ struct ConflictLog {
     /// Txns that wrote something, and the value bytes they put.
     writes: AtomicU64,
     put_bytes: AtomicU64,
+    /// Committed puts per kind of record: (puts, value bytes).
+    committed_puts: Mutex<BTreeMap<&'static str, (u64, u64)>>,
 }
 
 impl ConflictLog {
@@ -126,6 +130,16 @@ impl<S: Store> Store for Probe<S> {
     }
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<TxnOutcome, StoreError> {
         let out = self.inner.txn(compares, ops)?;
+        if matches!(out, TxnOutcome::Committed(_)) {
+            let mut by_kind = self.log.committed_puts.lock().unwrap();
+            for op in ops {
+                if let Op::Put(k, v) = op {
+                    let entry = by_kind.entry(kind(k)).or_default();
+                    entry.0 += 1;
+                    entry.1 += v.len() as u64;
+                }
+            }
+        }
         if !ops.is_empty() {
             let bytes: usize = ops
                 .iter()
@@ -528,6 +542,9 @@ fn small(url: &Db, shared: bool, cache: Option<&Path>) {
     m.report("release", None);
 }
 
+/// Committed puts per kind of record: (puts, value bytes).
+type PutsByKind = BTreeMap<&'static str, (u64, u64)>;
+
 /// One mode's assign and release phases of the large scenario, and what they wrote.
 struct LargeRun {
     cache: bool,
@@ -535,6 +552,11 @@ struct LargeRun {
     release: Measured,
     assign_bytes: usize,
     release_bytes: usize,
+    assign_puts: PutsByKind,
+    release_puts: PutsByKind,
+    /// etcd's (dbSize, dbSizeInUse) after the assign phase: as it was, then after a
+    /// compaction at the current revision and a defragmentation.
+    db_after_assign: Option<(DbSize, DbSize)>,
     assign_conflicts: BTreeMap<&'static str, u64>,
     release_conflicts: BTreeMap<&'static str, u64>,
 }
@@ -560,6 +582,8 @@ fn large_run(db: &Db, a: &Args, per_thread_nodes: &[Vec<usize>], cache: bool) ->
     );
     let assign_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
     let assign_bytes = log.take_mean_put_bytes();
+    let assign_puts = std::mem::take(&mut *log.committed_puts.lock().unwrap());
+    let db_after_assign = compacted_db_size(&db.url);
     let release = run_threads(
         db,
         a.threads,
@@ -573,6 +597,7 @@ fn large_run(db: &Db, a: &Args, per_thread_nodes: &[Vec<usize>], cache: bool) ->
         },
     );
     let release_conflicts = std::mem::take(&mut *log.by_kind.lock().unwrap());
+    let release_puts = std::mem::take(&mut *log.committed_puts.lock().unwrap());
     let check = Ipam::new(&setup).check().expect("check");
     assert!(check.problems.is_empty(), "{:?}", check.problems);
     LargeRun {
@@ -581,6 +606,9 @@ fn large_run(db: &Db, a: &Args, per_thread_nodes: &[Vec<usize>], cache: bool) ->
         release,
         assign_bytes,
         release_bytes: log.take_mean_put_bytes(),
+        assign_puts,
+        release_puts,
+        db_after_assign,
         assign_conflicts,
         release_conflicts,
     }
@@ -596,6 +624,76 @@ fn cache_tempdir() -> tempfile::TempDir {
         }
     }
     tempfile::tempdir().expect("cache directory")
+}
+
+/// etcd's backend size: (dbSize, dbSizeInUse) in bytes, and the revision.
+#[derive(Clone, Copy)]
+struct DbSize {
+    total: u64,
+    in_use: u64,
+    revision: i64,
+}
+
+/// The store's `etcd://host:port` as etcdctl takes it.
+fn endpoint(url: &str) -> String {
+    url.trim_start_matches("etcd://").to_string()
+}
+
+/// `etcdctl endpoint status -w json` of the benchmark's member.
+fn db_size(url: &str) -> Option<DbSize> {
+    let out = std::process::Command::new("etcdctl")
+        .args([
+            "--endpoints",
+            &endpoint(url),
+            "endpoint",
+            "status",
+            "-w",
+            "json",
+        ])
+        .env("ETCDCTL_API", "3")
+        .output()
+        .ok()?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let s = &status[0]["Status"];
+    Some(DbSize {
+        total: s["dbSize"].as_u64()?,
+        in_use: s["dbSizeInUse"].as_u64()?,
+        revision: s["header"]["revision"].as_i64()?,
+    })
+}
+
+/// The backend size now, then after `etcdctl compact <current revision>` and `defrag`: how
+/// much of it was history.
+fn compacted_db_size(url: &str) -> Option<(DbSize, DbSize)> {
+    let before = db_size(url)?;
+    for args in [
+        vec!["compact".to_string(), before.revision.to_string()],
+        vec!["defrag".to_string()],
+    ] {
+        // A periodic compaction may have reached this revision already: not an error here.
+        let _ = std::process::Command::new("etcdctl")
+            .args(["--endpoints", &endpoint(url)])
+            .args(&args)
+            .env("ETCDCTL_API", "3")
+            .output();
+    }
+    Some((before, db_size(url)?))
+}
+
+/// What one phase put, per kind of record: puts, bytes, bytes per operation of the phase.
+fn puts_line(puts: &PutsByKind, ops: usize) -> String {
+    let parts: Vec<String> = puts
+        .iter()
+        .map(|(kind, (n, bytes))| {
+            format!(
+                "{kind}: {n} puts, {:.1} MB ({:.0} B per put, {:.0} B per operation)",
+                *bytes as f64 / 1e6,
+                *bytes as f64 / (*n).max(1) as f64,
+                *bytes as f64 / ops.max(1) as f64
+            )
+        })
+        .collect();
+    parts.join("; ")
 }
 
 fn conflicts_line(by_kind: &BTreeMap<&'static str, u64>) -> String {
@@ -674,6 +772,25 @@ fn large(db: &dyn Fn(&str) -> Db, a: &Args) {
             "{name}: release conflicting compares by record: {}",
             conflicts_line(&run.release_conflicts)
         );
+        println!(
+            "{name}: assign committed puts by record: {}",
+            puts_line(&run.assign_puts, run.assign.ops)
+        );
+        println!(
+            "{name}: release committed puts by record: {}",
+            puts_line(&run.release_puts, run.release.ops)
+        );
+        if let Some((before, after)) = run.db_after_assign {
+            println!(
+                "{name}: etcd after the assign phase (revision {}): dbSize {:.1} MB, dbSizeInUse \
+                 {:.1} MB; after compact + defrag: dbSize {:.1} MB, dbSizeInUse {:.1} MB",
+                before.revision,
+                before.total as f64 / 1e6,
+                before.in_use as f64 / 1e6,
+                after.total as f64 / 1e6,
+                after.in_use as f64 / 1e6
+            );
+        }
     }
 }
 
