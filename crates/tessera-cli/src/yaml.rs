@@ -196,9 +196,11 @@ fn reads_back_plain(s: &str) -> bool {
 fn literal_block(s: &str, level: usize) -> String {
     let body = s.strip_suffix('\n').unwrap_or(s);
     let chomp = if s.ends_with('\n') { "" } else { "-" };
-    if body.is_empty() || body.starts_with(' ') || s.ends_with("\n\n") {
-        // A leading space would need an indentation indicator, and a block of nothing but
-        // line breaks reads back as ""; quoting is simpler and exact.
+    // Parsers take the block's indentation from its first line that is not empty.
+    let first_line = body.split('\n').find(|line| !line.is_empty());
+    if first_line.is_none_or(|line| line.starts_with(' ')) || s.ends_with("\n\n") {
+        // A leading space there would need an indentation indicator, and a block of nothing
+        // but line breaks reads back as ""; quoting is simpler and exact.
         return double_quoted(s);
     }
     let mut out = format!("|{chomp}");
@@ -441,7 +443,10 @@ mod tests {
         assert_eq!(to_yaml(&v), "note: |-\n  one\n\n  two\n");
         let v = json!({"note": "\n"});
         assert_eq!(to_yaml(&v), "note: \"\\n\"\n");
-        assert_eq!(serde_saphyr::from_str::<Value>(&to_yaml(&v)).unwrap(), v);
+        for text in ["\n", "\n #c", " x\ny", "\n\nx\n"] {
+            let v = json!({"note": text});
+            assert_eq!(serde_saphyr::from_str::<Value>(&to_yaml(&v)).unwrap(), v);
+        }
     }
 
     #[test]
