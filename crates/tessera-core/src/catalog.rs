@@ -1253,13 +1253,13 @@ impl Item {
         )
     }
 
-    /// The record still holds this command's write: the part's revision when known, else the
-    /// written bytes (or absence, for a delete).
+    /// The record still holds this command's write: absent after a delete; after a put, at
+    /// the part's revision when known, else holding the written bytes.
     fn written(&self, revision: Option<i64>) -> Compare {
-        match (revision, &self.op) {
-            (Some(rev), _) => Compare::unchanged(&self.key, rev),
-            (None, Some(Op::Put(_, value))) => Compare::Value(self.key.clone(), value.clone()),
-            (None, _) => Compare::absent(&self.key),
+        match (&self.op, revision) {
+            (Some(Op::Put(_, _)), Some(rev)) => Compare::unchanged(&self.key, rev),
+            (Some(Op::Put(_, value)), None) => Compare::Value(self.key.clone(), value.clone()),
+            _ => Compare::absent(&self.key),
         }
     }
 

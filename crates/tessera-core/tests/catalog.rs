@@ -1020,6 +1020,28 @@ fn a_part_that_fails_undoes_the_parts_before_it() {
         "{err}"
     );
     assert_eq!(contents(&store.inner), before);
+
+    // A delete in parts is undone the same way: the deleted records come back.
+    let store = Limited::with(8, |n, _| match n {
+        3 => Err(refused_store("injected failure")),
+        _ => Ok(()),
+    });
+    Catalog::new(&store.inner)
+        .apply(&reservations(20, 0))
+        .unwrap();
+    let before = contents(&store.inner);
+    let targets: Vec<(Kind, String)> = (0..20)
+        .map(|i| (Kind::IPReservation, format!("r{i:03}")))
+        .collect();
+    let err = Catalog::new(&store)
+        .delete(&targets, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("transaction 3 failed; the 14 resources written before it were put back"),
+        "{err}"
+    );
+    assert_eq!(contents(&store.inner), before);
 }
 
 #[test]
