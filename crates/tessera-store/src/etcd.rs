@@ -848,7 +848,7 @@ fn endpoint(
             invalid(format!(
                 "the etcd TLS files cannot be used for {uri}: {}; check --etcd-ca, \
                  --etcd-cert and --etcd-key (PEM certificates and a PEM private key)",
-                error_chain(&e)
+                transport_text(&e).trim_end_matches('.')
             ))
         })?;
     }
@@ -950,11 +950,7 @@ fn classify_status(status: &tonic::Status) -> Failure {
 /// Sorts a failure to connect: nothing was sent, so nothing was applied; a TLS failure will
 /// not go away by trying again.
 fn classify_transport(e: &tonic::transport::Error) -> Failure {
-    // The error itself says only "transport error"; its causes say what went wrong.
-    let text = match std::error::Error::source(e) {
-        Some(cause) => error_chain(cause),
-        None => e.to_string(),
-    };
+    let text = transport_text(e);
     if is_tls_failure(&text) {
         Failure::Refused(text)
     } else {
@@ -1008,6 +1004,14 @@ fn status_text(status: &tonic::Status) -> String {
         format!("{:?}", status.code())
     } else {
         text
+    }
+}
+
+/// What went wrong below a transport error, which itself says only "transport error".
+fn transport_text(e: &tonic::transport::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => error_chain(cause),
+        None => e.to_string(),
     }
 }
 
@@ -1201,6 +1205,23 @@ mod tests {
         assert!(e.contains("does not use TLS; write etcds://"), "{e}");
         let e = open_err("etcds://127.0.0.1:1", OpenOptions::default());
         assert!(e.contains("set --etcd-ca FILE"), "{e}");
+        let garbled = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            garbled.path(),
+            "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let e = open_err(
+            "etcds://127.0.0.1:1",
+            OpenOptions {
+                etcd_ca: Some(garbled.path().into()),
+                ..Default::default()
+            },
+        );
+        assert!(
+            e.contains("TLS files cannot be used for https://127.0.0.1:1: Error parsing TLS"),
+            "{e}"
+        );
         let e = open_err(
             "etcds://127.0.0.1:1",
             OpenOptions {
