@@ -89,9 +89,43 @@ pub fn block(home: &str, cidr: &IpNet) -> String {
     format!("{BLOCK_PREFIX}{home}/{}", net_key(cidr))
 }
 
-/// Key of the block index of a tiling.
-pub fn pool_index(tiling: &Tiling) -> String {
+/// Block ordinals per pool index shard: a claim or flag change rewrites one shard, so what it
+/// writes is bounded by this many entries (about 27 B each), whatever the size of the pool.
+pub const POOL_INDEX_SHARD_ORDINALS: u128 = 128;
+
+/// Key where versions before sharding kept a tiling's whole block index in one record. Read
+/// still, and moved into shards by the first write that touches it.
+pub fn legacy_pool_index(tiling: &Tiling) -> String {
     format!("{POOL_INDEX_PREFIX}{}", tiling.key())
+}
+
+/// Prefix of the shards of a tiling's block index. It ends in `/`, so it neither matches the
+/// legacy key nor the shards of a tiling whose key extends this one (`…-12` and `…-120`).
+pub fn pool_index_shards(tiling: &Tiling) -> String {
+    format!("{POOL_INDEX_PREFIX}{}/", tiling.key())
+}
+
+/// Key of shard `shard` (ordinals `shard * POOL_INDEX_SHARD_ORDINALS` onwards) of a tiling's
+/// block index. The number is zero-padded to the width of the tiling's last shard, so key
+/// order is ordinal order.
+pub fn pool_index_shard(tiling: &Tiling, shard: u128) -> String {
+    let last = (tiling.block_count() - 1) / POOL_INDEX_SHARD_ORDINALS;
+    let width = last.to_string().len();
+    format!("{}{shard:0width$}", pool_index_shards(tiling))
+}
+
+/// Parses a key under [`POOL_INDEX_PREFIX`]: its tiling, and its shard number (`None` for the
+/// legacy whole-index key).
+pub fn parse_pool_index_key(key: &str) -> Option<(Tiling, Option<u128>)> {
+    let rest = key.strip_prefix(POOL_INDEX_PREFIX)?;
+    match rest.split_once('/') {
+        None => Some((Tiling::parse_key(rest)?, None)),
+        Some((tiling, shard)) => {
+            let tiling = Tiling::parse_key(tiling)?;
+            let number: u128 = shard.parse().ok()?;
+            (pool_index_shard(&tiling, number) == key).then_some((tiling, Some(number)))
+        }
+    }
 }
 
 /// Key of the marker saying a tiling has claimed blocks.
@@ -122,6 +156,30 @@ pub fn handle_id_from_key(key: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pool_index_shard_keys_sort_by_ordinal_and_parse_back() {
+        let tiling = Tiling::parse_key("10.0.0.0-16-26").unwrap();
+        assert_eq!(pool_index_shard(&tiling, 3), "pool-index/10.0.0.0-16-26/3");
+        let big = Tiling::parse_key("10.0.0.0-8-32").unwrap();
+        assert_eq!(pool_index_shard(&big, 3), "pool-index/10.0.0.0-8-32/000003");
+        assert!(pool_index_shard(&big, 3) < pool_index_shard(&big, 10));
+        assert_eq!(
+            parse_pool_index_key("pool-index/10.0.0.0-8-32/000003"),
+            Some((big, Some(3)))
+        );
+        assert_eq!(
+            parse_pool_index_key(&legacy_pool_index(&tiling)),
+            Some((tiling, None))
+        );
+        // Not canonical: the writer would never find it again.
+        assert_eq!(parse_pool_index_key("pool-index/10.0.0.0-8-32/3"), None);
+        // The shard prefix of one tiling catches neither its legacy key nor another tiling.
+        let v6 = Tiling::parse_key("fd00::-8-12").unwrap();
+        let v6_long = Tiling::parse_key("fd00::-8-120").unwrap();
+        assert!(!legacy_pool_index(&v6).starts_with(&pool_index_shards(&v6)));
+        assert!(!pool_index_shard(&v6_long, 0).starts_with(&pool_index_shards(&v6)));
+    }
 
     #[test]
     fn handle_keys_escape_slashes() {

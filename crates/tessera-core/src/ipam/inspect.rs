@@ -16,7 +16,8 @@ use super::context::{block_len_u32, is_edge_address, Context};
 use super::plan::{allocated, parse_block_key};
 use crate::net::Tiling;
 
-use super::records::{decode, Allocation, Attributes, Block, HandleRecord, PoolIndex};
+use super::index::{collect_indexes, index_reads, PlannedIndex, READS_PER_INDEX};
+use super::records::{decode, Allocation, Attributes, Block, HandleRecord};
 use super::IpamError;
 
 /// Where one address stands.
@@ -52,15 +53,11 @@ pub(super) fn lookup<S: Store + ?Sized>(
             .iter()
             .filter(|t| t.pool.contains(&ip) && Some(**t) != pool.map(|p| p.tiling)),
     );
-    let reads: Vec<Read> = tilings
-        .iter()
-        .map(|t| Read::Get(keys::pool_index(t)))
-        .collect();
+    let reads: Vec<Read> = tilings.iter().flat_map(index_reads).collect();
     let snap = store.read(&reads)?;
     let mut found = None;
     for (i, tiling) in tilings.iter().enumerate() {
-        let Some(kv) = snap.get(i) else { continue };
-        let index: PoolIndex = decode(kv)?;
+        let index = PlannedIndex::from_snapshot(tiling, &snap, i * READS_PER_INDEX)?.index;
         let located = tiling
             .block_ordinal_of(ip)
             .and_then(|o| Some((index.entry(o)?.home.clone(), tiling.block(o)?)));
@@ -144,19 +141,15 @@ pub(super) fn spider_in_use<S: Store + ?Sized>(
     else {
         return Ok(InUse::default());
     };
-    let snap = store.read(&[
-        Read::Get(keys::pool_index(&info.tiling)),
-        Read::Prefix(keys::blocks_of(keys::SHARED_HOME)),
-    ])?;
-    let index_key = keys::pool_index(&info.tiling);
+    let mut reads = index_reads(&info.tiling).to_vec();
+    reads.push(Read::Prefix(keys::blocks_of(keys::SHARED_HOME)));
+    let snap = store.read(&reads)?;
+    let index = PlannedIndex::from_snapshot(&info.tiling, &snap, 0)?;
     let mut answer = InUse {
         addresses: IpRangeSet::empty(info.is_v6()),
-        compares: vec![Compare::unchanged(
-            index_key,
-            snap.get(0).map_or(0, |kv| kv.mod_revision),
-        )],
+        compares: index.unchanged_compares(&info.tiling),
     };
-    for kv in snap.list(1) {
+    for kv in snap.list(READS_PER_INDEX) {
         let block: Block = decode(kv)?;
         if block.tiling() != Some(info.tiling)
             || !leaving.overlaps(&IpRangeSet::from_net(&block.cidr))
@@ -315,23 +308,7 @@ pub(super) fn check<S: Store + ?Sized>(store: &S) -> Result<CheckReport, IpamErr
     }
     report.blocks = blocks.len();
 
-    let mut indexes: BTreeMap<Tiling, PoolIndex> = BTreeMap::new();
-    for kv in snap.list(2) {
-        let cidr = kv
-            .key
-            .strip_prefix(keys::POOL_INDEX_PREFIX)
-            .and_then(Tiling::parse_key);
-        match (cidr, decode::<PoolIndex>(kv)) {
-            (Some(c), Ok(i)) => {
-                indexes.insert(c, i);
-            }
-            (None, _) => problems.push(format!(
-                "pool index key {} does not name a pool network and block size",
-                kv.key
-            )),
-            (_, Err(e)) => problems.push(e.to_string()),
-        }
-    }
+    let indexes = collect_indexes(snap.list(2), problems);
 
     let mut handles: BTreeMap<String, HandleRecord> = BTreeMap::new();
     for kv in snap.list(3) {

@@ -10,6 +10,7 @@
 mod attachments;
 pub mod cache;
 mod context;
+mod index;
 mod inspect;
 mod plan;
 mod readiness;

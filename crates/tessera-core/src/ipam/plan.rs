@@ -12,7 +12,8 @@ use crate::ranges::IpRangeSet;
 use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
 
 use super::context::{block_len_u32, is_edge_address, Context, PoolInfo};
-use super::records::{decode, encode, Block, HandleRecord, IndexEntry, PoolIndex};
+use super::index::{index_reads, shard_of, PlannedIndex, READS_PER_INDEX};
+use super::records::{decode, encode, Block, HandleRecord, IndexEntry};
 use super::select::Family;
 use super::{AssignRequest, AssignedAddress, IpamError};
 
@@ -24,15 +25,6 @@ struct PlannedBlock {
     /// Addresses were taken in this plan (as opposed to only a full flag being set).
     allocated: bool,
     deleted: bool,
-}
-
-#[derive(Clone)]
-struct PlannedIndex {
-    index: PoolIndex,
-    /// The index as read, for writing back hints without this plan's claims.
-    original: PoolIndex,
-    revision: i64,
-    changed: bool,
 }
 
 /// Where the search of one Spiderpool pool for a block with room stands in a plan.
@@ -258,7 +250,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
     fn index(&mut self, tiling: Tiling) -> Result<&mut PlannedIndex, IpamError> {
         if !self.indexes.contains_key(&tiling) {
             self.may_read()?;
-            let planned = read_index(self.store.get(&keys::pool_index(&tiling))?.as_ref())?;
+            let planned = PlannedIndex::read(self.store, &tiling)?;
             self.indexes.insert(tiling, planned);
         }
         Ok(self.indexes.get_mut(&tiling).expect("inserted above"))
@@ -764,7 +756,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 let key = keys::block(&e.home, &block_cidr);
                 if !self.fetch_block(&key)? {
                     return Err(IpamError::CorruptRecord {
-                        key: keys::pool_index(&pool.tiling),
+                        key: keys::pool_index_shard(&pool.tiling, shard_of(ordinal)),
                         reason: format!(
                             "lists block {block_cidr} under {:?} but the block is missing",
                             e.home
@@ -801,7 +793,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         }
         for (tiling, idx) in &self.indexes {
             if idx.changed {
-                index_ops(tiling, idx, &mut compares, &mut ops);
+                idx.ops(tiling, &mut compares, &mut ops);
             }
         }
         for slot in &self.pools_used {
@@ -846,7 +838,7 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let mut compares = Vec::new();
         let mut ops = Vec::new();
         for (tiling, idx) in &self.indexes {
-            if !idx.changed || idx.revision == 0 {
+            if !idx.changed || idx.original.blocks.is_empty() {
                 continue;
             }
             let mut hints = idx.original.clone();
@@ -868,34 +860,13 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 }
             }
             if hints != idx.original {
-                index_ops(
-                    tiling,
-                    &PlannedIndex {
-                        index: hints,
-                        ..idx.clone()
-                    },
-                    &mut compares,
-                    &mut ops,
-                );
+                idx.with_index(hints).ops(tiling, &mut compares, &mut ops);
             }
         }
         if !ops.is_empty() {
             let _ = self.store.txn(&compares, &ops);
         }
     }
-}
-
-fn read_index(kv: Option<&KeyValue>) -> Result<PlannedIndex, IpamError> {
-    let (index, revision) = match kv {
-        Some(kv) => (decode::<PoolIndex>(kv)?, kv.mod_revision),
-        None => (PoolIndex::default(), 0),
-    };
-    Ok(PlannedIndex {
-        original: index.clone(),
-        index,
-        revision,
-        changed: false,
-    })
 }
 
 fn block_ops(key: &str, b: &PlannedBlock, compares: &mut Vec<Compare>, ops: &mut Vec<Op>) {
@@ -905,22 +876,6 @@ fn block_ops(key: &str, b: &PlannedBlock, compares: &mut Vec<Compare>, ops: &mut
     } else {
         Op::Put(key.to_string(), encode(&b.block))
     });
-}
-
-/// Writes an index; an index that lost its last block is deleted with its tiling marker, and
-/// a new one gets its marker.
-fn index_ops(tiling: &Tiling, idx: &PlannedIndex, compares: &mut Vec<Compare>, ops: &mut Vec<Op>) {
-    let key = keys::pool_index(tiling);
-    compares.push(Compare::unchanged(key.clone(), idx.revision));
-    if idx.index.blocks.is_empty() {
-        ops.push(Op::Delete(key));
-        ops.push(Op::Delete(keys::tiling_marker(tiling)));
-    } else {
-        ops.push(Op::Put(key, encode(&idx.index)));
-        if idx.revision == 0 {
-            ops.push(Op::Put(keys::tiling_marker(tiling), b"{}".to_vec()));
-        }
-    }
 }
 
 /// How many blocks of one Spiderpool pool an allocation considers.
@@ -1043,21 +998,18 @@ pub(super) fn release<S: Store + ?Sized>(
     // Pools matter only to decide whether an emptied block stays; read with the indexes.
     let mut ctx = Context::default();
     if !tilings.is_empty() || !homes.is_empty() {
-        let mut reads: Vec<Read> = tilings
-            .iter()
-            .map(|t| Read::Get(keys::pool_index(t)))
-            .collect();
+        let mut reads: Vec<Read> = tilings.iter().flat_map(index_reads).collect();
+        let first_home = reads.len();
         reads.extend(homes.iter().map(|h| Read::Prefix(keys::blocks_of(h))));
         reads.push(Read::Prefix(keys::CONFIG_PREFIX.into()));
         let snap = store.read(&reads)?;
         ctx = Context::from_records(snap.list(reads.len() - 1), None, None)?;
         for (i, tiling) in tilings.iter().enumerate() {
-            if let Some(kv) = snap.get(i) {
-                indexes.insert(*tiling, read_index(Some(kv))?);
-            }
+            let idx = PlannedIndex::from_snapshot(tiling, &snap, i * READS_PER_INDEX)?;
+            indexes.insert(*tiling, idx);
         }
         for i in 0..homes.len() {
-            for kv in snap.list(tilings.len() + i) {
+            for kv in snap.list(first_home + i) {
                 home_blocks.insert(kv.key.clone(), decode(kv)?);
             }
         }
@@ -1111,7 +1063,7 @@ pub(super) fn release<S: Store + ?Sized>(
     }
     for (tiling, idx) in &indexes {
         if idx.changed {
-            index_ops(tiling, idx, &mut compares, &mut ops);
+            idx.ops(tiling, &mut compares, &mut ops);
         }
     }
     for (id, (rec, rev, changed)) in &handle_recs {
@@ -1181,16 +1133,12 @@ pub(super) fn release_node<S: Store + ?Sized>(
         return Ok(Some(0));
     }
     let tilings: BTreeSet<Tiling> = blocks.values().filter_map(|b| b.block.tiling()).collect();
-    let reads: Vec<Read> = tilings
-        .iter()
-        .map(|t| Read::Get(keys::pool_index(t)))
-        .collect();
+    let reads: Vec<Read> = tilings.iter().flat_map(index_reads).collect();
     let snap = store.read(&reads)?;
     let mut indexes: BTreeMap<Tiling, PlannedIndex> = BTreeMap::new();
     for (i, t) in tilings.iter().enumerate() {
-        if let Some(kv) = snap.get(i) {
-            indexes.insert(*t, read_index(Some(kv))?);
-        }
+        let idx = PlannedIndex::from_snapshot(t, &snap, i * READS_PER_INDEX)?;
+        indexes.insert(*t, idx);
     }
     for pb in blocks.values_mut() {
         pb.changed = true;
@@ -1219,7 +1167,7 @@ pub(super) fn release_node<S: Store + ?Sized>(
     }
     for (tiling, idx) in &indexes {
         if idx.changed {
-            index_ops(tiling, idx, &mut compares, &mut ops);
+            idx.ops(tiling, &mut compares, &mut ops);
         }
     }
     match store.txn(&compares, &ops)? {

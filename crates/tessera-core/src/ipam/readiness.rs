@@ -10,6 +10,7 @@ use crate::net::{nets_overlap, Tiling};
 use crate::store::{Read, Store};
 
 use super::context::{Context, PoolInfo};
+use super::index::{index_reads, PlannedIndex, READS_PER_INDEX};
 use super::plan::free_offset;
 use super::records::{decode, Attributes, Block, PoolIndex};
 use super::select::{candidate_pools, Family};
@@ -251,17 +252,11 @@ impl<S: Store> Ipam<S> {
         if wanted.is_empty() {
             return Ok(());
         }
-        let reads: Vec<Read> = wanted
-            .iter()
-            .map(|t| Read::Get(keys::pool_index(t)))
-            .collect();
+        let reads: Vec<Read> = wanted.iter().flat_map(index_reads).collect();
         let snap = self.store.read(&reads)?;
         for (i, t) in wanted.into_iter().enumerate() {
-            let index = match snap.get(i) {
-                Some(kv) => decode(kv)?,
-                None => PoolIndex::default(),
-            };
-            indexes.insert(t, index);
+            let index = PlannedIndex::from_snapshot(&t, &snap, i * READS_PER_INDEX)?;
+            indexes.insert(t, index.index);
         }
         Ok(())
     }
