@@ -206,6 +206,7 @@ fn in_use(ip: IpAddr, handle: &str, a: &Attributes) -> String {
         ("node", &a.node),
         ("interface", &a.interface),
         ("container", &a.container_id),
+        ("gateway-of-network", &a.gateway_of),
     ] {
         if let Some(v) = value {
             let _ = writeln!(out, "  {name}: {v}");
@@ -295,6 +296,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
             node: Some(args.node.clone()),
             interface: args.interface.clone(),
             container_id: args.container_id.clone(),
+            gateway_of: None,
         },
         num_v4: if default_v4 {
             1
@@ -306,6 +308,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
         pools: args.pools.clone(),
         default_pools: Vec::new(),
         pod_labels: None,
+        gateway: None,
     };
     let assignment = Ipam::new(store).assign(&req)?;
     if args.output == Some(AssignOutput::Json) {
@@ -368,6 +371,19 @@ mod tests {
     }
 
     #[test]
+    fn a_held_gateway_shows_its_network() {
+        let attrs = Attributes {
+            gateway_of: Some("pods".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            in_use("10.22.0.1".parse().unwrap(), "pods:gateway", &attrs),
+            "IP 10.22.0.1 is in use\nAttributes:\n  handle: pods:gateway\n  \
+             gateway-of-network: pods\n"
+        );
+    }
+
+    #[test]
     fn an_address_in_use_shows_the_pod_uid_after_the_pod() {
         let attrs = Attributes {
             namespace: Some("default".into()),
@@ -376,6 +392,7 @@ mod tests {
             node: Some("node-a".into()),
             interface: Some("eth0".into()),
             container_id: Some("c1".into()),
+            gateway_of: None,
         };
         assert_eq!(
             in_use("10.22.0.5".parse().unwrap(), "pods:c1:eth0", &attrs),

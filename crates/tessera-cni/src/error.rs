@@ -36,7 +36,8 @@ pub mod code {
     pub const DATASTORE_DAMAGED: u32 = 104;
     /// GC could not release every stale attachment (the others were released).
     pub const GC_INCOMPLETE: u32 = 105;
-    /// The gateway the result would carry is an address pods could be given.
+    /// The gateway the result would carry is an address pods could be given, or one a pod
+    /// already holds.
     pub const GATEWAY_NOT_RESERVED: u32 = 106;
     /// A pod annotation or runtimeConfig value is malformed.
     pub const BAD_POD_REQUEST: u32 = 107;
@@ -170,6 +171,7 @@ impl From<IpamError> for CniError {
             | IpamError::AddressReserved { .. }
             | IpamError::AddressUnusable { .. }
             | IpamError::LeftoverBlock { .. } => code::ADDRESS_UNAVAILABLE,
+            IpamError::GatewayInUse { .. } => code::GATEWAY_NOT_RESERVED,
         };
         Self::new(code, e.to_string())
     }

@@ -8,9 +8,10 @@ use serde_json::Value;
 use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{
     parse_pool_annotation, AssignRequest, AssignedAddress, Assignment, Attributes, Context, Family,
-    HandleRecord, HandleRelease, Ipam, IpamError, Readiness, ReadinessQuery, IPV4_POOLS_ANNOTATION,
-    IPV6_POOLS_ANNOTATION, IP_ADDRS_ANNOTATION,
+    GatewayHold, HandleRecord, HandleRelease, Ipam, IpamError, Readiness, ReadinessQuery,
+    IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION, IP_ADDRS_ANNOTATION,
 };
+use tessera_core::net::first_host;
 use tessera_core::store::Store;
 use tessera_core::text::{plain_or_quoted, quoted};
 use tessera_core::validate::node_name_problem;
@@ -156,7 +157,7 @@ impl Invocation<'_> {
         for _ in 0..3 {
             if let Some(done) = ipam
                 .assign_new_unless(&request, &aliases)
-                .map_err(|e| refused(e, &origins).context(at()))?
+                .map_err(|e| self.assign_error(&ipam, e, &origins).context(at()))?
             {
                 fresh = Some(done);
                 break;
@@ -213,6 +214,55 @@ impl Invocation<'_> {
         }
     }
 
+    /// An allocator error of ADD as a CNI error; a gateway another handle holds is named with
+    /// the workload holding it.
+    fn assign_error(&self, ipam: &Allocator, e: IpamError, origins: &Origins) -> CniError {
+        let IpamError::GatewayInUse { ip, handle } = &e else {
+            return refused(e, origins);
+        };
+        let holder = match ipam.handle(handle) {
+            Ok(Some(rec)) => format!("{} under handle {}", workload(&rec.attrs), quoted(handle)),
+            _ => format!("handle {}", quoted(handle)),
+        };
+        CniError::new(
+            code::GATEWAY_NOT_RESERVED,
+            format!(
+                "gateway {ip}, the first address of the result's prefix, which the {} plugin \
+                 configures on the host side, is already held by {holder}; a pod's address \
+                 cannot be the gateway",
+                self.conf.main_type
+            ),
+        )
+        .context(format!(
+            "give that workload another address and release {ip} (`tessera ipam release --ip \
+             {ip}`), or set ipam.gateways to a gateway no pod holds"
+        ))
+    }
+
+    /// The gateway the main plugin configures on the host side (`bridge` with `isGateway`,
+    /// `ptp`), held for the network under [`gateway_handle_id`]: the first address of each
+    /// address's pool or block, as `result_prefix` says, unless a gateway is configured.
+    fn gateway_hold(&self) -> Result<Option<GatewayHold>, CniError> {
+        let conf = &self.conf;
+        let per_block = match conf.ipam.result_prefix {
+            ResultPrefix::Pool => false,
+            ResultPrefix::Block => true,
+            ResultPrefix::Host => return Ok(None),
+        };
+        if !conf.main_needs_gateway || self.pod_pools()?.clean_gateway {
+            return Ok(None);
+        }
+        Ok(Some(GatewayHold {
+            handle: gateway_handle_id(&conf.name),
+            attrs: Attributes {
+                gateway_of: Some(conf.name.clone()),
+                ..Default::default()
+            },
+            per_block,
+            configured: conf.ipam.gateways.iter().map(|(k, _)| k.clone()).collect(),
+        }))
+    }
+
     /// What the handle `handle`, or else one of its `aliases`, holds and for whom.
     fn existing(
         &self,
@@ -247,7 +297,7 @@ impl Invocation<'_> {
             pod_uid: self.env.arg("K8S_POD_UID").map(str::to_string),
             container_id: Some(self.env.container_id.clone()),
             interface: Some(self.env.ifname.clone()),
-            node: None,
+            ..Default::default()
         };
         CniError::new(
             code::HELD_FOR_ANOTHER,
@@ -412,6 +462,7 @@ impl Invocation<'_> {
                 node: Some(node.to_string()),
                 interface: Some(env.ifname.clone()),
                 container_id: Some(env.container_id.clone()),
+                gateway_of: None,
             },
             num_v4,
             num_v6,
@@ -419,6 +470,7 @@ impl Invocation<'_> {
             pools,
             default_pools: default_pools(conf),
             pod_labels: conf.pod_labels.clone(),
+            gateway: self.gateway_hold()?,
         };
         Ok((request, origins))
     }
@@ -427,6 +479,7 @@ impl Invocation<'_> {
     /// address the datastore could hand to a pod.
     fn result_ips(&self, got: &Assignment, ctx: &Context) -> Result<Vec<ResultIp>, CniError> {
         let clean = self.pod_pools()?.clean_gateway;
+        let hold = self.gateway_hold()?;
         let mut out = Vec::new();
         for a in &got.addresses {
             let full = if a.ip.is_ipv4() { 32 } else { 128 };
@@ -446,7 +499,9 @@ impl Invocation<'_> {
                 }
                 (None, None) => None,
             };
-            if let Some((gw, source)) = source {
+            // A held gateway was taken for the network with the address, or the ADD failed.
+            let held = hold.as_ref().and_then(|h| h.gateway_of(a));
+            if let Some((gw, source)) = source.filter(|(gw, _)| held != Some(*gw)) {
                 self.check_gateway(gw, a, &address, source, got, ctx)?;
             }
             let gateway = source.map(|(gw, _)| gw);
@@ -800,6 +855,12 @@ pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{network}{SEPARATOR}{container_id}{SEPARATOR}{ifname}")
 }
 
+/// The handle holding the gateways of network `network`: `<network>:gateway`. Its two parts
+/// never make an attachment's id, which has three.
+pub fn gateway_handle_id(network: &str) -> String {
+    format!("{network}{SEPARATOR}gateway")
+}
+
 /// The id earlier versions gave an attachment: `<network>.<container id>.<interface>`. Dots
 /// may be in every part, so two attachments could share it (network `a`, container `b.c` and
 /// network `a.b`, container `c`); a handle under it is this attachment's only when its
@@ -830,22 +891,6 @@ fn workload(attrs: &Attributes) -> String {
         None if attachment.is_empty() => "a workload of unknown container".into(),
         None => attachment,
     }
-}
-
-/// The first address after the network address, where `bridge` (isGateway) and `ptp` put
-/// the gateway when the result has none; `None` for networks too small to spare one.
-fn first_host(net: &IpNet) -> Option<IpAddr> {
-    let room = match net {
-        IpNet::V4(n) => n.prefix_len() <= 30,
-        IpNet::V6(n) => n.prefix_len() <= 126,
-    };
-    if !room {
-        return None;
-    }
-    Some(match net.network() {
-        IpAddr::V4(a) => IpAddr::V4((u32::from(a) + 1).into()),
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) + 1).into()),
-    })
 }
 
 /// The node this plugin allocates for: `ipam.nodename`, else `NODENAME`, else the node name

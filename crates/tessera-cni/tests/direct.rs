@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{addr, Att, Env};
+use common::{addr, readme_bridge_network, readme_section, Att, Env};
 use serde_json::{json, Value};
 use tessera_core::ipam::AssignRequest;
 
@@ -608,36 +608,126 @@ fn dual_stack_and_all_or_nothing() {
     small.assert_consistent();
 }
 
-#[test]
-fn result_prefix_gateways_and_their_reservation() {
-    let env = Env::new();
-    env.pool("p", "10.70.0.0/24", 26, json!({}));
-    let mut bridge = env.conf("1.0.0", json!({}));
+/// A bridge network (`isGateway`) on `env`'s store: network `name`, with `ipam` entries.
+fn bridge_conf(env: &Env, name: &str, ipam: Value) -> Value {
+    let mut bridge = env.conf("1.0.0", ipam);
     bridge["type"] = json!("bridge");
     bridge["isGateway"] = json!(true);
-    // The bridge would configure 10.70.0.1 on the host side; it is not reserved.
+    bridge["name"] = json!(name);
+    bridge
+}
+
+/// The addresses handle `id` holds.
+fn held(env: &Env, id: &str) -> Vec<String> {
+    env.ipam()
+        .handle(id)
+        .unwrap()
+        .map(|h| h.addresses.iter().map(|a| a.ip.to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_readme_bridge_example_works_on_an_empty_store() {
+    let env = Env::new();
+    let bridge = readme_bridge_network(&env);
+    // "Trying it by hand", as printed, on this store.
+    let by_hand = readme_section("### Trying it by hand");
+    let echoed = by_hand.split("echo '").nth(1).unwrap().split("' >").next();
+    let mut conf: Value = serde_json::from_str(echoed.unwrap()).unwrap();
+    conf["ipam"]["datastore"] = json!(env.db().to_str().unwrap());
+    let printed = by_hand
+        .lines()
+        .find(|l| l.starts_with("{\"cniVersion\""))
+        .unwrap();
+    let c1 = Att::new("c1");
+    assert_eq!(
+        env.add(&conf, &c1),
+        serde_json::from_str::<Value>(printed).unwrap()
+    );
+    // The conflist's bridge: the next address, the same gateway, the default route.
+    let c2 = Att::new("c2");
+    let result = env.add(&bridge, &c2);
+    assert_eq!(
+        result["ips"],
+        json!([{"address": "10.22.0.3/16", "gateway": "10.22.0.1"}])
+    );
+    assert_eq!(result["routes"], json!([{"dst": "0.0.0.0/0"}]));
+    // The gateway is held for the network, and `ipam show --ip` says so.
+    let gateway = env.ipam().lookup("10.22.0.1".parse().unwrap()).unwrap();
+    let allocation = gateway.unwrap().allocation.expect("the gateway is held");
+    assert_eq!(allocation.handle, "pods:gateway");
+    assert_eq!(allocation.attrs.gateway_of.as_deref(), Some("pods"));
+    // Neither DEL nor GC gives it back; the pods' addresses go.
+    env.cni("DEL", &conf, Some(&c1)).ok();
+    let mut gc = bridge.clone();
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    env.cni("GC", &gc, None).ok();
+    assert_eq!(env.handle_count(), 1);
+    assert_eq!(held(&env, "pods:gateway"), ["10.22.0.1"]);
+    let again = env.add(&bridge, &Att::new("c3"));
+    assert_eq!(again["ips"][0]["gateway"], "10.22.0.1");
+    assert_ne!(again["ips"][0]["address"], "10.22.0.1/16");
+    env.assert_consistent();
+}
+
+#[test]
+fn a_gateway_a_pod_already_holds_is_a_clear_error() {
+    let env = Env::new();
+    env.pool("p", "10.70.0.0/24", 26, json!({}));
+    let macvlan = env.conf("1.0.0", json!({}));
+    let mut old = Att::new("old").pod("default", "web-0");
+    old.args.push_str(";IP=10.70.0.1");
+    env.add(&macvlan, &old);
+    let bridge = bridge_conf(&env, "tnet", json!({}));
     let run = env.cni("ADD", &bridge, Some(&Att::new("c1")));
-    let msg = run.err(106);
     assert_eq!(
-        msg,
-        "gateway 10.70.0.1 for 10.70.0.1 (the first address of 10.70.0.0/24, which the bridge \
-         plugin configures on the host side) lies in IP pool \"p\" (10.70.0.0/24) and no \
-         IPReservation covers it, so the datastore did just hand it to a pod"
+        run.err(106),
+        "gateway 10.70.0.1, the first address of the result's prefix, which the bridge \
+         plugin configures on the host side, is already held by pod default/web-0 (container \
+         old, interface eth0) under handle \"tnet:old:eth0\"; a pod's address cannot be the \
+         gateway"
     );
-    assert!(run
-        .full_error()
-        .contains("\"reservedCIDRs\": [\"10.70.0.1\"]"));
-    assert_eq!(
-        env.handle_count(),
-        0,
-        "the failed ADD gave its address back"
+    assert!(
+        run.full_error()
+            .contains("release 10.70.0.1 (`tessera ipam release --ip 10.70.0.1`)"),
+        "{}",
+        run.full_error()
     );
-    env.reserve("gw", &["10.70.0.1"]);
+    assert_eq!(env.handle_count(), 1, "the failed ADD took nothing");
+    // Once the pod is gone, the bridge's gateway is held and the next pod gets the next one.
+    env.cni("DEL", &macvlan, Some(&old)).ok();
     assert_eq!(
         env.add(&bridge, &Att::new("c1"))["ips"],
         json!([{"address": "10.70.0.2/24", "gateway": "10.70.0.1"}])
     );
-    // Block and host prefixes; an explicit gateway outside the pool needs no reservation.
+    assert_eq!(held(&env, "tnet:gateway"), ["10.70.0.1"]);
+    env.assert_consistent();
+}
+
+#[test]
+fn result_prefix_gateways_held_or_reserved() {
+    let env = Env::new();
+    env.pool("p", "10.70.0.0/24", 26, json!({}));
+    // The bridge configures 10.70.0.1 on the host side: held for the network, for no pod.
+    let bridge = bridge_conf(&env, "tnet", json!({}));
+    assert_eq!(
+        env.add(&bridge, &Att::new("c1"))["ips"],
+        json!([{"address": "10.70.0.2/24", "gateway": "10.70.0.1"}])
+    );
+    assert_eq!(held(&env, "tnet:gateway"), ["10.70.0.1"]);
+    // With block prefixes, each block's first address, in the block of the node using it.
+    let per_block = bridge_conf(
+        &env,
+        "tblk",
+        json!({"result_prefix": "block", "nodename": "node-b"}),
+    );
+    assert_eq!(
+        env.add(&per_block, &Att::new("b1"))["ips"],
+        json!([{"address": "10.70.0.64/26", "gateway": "10.70.0.65"}])
+    );
+    assert_eq!(held(&env, "tblk:gateway"), ["10.70.0.65"]);
+    // An explicit gateway outside the pool needs neither a hold nor a reservation.
     let block = env.conf(
         "1.0.0",
         json!({"result_prefix": "block",
@@ -652,17 +742,28 @@ fn result_prefix_gateways_and_their_reservation() {
         env.add(&host, &Att::new("c3"))["ips"],
         json!([{"address": "10.70.0.4/32"}])
     );
-    // A gateway inside the pool given by pool name must be reserved too.
+    // A configured gateway inside the pool, given by pool name, must be reserved.
     let named = env.conf("1.0.0", json!({"gateways": {"p": "10.70.0.254"}}));
+    let run = env.cni("ADD", &named, Some(&Att::new("c4")));
     assert_eq!(
-        env.cni("ADD", &named, Some(&Att::new("c4")))
-            .err(106)
-            .split(" (")
-            .next(),
-        Some("gateway 10.70.0.254 for 10.70.0.5")
+        run.err(106),
+        "gateway 10.70.0.254 for 10.70.0.5 (set in ipam.gateways) lies in IP pool \"p\" \
+         (10.70.0.0/24) and no IPReservation covers it, so the datastore could hand it to a pod"
     );
+    assert!(run
+        .full_error()
+        .contains("\"reservedCIDRs\": [\"10.70.0.254\"]"));
     let wrong = env.conf("1.0.0", json!({"gateways": {"p": "fd00::1"}}));
     env.cni("ADD", &wrong, Some(&Att::new("c5"))).err(7);
+    // A reserved gateway needs no hold.
+    env.pool("q", "10.71.0.0/24", 26, json!({}));
+    env.reserve("q-gateway", &["10.71.0.1"]);
+    let reserved = bridge_conf(&env, "tres", json!({"ipv4_pools": ["q"]}));
+    assert_eq!(
+        env.add(&reserved, &Att::new("r1"))["ips"],
+        json!([{"address": "10.71.0.2/24", "gateway": "10.71.0.1"}])
+    );
+    assert!(env.ipam().handle("tres:gateway").unwrap().is_none());
     env.assert_consistent();
 }
 
@@ -951,6 +1052,7 @@ fn legacy_assign(env: &Env, handle: &str, cid: &str, pod: &str) -> std::net::IpA
                 node: Some("node-a".into()),
                 interface: Some("eth0".into()),
                 container_id: Some(cid.into()),
+                gateway_of: None,
             },
             num_v4: 1,
             ..Default::default()

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{addr, in_ci, wait_bounded, Att, Env, Run, PLUGIN};
+use common::{addr, in_ci, readme_bridge_network, wait_bounded, Att, Env, Run, PLUGIN};
 use serde_json::{json, Value};
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -237,6 +237,8 @@ fn udp_round_trip(from: &Netns, to: &Netns, to_ip: Ipv4Addr) -> Result<(), Strin
 /// ADD two pods, exchange traffic both ways, CHECK, DEL twice: for one main plugin and
 /// every version it is tested with.
 fn exercise(lab: &Lab, conf_for: impl Fn(&str) -> Value, pool: &str, gateway: Option<&str>) {
+    // A gateway held for the network stays through every DEL.
+    let before = lab.env.handle_count();
     for version in VERSIONS {
         let conf = conf_for(version);
         let cids = [
@@ -267,7 +269,7 @@ fn exercise(lab: &Lab, conf_for: impl Fn(&str) -> Value, pool: &str, gateway: Op
                 run.stdout, run.stderr
             );
         }
-        assert_eq!(lab.env.handle_count(), 2);
+        assert_eq!(lab.env.handle_count(), before + 2);
         for (pod, cid) in cids.iter().enumerate() {
             for _ in 0..2 {
                 let run = lab.plugin("DEL", &conf, pod, cid);
@@ -283,7 +285,7 @@ fn exercise(lab: &Lab, conf_for: impl Fn(&str) -> Value, pool: &str, gateway: Op
                 lab.pods[pod].name
             );
         }
-        assert_eq!(lab.env.handle_count(), 0, "DEL released every address");
+        assert_eq!(lab.env.handle_count(), before, "DEL released every address");
         lab.env.assert_consistent();
     }
 }
@@ -313,6 +315,43 @@ fn bridge_with_gateway_connects_two_pods() {
         0
     );
     exercise(&lab, conf_for, "10.91.0.0/24", Some("10.91.0.1"));
+}
+
+#[test]
+fn the_readme_bridge_network_works_on_an_empty_store() {
+    if !prerequisites_met("the_readme_bridge_network_works_on_an_empty_store") {
+        return;
+    }
+    let lab = Lab::new();
+    // The README's pool and conflist, as printed: no reservation for the gateway.
+    let bridge = readme_bridge_network(&lab.env);
+    let conf_for = |version: &str| {
+        let mut conf = bridge.clone();
+        conf["cniVersion"] = json!(version);
+        conf
+    };
+    let (ra, ipa) = lab.add(&conf_for("1.0.0"), 0, "readme-a");
+    let (_, ipb) = lab.add(&conf_for("1.0.0"), 1, "readme-b");
+    assert_eq!(ra["ips"][0]["gateway"], "10.22.0.1", "{ra}");
+    let gateway: Ipv4Addr = "10.22.0.1".parse().unwrap();
+    assert!(![ipa, ipb].contains(&gateway), "a pod got the gateway");
+    // The pods reach each other and the gateway the bridge put on cni0.
+    udp_round_trip(&lab.pods[0], &lab.pods[1], ipb).unwrap();
+    udp_round_trip(&lab.pods[1], &lab.pods[0], ipa).unwrap();
+    for pod in &lab.pods {
+        udp_round_trip(pod, &lab.host, gateway).unwrap();
+    }
+    for (pod, cid) in ["readme-a", "readme-b"].iter().enumerate() {
+        assert_eq!(lab.plugin("DEL", &conf_for("1.0.0"), pod, cid).status, 0);
+    }
+    let held = lab
+        .env
+        .ipam()
+        .handle("pods:gateway")
+        .unwrap()
+        .expect("held");
+    assert_eq!(held.addresses[0].ip.to_string(), "10.22.0.1");
+    exercise(&lab, conf_for, "10.22.0.0/16", Some("10.22.0.1"));
 }
 
 #[test]

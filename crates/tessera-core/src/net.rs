@@ -152,6 +152,17 @@ impl Tiling {
     }
 }
 
+/// The first address after the network address, where `bridge` (isGateway) and `ptp` put
+/// the gateway when the result has none; `None` for networks too small to spare one (IPv4
+/// /31 and /32, IPv6 /127 and /128).
+pub fn first_host(net: &IpNet) -> Option<IpAddr> {
+    let room = match net {
+        IpNet::V4(n) => n.prefix_len() <= 30,
+        IpNet::V6(n) => n.prefix_len() <= 126,
+    };
+    room.then(|| u128_to_addr(net_first(net) + 1, net.network().is_ipv6()))
+}
+
 /// Position of an address inside its block.
 pub fn offset_in_block(block: &IpNet, addr: IpAddr) -> Option<u32> {
     if !block.contains(&addr) {

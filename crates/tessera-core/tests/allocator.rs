@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common_fixtures::*;
 use serde_json::json;
-use tessera_core::ipam::{AssignRequest, Ipam, IpamError};
+use tessera_core::ipam::{AssignRequest, Attributes, GatewayHold, Ipam, IpamError};
 use tessera_core::keys;
 use tessera_core::store::{CountingStore, MemoryStore, Store};
 
@@ -603,5 +603,112 @@ fn ipv6_pools_keep_their_subnet_router_anycast_address_back() {
         .map(|h| ipam.assign(&v6(h, "tiny")).unwrap().addresses[0].ip)
         .collect();
     assert_eq!(got, [ip("fd00:6::"), ip("fd00:6::1")]);
+    assert_clean(&ipam);
+}
+
+/// A request that holds its network's gateway, the first address of the pool or block.
+fn with_gateway(mut req: AssignRequest, per_block: bool) -> AssignRequest {
+    req.gateway = Some(GatewayHold {
+        handle: "net:gateway".into(),
+        attrs: Attributes {
+            gateway_of: Some("net".into()),
+            ..Default::default()
+        },
+        per_block,
+        configured: Vec::new(),
+    });
+    req
+}
+
+fn gateway_addresses<S: Store>(ipam: &Ipam<S>) -> Vec<IpAddr> {
+    let rec = ipam
+        .handle("net:gateway")
+        .unwrap()
+        .expect("the gateway is held");
+    rec.addresses.iter().map(|a| a.ip).collect()
+}
+
+#[test]
+fn a_pool_gateway_is_held_once_and_costs_no_round_trip() {
+    let s = CountingStore::new(MemoryStore::new());
+    pool(&s, "p", json!({"cidr": "10.0.0.0/16"}));
+    node(&s, "n1", &[]);
+    node(&s, "n2", &[]);
+    let ipam = Ipam::new(s);
+    let req = |h: &str, n: &str| with_gateway(v4(h, n), false);
+    // The first request takes the first block, gives the pod the next address and holds the
+    // gateway in the same transaction.
+    let a = ipam.assign(&req("first", "n1")).unwrap();
+    assert_eq!(a.addresses[0].ip, ip("10.0.0.2"));
+    assert_eq!(gateway_addresses(&ipam), [ip("10.0.0.1")]);
+    // Another node's block: the gateway lies in n1's block, and its handle says it is held.
+    ipam.assign(&req("other", "n2")).unwrap();
+    for (node, i) in [("n1", 0), ("n2", 1), ("n1", 2), ("n2", 3)] {
+        ipam.store().reset();
+        let a = ipam.assign(&req(&format!("h{i}"), node)).unwrap();
+        assert_ne!(a.addresses[0].ip, ip("10.0.0.1"));
+        assert_eq!(ipam.store().round_trips(), 2, "allocation {i} on {node}");
+    }
+    assert_eq!(gateway_addresses(&ipam), [ip("10.0.0.1")]);
+    // Releasing every pod leaves the gateway held.
+    for h in ["first", "other", "h0", "h1", "h2", "h3"] {
+        ipam.release_handle(h).unwrap();
+    }
+    assert_eq!(gateway_addresses(&ipam), [ip("10.0.0.1")]);
+    assert_clean(&ipam);
+}
+
+#[test]
+fn block_gateways_are_held_in_their_blocks() {
+    let s = MemoryStore::new();
+    pool(&s, "p", json!({"cidr": "10.0.0.0/24", "blockSize": 29}));
+    node(&s, "n1", &[]);
+    let ipam = Ipam::new(s);
+    let mut got = Vec::new();
+    // Two /29 blocks: the first loses the pool's network address and its gateway .1, the
+    // second its gateway .9.
+    for i in 0..12 {
+        let req = with_gateway(v4(&format!("h{i}"), "n1"), true);
+        got.push(ipam.assign(&req).unwrap().addresses[0].ip);
+    }
+    assert_eq!(
+        got[..6],
+        ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6", "10.0.0.7"].map(ip)
+    );
+    // A block's own network address is handed out, as in Calico.
+    assert_eq!(got[6..8], [ip("10.0.0.8"), ip("10.0.0.10")]);
+    assert_eq!(gateway_addresses(&ipam), [ip("10.0.0.1"), ip("10.0.0.9")]);
+    assert_clean(&ipam);
+}
+
+#[test]
+fn a_gateway_held_by_a_pod_fails_the_request_and_writes_nothing() {
+    let s = MemoryStore::new();
+    pool(&s, "p", json!({"cidr": "10.0.0.0/24"}));
+    node(&s, "n1", &[]);
+    let ipam = Ipam::new(s);
+    let mut pod = v4("pod", "n1");
+    pod.num_v4 = 0;
+    pod.ips = vec![ip("10.0.0.1")];
+    ipam.assign(&pod).unwrap();
+    let before = ipam.store().range("").unwrap();
+    let err = ipam
+        .assign(&with_gateway(v4("h", "n1"), false))
+        .unwrap_err();
+    assert!(
+        matches!(&err, IpamError::GatewayInUse { ip: g, handle } if *g == ip("10.0.0.1") && handle == "pod"),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "gateway 10.0.0.1, which the main plugin puts on the host side, is already in use by \
+         handle \"pod\", so it cannot be the gateway"
+    );
+    assert_eq!(ipam.store().range("").unwrap(), before);
+    // A reserved gateway needs no hold.
+    reservation(ipam.store(), "gw", &["10.0.0.1"]);
+    ipam.release_handle("pod").unwrap();
+    ipam.assign(&with_gateway(v4("h", "n1"), false)).unwrap();
+    assert!(ipam.handle("net:gateway").unwrap().is_none());
     assert_clean(&ipam);
 }

@@ -12,7 +12,7 @@ use common_fixtures::*;
 use serde_json::{json, Value};
 use tessera_core::catalog::Catalog;
 use tessera_core::ipam::cache::{DirNodeCache, MemoryNodeCache, NodeCache};
-use tessera_core::ipam::{AssignRequest, Ipam, IpamError};
+use tessera_core::ipam::{AssignRequest, Attributes, GatewayHold, Ipam, IpamError};
 use tessera_core::manifest::decode_document;
 use tessera_core::resources::Kind;
 use tessera_core::store::{CountingStore, MemoryStore, Store};
@@ -454,5 +454,44 @@ fn assign_new_unless_an_alias_exists_costs_no_more() {
             HandleRelease::Released(ips) if ips.len() == 1
         ));
     }
+    assert_clean(&*store);
+}
+
+#[test]
+fn a_held_pool_gateway_keeps_the_warm_assign_at_one_round_trip() {
+    let store = cluster();
+    let cache = Shared::default();
+    let ipam = Ipam::new(store.clone()).with_cache(cache.clone());
+    let req = |h: &str, n: &str| AssignRequest {
+        gateway: Some(GatewayHold {
+            handle: "net:gateway".into(),
+            attrs: Attributes {
+                gateway_of: Some("net".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+        ..v4(h, n)
+    };
+    assert_eq!(
+        ipam.assign(&req("h0", "n1")).unwrap().addresses[0].ip,
+        ip("10.0.0.2")
+    );
+    for i in 1..4 {
+        store.reset();
+        let a = ipam.assign(&req(&format!("h{i}"), "n1")).unwrap();
+        assert_eq!(a.addresses[0].ip, ip(&format!("10.0.0.{}", i + 2)));
+        assert_eq!(store.round_trips(), 1, "a warm assign is one txn");
+    }
+    // Released behind the node's back, the gateway is held again by the next request.
+    Ipam::new(store.clone())
+        .release_handle("net:gateway")
+        .unwrap();
+    ipam.assign(&req("h9", "n1")).unwrap();
+    let held = Ipam::new(store.clone())
+        .handle("net:gateway")
+        .unwrap()
+        .expect("held again");
+    assert_eq!(held.addresses[0].ip, ip("10.0.0.1"));
     assert_clean(&*store);
 }

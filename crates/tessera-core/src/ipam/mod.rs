@@ -138,6 +138,18 @@ pub enum IpamError {
         /// Pool name.
         pool: String,
     },
+    /// The gateway a request must hold (see [`GatewayHold`]) is another handle's address.
+    #[error(
+        "gateway {ip}, which the main plugin puts on the host side, is already in use by \
+         handle {}, so it cannot be the gateway",
+        quoted(.handle)
+    )]
+    GatewayInUse {
+        /// The gateway.
+        ip: IpAddr,
+        /// Handle holding it.
+        handle: String,
+    },
     /// A requested address lies in a block left over from a deleted or re-cut pool.
     #[error("address {ip} lies in block {block}, left over from a deleted pool and still holding addresses; release those first (`tessera ipam show --show-blocks` lists them)")]
     LeftoverBlock {
@@ -189,6 +201,50 @@ pub struct AssignRequest {
     pub default_pools: Vec<String>,
     /// The pod's labels, when the caller knows them (Spiderpool `podAffinity`).
     pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The gateway the main plugin configures on the host side, to hold for the network.
+    pub gateway: Option<GatewayHold>,
+}
+
+/// The gateway a main plugin makes its own address on the host side (`bridge` with
+/// `isGateway`, `ptp`): the first address of each assigned address's pool or block.
+///
+/// The allocator never gives it to the request, and holds it under [`GatewayHold::handle`]
+/// in the same transaction as the first request that needs it, so that no pod is ever given
+/// it. Later requests see it held at no extra round trip: in the block they take their
+/// address from (per block), or in the gateway handle, read with their snapshot (per pool).
+/// A gateway that is reserved, a pool edge address or outside every pool needs no hold.
+#[derive(Clone, Debug, Default)]
+pub struct GatewayHold {
+    /// The handle holding the network's gateways, e.g. `<network>:gateway`.
+    pub handle: String,
+    /// Recorded with that handle ([`Attributes::gateway_of`] names the network).
+    pub attrs: Attributes,
+    /// The gateway is the first address of the address's block rather than of its pool.
+    pub per_block: bool,
+    /// Pool names and CIDRs whose addresses get a configured gateway instead.
+    pub configured: Vec<String>,
+}
+
+impl GatewayHold {
+    /// The address to hold as the gateway of `a`, if it needs one: none for a pool with a
+    /// gateway of its own (SpiderIPPool `gateway`) or one [`GatewayHold::configured`] covers.
+    pub fn gateway_of(&self, a: &AssignedAddress) -> Option<IpAddr> {
+        let configured = self.configured.iter().any(|k| {
+            (!a.pool.is_empty() && *k == a.pool)
+                || k.parse::<IpNet>().is_ok_and(|net| net.contains(&a.ip))
+        });
+        if a.gateway.is_some() || configured {
+            return None;
+        }
+        crate::net::first_host(&if self.per_block { a.block } else { a.pool_cidr })
+    }
+
+    /// The gateway a request keeps out of `block` of `pool`: never its own address.
+    fn kept_back(&self, pool: &PoolInfo, block: IpNet) -> Option<IpAddr> {
+        let scope = if self.per_block { block } else { pool.cidr() };
+        let gw = crate::net::first_host(&scope)?;
+        self.gateway_of(&pool.assigned(gw, block))
+    }
 }
 
 /// One address handed out.
@@ -250,10 +306,12 @@ struct Inputs {
     namespace: Option<KeyValue>,
     blocks: Vec<KeyValue>,
     handle: Option<KeyValue>,
+    /// The gateway handle, when read (`Some(None)`: it does not exist).
+    gateway: Option<Option<KeyValue>>,
 }
 
 impl Inputs {
-    fn from_view(view: &NodeView, namespace: Option<&str>) -> Self {
+    fn from_view(view: &NodeView, namespace: Option<&str>, gateway: Option<CachedKv>) -> Self {
         let all = |kvs: &[CachedKv]| kvs.iter().map(CachedKv::to_kv).collect();
         Self {
             config: all(&view.config),
@@ -263,6 +321,7 @@ impl Inputs {
                 .and_then(|kv| kv.as_ref().map(CachedKv::to_kv)),
             blocks: all(&view.blocks),
             handle: None,
+            gateway: gateway.map(|kv| Some(kv.to_kv())),
         }
     }
 }
@@ -358,6 +417,24 @@ impl<S: Store> Ipam<S> {
             ));
         }
         plan::check_request_size(req)?;
+        if let Some(gw) = &req.gateway {
+            if let Some(problem) = crate::validate::handle_id_problem(&gw.handle) {
+                return Err(IpamError::InvalidRequest(problem));
+            }
+            if gw.handle == req.handle {
+                return Err(IpamError::InvalidRequest(format!(
+                    "the gateway handle {} must not be the request's own handle",
+                    quoted(&gw.handle)
+                )));
+            }
+        }
+        // A per-pool gateway usually lies in another node's block: its handle, read with the
+        // snapshot, tells whether it is held.
+        let gateway_key = req
+            .gateway
+            .as_ref()
+            .filter(|gw| !gw.per_block)
+            .map(|gw| keys::handle(&gw.handle));
         let mut attrs = req.attrs.clone();
         attrs.node = Some(req.node.clone());
         let namespace = attrs.namespace.clone();
@@ -366,7 +443,12 @@ impl<S: Store> Ipam<S> {
         let cached = self.cache.as_ref().and_then(|c| c.load_view(&req.node));
         let usable = cached.as_ref().filter(|v| v.covers(namespace));
         if let Some(view) = usable {
-            let inputs = Inputs::from_view(view, namespace);
+            let gateway = req
+                .gateway
+                .as_ref()
+                .filter(|_| gateway_key.is_some())
+                .and_then(|gw| self.cache.as_ref()?.load_handle(&gw.handle));
+            let inputs = Inputs::from_view(view, namespace, gateway);
             match self.try_assign(req, &attrs, inputs, Some(view), true, aliases) {
                 Ok(Attempt::Done(done, ctx)) => return Ok(Some((done, *ctx))),
                 // A stale view or a request the view cannot answer: the fresh read decides.
@@ -393,6 +475,9 @@ impl<S: Store> Ipam<S> {
                 reads.push(Read::Get(keys::handle(&req.handle)));
             }
             reads.extend(aliases.iter().map(|a| Read::Get(keys::handle(a))));
+            if let Some(key) = &gateway_key {
+                reads.push(Read::Get(key.clone()));
+            }
             let mut results = self.store.read(&reads)?.results.into_iter();
             let mut next = || results.next().unwrap_or_default();
             let inputs = Inputs {
@@ -405,8 +490,13 @@ impl<S: Store> Ipam<S> {
                     None
                 },
                 handle: if read_handle { next().pop() } else { None },
+                gateway: None,
             };
             let alias_exists = aliases.iter().any(|_| !next().is_empty());
+            let inputs = Inputs {
+                gateway: gateway_key.as_ref().map(|_| next().pop()),
+                ..inputs
+            };
             if only_new && (inputs.handle.is_some() || alias_exists) {
                 return Ok(None);
             }
@@ -438,15 +528,23 @@ impl<S: Store> Ipam<S> {
             inputs.namespace.as_ref(),
         )?;
         // A plan from a view commits with value compares on what it took from the view.
+        let cached_gateway = inputs
+            .gateway
+            .as_ref()
+            .filter(|_| view.is_some())
+            .and_then(|kv| CachedKv::from_kv(kv.as_ref()?));
         let by_value;
         let store: &dyn Store = match view {
             Some(v) => {
-                by_value = ByValue::new(&self.store, v.records());
+                by_value = ByValue::new(&self.store, v.records().chain(&cached_gateway));
                 &by_value
             }
             None => &self.store,
         };
         let mut plan = Plan::new(store, &ctx, &req.node, &inputs.blocks, view.is_some())?;
+        if let Some(gw) = &req.gateway {
+            plan.keep_gateways(gw, inputs.gateway.clone())?;
+        }
         let mut handle: HandleRecord = match &inputs.handle {
             Some(kv) => decode(kv)?,
             None => HandleRecord {
@@ -473,6 +571,13 @@ impl<S: Store> Ipam<S> {
                         return Err(e);
                     }
                 }
+            }
+        }
+        if let Some(gw) = &req.gateway {
+            let wanted: std::collections::BTreeSet<IpAddr> =
+                got.iter().filter_map(|a| gw.gateway_of(a)).collect();
+            for ip in wanted {
+                plan.hold_gateway(ip)?;
             }
         }
         for a in &got {
@@ -717,26 +822,47 @@ fn remember_assign(
     if let Some(updated) = updated {
         save_applied(cache, updated, ops, Some(revision));
     }
-    let handle_key = keys::handle(&req.handle);
+    remember_handle(cache, &req.handle, inputs.handle.as_ref(), ops, revision);
+    if let Some(gw) = &req.gateway {
+        // The gateway handle as written, else as read fresh: the next request from the view
+        // compares it by value.
+        let read = inputs.gateway.as_ref().and_then(Option::as_ref);
+        if !remember_handle(cache, &gw.handle, read, ops, revision) && !from_view {
+            if let Some(kv) = read.and_then(CachedKv::from_kv) {
+                cache.save_handle(&gw.handle, &kv);
+            }
+        }
+    }
+}
+
+/// Caches handle `id` when `ops` (committed at `revision`) wrote it; `read` is the record
+/// as read before. Returns whether it did.
+fn remember_handle(
+    cache: &dyn NodeCache,
+    id: &str,
+    read: Option<&KeyValue>,
+    ops: &[Op],
+    revision: i64,
+) -> bool {
+    let key = keys::handle(id);
     let written = ops.iter().find_map(|op| match op {
-        Op::Put(k, v) if *k == handle_key => Some(v),
+        Op::Put(k, v) if *k == key => Some(v),
         _ => None,
     });
-    if let Some(value) = written.and_then(|v| String::from_utf8(v.clone()).ok()) {
-        let created = inputs
-            .handle
-            .as_ref()
-            .map_or(revision, |kv| kv.create_revision);
-        cache.save_handle(
-            &req.handle,
-            &CachedKv {
-                key: handle_key,
-                value,
-                create_revision: created,
-                mod_revision: revision,
-            },
-        );
-    }
+    let Some(value) = written.and_then(|v| String::from_utf8(v.clone()).ok()) else {
+        return false;
+    };
+    let created = read.map_or(revision, |kv| kv.create_revision);
+    cache.save_handle(
+        id,
+        &CachedKv {
+            key,
+            value,
+            create_revision: created,
+            mod_revision: revision,
+        },
+    );
+    true
 }
 
 /// Saves `view` with the writes `ops` committed at `revision` (nothing when nothing was

@@ -13,9 +13,9 @@ use crate::store::{Compare, KeyValue, Op, Read, Store, TxnOutcome};
 
 use super::context::{block_len_u32, is_edge_address, Context, PoolInfo};
 use super::index::{index_reads, shard_of, PlannedIndex, READS_PER_INDEX};
-use super::records::{decode, encode, Block, HandleRecord, IndexEntry};
+use super::records::{decode, encode, Block, HandleAddress, HandleRecord, IndexEntry};
 use super::select::Family;
-use super::{AssignRequest, AssignedAddress, IpamError};
+use super::{AssignRequest, AssignedAddress, GatewayHold, IpamError};
 
 struct PlannedBlock {
     block: Block,
@@ -25,6 +25,38 @@ struct PlannedBlock {
     /// Addresses were taken in this plan (as opposed to only a full flag being set).
     allocated: bool,
     deleted: bool,
+}
+
+/// The handle holding a network's gateways, as a plan knows it.
+struct PlannedGatewayHandle {
+    record: HandleRecord,
+    /// Revision read (0 = the handle does not exist).
+    revision: i64,
+    /// The plan holds a new gateway for it.
+    changed: bool,
+    /// The plan took a gateway as held because the record lists it.
+    relied: bool,
+}
+
+impl PlannedGatewayHandle {
+    fn new(hold: &GatewayHold, kv: Option<&KeyValue>) -> Result<Self, IpamError> {
+        let (mut record, revision) = match kv {
+            Some(kv) => (decode::<HandleRecord>(kv)?, kv.mod_revision),
+            None => (HandleRecord::default(), 0),
+        };
+        record.id = hold.handle.clone();
+        record.attrs = hold.attrs.clone();
+        Ok(Self {
+            record,
+            revision,
+            changed: false,
+            relied: false,
+        })
+    }
+
+    fn lists(&self, ip: IpAddr) -> bool {
+        self.record.addresses.iter().any(|a| a.ip == ip)
+    }
 }
 
 /// Where the search of one Spiderpool pool for a block with room stands in a plan.
@@ -111,6 +143,12 @@ pub(super) struct Plan<'a, S: ?Sized> {
     owned: Option<usize>,
     /// Per Spiderpool pool name, how far its search got.
     shared: BTreeMap<String, SharedSearch>,
+    /// The gateways this request keeps back and holds, if any.
+    gateway: Option<&'a GatewayHold>,
+    /// Their handle, once read (or read with the snapshot).
+    gateway_record: Option<PlannedGatewayHandle>,
+    /// Blocks the plan read a held gateway from without changing them: compared at commit.
+    gateway_blocks: BTreeSet<String>,
     /// Blocks considered for a free address (the node's own, or a Spiderpool pool's), for
     /// the tests that check the work is linear.
     #[cfg(test)]
@@ -159,6 +197,16 @@ pub(super) fn free_offset(
     block: &Block,
     allowed: Option<&IpRangeSet>,
 ) -> Option<u32> {
+    free_offset_keeping(ctx, block, allowed, None)
+}
+
+/// [`free_offset`], also passing over `kept`: the gateway of the request's network.
+fn free_offset_keeping(
+    ctx: &Context,
+    block: &Block,
+    allowed: Option<&IpRangeSet>,
+    kept: Option<IpAddr>,
+) -> Option<u32> {
     let len = u32::try_from(crate::net::net_size(&block.cidr)).unwrap_or(u32::MAX);
     if block.allocations.len() as u64 >= u64::from(len) {
         return None;
@@ -171,6 +219,7 @@ pub(super) fn free_offset(
         }
         let addr = addr_in_block(&block.cidr, off);
         !is_edge_address(&block.pool, addr)
+            && Some(addr) != kept
             && !reserved.contains(addr)
             && allowed.is_none_or(|set| set.contains(addr))
     })
@@ -206,6 +255,9 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             late_claims_checked: BTreeSet::new(),
             owned: None,
             shared: BTreeMap::new(),
+            gateway: None,
+            gateway_record: None,
+            gateway_blocks: BTreeSet::new(),
             #[cfg(test)]
             probes: 0,
         })
@@ -289,7 +341,10 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let ctx = self.ctx;
         let planned = self.blocks.get_mut(key)?;
         let allowed = pool.spider.as_ref().map(|s| &s.addresses);
-        let off = free_offset(ctx, &planned.block, allowed)?;
+        let kept = self
+            .gateway
+            .and_then(|g| g.kept_back(pool, planned.block.cidr));
+        let off = free_offset_keeping(ctx, &planned.block, allowed, kept)?;
         let a = Self::occupy(planned, pool, off, handle);
         self.taken_from.insert(a.ip, key.to_string());
         Some(a)
@@ -726,6 +781,27 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 reservation: r.to_string(),
             });
         }
+        let key = self.block_for(pool, ip)?;
+        let block_cidr = self.blocks[&key].block.cidr;
+        let off = offset_in_block(&block_cidr, ip).expect("block contains ip");
+        let planned = self.blocks.get_mut(&key).expect("fetched or claimed");
+        if let Some(existing) = planned.block.allocations.get(&off) {
+            return Err(IpamError::AddressInUse {
+                ip,
+                handle: existing.clone(),
+            });
+        }
+        let next = planned.block.next;
+        let a = Self::occupy(planned, pool, off, handle);
+        planned.block.next = next; // A fixed address does not move the cursor.
+        self.taken_from.insert(a.ip, key);
+        self.use_pool(pool);
+        Ok(a)
+    }
+
+    /// The key of the block of `pool` that holds `ip`, read or claimed for this node.
+    /// Fails when a block left over from a deleted pool holds it instead.
+    fn block_for(&mut self, pool: &PoolInfo, ip: IpAddr) -> Result<String, IpamError> {
         let ordinal = pool.tiling.block_ordinal_of(ip).expect("pool contains ip");
         let block_cidr = pool
             .tiling
@@ -767,20 +843,116 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
             }
             None => self.claim(pool, ordinal)?,
         };
-        let off = offset_in_block(&block_cidr, ip).expect("block contains ip");
-        let planned = self.blocks.get_mut(&key).expect("fetched or claimed");
-        if let Some(existing) = planned.block.allocations.get(&off) {
-            return Err(IpamError::AddressInUse {
-                ip,
-                handle: existing.clone(),
-            });
+        Ok(key)
+    }
+
+    /// Keeps `hold`'s gateways out of this plan's addresses. `record` is its handle when
+    /// read with the snapshot (`Some(None)`: it does not exist).
+    pub(super) fn keep_gateways(
+        &mut self,
+        hold: &'a GatewayHold,
+        record: Option<Option<KeyValue>>,
+    ) -> Result<(), IpamError> {
+        self.gateway = Some(hold);
+        if let Some(kv) = record {
+            self.gateway_record = Some(PlannedGatewayHandle::new(hold, kv.as_ref())?);
         }
+        Ok(())
+    }
+
+    /// The gateway handle, read now if the snapshot did not have it.
+    fn gateway_record(&mut self) -> Result<&mut PlannedGatewayHandle, IpamError> {
+        let hold = self.gateway.expect("keep_gateways comes first");
+        if self.gateway_record.is_none() {
+            self.may_read()?;
+            let kv = self.store.get(&keys::handle(&hold.handle))?;
+            self.gateway_record = Some(PlannedGatewayHandle::new(hold, kv.as_ref())?);
+        }
+        Ok(self.gateway_record.as_mut().expect("set above"))
+    }
+
+    /// Whether the gateway handle, as far as the plan has it, lists `ip`; if so the commit
+    /// compares the handle.
+    fn gateway_listed(&mut self, ip: IpAddr) -> bool {
+        match self.gateway_record.as_mut() {
+            Some(rec) if rec.lists(ip) => {
+                rec.relied = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A block this plan already has that holds `ip` for `pool`.
+    fn planned_block_of(&self, pool: &PoolInfo, ip: IpAddr) -> Option<String> {
+        self.blocks
+            .iter()
+            .find(|(_, b)| {
+                !b.deleted && b.block.tiling() == Some(pool.tiling) && b.block.cidr.contains(&ip)
+            })
+            .map(|(k, _)| k.clone())
+    }
+
+    /// Holds gateway `ip` for the gateway handle, in this plan's transaction, unless it is
+    /// held already or nothing could give it to a pod (outside every pool, reserved, a pool
+    /// edge address). Fails when another handle holds it.
+    pub(super) fn hold_gateway(&mut self, ip: IpAddr) -> Result<(), IpamError> {
+        let ctx = self.ctx;
+        let hold = self.gateway.expect("keep_gateways comes first");
+        let Some(pool) = ctx.pool_containing(ip) else {
+            return Ok(());
+        };
+        if pool.is_edge_address(ip) || ctx.reservation_of(ip).is_some() || self.gateway_listed(ip) {
+            return Ok(());
+        }
+        let key = match self.planned_block_of(pool, ip) {
+            Some(key) => key,
+            None => {
+                self.gateway_record()?;
+                if self.gateway_listed(ip) {
+                    return Ok(());
+                }
+                match self.block_for(pool, ip) {
+                    Ok(key) => key,
+                    Err(IpamError::AddressInUse { handle, .. }) if handle == hold.handle => {
+                        return Ok(())
+                    }
+                    Err(IpamError::AddressInUse { ip, handle }) => {
+                        return Err(IpamError::GatewayInUse { ip, handle })
+                    }
+                    // No pool hands out an address of a leftover block.
+                    Err(IpamError::LeftoverBlock { .. }) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        let planned = &self.blocks[&key];
+        let off = offset_in_block(&planned.block.cidr, ip).expect("the block holds ip");
+        match planned.block.allocations.get(&off) {
+            Some(h) if *h == hold.handle => {
+                self.gateway_blocks.insert(key);
+                return Ok(());
+            }
+            Some(h) => {
+                return Err(IpamError::GatewayInUse {
+                    ip,
+                    handle: h.clone(),
+                })
+            }
+            None => {}
+        }
+        let rec = self.gateway_record()?;
+        rec.record.addresses.push(HandleAddress {
+            ip,
+            block: key.clone(),
+        });
+        rec.changed = true;
+        let planned = self.blocks.get_mut(&key).expect("found above");
         let next = planned.block.next;
-        let a = Self::occupy(planned, pool, off, handle);
-        planned.block.next = next; // A fixed address does not move the cursor.
-        self.taken_from.insert(a.ip, key);
+        Self::occupy(planned, pool, off, &hold.handle);
+        planned.block.next = next; // Like a fixed address, it does not move the cursor.
         self.use_pool(pool);
-        Ok(a)
+        Ok(())
     }
 
     fn txn_parts(&self) -> (Vec<Compare>, Vec<Op>) {
@@ -801,6 +973,23 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
                 compares.push(Compare::unchanged(p.key.clone(), p.revision));
             }
         }
+        for key in &self.gateway_blocks {
+            match self.blocks.get(key) {
+                Some(b) if !b.changed => compares.push(Compare::unchanged(key, b.revision)),
+                _ => {}
+            }
+        }
+        if let Some(rec) = self
+            .gateway_record
+            .as_ref()
+            .filter(|r| r.changed || r.relied)
+        {
+            let key = keys::handle(&rec.record.id);
+            compares.push(Compare::unchanged(key.clone(), rec.revision));
+            if rec.changed {
+                ops.push(Op::Put(key, encode(&rec.record)));
+            }
+        }
         (compares, ops)
     }
 
@@ -814,12 +1003,15 @@ impl<'a, S: Store + ?Sized> Plan<'a, S> {
         let (mut compares, mut ops) = self.txn_parts();
         compares.extend(extra);
         let (rec, rev) = handle;
-        if rec.addresses.len() as u64 > MAX_ADDRESSES_PER_REQUEST {
-            return Err(too_many_addresses(format!(
-                "handle {:?} would hold {}",
-                rec.id,
-                rec.addresses.len()
-            )));
+        let gateways = self.gateway_record.as_ref().map(|g| &g.record);
+        for rec in std::iter::once(rec).chain(gateways) {
+            if rec.addresses.len() as u64 > MAX_ADDRESSES_PER_REQUEST {
+                return Err(too_many_addresses(format!(
+                    "handle {:?} would hold {}",
+                    rec.id,
+                    rec.addresses.len()
+                )));
+            }
         }
         let key = keys::handle(&rec.id);
         compares.push(Compare::unchanged(key.clone(), rev));

@@ -32,6 +32,10 @@ pub struct Attributes {
     /// Container id.
     #[serde(rename = "cid", default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    /// Set on the handle holding a network's gateways (the address `bridge` with `isGateway`
+    /// or `ptp` puts on the host side): that network's name. Never a pod's address.
+    #[serde(rename = "gw", default, skip_serializing_if = "Option::is_none")]
+    pub gateway_of: Option<String>,
 }
 
 /// One allocated address as the admin views show it: its handle and, from the handle
