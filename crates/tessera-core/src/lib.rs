@@ -10,6 +10,7 @@ pub mod manifest;
 pub mod net;
 pub mod ranges;
 pub mod resources;
+pub mod retry;
 pub mod selector;
 pub mod spider;
 pub mod store;
