@@ -3,9 +3,9 @@
 //! Every operation reads what it needs in as few snapshots as possible, decides in memory
 //! (a [`plan::Plan`]), and commits all its writes in one compare-and-swap transaction. When a
 //! compare fails (another node or process changed a record it read) it starts over, up to
-//! [`MAX_ATTEMPTS`] times. Because the commit is one transaction, a request either gets every
-//! address it asked for (IPv4 and IPv6, several addresses) or none, and a crash at any moment
-//! leaves the store exactly as before or exactly as after.
+//! [`MAX_ATTEMPTS`] times ([`retry::on_conflict`]). Because the commit is one transaction, a
+//! request either gets every address it asked for (IPv4 and IPv6, several addresses) or none,
+//! and a crash at any moment leaves the store exactly as before or exactly as after.
 
 mod attachments;
 pub mod cache;
@@ -34,14 +34,12 @@ pub use select::{
 };
 
 use crate::keys;
+use crate::retry::{self, MAX_ATTEMPTS};
 use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
 use crate::text::quoted;
 use cache::{ByValue, CachedKv, NodeCache, NodeView};
 use plan::{Plan, Released};
 use records::decode;
-
-/// How often an operation starts over after losing a compare-and-swap race.
-pub const MAX_ATTEMPTS: u32 = 64;
 
 /// Why an IPAM operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -457,8 +455,7 @@ impl<S: Store> Ipam<S> {
                 Err(_) => {}
             }
         }
-        for attempt in 0..MAX_ATTEMPTS {
-            backoff(attempt, &req.handle);
+        let done: Result<_, IpamError> = retry::on_conflict(MAX_ATTEMPTS, &req.handle, |attempt| {
             // The first read assumes the handle is new (it nearly always is) and saves
             // reading it: the commit's "absent" compare catches an existing one, and the
             // reads after a failed commit (from the view or not) read it.
@@ -498,14 +495,15 @@ impl<S: Store> Ipam<S> {
                 ..inputs
             };
             if only_new && (inputs.handle.is_some() || alias_exists) {
-                return Ok(None);
+                return Ok(Some(None));
             }
             let fresh = self.try_assign(req, &attrs, inputs, cached.as_ref(), false, aliases)?;
-            if let Attempt::Done(done, ctx) = fresh {
-                return Ok(Some((done, *ctx)));
-            }
-        }
-        Err(IpamError::Contention(MAX_ATTEMPTS))
+            Ok(match fresh {
+                Attempt::Done(done, ctx) => Some(Some((done, *ctx))),
+                Attempt::Conflict => None,
+            })
+        });
+        done?.ok_or(IpamError::Contention(MAX_ATTEMPTS))
     }
 
     /// One plan and commit. `cached` is the node's view as loaded from the cache;
@@ -637,17 +635,16 @@ impl<S: Store> Ipam<S> {
                 return Ok(HandleRelease::Released(released));
             }
         }
-        for attempt in 0..MAX_ATTEMPTS {
-            backoff(attempt, handle);
+        let done: Result<_, IpamError> = retry::on_conflict(MAX_ATTEMPTS, handle, |_| {
             let Some(kv) = self.store.get(&keys::handle(handle))? else {
                 if let Some(cache) = &self.cache {
                     cache.forget_handle(handle);
                 }
-                return Ok(HandleRelease::Released(Vec::new()));
+                return Ok(Some(HandleRelease::Released(Vec::new())));
             };
             let rec: HandleRecord = decode(&kv)?;
             if !owns(&rec.attrs) {
-                return Ok(HandleRelease::NotOwned(rec.attrs));
+                return Ok(Some(HandleRelease::NotOwned(rec.attrs)));
             }
             let targets = handle_targets(&rec);
             match plan::release(&self.store, &targets, Some((&rec, kv.mod_revision)), None)? {
@@ -659,12 +656,12 @@ impl<S: Store> Ipam<S> {
                             save_applied(cache.as_ref(), view, &ops, revision);
                         }
                     }
-                    return Ok(HandleRelease::Released(ips));
+                    Ok(Some(HandleRelease::Released(ips)))
                 }
-                Released::Conflict => continue,
+                Released::Conflict => Ok(None),
             }
-        }
-        Err(IpamError::Contention(MAX_ATTEMPTS))
+        });
+        done?.ok_or(IpamError::Contention(MAX_ATTEMPTS))
     }
 
     /// The release of a handle this node wrote, planned from the cached handle and the
@@ -717,8 +714,7 @@ impl<S: Store> Ipam<S> {
     /// Releases single addresses, whoever holds them. Addresses that are not allocated are
     /// skipped; the released ones are returned with the handle that held them.
     pub fn release_ips(&self, ips: &[IpAddr]) -> Result<Vec<(IpAddr, String)>, IpamError> {
-        for attempt in 0..MAX_ATTEMPTS {
-            backoff(attempt, "release-ips");
+        let done: Result<_, IpamError> = retry::on_conflict(MAX_ATTEMPTS, "release-ips", |_| {
             let mut targets = Vec::new();
             for ip in ips {
                 if let Some(info) = self.lookup(*ip)? {
@@ -733,17 +729,16 @@ impl<S: Store> Ipam<S> {
             }
             let held: Vec<(IpAddr, String)> =
                 targets.iter().map(|t| (t.ip, t.handle.clone())).collect();
-            match plan::release(&self.store, &targets, None, None)? {
-                Released::Done { ips, .. } => {
-                    return Ok(held
-                        .into_iter()
+            Ok(match plan::release(&self.store, &targets, None, None)? {
+                Released::Done { ips, .. } => Some(
+                    held.into_iter()
                         .filter(|(ip, _)| ips.contains(ip))
-                        .collect())
-                }
-                Released::Conflict => continue,
-            }
-        }
-        Err(IpamError::Contention(MAX_ATTEMPTS))
+                        .collect::<Vec<_>>(),
+                ),
+                Released::Conflict => None,
+            })
+        });
+        done?.ok_or(IpamError::Contention(MAX_ATTEMPTS))
     }
 
     /// Where an address stands: its pool, block and allocation, if any.
@@ -755,14 +750,10 @@ impl<S: Store> Ipam<S> {
     /// freed, blocks that still hold addresses stay where they are without affinity.
     pub fn release_node(&self, node: &str) -> Result<usize, IpamError> {
         check_node_name(node)?;
-        for attempt in 0..MAX_ATTEMPTS {
-            backoff(attempt, node);
-            match plan::release_node(&self.store, node)? {
-                Some(n) => return Ok(n),
-                None => continue,
-            }
-        }
-        Err(IpamError::Contention(MAX_ATTEMPTS))
+        retry::on_conflict(MAX_ATTEMPTS, node, |_| {
+            plan::release_node(&self.store, node)
+        })?
+        .ok_or(IpamError::Contention(MAX_ATTEMPTS))
     }
 
     /// Pool, block and address usage (scans every block: an admin view, not a hot path).
@@ -886,31 +877,13 @@ fn handle_targets(rec: &HandleRecord) -> Vec<plan::Target> {
         .collect()
 }
 
-/// Refuses a node name Kubernetes would refuse (see [`crate::validate::node_name_problem`]):
+/// Refuses a node name Kubernetes would refuse (see [`crate::validate::names::node_name_problem`]):
 /// such a name would put the node's blocks under another home.
 pub(crate) fn check_node_name(node: &str) -> Result<(), IpamError> {
-    match crate::validate::node_name_problem(node) {
+    match crate::validate::names::node_name_problem(node) {
         Some(problem) => Err(IpamError::InvalidRequest(problem)),
         None => Ok(()),
     }
-}
-
-/// Short randomized pause before a retry, so racing writers spread out.
-fn backoff(attempt: u32, salt: &str) {
-    if attempt == 0 {
-        return;
-    }
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        salt,
-        attempt,
-        std::process::id(),
-        std::time::SystemTime::now(),
-    )
-        .hash(&mut h);
-    let cap_us = 200u64 << attempt.min(6);
-    std::thread::sleep(std::time::Duration::from_micros(h.finish() % cap_us));
 }
 
 #[cfg(test)]
@@ -928,7 +901,7 @@ mod tests {
                 num_v4: 1,
                 ..Default::default()
             };
-            let expected = crate::validate::node_name_problem(node).unwrap();
+            let expected = crate::validate::names::node_name_problem(node).unwrap();
             let refused = |e: IpamError| {
                 assert!(
                     matches!(&e, IpamError::InvalidRequest(p) if *p == expected),
