@@ -148,7 +148,7 @@ pub fn borrowed_table(usage: &Usage) -> String {
 
 fn ipam_config(
     store: &dyn Store,
-) -> anyhow::Result<tessera_core::resources::IPAMConfigurationSpec> {
+) -> anyhow::Result<tessera_core::resources::calico::IPAMConfigurationSpec> {
     match Catalog::new(store).get(Kind::IPAMConfiguration, IPAM_CONFIG_NAME)? {
         Resource::IPAMConfiguration(c) => Ok(c.spec),
         other => bail!(

@@ -470,7 +470,7 @@ fn parse_json(text: &str) -> (Vec<Doc>, Vec<Problem>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tessera_core::resources::IPPool;
+    use tessera_core::resources::calico::IPPool;
 
     fn pools(text: &str) -> Vec<IPPool> {
         read_manifests(text, "pools.yaml")

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::Context as _;
 use tessera_core::ipam::Block;
 use tessera_core::keys;
-use tessera_core::resources::IPPool;
+use tessera_core::resources::calico::IPPool;
 use tessera_core::store::Read;
 
 use crate::datastore::{Datastore, Origin};

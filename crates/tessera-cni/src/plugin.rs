@@ -815,7 +815,10 @@ fn default_pools(conf: &NetConf) -> Vec<String> {
 
 /// A SpiderIPPool route as a result route. The catalog validated it when the pool was
 /// applied, so a route that does not parse means a damaged record.
-fn pool_route(r: &tessera_core::spider::Route, a: &AssignedAddress) -> Result<Route, CniError> {
+fn pool_route(
+    r: &tessera_core::resources::spider::Route,
+    a: &AssignedAddress,
+) -> Result<Route, CniError> {
     let damaged = |what: &str| {
         CniError::new(
             code::DATASTORE_DAMAGED,

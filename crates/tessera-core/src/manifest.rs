@@ -13,11 +13,10 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::resources::{
-    IPAMConfiguration, IPPool, IPReservation, Kind, Namespace, Node, Resource, CALICO_API_VERSION,
-    CORE_API_VERSION,
-};
-use crate::spider::{SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION};
+use crate::resources::calico::{IPAMConfiguration, IPPool, IPReservation, CALICO_API_VERSION};
+use crate::resources::kube::{Namespace, Node, CORE_API_VERSION};
+use crate::resources::spider::{SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION};
+use crate::resources::{Kind, Resource};
 use crate::text::{plain_or_quoted, quoted};
 use crate::validate::{fmt_errors, fmt_subject, typography_hint, FieldError};
 
@@ -903,7 +902,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::{AllowedUse, EncapMode};
+    use crate::resources::calico::{AllowedUse, EncapMode};
     use serde_json::json;
 
     fn err(doc: Value) -> String {
@@ -1266,10 +1265,10 @@ mod tests {
     #[test]
     fn field_tables_match_the_resource_types() {
         // Every listed field is one serde accepts, and serde accepts no other.
-        use crate::resources::{IPAMConfigurationSpec, IPPoolSpec, IPReservationSpec};
-        use crate::spider::{
-            LabelSelector, LabelSelectorRequirement, Route, SpiderIPPoolSpec, SpiderReservedIPSpec,
-            SpiderSubnetSpec,
+        use crate::resources::calico::{IPAMConfigurationSpec, IPPoolSpec, IPReservationSpec};
+        use crate::resources::meta::{LabelSelector, LabelSelectorRequirement};
+        use crate::resources::spider::{
+            Route, SpiderIPPoolSpec, SpiderReservedIPSpec, SpiderSubnetSpec,
         };
         let mut pairs = vec![
             (serde_fields::<IPPoolSpec>(), IPPOOL_FIELDS),

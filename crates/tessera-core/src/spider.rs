@@ -1,279 +1,24 @@
-//! Spiderpool resources (`spiderpool.spidernet.io/v2beta1`): subnets, pools of explicit
-//! address ranges, and reserved addresses. Field names follow Spiderpool's JSON exactly so
-//! that existing manifests apply unchanged.
-//!
-//! Besides the types, this module holds Spiderpool's rules: [`validate_spider_pool`] and
-//! friends check one resource on its own (called through [`crate::validate::validate`]), and
-//! [`check_spider_against`] checks a pool or subnet against the other pools and subnets, so
-//! that one address never belongs to two pools and every pool of a SpiderSubnet takes its
-//! addresses from that subnet.
+//! Spiderpool's rules: [`validate_spider_pool`] and friends check one resource on its own
+//! (called through [`crate::validate::validate`]), and [`check_spider_against`] checks a pool
+//! or subnet against the other pools and subnets, so that one address never belongs to two
+//! pools and every pool of a SpiderSubnet takes its addresses from that subnet. The types are
+//! in [`crate::resources::spider`].
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use serde::{Deserialize, Serialize};
 
 use crate::net::{ipv4_mapped_range, nets_overlap};
 use crate::ranges::{IpRangeSet, RangeError};
-use crate::resources::{IPPool, Kind, ObjectMeta, Resource};
+use crate::resources::calico::IPPool;
+use crate::resources::meta::LabelSelector;
+use crate::resources::spider::{Route, SpiderIPPool, SpiderReservedIP, SpiderSubnet};
+use crate::resources::{Kind, Resource};
 use crate::text::{plain_or_quoted, quoted};
 use crate::validate::{
     check_metadata, dns_label_problem, label_value_problem, parse_network, qualified_name_problem,
     subdomain_problem, typography_hint, FieldError, NameRule, ValidationError,
 };
-
-/// apiVersion of Spiderpool resources.
-pub const SPIDER_API_VERSION: &str = "spiderpool.spidernet.io/v2beta1";
-
-/// A route handed to the workload with its address.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Route {
-    /// Destination network.
-    pub dst: String,
-    /// Next hop.
-    pub gw: String,
-}
-
-/// One requirement of a Kubernetes label selector.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LabelSelectorRequirement {
-    /// Label key.
-    pub key: String,
-    /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
-    pub operator: String,
-    /// Values for `In` and `NotIn`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub values: Vec<String>,
-}
-
-/// A Kubernetes label selector (`matchLabels` and `matchExpressions`, all must hold).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct LabelSelector {
-    /// Labels that must be present with these values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub match_labels: BTreeMap<String, String>,
-    /// Further requirements.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub match_expressions: Vec<LabelSelectorRequirement>,
-}
-
-impl LabelSelector {
-    /// Whether `labels` satisfy the selector. An empty selector matches everything, as in
-    /// Kubernetes; an unknown operator matches nothing (validation refuses it beforehand).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.match_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && self.match_expressions.iter().all(|r| {
-                let value = labels.get(&r.key);
-                match r.operator.as_str() {
-                    "In" => value.is_some_and(|v| r.values.contains(v)),
-                    "NotIn" => value.is_none_or(|v| !r.values.contains(v)),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    _ => false,
-                }
-            })
-    }
-}
-
-/// `SpiderIPPool.spec`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SpiderIPPoolSpec {
-    /// 4 or 6 (derived from `subnet` when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_version: Option<u8>,
-    /// The subnet the pool's addresses belong to.
-    #[serde(default)]
-    pub subnet: String,
-    /// Addresses: single IPs or `a-b` ranges.
-    #[serde(default, rename = "ips", skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<String>,
-    /// Addresses never handed out.
-    #[serde(default, rename = "excludeIPs", skip_serializing_if = "Vec::is_empty")]
-    pub exclude_ips: Vec<String>,
-    /// Gateway given to workloads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    /// Routes given to workloads.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
-    /// VLAN id (informational for the main plugin).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<i64>,
-    /// Pods whose labels match may use the pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pod_affinity: Option<LabelSelector>,
-    /// Pods in namespaces whose labels match may use the pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub namespace_affinity: Option<LabelSelector>,
-    /// Pods in these namespaces may use the pool.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub namespace_name: Vec<String>,
-    /// Pods on nodes whose labels match may use the pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_affinity: Option<LabelSelector>,
-    /// Pods on these nodes may use the pool.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub node_name: Vec<String>,
-    /// Multus network names the pool serves.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub multus_name: Vec<String>,
-    /// A cluster default pool (used when nothing else names a pool).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default: Option<bool>,
-    /// A disabled pool hands out nothing new.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disable: Option<bool>,
-}
-
-/// A Spiderpool `SpiderIPPool`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpiderIPPool {
-    /// Metadata.
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: SpiderIPPoolSpec,
-}
-
-/// `SpiderSubnet.spec`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SpiderSubnetSpec {
-    /// 4 or 6 (derived from `subnet` when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_version: Option<u8>,
-    /// The subnet.
-    #[serde(default)]
-    pub subnet: String,
-    /// Addresses pools of this subnet may take: single IPs or `a-b` ranges.
-    #[serde(default, rename = "ips", skip_serializing_if = "Vec::is_empty")]
-    pub ips: Vec<String>,
-    /// Addresses never handed out.
-    #[serde(default, rename = "excludeIPs", skip_serializing_if = "Vec::is_empty")]
-    pub exclude_ips: Vec<String>,
-    /// Gateway.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gateway: Option<String>,
-    /// Routes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub routes: Vec<Route>,
-    /// VLAN id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vlan: Option<i64>,
-}
-
-/// A Spiderpool `SpiderSubnet`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpiderSubnet {
-    /// Metadata.
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: SpiderSubnetSpec,
-}
-
-/// `SpiderReservedIP.spec`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct SpiderReservedIPSpec {
-    /// 4 or 6 (derived from the addresses when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ip_version: Option<u8>,
-    /// Reserved addresses: single IPs or `a-b` ranges.
-    #[serde(default, rename = "ips")]
-    pub ips: Vec<String>,
-}
-
-/// A Spiderpool `SpiderReservedIP`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SpiderReservedIP {
-    /// Metadata.
-    pub metadata: ObjectMeta,
-    /// Spec.
-    #[serde(default)]
-    pub spec: SpiderReservedIPSpec,
-}
-
-// ---------------------------------------------------------------------------------------------
-// Address sets
-
-/// Whether addresses of a spec are IPv6: `ipVersion` when it says 4 or 6, else the family of
-/// `subnet`, else the family of the first address. Validated specs agree on all three.
-fn family_is_v6(ip_version: Option<u8>, subnet: &str, ips: &[String]) -> bool {
-    match ip_version {
-        Some(6) => true,
-        Some(4) => false,
-        _ => match subnet.trim().parse::<IpNet>() {
-            Ok(net) => matches!(net, IpNet::V6(_)),
-            Err(_) => ips.first().is_some_and(|ip| ip.contains(':')),
-        },
-    }
-}
-
-fn subnet_of(subnet: &str) -> Option<IpNet> {
-    subnet.trim().parse::<IpNet>().ok().map(|net| net.trunc())
-}
-
-/// `ips` minus `excludeIPs`, read in family `v6`.
-fn usable(ips: &[String], exclude: &[String], v6: bool) -> Result<IpRangeSet, RangeError> {
-    Ok(IpRangeSet::parse(ips, v6)?.subtract(&IpRangeSet::parse(exclude, v6)?))
-}
-
-impl SpiderIPPoolSpec {
-    /// True for an IPv6 pool.
-    pub fn is_v6(&self) -> bool {
-        family_is_v6(self.ip_version, &self.subnet, &self.ips)
-    }
-
-    /// The pool's subnet, when it parses.
-    pub fn subnet_net(&self) -> Option<IpNet> {
-        subnet_of(&self.subnet)
-    }
-
-    /// The addresses the pool may hand out: `ips` minus `excludeIPs`. Its size is what
-    /// Spiderpool shows as TOTAL-IP-COUNT. Fails only for entries that do not parse, which a
-    /// validated pool never has.
-    pub fn total_ips(&self) -> Result<IpRangeSet, RangeError> {
-        usable(&self.ips, &self.exclude_ips, self.is_v6())
-    }
-}
-
-impl SpiderSubnetSpec {
-    /// True for an IPv6 subnet.
-    pub fn is_v6(&self) -> bool {
-        family_is_v6(self.ip_version, &self.subnet, &self.ips)
-    }
-
-    /// The subnet as a network, when it parses.
-    pub fn subnet_net(&self) -> Option<IpNet> {
-        subnet_of(&self.subnet)
-    }
-
-    /// The addresses the subnet offers to its pools: `ips` minus `excludeIPs` (Spiderpool's
-    /// TOTAL-IP-COUNT of a subnet).
-    pub fn total_ips(&self) -> Result<IpRangeSet, RangeError> {
-        usable(&self.ips, &self.exclude_ips, self.is_v6())
-    }
-}
-
-impl SpiderReservedIPSpec {
-    /// True for IPv6 reservations.
-    pub fn is_v6(&self) -> bool {
-        family_is_v6(self.ip_version, "", &self.ips)
-    }
-
-    /// The reserved addresses.
-    pub fn reserved_ips(&self) -> Result<IpRangeSet, RangeError> {
-        IpRangeSet::parse(&self.ips, self.is_v6())
-    }
-}
 
 /// A set written for messages: at most three ranges, then how many more there are.
 pub fn describe_set(set: &IpRangeSet) -> String {
@@ -914,10 +659,14 @@ pub fn check_spider_against(
     }
 }
 
+/// The fields of a SpiderIPPool or SpiderSubnet that never change: `subnet` as written and
+/// as a network, and `ipVersion`.
+type Fixed<'a> = (&'a str, Option<IpNet>, Option<u8>);
+
 fn check_immutable(
     kind: Kind,
-    (old_subnet, new_subnet): (&str, &str),
-    (old_version, new_version): (Option<u8>, Option<u8>),
+    (old_subnet, old_net, old_version): Fixed<'_>,
+    (new_subnet, new_net, new_version): Fixed<'_>,
     errors: &mut Vec<FieldError>,
 ) {
     let changed = |field: &str, old: &dyn std::fmt::Display, new: &dyn std::fmt::Display| {
@@ -929,7 +678,7 @@ fn check_immutable(
             ),
         )
     };
-    if subnet_of(old_subnet) != subnet_of(new_subnet) {
+    if old_net != new_net {
         errors.push(changed("spec.subnet", &old_subnet, &new_subnet));
     } else if let (Some(old), Some(new)) = (old_version, new_version) {
         if old != new {
@@ -947,8 +696,12 @@ fn check_pool_against_world(
     if let Some(old) = previous {
         check_immutable(
             Kind::SpiderIPPool,
-            (&old.spec.subnet, &pool.spec.subnet),
-            (old.spec.ip_version, pool.spec.ip_version),
+            (&old.spec.subnet, old.spec.subnet_net(), old.spec.ip_version),
+            (
+                &pool.spec.subnet,
+                pool.spec.subnet_net(),
+                pool.spec.ip_version,
+            ),
             errors,
         );
     }
@@ -1050,8 +803,12 @@ fn check_subnet_against_world(
     if let Some(old) = previous {
         check_immutable(
             Kind::SpiderSubnet,
-            (&old.spec.subnet, &subnet.spec.subnet),
-            (old.spec.ip_version, subnet.spec.ip_version),
+            (&old.spec.subnet, old.spec.subnet_net(), old.spec.ip_version),
+            (
+                &subnet.spec.subnet,
+                subnet.spec.subnet_net(),
+                subnet.spec.ip_version,
+            ),
             errors,
         );
     }
@@ -1141,47 +898,4 @@ fn calico_overlap(pool: &IPPool, set: &IpRangeSet) -> Option<IpRangeSet> {
     let net = pool.spec.cidr.trim().parse::<IpNet>().ok()?;
     let both = set.within(&net.trunc());
     (!both.is_empty()).then_some(both)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn label_selectors_match_like_kubernetes() {
-        let sel: LabelSelector = serde_json::from_value(serde_json::json!({
-            "matchLabels": {"app": "nginx"},
-            "matchExpressions": [
-                {"key": "tier", "operator": "In", "values": ["web", "edge"]},
-                {"key": "canary", "operator": "DoesNotExist"}
-            ]
-        }))
-        .unwrap();
-        assert!(sel.matches(&labels(&[("app", "nginx"), ("tier", "web")])));
-        assert!(!sel.matches(&labels(&[("app", "nginx"), ("tier", "db")])));
-        assert!(!sel.matches(&labels(&[
-            ("app", "nginx"),
-            ("tier", "web"),
-            ("canary", "1")
-        ])));
-        assert!(LabelSelector::default().matches(&labels(&[])));
-    }
-
-    #[test]
-    fn seed_pool_decodes() {
-        let pool: SpiderIPPool = serde_json::from_value(serde_json::json!({
-            "metadata": {"name": "nginx-v4-ippool"},
-            "spec": {"ipVersion": 4, "subnet": "10.244.0.0/16", "ips": ["10.244.120.10-10.244.120.20"]}
-        }))
-        .unwrap();
-        assert_eq!(pool.spec.ips, ["10.244.120.10-10.244.120.20"]);
-        assert_eq!(pool.spec.ip_version, Some(4));
-    }
 }

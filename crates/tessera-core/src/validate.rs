@@ -17,10 +17,12 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 
 use crate::net::{ipv4_mapped_range, nets_overlap, IPV4_MAPPED_TEXT};
-use crate::resources::{
-    AllowedUse, AssignmentMode, EncapMode, IPAMConfiguration, IPPool, IPReservation, Kind,
-    Namespace, Node, ObjectMeta, Resource,
+use crate::resources::calico::{
+    AllowedUse, AssignmentMode, EncapMode, IPAMConfiguration, IPPool, IPReservation,
 };
+use crate::resources::kube::{Namespace, Node};
+use crate::resources::meta::ObjectMeta;
+use crate::resources::{Kind, Resource};
 use crate::selector::Selector;
 use crate::spider::{validate_spider_pool, validate_spider_reserved, validate_spider_subnet};
 use crate::text::{plain_or_quoted, quoted};
@@ -895,7 +897,7 @@ fn parse_cidr_field(field: &str, text: &str, allow_single_ip: bool) -> Result<Ip
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::IPPoolSpec;
+    use crate::resources::calico::IPPoolSpec;
 
     fn pool(name: &str, cidr: &str) -> IPPool {
         IPPool {
@@ -1179,7 +1181,7 @@ mod tests {
                 name: "reserved".into(),
                 ..Default::default()
             },
-            spec: crate::resources::IPReservationSpec {
+            spec: crate::resources::calico::IPReservationSpec {
                 reserved_cidrs: cidrs.iter().map(|s| s.to_string()).collect(),
             },
         })

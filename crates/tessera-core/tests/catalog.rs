@@ -7,7 +7,8 @@ use std::sync::Mutex;
 use serde_json::{json, Value};
 use tessera_core::catalog::{Action, Catalog, CatalogError, Outcome, CONFIG_GUARD_KEY};
 use tessera_core::manifest::decode_document;
-use tessera_core::resources::{IPAMConfigurationSpec, Kind, Resource};
+use tessera_core::resources::calico::IPAMConfigurationSpec;
+use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::{
     Compare, MemoryStore, Op, Read, Snapshot, Store, StoreError, TxnLimits, TxnOutcome,
 };

@@ -12,8 +12,8 @@ use tessera_core::ipam::{AssignRequest, Ipam, IpamError};
 use tessera_core::keys;
 use tessera_core::manifest::decode_document;
 use tessera_core::ranges::IpRangeSet;
+use tessera_core::resources::spider::SPIDER_API_VERSION;
 use tessera_core::resources::{Kind, Resource};
-use tessera_core::spider::SPIDER_API_VERSION;
 use tessera_core::store::{
     Compare, MemoryStore, Op, Read, Snapshot, Store, StoreError, TxnOutcome,
 };

@@ -3,8 +3,8 @@
 
 use serde_json::{json, Value};
 use tessera_core::manifest::{decode_document, decode_documents, spec_field_names};
+use tessera_core::resources::spider::SPIDER_API_VERSION;
 use tessera_core::resources::{Kind, Resource};
-use tessera_core::spider::SPIDER_API_VERSION;
 
 fn err(doc: Value) -> String {
     decode_document(doc).unwrap_err().to_string()

@@ -5,11 +5,12 @@
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tessera_core::manifest::decode_document;
-use tessera_core::resources::Resource;
-use tessera_core::spider::{
-    selector_problems, LabelSelector, SpiderIPPool, SpiderReservedIP, SpiderSubnet,
-    SPIDER_API_VERSION,
+use tessera_core::resources::meta::LabelSelector;
+use tessera_core::resources::spider::{
+    SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION,
 };
+use tessera_core::resources::Resource;
+use tessera_core::spider::selector_problems;
 use tessera_core::validate::validate;
 
 fn doc(kind: &str, name: &str, spec: Value) -> Resource {

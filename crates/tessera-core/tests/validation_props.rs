@@ -7,7 +7,8 @@ use proptest::strategy::ValueTree;
 use serde_json::{json, Map, Value};
 use tessera_core::manifest::{decode_document, decode_documents};
 use tessera_core::net::Tiling;
-use tessera_core::resources::{IPPool, Resource};
+use tessera_core::resources::calico::IPPool;
+use tessera_core::resources::Resource;
 use tessera_core::validate::{check_pool_against, validate};
 
 fn arb_json() -> impl Strategy<Value = Value> {

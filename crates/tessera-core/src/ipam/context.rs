@@ -9,12 +9,13 @@ use ipnet::IpNet;
 use crate::keys;
 use crate::net::{net_first, Tiling};
 use crate::ranges::IpRangeSet;
-use crate::resources::{
+use crate::resources::calico::{
     AllowedUse, AssignmentMode, IPAMConfiguration, IPAMConfigurationSpec, IPPool, IPReservation,
-    Namespace, Node,
 };
+use crate::resources::kube::{Namespace, Node};
+use crate::resources::meta::LabelSelector;
+use crate::resources::spider::{Route, SpiderIPPool, SpiderReservedIP};
 use crate::selector::Selector;
-use crate::spider::{LabelSelector, Route, SpiderIPPool, SpiderReservedIP};
 use crate::store::KeyValue;
 
 use super::records::decode;

@@ -259,7 +259,7 @@ pub struct AssignedAddress {
     /// Gateway for the workload (Spiderpool pools that set one).
     pub gateway: Option<IpAddr>,
     /// Routes for the workload (Spiderpool pools that set them).
-    pub routes: Vec<crate::spider::Route>,
+    pub routes: Vec<crate::resources::spider::Route>,
     /// VLAN id of the pool, when set.
     pub vlan: Option<i64>,
 }
