@@ -350,7 +350,7 @@ fn handles_with_control_characters_and_mapped_addresses_are_refused() {
             "--ipv6",
             "1"
         ]),
-        "fd00:10::\n"
+        "fd00:10::1\n"
     );
 }
 

@@ -167,7 +167,7 @@ fn ipv6_pools_show_full_totals() {
             "ipam", "assign", "--node", "worker-1", "--handle", "dual", "--ipv4", "1", "--ipv6",
             "1"
         ]),
-        "10.0.0.1\nfd00:10::\n"
+        "10.0.0.1\nfd00:10::1\n"
     );
     assert_eq!(
         env.ok(&["ipam", "show", "--show-blocks"]),
