@@ -12,8 +12,11 @@
 //! without its marker.
 //!
 //! Stores written before sharding hold the whole index in one record at
-//! [`keys::legacy_pool_index`]. It is read as holding all ordinals, and the first write that
-//! touches the tiling moves its entries into shards and deletes it, in the same transaction.
+//! [`keys::legacy_pool_index`]. It is read as holding every ordinal no shard holds. Each write
+//! that touches the tiling moves the entries of the shards it changes, and of up to
+//! [`LEGACY_SHARDS_MOVED_PER_WRITE`] more, out of it, in the same transaction; the record is
+//! deleted when it has none left. The bound keeps a transaction within etcd's operation limit
+//! whatever the size of the old record.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -23,6 +26,9 @@ use crate::store::{Compare, KeyValue, Op, Read, Snapshot, Store};
 
 use super::records::{decode, encode, IndexEntry, PoolIndex};
 use super::IpamError;
+
+/// Shards a write moves out of a legacy whole-index record besides those it changes.
+pub(super) const LEGACY_SHARDS_MOVED_PER_WRITE: usize = 16;
 
 /// How many reads [`index_reads`] makes per tiling.
 pub(super) const READS_PER_INDEX: usize = 3;
@@ -60,6 +66,8 @@ pub(super) struct PlannedIndex {
     shards: BTreeMap<u128, StoredShard>,
     /// Revision of the legacy whole-index record (0: absent).
     legacy: i64,
+    /// The legacy record's entries.
+    legacy_entries: Vec<IndexEntry>,
     /// Revision of the tiling marker (0: absent).
     marker: i64,
 }
@@ -74,10 +82,11 @@ impl PlannedIndex {
     /// The index of `tiling` from the [`index_reads`] found at position `at` of `snap`.
     pub fn from_snapshot(tiling: &Tiling, snap: &Snapshot, at: usize) -> Result<Self, IpamError> {
         let legacy = snap.get(at);
-        let mut entries = match legacy {
+        let legacy_entries = match legacy {
             Some(kv) => decode::<PoolIndex>(kv)?.blocks,
             None => Vec::new(),
         };
+        let mut entries = legacy_entries.clone();
         let mut shards = BTreeMap::new();
         for kv in snap.list(at + 1) {
             let number = shard_number(tiling, kv)?;
@@ -96,6 +105,7 @@ impl PlannedIndex {
             changed: false,
             shards,
             legacy: legacy.map_or(0, |kv| kv.mod_revision),
+            legacy_entries,
             marker: snap.get(at + 2).map_or(0, |kv| kv.mod_revision),
         })
     }
@@ -124,22 +134,34 @@ impl PlannedIndex {
         compares
     }
 
-    /// Writes the shards whose entries changed, each compared at the revision read. A legacy
-    /// record is moved into shards. The marker is deleted with the last entry and rewritten
-    /// when a shard is created (see the module documentation).
+    /// Writes the shards whose entries changed, each compared at the revision read, and
+    /// moves shards out of a legacy record. The marker is deleted with the last entry and
+    /// rewritten when a shard is created (see the module documentation).
     pub fn ops(&self, tiling: &Tiling, compares: &mut Vec<Compare>, ops: &mut Vec<Op>) {
-        let mut wanted: BTreeMap<u128, Vec<IndexEntry>> = BTreeMap::new();
-        for e in &self.index.blocks {
-            wanted
-                .entry(shard_of(e.ordinal))
-                .or_default()
-                .push(e.clone());
-        }
-        let numbers: BTreeSet<u128> = wanted.keys().chain(self.shards.keys()).copied().collect();
+        let mut wanted = by_shard(&self.index.blocks);
+        let as_read = by_shard(&self.original.blocks);
+        let legacy = by_shard(&self.legacy_entries);
+        let numbers: BTreeSet<u128> = (wanted.keys().chain(self.shards.keys()))
+            .chain(legacy.keys())
+            .copied()
+            .collect();
         let written = ops.len();
         let mut created = false;
+        let mut moves_left = LEGACY_SHARDS_MOVED_PER_WRITE;
+        let mut kept_in_legacy = Vec::new();
         for number in numbers {
             let want = wanted.remove(&number).unwrap_or_default();
+            if let Some(old) = legacy.get(&number) {
+                // A shard this write does not change moves while the budget lasts.
+                if as_read.get(&number).is_some_and(|r| *r == want) {
+                    if moves_left == 0 {
+                        kept_in_legacy.extend(old.iter().cloned());
+                        continue;
+                    }
+                    moves_left -= 1;
+                }
+            }
+            // Entries of a moved legacy shard are dropped from the legacy record either way.
             let stored = self.shards.get(&number);
             if stored.map_or(want.is_empty(), |s| s.entries == want) {
                 continue;
@@ -156,7 +178,14 @@ impl PlannedIndex {
         if self.legacy != 0 {
             let key = keys::legacy_pool_index(tiling);
             compares.push(Compare::unchanged(&key, self.legacy));
-            ops.push(Op::Delete(key));
+            ops.push(if kept_in_legacy.is_empty() {
+                Op::Delete(key)
+            } else {
+                let rest = PoolIndex {
+                    blocks: kept_in_legacy,
+                };
+                Op::Put(key, encode(&rest))
+            });
         }
         if ops.len() == written {
             return;
@@ -170,6 +199,18 @@ impl PlannedIndex {
             ops.push(Op::Put(marker, nonce.into_bytes()));
         }
     }
+}
+
+/// `entries` grouped by shard, in order.
+fn by_shard(entries: &[IndexEntry]) -> BTreeMap<u128, Vec<IndexEntry>> {
+    let mut shards: BTreeMap<u128, Vec<IndexEntry>> = BTreeMap::new();
+    for e in entries {
+        shards
+            .entry(shard_of(e.ordinal))
+            .or_default()
+            .push(e.clone());
+    }
+    shards
 }
 
 /// The shard number of a record read under the tiling's shard prefix.
@@ -371,6 +412,54 @@ mod tests {
         let idx = PlannedIndex::read(&store, &tiling()).unwrap();
         assert!(idx.index.entry(1).unwrap().full);
         assert_eq!(idx.index.blocks.len(), 2);
+    }
+
+    #[test]
+    fn a_large_legacy_record_moves_into_shards_a_bounded_number_at_a_time() {
+        let store = MemoryStore::new();
+        // 40 shards' worth of entries, one per shard.
+        let legacy = PoolIndex {
+            blocks: (0..40)
+                .map(|s| entry(s * POOL_INDEX_SHARD_ORDINALS))
+                .collect(),
+        };
+        let ops = [
+            Op::Put(keys::legacy_pool_index(&tiling()), encode(&legacy)),
+            Op::Put(keys::tiling_marker(&tiling()), b"{}".to_vec()),
+        ];
+        store.txn(&[], &ops).unwrap();
+        let last = 39 * POOL_INDEX_SHARD_ORDINALS;
+        let mut flagged = legacy.clone();
+        flagged.set_full(last, true);
+        let mut writes = 0;
+        loop {
+            let mut idx = PlannedIndex::read(&store, &tiling()).unwrap();
+            let expected = if writes == 0 { &legacy } else { &flagged };
+            assert_eq!(idx.index, *expected, "after {writes} writes");
+            if idx.legacy == 0 {
+                break;
+            }
+            // First a flag change in the last shard: it moves with 16 others. Later writes
+            // change nothing and move 16 more each.
+            idx.index.set_full(last, true);
+            idx.changed = true;
+            let (mut compares, mut ops) = (Vec::new(), Vec::new());
+            idx.ops(&tiling(), &mut compares, &mut ops);
+            // The changed shard, 16 moved ones, the legacy record and the marker.
+            assert!(
+                ops.len() <= LEGACY_SHARDS_MOVED_PER_WRITE + 3,
+                "{}",
+                ops.len()
+            );
+            assert!(matches!(
+                store.txn(&compares, &ops).unwrap(),
+                crate::store::TxnOutcome::Committed(_)
+            ));
+            writes += 1;
+        }
+        assert_eq!(writes, 3);
+        let shards = store.range(&keys::pool_index_shards(&tiling())).unwrap();
+        assert_eq!(shards.len(), 40);
     }
 
     #[test]
