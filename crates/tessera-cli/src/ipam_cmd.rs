@@ -11,7 +11,8 @@ use tessera_core::ipam::{AssignRequest, Attributes, Context, Ipam, Usage};
 use tessera_core::keys;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::Store;
-use tessera_core::validate::{node_name_problem, IPAM_CONFIG_NAME};
+use tessera_core::validate::calico::IPAM_CONFIG_NAME;
+use tessera_core::validate::names::node_name_problem;
 
 use crate::cli::{AssignArgs, AssignOutput, ConfigureArgs, ReleaseArgs, ShowArgs};
 use crate::table::boxed;

@@ -21,7 +21,8 @@ use tessera_core::json::StrictValue;
 use tessera_core::manifest::decode_each;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::text::quoted;
-use tessera_core::validate::{validate, FieldError};
+use tessera_core::validate::error::FieldError;
+use tessera_core::validate::validate;
 
 /// One problem in one document.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use tessera_core::ipam::{
 use tessera_core::net::first_host;
 use tessera_core::store::Store;
 use tessera_core::text::{plain_or_quoted, quoted};
-use tessera_core::validate::node_name_problem;
+use tessera_core::validate::names::node_name_problem;
 
 use crate::config::{parse_addr_or_cidr, NetConf, ResultPrefix, Route};
 use crate::env::{CniEnv, Command};

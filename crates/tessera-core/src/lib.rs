@@ -12,7 +12,6 @@ pub mod ranges;
 pub mod resources;
 pub mod retry;
 pub mod selector;
-pub mod spider;
 pub mod store;
 pub mod text;
 pub mod validate;

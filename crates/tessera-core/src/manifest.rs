@@ -18,7 +18,8 @@ use crate::resources::kube::{Namespace, Node, CORE_API_VERSION};
 use crate::resources::spider::{SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION};
 use crate::resources::{Kind, Resource};
 use crate::text::{plain_or_quoted, quoted};
-use crate::validate::{fmt_errors, fmt_subject, typography_hint, FieldError};
+use crate::validate::error::{fmt_errors, fmt_subject, FieldError};
+use crate::validate::names::typography_hint;
 
 /// apiVersion of Calico's CRDs as `calicoctl` and `kubectl` print them in some setups.
 pub const CALICO_CRD_API_VERSION: &str = "crd.projectcalico.org/v1";

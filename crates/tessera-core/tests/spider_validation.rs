@@ -10,7 +10,7 @@ use tessera_core::resources::spider::{
     SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION,
 };
 use tessera_core::resources::Resource;
-use tessera_core::spider::selector_problems;
+use tessera_core::validate::spider::selector_problems;
 use tessera_core::validate::validate;
 
 fn doc(kind: &str, name: &str, spec: Value) -> Resource {

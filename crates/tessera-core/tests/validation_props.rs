@@ -9,7 +9,8 @@ use tessera_core::manifest::{decode_document, decode_documents};
 use tessera_core::net::Tiling;
 use tessera_core::resources::calico::IPPool;
 use tessera_core::resources::Resource;
-use tessera_core::validate::{check_pool_against, validate};
+use tessera_core::validate::calico::check_pool_against;
+use tessera_core::validate::validate;
 
 fn arb_json() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![

@@ -1,8 +1,8 @@
 //! Create, read, update and delete resources in a [`Store`], all or nothing.
 //!
 //! Every command validates everything first ([`validate`], then
-//! [`check_pool_against`](crate::validate::check_pool_against) and
-//! [`check_spider_against`](crate::spider::check_spider_against) against the IPPools, SpiderIPPools and SpiderSubnets in the store
+//! [`check_pool_against`](crate::validate::calico::check_pool_against) and
+//! [`check_spider_against`](crate::validate::spider::check_spider_against) against the IPPools, SpiderIPPools and SpiderSubnets in the store
 //! *and* those of the same batch), then writes every change in one store transaction whose
 //! compares cover every key it read (a key that was absent must still be absent; the pools
 //! read are covered by `config/guard`, which every pool write renews). When another writer
@@ -50,7 +50,9 @@ use crate::resources::{Kind, Resource};
 use crate::retry::{self, MAX_ATTEMPTS};
 use crate::store::{Compare, KeyValue, Store, StoreError};
 use crate::text::{plain_or_quoted, quoted};
-use crate::validate::{validate, ValidationError, IPAM_CONFIG_NAME};
+use crate::validate::calico::IPAM_CONFIG_NAME;
+use crate::validate::error::ValidationError;
+use crate::validate::validate;
 
 pub use patch::merge_patch;
 pub use stamp::{format_rfc3339, new_uid};

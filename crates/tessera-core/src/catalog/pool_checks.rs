@@ -11,9 +11,10 @@ use crate::net::OverlapIndex;
 use crate::resources::calico::IPPool;
 use crate::resources::spider::{SpiderIPPool, SpiderSubnet};
 use crate::resources::Resource;
-use crate::spider::{check_spider_against, describe_set};
 use crate::store::{Compare, KeyValue, Store};
-use crate::validate::{check_pool_against, FieldError, ValidationError};
+use crate::validate::calico::check_pool_against;
+use crate::validate::error::{FieldError, ValidationError};
+use crate::validate::spider::{check_spider_against, describe_set};
 
 impl<S: Store + ?Sized> Catalog<'_, S> {
     /// Refuses deleting a SpiderIPPool that holds allocated addresses; otherwise adds the

@@ -402,7 +402,7 @@ impl<S: Store> Ipam<S> {
     ) -> Result<Option<(Assignment, Context)>, IpamError> {
         let only_new = new_only.is_some();
         let aliases = new_only.unwrap_or_default();
-        if let Some(problem) = crate::validate::handle_id_problem(&req.handle) {
+        if let Some(problem) = crate::validate::names::handle_id_problem(&req.handle) {
             return Err(IpamError::InvalidRequest(problem));
         }
         if let Some(problem) = req.ips.iter().find_map(|ip| mapped_request_problem(*ip)) {
@@ -416,7 +416,7 @@ impl<S: Store> Ipam<S> {
         }
         plan::check_request_size(req)?;
         if let Some(gw) = &req.gateway {
-            if let Some(problem) = crate::validate::handle_id_problem(&gw.handle) {
+            if let Some(problem) = crate::validate::names::handle_id_problem(&gw.handle) {
                 return Err(IpamError::InvalidRequest(problem));
             }
             if gw.handle == req.handle {

@@ -8,6 +8,12 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::error::{FieldError, ValidationError};
+use super::names::{
+    check_metadata, dns_label_problem, label_value_problem, qualified_name_problem,
+    subdomain_problem, typography_hint, NameRule,
+};
+use super::network::parse_network;
 use crate::net::{ipv4_mapped_range, nets_overlap};
 use crate::ranges::{IpRangeSet, RangeError};
 use crate::resources::calico::IPPool;
@@ -15,10 +21,6 @@ use crate::resources::meta::LabelSelector;
 use crate::resources::spider::{Route, SpiderIPPool, SpiderReservedIP, SpiderSubnet};
 use crate::resources::{Kind, Resource};
 use crate::text::{plain_or_quoted, quoted};
-use crate::validate::{
-    check_metadata, dns_label_problem, label_value_problem, parse_network, qualified_name_problem,
-    subdomain_problem, typography_hint, FieldError, NameRule, ValidationError,
-};
 
 /// A set written for messages: at most three ranges, then how many more there are.
 pub fn describe_set(set: &IpRangeSet) -> String {
@@ -623,7 +625,7 @@ pub fn validate_spider_reserved(
 /// - no address belongs to two SpiderIPPools, nor to a SpiderIPPool and a Calico IPPool.
 ///
 /// `others` must not hold `new` itself. Calico pools against Calico pools are
-/// [`crate::validate::check_pool_against`]'s job.
+/// [`crate::validate::calico::check_pool_against`]'s job.
 pub fn check_spider_against(
     new: &Resource,
     previous: Option<&Resource>,

@@ -1,31 +1,22 @@
-//! Calico's rules for resources, applied before anything is stored.
-//!
-//! [`validate`] checks one resource on its own and returns it with Calico's defaults filled in
-//! (`blockSize`, `ipipMode`, `vxlanMode`, `allowedUses`, `nodeSelector`, `assignmentMode`);
-//! [`check_pool_against`] checks a pool against the pools that already exist (no overlap, no
-//! change of `cidr` or `blockSize`). Every problem becomes one [`FieldError`] naming the field,
-//! what is wrong with it and what to write instead; all problems of a resource are reported at
-//! once in a [`ValidationError`].
-//!
-//! Spiderpool's resources have their rules in [`crate::spider`]; [`validate`] dispatches to
-//! them.
+//! Calico's rules: IPPool, IPReservation and IPAMConfiguration, and those of Nodes and
+//! Namespaces. Checking one resource fills in Calico's defaults (`blockSize`, `ipipMode`,
+//! `vxlanMode`, `allowedUses`, `nodeSelector`, `assignmentMode`); [`check_pool_against`] checks
+//! a pool against the pools that already exist (no overlap, no change of `cidr` or
+//! `blockSize`).
 
-use std::collections::BTreeMap;
-use std::fmt;
-use std::net::IpAddr;
+use ipnet::IpNet;
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
-
-use crate::net::{ipv4_mapped_range, nets_overlap, IPV4_MAPPED_TEXT};
+use super::error::{FieldError, ValidationError};
+use super::names::{check_labels, check_metadata, typography_hint, NameRule};
+use super::network::{parse_cidr_field, parse_network};
+use crate::net::nets_overlap;
 use crate::resources::calico::{
     AllowedUse, AssignmentMode, EncapMode, IPAMConfiguration, IPPool, IPReservation,
 };
 use crate::resources::kube::{Namespace, Node};
-use crate::resources::meta::ObjectMeta;
-use crate::resources::{Kind, Resource};
+use crate::resources::Kind;
 use crate::selector::Selector;
-use crate::spider::{validate_spider_pool, validate_spider_reserved, validate_spider_subnet};
-use crate::text::{plain_or_quoted, quoted};
+use crate::text::quoted;
 
 /// Default block size of IPv4 pools.
 pub const DEFAULT_BLOCK_SIZE_V4: u8 = 26;
@@ -39,120 +30,6 @@ pub const BLOCK_SIZE_RANGE_V6: (u8, u8) = (116, 128);
 pub const DEFAULT_NODE_SELECTOR: &str = "all()";
 /// The only allowed name of the IPAMConfiguration.
 pub const IPAM_CONFIG_NAME: &str = "default";
-
-/// One problem with one field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path of the field, e.g. `spec.cidr` or `spec.reservedCIDRs[1]`; empty for the document
-    /// as a whole.
-    pub field: String,
-    /// What is wrong and what to do about it.
-    pub reason: String,
-}
-
-impl FieldError {
-    /// A problem with `field`.
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            reason: reason.into(),
-        }
-    }
-
-    /// The same problem with `prefix` put in front of the field path (`items[2]` + `spec.cidr`
-    /// gives `items[2].spec.cidr`).
-    pub fn prefixed(mut self, prefix: &str) -> Self {
-        self.field = if self.field.is_empty() {
-            prefix.to_string()
-        } else if self.field.starts_with('[') {
-            format!("{prefix}{}", self.field)
-        } else {
-            format!("{prefix}.{}", self.field)
-        };
-        self
-    }
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            f.write_str(&self.reason)
-        } else {
-            write!(f, "{}: {}", self.field, self.reason)
-        }
-    }
-}
-
-/// Writes `Kind "name"` (or `Kind <unnamed>`).
-pub(crate) fn fmt_subject(f: &mut fmt::Formatter<'_>, kind: Kind, name: &str) -> fmt::Result {
-    if name.is_empty() {
-        write!(f, "{kind} <unnamed>")
-    } else {
-        write!(f, "{kind} {}", quoted(name))
-    }
-}
-
-/// Writes field errors joined with `"; "`.
-pub(crate) fn fmt_errors(f: &mut fmt::Formatter<'_>, errors: &[FieldError]) -> fmt::Result {
-    for (i, e) in errors.iter().enumerate() {
-        if i > 0 {
-            f.write_str("; ")?;
-        }
-        write!(f, "{e}")?;
-    }
-    Ok(())
-}
-
-/// A resource that breaks one or more rules; nothing of it may be stored.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct ValidationError {
-    /// Kind of the resource.
-    pub kind: Kind,
-    /// Name of the resource as given (may be empty or itself invalid).
-    pub name: String,
-    /// Every problem found, in field order.
-    pub errors: Vec<FieldError>,
-}
-
-impl fmt::Display for ValidationError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt_subject(f, self.kind, &self.name)?;
-        f.write_str(" is invalid: ")?;
-        fmt_errors(f, &self.errors)
-    }
-}
-
-/// Checks a resource on its own and returns it with Calico's defaults filled in.
-///
-/// Rules for pools: a DNS-1123 name; a strictly masked IPv4 or IPv6 `cidr` outside the
-/// link-local ranges; `blockSize` 20–32 (IPv4) or 116–128 (IPv6) and no shorter than the pool's
-/// prefix; at most one of `ipipMode`/`vxlanMode` other than `Never`, no IPIP on IPv6;
-/// `allowedUses` without duplicates and with `LoadBalancer` alone; selectors that parse.
-/// Spiderpool kinds follow Spiderpool's rules ([`validate_spider_pool`] and friends).
-pub fn validate(resource: Resource) -> Result<Resource, ValidationError> {
-    let kind = resource.kind();
-    let name = resource.name().to_string();
-    let mut errors = Vec::new();
-    let out = match resource {
-        Resource::IPPool(p) => Resource::IPPool(validate_pool(p, &mut errors)),
-        Resource::IPReservation(r) => Resource::IPReservation(validate_reservation(r, &mut errors)),
-        Resource::IPAMConfiguration(c) => {
-            Resource::IPAMConfiguration(validate_ipam_config(c, &mut errors))
-        }
-        Resource::Node(n) => Resource::Node(validate_node(n, &mut errors)),
-        Resource::Namespace(n) => Resource::Namespace(validate_namespace(n, &mut errors)),
-        Resource::SpiderIPPool(p) => Resource::SpiderIPPool(validate_spider_pool(p, &mut errors)),
-        Resource::SpiderSubnet(s) => Resource::SpiderSubnet(validate_spider_subnet(s, &mut errors)),
-        Resource::SpiderReservedIP(r) => {
-            Resource::SpiderReservedIP(validate_spider_reserved(r, &mut errors))
-        }
-    };
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(ValidationError { kind, name, errors })
-    }
-}
 
 /// Checks a (validated) pool against the pools that exist already: it may not overlap any
 /// other pool, and if `existing` holds a pool of the same name, `cidr` and `blockSize` must
@@ -243,7 +120,7 @@ pub fn effective_block_size(cidr: &IpNet, given: Option<u8>) -> u8 {
 // ---------------------------------------------------------------------------------------------
 // Pools
 
-fn validate_pool(mut pool: IPPool, errors: &mut Vec<FieldError>) -> IPPool {
+pub(super) fn validate_pool(mut pool: IPPool, errors: &mut Vec<FieldError>) -> IPPool {
     check_metadata(&pool.metadata, NameRule::Subdomain, errors);
     let spec = &mut pool.spec;
 
@@ -410,7 +287,10 @@ fn check_selector(field: &str, text: &str) -> Option<FieldError> {
 // ---------------------------------------------------------------------------------------------
 // Reservations, IPAM configuration, nodes, namespaces
 
-fn validate_reservation(mut r: IPReservation, errors: &mut Vec<FieldError>) -> IPReservation {
+pub(super) fn validate_reservation(
+    mut r: IPReservation,
+    errors: &mut Vec<FieldError>,
+) -> IPReservation {
     check_metadata(&r.metadata, NameRule::Subdomain, errors);
     for (i, text) in r.spec.reserved_cidrs.iter_mut().enumerate() {
         let field = format!("spec.reservedCIDRs[{i}]");
@@ -422,7 +302,10 @@ fn validate_reservation(mut r: IPReservation, errors: &mut Vec<FieldError>) -> I
     r
 }
 
-fn validate_ipam_config(c: IPAMConfiguration, errors: &mut Vec<FieldError>) -> IPAMConfiguration {
+pub(super) fn validate_ipam_config(
+    c: IPAMConfiguration,
+    errors: &mut Vec<FieldError>,
+) -> IPAMConfiguration {
     if c.metadata.name != IPAM_CONFIG_NAME {
         let reason = if c.metadata.name.is_empty() {
             format!("is required; the IPAMConfiguration is a single resource named {IPAM_CONFIG_NAME:?}")
@@ -439,12 +322,12 @@ fn validate_ipam_config(c: IPAMConfiguration, errors: &mut Vec<FieldError>) -> I
     c
 }
 
-fn validate_node(n: Node, errors: &mut Vec<FieldError>) -> Node {
+pub(super) fn validate_node(n: Node, errors: &mut Vec<FieldError>) -> Node {
     check_metadata(&n.metadata, NameRule::Subdomain, errors);
     n
 }
 
-fn validate_namespace(n: Namespace, errors: &mut Vec<FieldError>) -> Namespace {
+pub(super) fn validate_namespace(n: Namespace, errors: &mut Vec<FieldError>) -> Namespace {
     check_metadata(&n.metadata, NameRule::Label, errors);
     for key in POOL_LIST_ANNOTATIONS {
         if let Some(value) = n.metadata.annotations.get(key) {
@@ -501,403 +384,13 @@ pub fn pool_list_problem(value: &str) -> Option<String> {
     Some(reason)
 }
 
-// ---------------------------------------------------------------------------------------------
-// Metadata
-
-#[derive(Clone, Copy)]
-pub(crate) enum NameRule {
-    /// DNS-1123 subdomain: lowercase alphanumerics, '-' and '.', at most 253 characters.
-    Subdomain,
-    /// DNS-1123 label: lowercase alphanumerics and '-', at most 63 characters.
-    Label,
-}
-
-pub(crate) fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec<FieldError>) {
-    let problem = match rule {
-        NameRule::Subdomain => subdomain_problem(&meta.name),
-        NameRule::Label => dns_label_problem(&meta.name),
-    };
-    if let Some(problem) = problem {
-        let reason = if meta.name.is_empty() {
-            "is required".to_string()
-        } else {
-            let rule_text = match rule {
-                NameRule::Subdomain => SUBDOMAIN_RULE,
-                NameRule::Label => {
-                    "use lowercase letters, digits and '-', starting and ending with a letter \
-                     or digit, at most 63 characters"
-                }
-            };
-            format!(
-                "{} is not a valid name: {problem}; {rule_text}",
-                quoted(&meta.name)
-            )
-        };
-        errors.push(FieldError::new("metadata.name", reason));
-    }
-    check_labels(meta, errors);
-}
-
-fn check_labels(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
-    for (key, value) in &meta.labels {
-        let field = format!("metadata.labels.{}", plain_or_quoted(key));
-        if let Some(p) = qualified_name_problem(key) {
-            errors.push(FieldError::new(
-                &field,
-                format!("{} is not a valid label key: {p}", quoted(key)),
-            ));
-        }
-        if let Some(p) = label_value_problem(value) {
-            errors.push(FieldError::new(
-                &field,
-                format!("{} is not a valid label value: {p}", quoted(value)),
-            ));
-        }
-    }
-    check_annotation_keys(&meta.annotations, errors);
-}
-
-fn check_annotation_keys(annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {
-    for key in annotations.keys() {
-        if let Some(p) = qualified_name_problem(key) {
-            errors.push(FieldError::new(
-                format!("metadata.annotations.{}", plain_or_quoted(key)),
-                format!("{} is not a valid annotation key: {p}", quoted(key)),
-            ));
-        }
-    }
-}
-
-/// How to write a DNS-1123 subdomain, as error messages say it.
-const SUBDOMAIN_RULE: &str = "use lowercase letters, digits, '-' and '.', starting and ending \
-                              with a letter or digit, at most 253 characters";
-
-/// Why `name` cannot name a node, as a sentence naming it and the rule; `None` when it can.
-///
-/// A node name is a DNS-1123 subdomain, as Kubernetes requires of node names and as
-/// `tessera label node` checks. That also keeps it one segment of a block key and apart from
-/// the home of shared blocks (`_shared`), so every way a node name enters (the CNI plugin,
-/// `ipam assign --node`, the allocator) applies this one rule.
-pub fn node_name_problem(name: &str) -> Option<String> {
-    let problem = subdomain_problem(name)?;
-    Some(format!(
-        "node name {} is not valid: {problem}; a node name is a DNS subdomain, as in \
-         Kubernetes: {SUBDOMAIN_RULE}",
-        quoted(name)
-    ))
-}
-
-/// Why `name` is not a DNS-1123 subdomain, if it is not one.
-pub fn subdomain_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("it is empty".into());
-    }
-    if let Some(hint) = typography_hint(name) {
-        return Some(hint);
-    }
-    if name.len() > 253 {
-        return Some(format!("it is {} characters long", name.len()));
-    }
-    for part in name.split('.') {
-        if let Some(p) = dns_part_problem(part, '.') {
-            return Some(p);
-        }
-    }
-    None
-}
-
-/// Why `name` is not a DNS-1123 label (namespace names), if it is not one.
-pub fn dns_label_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("it is empty".into());
-    }
-    if let Some(hint) = typography_hint(name) {
-        return Some(hint);
-    }
-    if name.len() > 63 {
-        return Some(format!("it is {} characters long", name.len()));
-    }
-    dns_part_problem(name, '-')
-}
-
-fn dns_part_problem(part: &str, sep: char) -> Option<String> {
-    if part.is_empty() {
-        return Some(format!("it has an empty part between '{sep}' separators"));
-    }
-    if let Some(c) = part
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        return Some(if c.is_ascii_uppercase() {
-            format!("'{c}' is uppercase (write '{}')", c.to_ascii_lowercase())
-        } else {
-            format!("{c:?} is not allowed")
-        });
-    }
-    if part.starts_with('-') || part.ends_with('-') {
-        return Some("it starts or ends with '-'".into());
-    }
-    None
-}
-
-/// Why `key` is not a valid Kubernetes label or annotation key (`[prefix/]name`).
-pub fn qualified_name_problem(key: &str) -> Option<String> {
-    if let Some(hint) = typography_hint(key) {
-        return Some(hint);
-    }
-    let (prefix, name) = match key.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix {
-        if let Some(p) = subdomain_problem(prefix) {
-            return Some(format!(
-                "the prefix {} is not a DNS subdomain ({p}); write e.g. example.com/rack",
-                quoted(prefix)
-            ));
-        }
-    }
-    if name.is_empty() {
-        return Some("the name part is empty".into());
-    }
-    if name.len() > 63 {
-        return Some(format!(
-            "the name part is {} characters long (at most 63)",
-            name.len()
-        ));
-    }
-    name_chars_problem(name).map(|p| {
-        format!("{p}; use letters, digits, '-', '_' and '.', starting and ending with a letter or digit")
-    })
-}
-
-/// Why `value` is not a valid Kubernetes label value, if it is not one.
-pub fn label_value_problem(value: &str) -> Option<String> {
-    if value.is_empty() {
-        return None;
-    }
-    if let Some(hint) = typography_hint(value) {
-        return Some(hint);
-    }
-    if value.len() > 63 {
-        return Some(format!(
-            "it is {} characters long (at most 63)",
-            value.len()
-        ));
-    }
-    name_chars_problem(value).map(|p| {
-        format!("{p}; use letters, digits, '-', '_' and '.', starting and ending with a letter or digit (or leave it empty)")
-    })
-}
-
-fn name_chars_problem(s: &str) -> Option<String> {
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Some(format!("{c:?} is not allowed"));
-    }
-    let first = s.chars().next()?;
-    let last = s.chars().last()?;
-    if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
-        return Some("it must start and end with a letter or digit".into());
-    }
-    None
-}
-
-/// A hint when `text` holds characters that word processors and chat tools put in place of
-/// ASCII ones (curly quotes, dashes, non-breaking spaces).
-pub fn typography_hint(text: &str) -> Option<String> {
-    let mut found: Vec<char> = Vec::new();
-    for c in text.chars() {
-        if matches!(
-            c,
-            '\u{2018}'
-                | '\u{2019}'
-                | '\u{201A}'
-                | '\u{201B}'
-                | '\u{201C}'
-                | '\u{201D}'
-                | '\u{201E}'
-                | '\u{2032}'
-                | '\u{2033}'
-                | '\u{2010}'
-                | '\u{2011}'
-                | '\u{2012}'
-                | '\u{2013}'
-                | '\u{2014}'
-                | '\u{2212}'
-                | '\u{00A0}'
-                | '\u{202F}'
-        ) && !found.contains(&c)
-        {
-            found.push(c);
-        }
-    }
-    if found.is_empty() {
-        return None;
-    }
-    let list: Vec<String> = found
-        .iter()
-        .map(|c| format!("{c} (U+{:04X})", *c as u32))
-        .collect();
-    let quotes = found
-        .iter()
-        .any(|c| matches!(c, '\u{2018}'..='\u{201E}' | '\u{2032}' | '\u{2033}'));
-    let dashes = found
-        .iter()
-        .any(|c| matches!(c, '\u{2010}'..='\u{2014}' | '\u{2212}'));
-    let spaces = found.iter().any(|c| matches!(c, '\u{00A0}' | '\u{202F}'));
-    let mut fixes = Vec::new();
-    if quotes {
-        fixes.push("plain ASCII quotes (\" or ')");
-    }
-    if dashes {
-        fixes.push("a plain '-'");
-    }
-    if spaces {
-        fixes.push("a plain space");
-    }
-    Some(format!(
-        "it contains typographic characters {} (often pasted from a web page or chat); \
-         replace them with {}",
-        list.join(", "),
-        fixes.join(" and ")
-    ))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Handles
-
-/// Longest handle id the allocator accepts, in bytes: room for any network name, container id
-/// and interface a CNI handle is made of.
-pub const MAX_HANDLE_BYTES: usize = 512;
-
-/// Why `id` cannot name a new handle: it is empty, longer than [`MAX_HANDLE_BYTES`], or holds
-/// a control character (a newline or tab would break every line the handle is printed on).
-pub fn handle_id_problem(id: &str) -> Option<String> {
-    let rule = format!("a handle id is printable text of at most {MAX_HANDLE_BYTES} bytes");
-    if id.is_empty() {
-        return Some("the handle id is empty".into());
-    }
-    let problem = if id.len() > MAX_HANDLE_BYTES {
-        format!("is longer than {MAX_HANDLE_BYTES} bytes")
-    } else {
-        let c = id.chars().find(|c| c.is_control())?;
-        format!("contains the control character U+{:04X}", u32::from(c))
-    };
-    Some(format!("the handle id {} {problem}; {rule}", quoted(id)))
-}
-
-// ---------------------------------------------------------------------------------------------
-// CIDRs
-
-/// Parses a strictly masked network; with `allow_single_ip`, a bare address becomes a /32 or
-/// /128. IPv4-mapped IPv6 addresses are refused. The error says what is wrong (without the
-/// field name).
-pub fn parse_network(text: &str, allow_single_ip: bool) -> Result<IpNet, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("is required, e.g. 192.168.0.0/16 or fd00:10::/64".into());
-    }
-    let shown = quoted(text);
-    if let Some(hint) = typography_hint(text) {
-        return Err(format!("{shown} is not a CIDR: {hint}"));
-    }
-    let Some((addr_text, len_text)) = text.split_once('/') else {
-        return match text.parse::<IpAddr>() {
-            Ok(addr) if allow_single_ip => {
-                let net = IpNet::from(addr);
-                match mapped_problem(&shown, &net, true) {
-                    Some(problem) => Err(problem),
-                    None => Ok(net),
-                }
-            }
-            Ok(addr) => {
-                let example = match addr {
-                    IpAddr::V4(_) => "/16",
-                    IpAddr::V6(_) => "/64",
-                };
-                Err(format!(
-                    "{shown} has no prefix length; write a network such as {text}{example}"
-                ))
-            }
-            Err(_) => Err(format!(
-                "{shown} is not a CIDR; write e.g. 192.168.0.0/16 or fd00:10::/64"
-            )),
-        };
-    };
-    let addr: IpAddr = addr_text.parse().map_err(|_| {
-        format!(
-            "{shown} is not a CIDR: {} is not an IPv4 or IPv6 address",
-            quoted(addr_text)
-        )
-    })?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len: u8 = match len_text.parse::<u8>() {
-        Ok(l) if l <= max => l,
-        _ => {
-            let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
-            return Err(format!(
-                "{shown} is not a CIDR: the prefix length {} must be a number from 0 to {max} \
-                 for {family}",
-                quoted(len_text)
-            ));
-        }
-    };
-    let net = match addr {
-        IpAddr::V4(a) => IpNet::V4(Ipv4Net::new(a, len).map_err(|e| e.to_string())?),
-        IpAddr::V6(a) => IpNet::V6(Ipv6Net::new(a, len).map_err(|e| e.to_string())?),
-    };
-    let masked = net.trunc();
-    if masked.addr() != net.addr() {
-        return Err(format!(
-            "{shown} is not a network address (host bits set); use {masked}"
-        ));
-    }
-    match mapped_problem(&shown, &masked, false) {
-        Some(problem) => Err(problem),
-        None => Ok(masked),
-    }
-}
-
-/// Why `net` (written `shown`; a bare address when `single`) may not be used: it lies in or
-/// around the IPv4-mapped IPv6 range.
-fn mapped_problem(shown: &str, net: &IpNet, single: bool) -> Option<String> {
-    let mapped = ipv4_mapped_range();
-    if !nets_overlap(net, &mapped) {
-        return None;
-    }
-    let IpNet::V6(v6) = net else {
-        return None;
-    };
-    if !mapped.contains(net) {
-        return Some(format!(
-            "{shown} overlaps {IPV4_MAPPED_TEXT}, the IPv4-mapped IPv6 addresses, which stand \
-             for IPv4 ones; choose a range clear of it"
-        ));
-    }
-    let v4 = v6.network().to_ipv4_mapped()?;
-    let v4_net = Ipv4Net::new(v4, v6.prefix_len() - 96).ok()?;
-    let (what, instead) = if single {
-        ("address", v4.to_string())
-    } else {
-        ("network", v4_net.to_string())
-    };
-    Some(format!(
-        "{shown} is an IPv4-mapped IPv6 {what} ({IPV4_MAPPED_TEXT} stands for IPv4 addresses); \
-         write the IPv4 {what} {instead} instead"
-    ))
-}
-
-fn parse_cidr_field(field: &str, text: &str, allow_single_ip: bool) -> Result<IpNet, FieldError> {
-    parse_network(text, allow_single_ip).map_err(|reason| FieldError::new(field, reason))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resources::calico::IPPoolSpec;
+    use crate::resources::meta::ObjectMeta;
+    use crate::resources::Resource;
+    use crate::validate::validate;
 
     fn pool(name: &str, cidr: &str) -> IPPool {
         IPPool {
@@ -1212,27 +705,6 @@ mod tests {
     }
 
     #[test]
-    fn handle_ids_are_printable_and_bounded() {
-        for good in [
-            "k8s-pod-network.0123abc",
-            "net.c1.eth0",
-            "h\u{a0}é",
-            &"h".repeat(512),
-        ] {
-            assert_eq!(handle_id_problem(good), None, "{good:?}");
-        }
-        assert_eq!(
-            handle_id_problem("a\tb").unwrap(),
-            "the handle id \"a\\tb\" contains the control character U+0009; a handle id is \
-             printable text of at most 512 bytes"
-        );
-        assert!(handle_id_problem("a\u{7f}").is_some());
-        assert!(handle_id_problem("a\u{85}").is_some());
-        assert!(handle_id_problem(&"h".repeat(513)).is_some());
-        assert_eq!(handle_id_problem("").unwrap(), "the handle id is empty");
-    }
-
-    #[test]
     fn ipv4_mapped_networks_are_refused() {
         assert_eq!(
             err(pool("mapped", "::ffff:10.90.0.0/120")),
@@ -1301,30 +773,6 @@ mod tests {
             validate(node("kube_node", &[])).unwrap_err().errors[0].field,
             "metadata.name"
         );
-    }
-
-    #[test]
-    fn node_name_problems_name_the_name_and_the_rule() {
-        for good in [
-            "kube-node-0",
-            "kube-node-0.example.com",
-            "0",
-            &"a".repeat(253),
-        ] {
-            assert_eq!(node_name_problem(good), None, "{good:?}");
-        }
-        assert_eq!(
-            node_name_problem("a/x").unwrap(),
-            "node name \"a/x\" is not valid: '/' is not allowed; a node name is a DNS \
-             subdomain, as in Kubernetes: use lowercase letters, digits, '-' and '.', starting \
-             and ending with a letter or digit, at most 253 characters"
-        );
-        for bad in ["A B", "_shared", "", "-a", "a..b", "a\nb", &"a".repeat(254)] {
-            assert!(node_name_problem(bad).is_some(), "{bad:?}");
-        }
-        assert!(node_name_problem("Node")
-            .unwrap()
-            .contains("'N' is uppercase (write 'n')"));
     }
 
     #[test]
@@ -1440,19 +888,6 @@ mod tests {
                 "cannot be changed after the pool is created (it is 26, the new manifest says \
                  27); create a new pool and migrate (see docs)"
             )]
-        );
-    }
-
-    #[test]
-    fn typography_hint_names_characters() {
-        assert_eq!(typography_hint("rack-0"), None);
-        assert_eq!(
-            typography_hint("rack\u{2013}0"),
-            Some(
-                "it contains typographic characters \u{2013} (U+2013) (often pasted from a web \
-                 page or chat); replace them with a plain '-'"
-                    .into()
-            )
         );
     }
 }
