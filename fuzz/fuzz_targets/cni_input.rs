@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use tessera_core::ipam::parse_pool_annotation;
-use tessera_fuzz::{config, env, spider, split_at_nul};
+use tessera_fuzz::{config, env, spider_annotations, split_at_nul};
 
 fuzz_target!(|data: &[u8]| {
     let (env_part, stdin) = split_at_nul(data);
@@ -34,7 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(conf) = config::parse(&map) else {
         return;
     };
-    let _ = spider::pod_pools(&conf.pod_annotations, &ifname);
+    let _ = spider_annotations::pod_pools(&conf.pod_annotations, &ifname);
     for value in conf.pod_annotations.values() {
         let _ = parse_pool_annotation(value);
     }

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{AssignRequest, Ipam};
 use tessera_core::keys;
-use tessera_core::manifest::decode_document;
 use tessera_core::store::{MemoryStore, Op, Store};
 use tessera_fuzz::split_at_nul;
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use libfuzzer_sys::fuzz_target;
 use tessera_core::ipam::parse_pool_annotation;
-use tessera_fuzz::{spider, split_at_nul};
+use tessera_fuzz::{spider_annotations, split_at_nul};
 
 fuzz_target!(|data: &[u8]| {
     let (first, second) = split_at_nul(data);
@@ -21,10 +21,10 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let annotations = BTreeMap::from([
-        (spider::IPPOOL_ANNOTATION.to_string(), first),
-        (spider::IPPOOLS_ANNOTATION.to_string(), second),
+        (spider_annotations::IPPOOL_ANNOTATION.to_string(), first),
+        (spider_annotations::IPPOOLS_ANNOTATION.to_string(), second),
     ]);
     for ifname in ["eth0", "net1"] {
-        let _ = spider::pod_pools(&annotations, ifname);
+        let _ = spider_annotations::pod_pools(&annotations, ifname);
     }
 });

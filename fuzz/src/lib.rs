@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 /// `tessera apply`'s manifest reader (multi-document YAML or JSON).
-#[path = "../../crates/tessera-cli/src/manifest.rs"]
+#[path = "../../crates/tessera-cli/src/manifest_input.rs"]
 pub mod cli_manifest;
 
 /// `tessera get -o yaml`'s emitter.
@@ -30,8 +30,8 @@ pub mod config;
 pub mod env;
 
 /// The plugin's Spiderpool pod annotations.
-#[path = "../../crates/tessera-cni/src/spider.rs"]
-pub mod spider;
+#[path = "../../crates/tessera-cni/src/spider_annotations.rs"]
+pub mod spider_annotations;
 
 /// Splits a fuzz input at its first NUL byte: the part before and the part after (empty
 /// when there is no NUL). Targets that read two inputs (environment and stdin, two

@@ -7,7 +7,7 @@
 mod cli;
 mod datastore;
 mod ipam_cmd;
-mod manifest;
+mod manifest_input;
 mod res_cmd;
 mod spider_counts;
 mod status;

@@ -99,7 +99,7 @@ fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
             e.utf8_error().valid_up_to()
         )
     })?;
-    Ok(crate::manifest::read_manifests(&text, &source)?)
+    Ok(crate::manifest_input::read_manifests(&text, &source)?)
 }
 
 /// `Successfully <verb> N '<Kind>' resource(s)`, one line per kind in order of first

@@ -1,4 +1,4 @@
-//! Manifest commands beyond the seeds: mixed kinds, replace, delete -f, JSON input, lists and
+//! Manifest commands beyond the example scenarios: mixed kinds, replace, delete -f, JSON input, lists and
 //! IPv6 pools.
 
 mod common;

@@ -1,4 +1,5 @@
-//! Spiderpool manifests through the `tessera` command (seed 003): apply as written, `get sp`,
+//! Spiderpool manifests through the `tessera` command (the nginx pool example and the
+//! rest of `examples/spiderpool`): apply as written, `get sp`,
 //! `get ss` and `get sr` with Spiderpool's printer columns, `-o yaml|json` with a computed
 //! status, and refusals that change nothing.
 
@@ -11,7 +12,7 @@ const POOL: &str = include_str!("../../../examples/spiderpool/nginx-v4-ippool.ya
 const DUAL: &str = include_str!("../../../examples/spiderpool/dual-stack.yaml");
 const RESERVED: &str = include_str!("../../../examples/spiderpool/reserved-ips.yaml");
 
-/// Seed 003's pool exactly as the blog post prints it: `spec` indented under `metadata`.
+/// The nginx pool exactly as the blog post prints it: `spec` indented under `metadata`.
 const POOL_AS_IN_THE_BLOG: &str = "\
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
@@ -25,7 +26,7 @@ metadata:
 ";
 
 /// A store holding every example of `examples/spiderpool`.
-fn seeded() -> Env {
+fn with_spiderpool_examples() -> Env {
     let env = Env::new();
     for (text, line) in [
         (
@@ -45,8 +46,8 @@ fn seeded() -> Env {
 }
 
 #[test]
-fn seed_manifests_apply_and_list_like_kubectl() {
-    let env = seeded();
+fn spiderpool_examples_apply_and_list_like_kubectl() {
+    let env = with_spiderpool_examples();
     let ss = "\
 NAME              VERSION   SUBNET          ALLOCATED-IP-COUNT   TOTAL-IP-COUNT
 nginx-subnet-v4   4         10.244.0.0/16   0                    25602
@@ -81,7 +82,7 @@ nginx-reserved-v4   4
 
 #[test]
 fn wide_adds_spiderpools_priority_columns() {
-    let env = seeded();
+    let env = with_spiderpool_examples();
     let pinned = "\
 apiVersion: spiderpool.spidernet.io/v2beta1
 kind: SpiderIPPool
@@ -111,7 +112,7 @@ test-pod-ippool   4         10.6.0.0/16     0                    10             
 
 #[test]
 fn yaml_and_json_carry_the_counts_as_status() {
-    let env = seeded();
+    let env = with_spiderpool_examples();
     assert_eq!(
         normalize_generated(&env.ok(&["get", "sp", "nginx-v4-ippool", "-o", "yaml"])),
         "\
@@ -168,7 +169,7 @@ fn the_blogs_indentation_is_explained() {
 
 #[test]
 fn overlapping_pools_are_refused_and_nothing_is_written() {
-    let env = seeded();
+    let env = with_spiderpool_examples();
     let before = env.ok(&["get", "sp", "-o", "yaml"]);
     let overlapping = "\
 apiVersion: spiderpool.spidernet.io/v2beta1
@@ -265,7 +266,7 @@ spec:
 
 #[test]
 fn delete_and_patch_by_short_name() {
-    let env = seeded();
+    let env = with_spiderpool_examples();
     assert_eq!(
         env.ok(&[
             "patch",
@@ -296,7 +297,7 @@ fn delete_and_patch_by_short_name() {
 
 #[test]
 fn counts_follow_allocations_and_pools_keep_addresses_in_use() {
-    let env = seeded();
+    let env = with_spiderpool_examples();
     let mut got = Vec::new();
     for (i, node) in ["worker5", "master1", "worker5"].iter().enumerate() {
         let handle = format!("k8s-pod-network.nginx-m-{i}");
@@ -348,7 +349,7 @@ fn counts_follow_allocations_and_pools_keep_addresses_in_use() {
 
 #[test]
 fn a_pool_holding_addresses_and_a_subnet_with_pools_are_not_deleted() {
-    let env = seeded();
+    let env = with_spiderpool_examples();
     let ip = env.ok(&[
         "ipam",
         "assign",

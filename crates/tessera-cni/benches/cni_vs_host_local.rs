@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tessera_core::catalog::Catalog;
-use tessera_core::manifest::decode_documents;
+use tessera_core::decode::decode_documents;
 use tessera_store::SqliteStore;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera-ipam");

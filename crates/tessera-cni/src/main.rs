@@ -12,7 +12,7 @@ mod error;
 mod log;
 mod plugin;
 mod result;
-mod spider;
+mod spider_annotations;
 mod version;
 
 use std::io::{Read, Write};

@@ -21,7 +21,7 @@ use crate::env::{CniEnv, Command};
 use crate::error::{code, CniError};
 use crate::log::Logger;
 use crate::result::{add_result, ResultIp};
-use crate::spider::{pod_pools, pool_ref, PodPools};
+use crate::spider_annotations::{pod_pools, pool_ref, PodPools};
 
 /// Everything one invocation knows.
 pub struct Invocation<'a> {

@@ -20,8 +20,8 @@ use common::{Att, Env};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::Ipam;
-use tessera_core::manifest::decode_document;
 use tessera_store::local_etcd::LocalEtcd;
 
 /// The addresses the reservation keeps for the node's router and services: in use outside

@@ -14,8 +14,8 @@ use std::path::Path;
 use common::{Att, Env};
 use serde_json::{json, Value};
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::Ipam;
-use tessera_core::manifest::decode_document;
 use tessera_store::local_etcd::LocalEtcd;
 
 fn conf(env: &Env, etcd: &LocalEtcd, cache_dir: &str) -> Value {

@@ -1,6 +1,6 @@
 //! SpiderIPPools through the plugin, run as a runtime runs it: pool choice and its
 //! precedence, wildcards, affinities, multi-NIC, dual stack, gateways and routes, exhaustion
-//! and STATUS, many nodes at once, and the seed's manifests.
+//! and STATUS, many nodes at once, and the nginx pool example's manifests.
 
 mod common;
 
@@ -610,7 +610,7 @@ fn many_nodes_share_one_pool_without_duplicates() {
 }
 
 #[test]
-fn seed_003_manifests_serve_the_nginx_pool() {
+fn nginx_pool_example_serves_every_address_but_the_reserved_one() {
     let env = Env::new();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/spiderpool");
     for file in [

@@ -3,10 +3,10 @@
 //! through the [`store::Store`] trait.
 
 pub mod catalog;
+pub mod decode;
 pub mod ipam;
 pub mod json;
 pub mod keys;
-pub mod manifest;
 pub mod net;
 pub mod ranges;
 pub mod resources;

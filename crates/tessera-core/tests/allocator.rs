@@ -1,4 +1,4 @@
-//! Allocator behaviour on the memory store: the seed scenarios, specific addresses,
+//! Allocator behaviour on the memory store: the rack pools and pool migration scenarios, specific addresses,
 //! reservations, affinity rules, release, and the round-trip budget.
 
 mod common_fixtures;
@@ -475,7 +475,7 @@ fn concurrent_nodes_never_share_an_address() {
 
 #[test]
 fn pools_replaced_under_running_workloads_never_double_allocate() {
-    // Seed 000: workloads hold addresses of the default /16 pool when it is deleted and the
+    // Rack pools: workloads hold addresses of the default /16 pool when it is deleted and the
     // rack pools are created inside it. Existing addresses stay; new blocks avoid old ones.
     let s = MemoryStore::new();
     pool(

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use common_fixtures::*;
 use serde_json::{json, Value};
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::cache::{DirNodeCache, MemoryNodeCache, NodeCache};
 use tessera_core::ipam::{AssignRequest, Attributes, GatewayHold, Ipam, IpamError};
-use tessera_core::manifest::decode_document;
 use tessera_core::resources::Kind;
 use tessera_core::store::{CountingStore, MemoryStore, Store};
 

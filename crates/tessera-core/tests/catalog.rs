@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 use tessera_core::catalog::{Action, Catalog, CatalogError, Outcome, CONFIG_GUARD_KEY};
-use tessera_core::manifest::decode_document;
+use tessera_core::decode::decode_document;
 use tessera_core::resources::calico::IPAMConfigurationSpec;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::{
@@ -140,7 +140,7 @@ fn apply_creates_updates_and_reports_unchanged() {
     );
     assert_eq!(revision(&store), rev);
 
-    // Seed 002: add a nodeSelector to the same pool.
+    // Pool migration: add a nodeSelector to the same pool.
     let changed = pool_with(
         "extra-ippool",
         json!({"cidr": "192.168.0.0/20", "blockSize": 26,
@@ -295,7 +295,7 @@ fn every_invalid_document_is_reported() {
 fn overlapping_pools_refused_against_store_and_within_batch() {
     let store = MemoryStore::new();
     let cat = Catalog::new(&store);
-    // Seed 000: the default pool holds the rack ranges, so the rack pools are refused.
+    // Rack pools: the default pool holds the rack ranges, so the rack pools are refused.
     cat.create(&[pool("default-ipv4-ippool", "192.168.0.0/16")])
         .unwrap();
     let before = revision(&store);
@@ -390,7 +390,7 @@ fn patch_disables_a_pool() {
     )])
     .unwrap();
     let created = cat.get(Kind::IPPool, "default-ipv4-ippool").unwrap();
-    // Seed 002: calicoctl patch ippool default-ipv4-ippool -p '{"spec": {"disabled": true}}'
+    // Pool migration: calicoctl patch ippool default-ipv4-ippool -p '{"spec": {"disabled": true}}'
     let patched = cat
         .patch(
             Kind::IPPool,
@@ -474,7 +474,7 @@ fn patch_refusals() {
 fn label_follows_kubectl_rules_and_creates_missing_nodes() {
     let store = MemoryStore::new();
     let cat = Catalog::new(&store);
-    // Seed 000: kubectl label nodes kube-node-0 rack=1 (no such node yet: it is created).
+    // Rack pools: kubectl label nodes kube-node-0 rack=1 (no such node yet: it is created).
     let n = cat
         .label(
             Kind::Node,
@@ -581,7 +581,7 @@ fn label_follows_kubectl_rules_and_creates_missing_nodes() {
 fn annotate_namespace_with_pool_choice() {
     let store = MemoryStore::new();
     let cat = Catalog::new(&store);
-    // Seed 001: kubectl annotate namespace external-ns "cni.projectcalico.org/ipv4pools"='["external-pool"]'
+    // Namespace pools: kubectl annotate namespace external-ns "cni.projectcalico.org/ipv4pools"='["external-pool"]'
     let key = "cni.projectcalico.org/ipv4pools".to_string();
     let ns = cat
         .annotate(

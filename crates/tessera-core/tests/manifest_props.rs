@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tessera_core::manifest::decode_document;
+use tessera_core::decode::decode_document;
 use tessera_core::resources::Resource;
 use tessera_core::validate::validate;
 

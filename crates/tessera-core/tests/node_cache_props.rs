@@ -11,10 +11,10 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{AssignRequest, Ipam};
 use tessera_core::keys;
-use tessera_core::manifest::decode_document;
 use tessera_core::store::{MemoryStore, Op, Store};
 
 const POOL: &str = "10.0.0.0/24";

@@ -38,7 +38,7 @@ fn named(handle: &str, node: &str, pools: &[&str]) -> AssignRequest {
 #[test]
 fn fixed_range_pool_yields_exactly_its_addresses_across_nodes() {
     let s = Arc::new(MemoryStore::new());
-    // Seed 003: 10.244.120.10-10.244.120.20, here with exclusions and a reservation.
+    // The nginx pool example: 10.244.120.10-10.244.120.20, here with exclusions and a reservation.
     spider_pool(
         &*s,
         "nginx-v4-ippool",

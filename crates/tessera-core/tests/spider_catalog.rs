@@ -1,4 +1,4 @@
-//! Spiderpool resources in the catalog: seed 003 applies, pools stay inside their
+//! Spiderpool resources in the catalog: the nginx pool example applies, pools stay inside their
 //! SpiderSubnet, no address belongs to two pools (SpiderIPPools or Calico IPPools, stored or in
 //! the same command), subnets do not move, and addresses in use do not leave a pool. A refused
 //! command writes nothing.
@@ -8,9 +8,9 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 use tessera_core::catalog::{Action, Catalog, CatalogError, InUse, Outcome, CONFIG_GUARD_KEY};
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::{AssignRequest, Ipam, IpamError};
 use tessera_core::keys;
-use tessera_core::manifest::decode_document;
 use tessera_core::ranges::IpRangeSet;
 use tessera_core::resources::spider::SPIDER_API_VERSION;
 use tessera_core::resources::{Kind, Resource};
@@ -46,8 +46,8 @@ fn calico_pool(name: &str, cidr: &str) -> Resource {
     .unwrap()
 }
 
-/// Seed 003's subnet: 25602 addresses of 10.244.0.0/16.
-fn seed_subnet() -> Resource {
+/// The nginx pool example's subnet: 25602 addresses of 10.244.0.0/16.
+fn nginx_subnet() -> Resource {
     spider_subnet(
         "nginx-subnet-v4",
         "10.244.0.0/16",
@@ -55,8 +55,8 @@ fn seed_subnet() -> Resource {
     )
 }
 
-/// Seed 003's pool.
-fn seed_pool() -> Resource {
+/// The nginx pool example's pool.
+fn nginx_pool() -> Resource {
     doc(
         "SpiderIPPool",
         "nginx-v4-ippool",
@@ -89,13 +89,13 @@ fn outcome(kind: Kind, name: &str, action: Action) -> Outcome {
 }
 
 #[test]
-fn seed_subnet_and_pool_apply_in_either_order() {
+fn nginx_subnet_and_pool_apply_in_either_order() {
     // Subnet first, as in the blog post.
     let store = MemoryStore::new();
     let cat = Catalog::new(&store);
-    cat.apply(&[seed_subnet()]).unwrap();
+    cat.apply(&[nginx_subnet()]).unwrap();
     assert_eq!(
-        cat.apply(&[seed_pool()]).unwrap(),
+        cat.apply(&[nginx_pool()]).unwrap(),
         [outcome(
             Kind::SpiderIPPool,
             "nginx-v4-ippool",
@@ -115,7 +115,7 @@ fn seed_subnet_and_pool_apply_in_either_order() {
     // Applying both again changes nothing.
     let rev = revision(&store);
     assert_eq!(
-        cat.apply(&[seed_subnet(), seed_pool()]).unwrap(),
+        cat.apply(&[nginx_subnet(), nginx_pool()]).unwrap(),
         [
             outcome(Kind::SpiderSubnet, "nginx-subnet-v4", Action::Unchanged),
             outcome(Kind::SpiderIPPool, "nginx-v4-ippool", Action::Unchanged)
@@ -125,11 +125,11 @@ fn seed_subnet_and_pool_apply_in_either_order() {
 
     // Pool first, then the subnet; and both in one command, pool listed first.
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_pool()]).unwrap();
-    Catalog::new(&store).apply(&[seed_subnet()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_pool()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_subnet()]).unwrap();
     let store = MemoryStore::new();
     Catalog::new(&store)
-        .create(&[seed_pool(), seed_subnet()])
+        .create(&[nginx_pool(), nginx_subnet()])
         .unwrap();
     let Resource::SpiderIPPool(p) = Catalog::new(&store)
         .get(Kind::SpiderIPPool, "nginx-v4-ippool")
@@ -147,7 +147,7 @@ fn seed_subnet_and_pool_apply_in_either_order() {
 #[test]
 fn a_pool_takes_its_addresses_from_its_subnet() {
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_subnet()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_subnet()]).unwrap();
     let outside = spider_pool("outside", "10.244.0.0/16", &["10.244.99.250-10.244.100.5"]);
     assert_eq!(
         refused(&store, |c| c.apply(std::slice::from_ref(&outside))),
@@ -159,7 +159,7 @@ fn a_pool_takes_its_addresses_from_its_subnet() {
     // The same, with subnet and pool in one command: from the subnet's side.
     let store = MemoryStore::new();
     assert_eq!(
-        refused(&store, |c| c.apply(&[outside.clone(), seed_subnet()])),
+        refused(&store, |c| c.apply(&[outside.clone(), nginx_subnet()])),
         "SpiderSubnet \"nginx-subnet-v4\" is invalid: spec.ips: SpiderIPPool \"outside\" holds \
          10.244.99.250-10.244.100.0, which this subnet does not offer (ips minus excludeIPs); \
          every pool of subnet 10.244.0.0/16 takes its addresses from the SpiderSubnet: keep \
@@ -175,7 +175,7 @@ fn a_pool_takes_its_addresses_from_its_subnet() {
     );
     Catalog::new(&store).apply(&[excluding]).unwrap();
     assert_eq!(
-        refused(&store, |c| c.apply(&[seed_pool()]))
+        refused(&store, |c| c.apply(&[nginx_pool()]))
             .split(';')
             .next()
             .unwrap(),
@@ -200,7 +200,7 @@ fn a_pool_takes_its_addresses_from_its_subnet() {
 fn a_subnet_cannot_drop_addresses_its_pools_hold() {
     let store = MemoryStore::new();
     Catalog::new(&store)
-        .apply(&[seed_subnet(), seed_pool()])
+        .apply(&[nginx_subnet(), nginx_pool()])
         .unwrap();
     let shrunk = spider_subnet(
         "nginx-subnet-v4",
@@ -226,7 +226,7 @@ fn a_subnet_cannot_drop_addresses_its_pools_hold() {
 #[test]
 fn two_spider_pools_never_share_an_address() {
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_pool()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_pool()]).unwrap();
     let overlapping = spider_pool(
         "nginx-m-ippool",
         "10.244.0.0/16",
@@ -241,7 +241,7 @@ fn two_spider_pools_never_share_an_address() {
     // Within one command, the pair is reported once.
     let store = MemoryStore::new();
     assert_eq!(
-        refused(&store, |c| c.apply(&[seed_pool(), overlapping.clone()])),
+        refused(&store, |c| c.apply(&[nginx_pool(), overlapping.clone()])),
         "SpiderIPPool \"nginx-m-ippool\" is invalid: spec.ips: 10.244.120.18-10.244.120.20 are \
          also in SpiderIPPool \"nginx-v4-ippool\"; an address may belong to one pool only: take \
          the overlap out of one of the two pools (drop it from ips or list it in excludeIPs)"
@@ -254,7 +254,7 @@ fn two_spider_pools_never_share_an_address() {
                "excludeIPs": ["10.244.120.18-10.244.120.20"]}),
     );
     Catalog::new(&store)
-        .apply(&[seed_pool(), excluding])
+        .apply(&[nginx_pool(), excluding])
         .unwrap();
     // IPv4 and IPv6 pools never overlap.
     Catalog::new(&store)
@@ -265,7 +265,7 @@ fn two_spider_pools_never_share_an_address() {
 #[test]
 fn overlapping_subnets_must_be_the_same_subnet() {
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_pool()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_pool()]).unwrap();
     let narrower = spider_pool("narrow", "10.244.120.0/24", &["10.244.120.100"]);
     assert_eq!(
         refused(&store, |c| c.apply(std::slice::from_ref(&narrower))),
@@ -284,7 +284,7 @@ fn overlapping_subnets_must_be_the_same_subnet() {
          that pool first"
     );
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_subnet()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_subnet()]).unwrap();
     assert_eq!(
         refused(&store, |c| c.apply(std::slice::from_ref(&narrower))),
         "SpiderIPPool \"narrow\" is invalid: spec.subnet: 10.244.120.0/24 overlaps \
@@ -296,7 +296,7 @@ fn overlapping_subnets_must_be_the_same_subnet() {
 #[test]
 fn spider_subnets_do_not_overlap() {
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_subnet()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_subnet()]).unwrap();
     for (name, net) in [("same", "10.244.0.0/16"), ("inner", "10.244.100.0/24")] {
         let other = spider_subnet(name, net, &[]);
         assert_eq!(
@@ -321,14 +321,14 @@ fn spider_pools_and_calico_pools_never_share_an_address() {
         .apply(&[calico_pool("default-ipv4-ippool", "10.244.120.0/26")])
         .unwrap();
     assert_eq!(
-        refused(&store, |c| c.apply(&[seed_pool()])),
+        refused(&store, |c| c.apply(&[nginx_pool()])),
         "SpiderIPPool \"nginx-v4-ippool\" is invalid: spec.ips: 10.244.120.10-10.244.120.20 are \
          inside 10.244.120.0/26 of IPPool \"default-ipv4-ippool\"; an address may belong to \
          one pool only: choose addresses outside it, or delete that IPPool first"
     );
     // ...and a Calico pool over a SpiderIPPool, stored or in the same command.
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_pool()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_pool()]).unwrap();
     let calico = calico_pool("default-ipv4-ippool", "10.244.0.0/16");
     let message = "IPPool \"default-ipv4-ippool\" is invalid: spec.cidr: 10.244.0.0/16 holds \
                    10.244.120.10-10.244.120.20 of SpiderIPPool \"nginx-v4-ippool\"; an address \
@@ -340,13 +340,13 @@ fn spider_pools_and_calico_pools_never_share_an_address() {
     );
     let store = MemoryStore::new();
     assert_eq!(
-        refused(&store, |c| c.apply(&[seed_pool(), calico.clone()])),
+        refused(&store, |c| c.apply(&[nginx_pool(), calico.clone()])),
         message
     );
     // A Calico pool next to the SpiderIPPool's addresses, inside its subnet, is fine: only
     // addresses count.
     Catalog::new(&store)
-        .apply(&[seed_pool(), calico_pool("rack-0", "10.244.0.0/24")])
+        .apply(&[nginx_pool(), calico_pool("rack-0", "10.244.0.0/24")])
         .unwrap();
 }
 
@@ -354,7 +354,7 @@ fn spider_pools_and_calico_pools_never_share_an_address() {
 fn subnet_and_ip_version_do_not_change() {
     let store = MemoryStore::new();
     Catalog::new(&store)
-        .apply(&[seed_pool(), seed_subnet()])
+        .apply(&[nginx_pool(), nginx_subnet()])
         .unwrap();
     let moved = spider_pool("nginx-v4-ippool", "10.245.0.0/16", &["10.245.120.10"]);
     assert_eq!(
@@ -401,7 +401,7 @@ fn subnet_and_ip_version_do_not_change() {
 #[test]
 fn allocated_addresses_do_not_leave_a_pool() {
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_pool()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_pool()]).unwrap();
     let asked: Mutex<Vec<(String, Vec<String>)>> = Mutex::new(Vec::new());
     let allocated = IpRangeSet::parse(&["10.244.120.12", "10.244.120.14"], false).unwrap();
     let check = |pool: &str, leaving: &IpRangeSet| -> Result<InUse, StoreError> {
@@ -474,7 +474,7 @@ fn the_in_use_answer_holds_until_the_write() {
     // from change before the write (an allocation landed), the write starts over and asks
     // again.
     let store = MemoryStore::new();
-    Catalog::new(&store).apply(&[seed_pool()]).unwrap();
+    Catalog::new(&store).apply(&[nginx_pool()]).unwrap();
     store
         .txn(&[], &[Op::Put("blocks/_shared/x".into(), b"{}".to_vec())])
         .unwrap();
@@ -519,7 +519,8 @@ fn spider_kinds_list_get_and_delete() {
         "nginx-reserved-v4",
         json!({"ips": ["10.244.120.15"]}),
     );
-    cat.apply(&[seed_subnet(), seed_pool(), reserved]).unwrap();
+    cat.apply(&[nginx_subnet(), nginx_pool(), reserved])
+        .unwrap();
     assert!(store
         .get(&keys::spider_reserved("nginx-reserved-v4"))
         .unwrap()
@@ -579,7 +580,7 @@ fn a_calico_pool_created_concurrently_is_caught_on_retry() {
         inner: MemoryStore::new(),
         raced: Mutex::new(false),
     };
-    let err = Catalog::new(&store).apply(&[seed_pool()]).unwrap_err();
+    let err = Catalog::new(&store).apply(&[nginx_pool()]).unwrap_err();
     assert!(
         err.to_string()
             .contains("are inside 10.244.120.0/24 of IPPool \"theirs\""),
@@ -622,7 +623,7 @@ fn assign_from(store: &MemoryStore, handle: &str, pool: &str) -> String {
 fn a_pool_holding_addresses_is_not_deleted_until_they_are_released() {
     let store = MemoryStore::new();
     Catalog::new(&store)
-        .apply(&[seed_subnet(), seed_pool()])
+        .apply(&[nginx_subnet(), nginx_pool()])
         .unwrap();
     let first = assign_from(&store, "a", "nginx-v4-ippool");
     assign_from(&store, "b", "nginx-v4-ippool");
@@ -664,7 +665,7 @@ fn an_allocation_racing_a_pool_delete_is_counted() {
     // count and the delete makes the delete count again, and refuse.
     let store = MemoryStore::new();
     Catalog::new(&store)
-        .apply(&[seed_subnet(), seed_pool()])
+        .apply(&[nginx_subnet(), nginx_pool()])
         .unwrap();
     let calls = Cell::new(0);
     let real = allocator_check(&store);
@@ -692,7 +693,7 @@ fn a_subnet_with_pools_is_deleted_only_with_them() {
     let store = MemoryStore::new();
     let other = spider_pool("other", "10.244.0.0/16", &["10.244.150.1-10.244.150.9"]);
     Catalog::new(&store)
-        .apply(&[seed_subnet(), seed_pool(), other])
+        .apply(&[nginx_subnet(), nginx_pool(), other])
         .unwrap();
     let subnet = (Kind::SpiderSubnet, "nginx-subnet-v4".to_string());
     let msg = refused(&store, |cat| {

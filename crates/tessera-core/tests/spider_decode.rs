@@ -1,8 +1,8 @@
-//! Decoding `spiderpool.spidernet.io/v2beta1` documents: seed 003's manifests, field paths
+//! Decoding `spiderpool.spidernet.io/v2beta1` documents: the nginx pool example's manifests, field paths
 //! in errors (also inside routes and label selectors), lists, kind names on the command line.
 
 use serde_json::{json, Value};
-use tessera_core::manifest::{decode_document, decode_documents, spec_field_names};
+use tessera_core::decode::{decode_document, decode_documents, spec_field_names};
 use tessera_core::resources::spider::SPIDER_API_VERSION;
 use tessera_core::resources::{Kind, Resource};
 
@@ -20,7 +20,7 @@ fn pool_doc(spec: Value) -> Value {
 }
 
 #[test]
-fn seed_pool_decodes() {
+fn nginx_pool_decodes() {
     let Resource::SpiderIPPool(p) = decode_document(pool_doc(json!({
         "ipVersion": 4,
         "subnet": "10.244.0.0/16",
@@ -35,8 +35,8 @@ fn seed_pool_decodes() {
 }
 
 #[test]
-fn seed_pool_as_the_blog_indents_it_is_explained() {
-    // Seed 003 indents spec under metadata.
+fn nginx_pool_as_the_blog_indents_it_is_explained() {
+    // The nginx pool example, as the blog prints it, indents spec under metadata.
     assert_eq!(
         err(json!({
             "apiVersion": SPIDER_API_VERSION,

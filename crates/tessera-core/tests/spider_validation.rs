@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use tessera_core::manifest::decode_document;
+use tessera_core::decode::decode_document;
 use tessera_core::resources::meta::LabelSelector;
 use tessera_core::resources::spider::{
     SpiderIPPool, SpiderReservedIP, SpiderSubnet, SPIDER_API_VERSION,
@@ -72,7 +72,7 @@ fn valid_reserved(r: Resource) -> SpiderReservedIP {
 const P: &str = "SpiderIPPool \"nginx-v4-ippool\" is invalid: ";
 
 #[test]
-fn seed_pool_is_valid_and_gets_spiderpool_defaults() {
+fn nginx_pool_is_valid_and_gets_spiderpool_defaults() {
     let p = valid_pool(pool(json!({
         "subnet": "10.244.0.0/16",
         "ips": ["10.244.120.10-10.244.120.20"],
@@ -519,7 +519,7 @@ fn subnets_follow_the_same_address_rules() {
     assert_eq!(
         s.spec.total_ips().unwrap().len(),
         25602,
-        "seed 003's TOTAL-IP-COUNT"
+        "the nginx pool example's TOTAL-IP-COUNT"
     );
     assert_eq!(
         err(subnet(json!({

@@ -5,7 +5,7 @@ use ipnet::IpNet;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use serde_json::{json, Map, Value};
-use tessera_core::manifest::{decode_document, decode_documents};
+use tessera_core::decode::{decode_document, decode_documents};
 use tessera_core::net::Tiling;
 use tessera_core::resources::calico::IPPool;
 use tessera_core::resources::Resource;

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_document;
 use tessera_core::ipam::cache::DirNodeCache;
 use tessera_core::ipam::{AssignRequest, Attributes, Ipam};
 use tessera_core::keys;
-use tessera_core::manifest::decode_document;
 use tessera_core::store::CountingStore;
 use tessera_store::local_etcd::LocalEtcd;
 use tessera_store::{

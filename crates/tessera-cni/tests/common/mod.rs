@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tessera_core::catalog::Catalog;
+use tessera_core::decode::decode_documents;
 use tessera_core::ipam::{CheckReport, Ipam};
-use tessera_core::manifest::decode_documents;
 use tessera_store::SqliteStore;
 
 /// The plugin binary under test.

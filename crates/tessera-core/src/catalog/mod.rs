@@ -40,8 +40,8 @@ use std::fmt;
 
 use serde_json::Value;
 
+use crate::decode::{decode_document, DecodeError};
 use crate::keys;
-use crate::manifest::{decode_document, DecodeError};
 use crate::ranges::IpRangeSet;
 use crate::resources::calico::IPAMConfiguration;
 use crate::resources::kube::{Namespace, Node};

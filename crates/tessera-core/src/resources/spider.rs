@@ -220,7 +220,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_pool_decodes() {
+    fn nginx_pool_decodes() {
         let pool: SpiderIPPool = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "nginx-v4-ippool"},
             "spec": {"ipVersion": 4, "subnet": "10.244.0.0/16", "ips": ["10.244.120.10-10.244.120.20"]}

@@ -802,7 +802,7 @@ mod tests {
         };
         assert!(ns("[\"external-pool\"]").is_ok());
         assert!(ns("[\"external-pool\", \"10.0.0.0/24\"]").is_ok());
-        // Seed 001, as pasted from the web page.
+        // The namespace pools example, as pasted from the web page.
         assert_eq!(
             ns("\u{2018}[\u{201C}external-pool\"]\u{2019}")
                 .unwrap_err()

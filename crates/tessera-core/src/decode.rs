@@ -124,7 +124,7 @@ pub fn decode_document(doc: Value) -> Result<Resource, DecodeError> {
     }
 
     let mut metadata = take_object(&mut obj, "metadata", &mut errors);
-    // Web pages often indent `spec` under `metadata` (seed 003 does); say so plainly rather
+    // Web pages often indent `spec` under `metadata` (the nginx pool example does, as a blog prints it); say so plainly rather
     // than calling it an unknown metadata field and the spec missing.
     if !obj.contains_key("spec") && metadata.contains_key("spec") {
         metadata.remove("spec");

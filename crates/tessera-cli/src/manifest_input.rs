@@ -17,8 +17,8 @@
 use std::fmt;
 
 use serde_json::Value;
+use tessera_core::decode::decode_each;
 use tessera_core::json::StrictValue;
-use tessera_core::manifest::decode_each;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::text::quoted;
 use tessera_core::validate::error::FieldError;
@@ -488,7 +488,7 @@ mod tests {
         read_manifests(text, source).unwrap_err().to_string()
     }
 
-    /// Seed 000: one pool per rack, two `calicoctl create` heredocs joined into one file.
+    /// Rack pools: one pool per rack, two `calicoctl create` heredocs joined into one file.
     const RACK_POOLS: &str = "\
 apiVersion: projectcalico.org/v3
 kind: IPPool
@@ -511,10 +511,10 @@ spec:
   nodeSelector: rack == \"1\"
 ";
 
-    /// Seed 001: pools.yaml with two small pools for two namespaces.
+    /// Namespace pools: pools.yaml with two small pools for two namespaces.
     const NAMESPACE_POOLS: &str = include_str!("../../../examples/namespace-pools.yaml");
 
-    /// Seed 002: the extra pool, the temporary pool and the recreated default pool.
+    /// Pool migration: the extra pool, the temporary pool and the recreated default pool.
     const MIGRATION_POOLS: &str = "\
 # Extra pool for when the default one runs out.
 apiVersion: projectcalico.org/v3
@@ -552,7 +552,7 @@ spec:
   natOutgoing: true
 ";
 
-    /// Seed 002: `calicoctl get ippools default-ipv4-ippool -o yaml` on a CRD-backed cluster.
+    /// Pool migration: `calicoctl get ippools default-ipv4-ippool -o yaml` on a CRD-backed cluster.
     const CRD_OUTPUT: &str = "\
 apiVersion: crd.projectcalico.org/v1
 kind: IPPool
@@ -577,7 +577,7 @@ spec:
 ";
 
     #[test]
-    fn seed_rack_pools() {
+    fn rack_pools_read_as_two_documents() {
         let p = pools(RACK_POOLS);
         assert_eq!(p.len(), 2);
         assert_eq!(p[0].metadata.name, "rack-0-ippool");
@@ -587,7 +587,7 @@ spec:
     }
 
     #[test]
-    fn seed_namespace_pools_with_block_size_29() {
+    fn namespace_pools_with_block_size_29() {
         let p = pools(NAMESPACE_POOLS);
         assert_eq!(
             p.iter().map(|p| p.spec.block_size).collect::<Vec<_>>(),
@@ -597,7 +597,7 @@ spec:
     }
 
     #[test]
-    fn seed_migration_pools_skip_empty_documents_and_comments() {
+    fn migration_pools_skip_empty_documents_and_comments() {
         let p = pools(MIGRATION_POOLS);
         let names: Vec<_> = p.iter().map(|p| p.metadata.name.as_str()).collect();
         assert_eq!(
@@ -608,7 +608,7 @@ spec:
     }
 
     #[test]
-    fn seed_crd_output_applies_unchanged() {
+    fn crd_output_applies_unchanged() {
         let p = pools(CRD_OUTPUT);
         assert_eq!(p[0].spec.cidr, "10.244.0.0/18");
         assert_eq!(p[0].metadata.resource_version.as_deref(), Some("689"));
@@ -748,7 +748,7 @@ spec:
     }
 
     #[test]
-    fn seed_annotation_typo_in_a_namespace_manifest() {
+    fn annotation_typo_in_a_namespace_manifest() {
         let text = "\
 apiVersion: v1
 kind: Namespace
