@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{addr, readme_bridge_network, readme_section, Att, Env};
+use common::{addr, cni_guide_section, guide_bridge_network, Att, Env};
 use serde_json::{json, Value};
 use tessera_core::ipam::AssignRequest;
 
@@ -627,11 +627,11 @@ fn held(env: &Env, id: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_readme_bridge_example_works_on_an_empty_store() {
+fn the_documented_bridge_example_works_on_an_empty_store() {
     let env = Env::new();
-    let bridge = readme_bridge_network(&env);
+    let bridge = guide_bridge_network(&env);
     // "Trying it by hand", as printed, on this store.
-    let by_hand = readme_section("### Trying it by hand");
+    let by_hand = cni_guide_section("## Trying it by hand");
     let echoed = by_hand.split("echo '").nth(1).unwrap().split("' >").next();
     let mut conf: Value = serde_json::from_str(echoed.unwrap()).unwrap();
     conf["ipam"]["datastore"] = json!(env.db().to_str().unwrap());

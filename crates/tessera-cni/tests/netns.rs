@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{addr, in_ci, readme_bridge_network, wait_bounded, Att, Env, Run, PLUGIN};
+use common::{addr, guide_bridge_network, in_ci, wait_bounded, Att, Env, Run, PLUGIN};
 use serde_json::{json, Value};
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -318,13 +318,13 @@ fn bridge_with_gateway_connects_two_pods() {
 }
 
 #[test]
-fn the_readme_bridge_network_works_on_an_empty_store() {
-    if !prerequisites_met("the_readme_bridge_network_works_on_an_empty_store") {
+fn the_guide_bridge_network_works_on_an_empty_store() {
+    if !prerequisites_met("the_guide_bridge_network_works_on_an_empty_store") {
         return;
     }
     let lab = Lab::new();
-    // The README's pool and conflist, as printed: no reservation for the gateway.
-    let bridge = readme_bridge_network(&lab.env);
+    // The guide's pool and conflist, as printed: no reservation for the gateway.
+    let bridge = guide_bridge_network(&lab.env);
     let conf_for = |version: &str| {
         let mut conf = bridge.clone();
         conf["cniVersion"] = json!(version);

@@ -369,15 +369,16 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
-/// The README's section under `heading` (a `### ` line), up to the next heading.
-pub fn readme_section(heading: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let text = std::fs::read_to_string(&path).expect("README.md");
+/// The CNI guide's (docs/CNI.md) section under `heading` (a `## ` line), up to the next
+/// section.
+pub fn cni_guide_section(heading: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/CNI.md");
+    let text = std::fs::read_to_string(&path).expect("docs/CNI.md");
     let start = text
         .find(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("README.md has no {heading:?}"));
+        .unwrap_or_else(|| panic!("docs/CNI.md has no {heading:?}"));
     let rest = &text[start + heading.len() + 2..];
-    rest[..rest.find("\n### ").unwrap_or(rest.len())].to_string()
+    rest[..rest.find("\n## ").unwrap_or(rest.len())].to_string()
 }
 
 /// The lines of `text` strictly between the first line containing `after` and the next line
@@ -389,20 +390,20 @@ pub fn lines_between(text: &str, after: &str, end: &str) -> String {
     inner.join("\n") + "\n"
 }
 
-/// The README's bridge network: its pool manifest, applied, and the `ipam` section of its
-/// conflist's `bridge` plugin, with this store and `nodename` `node-a` (the README leaves
+/// The CNI guide's bridge network: its pool manifest, applied, and the `ipam` section of its
+/// conflist's `bridge` plugin, with this store and `nodename` `node-a` (the guide leaves
 /// both to the host). Returns the whole `bridge` plugin configuration.
-pub fn readme_bridge_network(env: &Env) -> Value {
-    let manifest = lines_between(&readme_section("### Installing"), "<<'EOF'", "EOF");
-    let file = env.dir().join("readme-pool.yaml");
+pub fn guide_bridge_network(env: &Env) -> Value {
+    let manifest = lines_between(&cni_guide_section("## Installing"), "<<'EOF'", "EOF");
+    let file = env.dir().join("guide-pool.yaml");
     std::fs::write(&file, manifest).expect("write manifest");
     env.apply_yaml_file(&file);
     let conflist: Value = serde_json::from_str(&lines_between(
-        &readme_section("### A bridge network"),
+        &cni_guide_section("## A bridge network"),
         "```json",
         "```",
     ))
-    .expect("the README's conflist is JSON");
+    .expect("the guide's conflist is JSON");
     let mut bridge = conflist["plugins"][0].clone();
     bridge["cniVersion"] = conflist["cniVersion"].clone();
     bridge["name"] = conflist["name"].clone();
