@@ -110,7 +110,7 @@ struct Probe<S> {
 
 fn kind(key: &str) -> &'static str {
     for (prefix, kind) in [
-        (keys::POOL_INDEX_PREFIX, "pool-index/<pool>"),
+        (keys::POOL_INDEX_PREFIX, "pool-index/<tiling>/<shard>"),
         (keys::BLOCK_PREFIX, "blocks/<node>/<block>"),
         (keys::HANDLE_PREFIX, "handles/<id>"),
         (keys::NODE_PREFIX, "nodes/<node>"),
