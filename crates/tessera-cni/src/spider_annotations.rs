@@ -7,8 +7,9 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
-use tessera_core::ipam::{plain_quotes, SPIDER_POOL_REF};
+use tessera_core::ipam::SPIDER_POOL_REF;
 use tessera_core::json;
+use tessera_core::text::plain_quotes;
 use tessera_core::text::quoted;
 
 use crate::error::{code, CniError};

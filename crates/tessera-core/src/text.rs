@@ -26,6 +26,22 @@ pub fn plain_or_quoted(text: &str) -> String {
     }
 }
 
+/// `text` with typographic quotes (as word processors and blog posts turn `"` and `'` into)
+/// read as the plain ones they stand for, trimmed, and without single quotes around it (shell
+/// quoting that ended up in a value): JSON pasted from a document, made parseable.
+pub fn plain_quotes(text: &str) -> String {
+    let plain: String = text
+        .trim()
+        .chars()
+        .map(|c| match c {
+            '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2033}' => '"',
+            '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{2032}' => '\'',
+            c => c,
+        })
+        .collect();
+    plain.trim_matches('\'').to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

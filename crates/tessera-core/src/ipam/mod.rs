@@ -29,7 +29,7 @@ pub use records::{
     Allocation, Attributes, Block, HandleAddress, HandleRecord, IndexEntry, PoolIndex,
 };
 pub use select::{
-    parse_pool_annotation, plain_quotes, Family, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
+    parse_pool_annotation, Family, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
     IP_ADDRS_ANNOTATION, SPIDER_POOL_REF,
 };
 

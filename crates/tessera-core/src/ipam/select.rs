@@ -63,26 +63,13 @@ impl std::fmt::Display for Family {
 pub fn parse_pool_annotation(value: &str) -> Result<Vec<String>, String> {
     let parse = |text: &str| serde_json::from_str::<Vec<String>>(text.trim());
     parse(value).or_else(|first_error| {
-        parse(&plain_quotes(value)).map_err(|_| {
+        parse(&crate::text::plain_quotes(value)).map_err(|_| {
             format!(
                 "{} is not a JSON list of strings such as [\"pool-a\"] ({first_error})",
                 crate::text::quoted(value)
             )
         })
     })
-}
-
-/// `text` trimmed, without typographic single quotes around it, and with typographic double
-/// quotes turned into plain ones: JSON pasted from a document, made parseable.
-pub fn plain_quotes(text: &str) -> String {
-    text.trim()
-        .trim_matches(|c| matches!(c, '\u{2018}' | '\u{2019}' | '\''))
-        .chars()
-        .map(|c| match c {
-            '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2033}' => '"',
-            c => c,
-        })
-        .collect()
 }
 
 /// Prefix that makes a pool name refer to a SpiderIPPool even when an IPPool has the same

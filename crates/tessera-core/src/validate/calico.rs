@@ -361,20 +361,7 @@ pub fn pool_list_problem(value: &str) -> Option<String> {
     let mut reason = format!("{} is not a JSON list of pool names", quoted(value));
     if let Some(hint) = typography_hint(value) {
         reason.push_str(&format!(": {hint}"));
-        let fixed: String = value
-            .chars()
-            .map(|c| match c {
-                '\u{201C}' | '\u{201D}' | '\u{201E}' | '\u{2033}' => '"',
-                '\u{2018}' | '\u{2019}' | '\u{201A}' | '\u{201B}' | '\u{2032}' => '\'',
-                c => c,
-            })
-            .collect();
-        // Outer single quotes are shell quoting that ended up in the value.
-        let fixed = fixed
-            .strip_prefix('\'')
-            .and_then(|f| f.strip_suffix('\''))
-            .unwrap_or(&fixed)
-            .to_string();
+        let fixed = crate::text::plain_quotes(value);
         if ok(&fixed) {
             reason.push_str(&format!("; write {fixed}"));
             return Some(reason);
