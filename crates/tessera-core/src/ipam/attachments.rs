@@ -4,8 +4,8 @@
 use crate::keys;
 use crate::store::{Read, Store};
 
+use super::assign::parse_block_key;
 use super::context::Context;
-use super::plan::parse_block_key;
 use super::records::{decode, Attributes, HandleRecord};
 use super::{AssignedAddress, Assignment, Ipam, IpamError};
 

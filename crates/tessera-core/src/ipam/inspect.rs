@@ -12,8 +12,8 @@ use crate::net::{net_first, net_size, offset_in_block};
 use crate::ranges::IpRangeSet;
 use crate::store::{Compare, Read, Store};
 
+use super::assign::{allocated, parse_block_key};
 use super::context::{block_len_u32, is_edge_address, Context};
-use super::plan::{allocated, parse_block_key};
 use crate::net::Tiling;
 
 use super::index::{collect_indexes, index_reads, PlannedIndex, READS_PER_INDEX};

@@ -1,20 +1,21 @@
 //! The allocator: hands out addresses from pools tiled into node-affine blocks.
 //!
 //! Every operation reads what it needs in as few snapshots as possible, decides in memory
-//! (a [`plan::Plan`]), and commits all its writes in one compare-and-swap transaction. When a
+//! (a [`assign::Plan`]), and commits all its writes in one compare-and-swap transaction. When a
 //! compare fails (another node or process changed a record it read) it starts over, up to
 //! [`MAX_ATTEMPTS`] times ([`retry::on_conflict`]). Because the commit is one transaction, a
 //! request either gets every address it asked for (IPv4 and IPv6, several addresses) or none,
 //! and a crash at any moment leaves the store exactly as before or exactly as after.
 
+mod assign;
 mod attachments;
 pub mod cache;
 mod context;
 mod index;
 mod inspect;
-mod plan;
 mod readiness;
 mod records;
+mod release;
 mod select;
 
 use std::net::IpAddr;
@@ -37,9 +38,10 @@ use crate::keys;
 use crate::retry::{self, MAX_ATTEMPTS};
 use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
 use crate::text::quoted;
+use assign::Plan;
 use cache::{ByValue, CachedKv, NodeCache, NodeView};
-use plan::{Plan, Released};
 use records::decode;
+use release::Released;
 
 /// Why an IPAM operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -414,7 +416,7 @@ impl<S: Store> Ipam<S> {
                 "nothing to assign: ask for IPv4 or IPv6 addresses or specific IPs".into(),
             ));
         }
-        plan::check_request_size(req)?;
+        assign::check_request_size(req)?;
         if let Some(gw) = &req.gateway {
             if let Some(problem) = crate::validate::names::handle_id_problem(&gw.handle) {
                 return Err(IpamError::InvalidRequest(problem));
@@ -647,7 +649,7 @@ impl<S: Store> Ipam<S> {
                 return Ok(Some(HandleRelease::NotOwned(rec.attrs)));
             }
             let targets = handle_targets(&rec);
-            match plan::release(&self.store, &targets, Some((&rec, kv.mod_revision)), None)? {
+            match release::release(&self.store, &targets, Some((&rec, kv.mod_revision)), None)? {
                 Released::Done { ips, revision, ops } => {
                     if let Some(cache) = &self.cache {
                         cache.forget_handle(handle);
@@ -694,7 +696,7 @@ impl<S: Store> Ipam<S> {
             .collect();
         let targets = handle_targets(&rec);
         let store = ByValue::new(&self.store, view.records().chain([&cached]));
-        match plan::release(
+        match release::release(
             &store,
             &targets,
             Some((&rec, kv.mod_revision)),
@@ -719,7 +721,7 @@ impl<S: Store> Ipam<S> {
             for ip in ips {
                 if let Some(info) = self.lookup(*ip)? {
                     if let Some(alloc) = info.allocation {
-                        targets.push(plan::Target {
+                        targets.push(release::Target {
                             ip: *ip,
                             block_key: info.block_key,
                             handle: alloc.handle,
@@ -729,7 +731,7 @@ impl<S: Store> Ipam<S> {
             }
             let held: Vec<(IpAddr, String)> =
                 targets.iter().map(|t| (t.ip, t.handle.clone())).collect();
-            Ok(match plan::release(&self.store, &targets, None, None)? {
+            Ok(match release::release(&self.store, &targets, None, None)? {
                 Released::Done { ips, .. } => Some(
                     held.into_iter()
                         .filter(|(ip, _)| ips.contains(ip))
@@ -751,7 +753,7 @@ impl<S: Store> Ipam<S> {
     pub fn release_node(&self, node: &str) -> Result<usize, IpamError> {
         check_node_name(node)?;
         retry::on_conflict(MAX_ATTEMPTS, node, |_| {
-            plan::release_node(&self.store, node)
+            release::release_node(&self.store, node)
         })?
         .ok_or(IpamError::Contention(MAX_ATTEMPTS))
     }
@@ -866,10 +868,10 @@ fn save_applied(cache: &dyn NodeCache, mut view: NodeView, ops: &[Op], revision:
 }
 
 /// What releasing every address of a handle touches.
-fn handle_targets(rec: &HandleRecord) -> Vec<plan::Target> {
+fn handle_targets(rec: &HandleRecord) -> Vec<release::Target> {
     rec.addresses
         .iter()
-        .map(|a| plan::Target {
+        .map(|a| release::Target {
             ip: a.ip,
             block_key: a.block.clone(),
             handle: rec.id.clone(),

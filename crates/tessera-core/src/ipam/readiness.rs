@@ -9,9 +9,9 @@ use crate::keys;
 use crate::net::{nets_overlap, Tiling};
 use crate::store::{Read, Store};
 
+use super::assign::free_offset;
 use super::context::{Context, PoolInfo};
 use super::index::{index_reads, PlannedIndex, READS_PER_INDEX};
-use super::plan::free_offset;
 use super::records::{decode, Attributes, Block, PoolIndex};
 use super::select::{candidate_pools, Family};
 use super::{AssignRequest, Ipam, IpamError};
