@@ -318,28 +318,7 @@ fn unique_suffix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys;
-    use crate::store::KeyValue;
-
-    fn kv(key: &str, value: &str, rev: i64) -> KeyValue {
-        KeyValue {
-            key: key.into(),
-            value: value.as_bytes().to_vec(),
-            create_revision: rev,
-            mod_revision: rev,
-        }
-    }
-
-    fn view() -> NodeView {
-        NodeView::from_snapshot(
-            "n1",
-            &[kv(keys::CONFIG_GUARD, "{\"nonce\":\"a\"}", 3)],
-            Some(&kv("nodes/n1", "{}", 4)),
-            Some(("ns", None)),
-            &[kv("blocks/n1/10.0.0.0-26", "{}", 5)],
-        )
-        .expect("a guarded snapshot makes a view")
-    }
+    use crate::ipam::cache::tests::{kv, view};
 
     #[test]
     fn directory_cache_round_trips_and_separates_datastores() {

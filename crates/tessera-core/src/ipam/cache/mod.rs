@@ -340,7 +340,7 @@ impl NodeCache for MemoryNodeCache {
 mod tests {
     use super::*;
 
-    fn kv(key: &str, value: &str, rev: i64) -> KeyValue {
+    pub(super) fn kv(key: &str, value: &str, rev: i64) -> KeyValue {
         KeyValue {
             key: key.into(),
             value: value.as_bytes().to_vec(),
@@ -349,7 +349,7 @@ mod tests {
         }
     }
 
-    fn view() -> NodeView {
+    pub(super) fn view() -> NodeView {
         NodeView::from_snapshot(
             "n1",
             &[kv(keys::CONFIG_GUARD, "{\"nonce\":\"a\"}", 3)],
