@@ -9,7 +9,7 @@ use tessera_core::decode::{decode_document, decode_documents};
 use tessera_core::net::Tiling;
 use tessera_core::resources::calico::IPPool;
 use tessera_core::resources::Resource;
-use tessera_core::validate::calico::check_pool_against;
+use tessera_core::validate::calico::{check_pool_against, ParsedPool};
 use tessera_core::validate::validate;
 
 fn arb_json() -> impl Strategy<Value = Value> {
@@ -171,8 +171,9 @@ proptest! {
         let (Some(mut a), Some(mut b)) = (decode(a), decode(b)) else { return Ok(()) };
         a.metadata.name = "a".into();
         b.metadata.name = "b".into();
-        let ab = check_pool_against(&a, std::slice::from_ref(&b)).is_ok();
-        let ba = check_pool_against(&b, std::slice::from_ref(&a)).is_ok();
+        let (pa, pb) = (ParsedPool::new(&a), ParsedPool::new(&b));
+        let ab = check_pool_against(&pa, &[pb]).is_ok();
+        let ba = check_pool_against(&pb, &[pa]).is_ok();
         prop_assert_eq!(ab, ba);
         let na: IpNet = a.spec.cidr.parse().unwrap();
         let nb: IpNet = b.spec.cidr.parse().unwrap();

@@ -4,17 +4,14 @@
 
 use std::collections::{HashMap, HashSet};
 
-use ipnet::IpNet;
-
 use super::{Catalog, CatalogError, Kind, POOL_KINDS};
 use crate::net::OverlapIndex;
-use crate::resources::calico::IPPool;
 use crate::resources::spider::{SpiderIPPool, SpiderSubnet};
 use crate::resources::Resource;
 use crate::store::{Compare, KeyValue, Store};
-use crate::validate::calico::check_pool_against;
+use crate::validate::calico::{check_pool_against, ParsedPool};
 use crate::validate::error::{FieldError, ValidationError};
-use crate::validate::spider::{check_spider_against, describe_set};
+use crate::validate::spider::{check_spider_against, describe_set, PoolLike};
 
 impl<S: Store + ?Sized> Catalog<'_, S> {
     /// Refuses deleting a SpiderIPPool that holds allocated addresses; otherwise adds the
@@ -75,54 +72,60 @@ impl<S: Store + ?Sized> Catalog<'_, S> {
         compares: &mut Vec<Compare>,
     ) -> Result<Vec<CatalogError>, CatalogError> {
         let mut problems = Vec::new();
-        let batch: Vec<&Resource> = valid
+        // Every pool's network is parsed here, once; the rules get the typed values.
+        let batch: Vec<PoolLike> = valid
             .iter()
             .filter(|r| POOL_KINDS.contains(&r.kind()))
+            .map(PoolLike::new)
             .collect();
-        let in_batch: HashSet<(Kind, &str)> = batch.iter().map(|r| (r.kind(), r.name())).collect();
-        let stored_by_name: HashMap<(Kind, &str), &Resource> =
-            stored.iter().map(|r| ((r.kind(), r.name()), r)).collect();
+        let in_batch: HashSet<(Kind, &str)> = batch
+            .iter()
+            .map(|p| (p.resource.kind(), p.resource.name()))
+            .collect();
+        let stored: Vec<PoolLike> = stored
+            .iter()
+            .filter(|r| POOL_KINDS.contains(&r.kind()))
+            .map(PoolLike::new)
+            .collect();
+        let stored_by_name: HashMap<(Kind, &str), &PoolLike> = stored
+            .iter()
+            .map(|p| ((p.resource.kind(), p.resource.name()), p))
+            .collect();
         // Each pair is checked once: stored resources the batch leaves alone, and the batch's
         // own resources before this one (every rule is symmetric).
         let mut world = PoolWorld::default();
         for s in stored
             .iter()
-            .filter(|s| !in_batch.contains(&(s.kind(), s.name())))
+            .filter(|s| !in_batch.contains(&(s.resource.kind(), s.resource.name())))
         {
-            world.add(s);
+            world.add(*s);
         }
-        for new in batch {
-            let previous = stored_by_name.get(&(new.kind(), new.name())).copied();
+        for new in &batch {
+            let (kind, name) = (new.resource.kind(), new.resource.name());
+            let previous = stored_by_name.get(&(kind, name)).copied();
             let others = world.overlapping(new);
-            world.add(new);
+            world.add(*new);
             let mut errors = Vec::new();
-            if let Resource::IPPool(pool) = new {
-                let mut calico: Vec<IPPool> = others
-                    .iter()
-                    .filter_map(|r| match r {
-                        Resource::IPPool(p) => Some(p.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                if let Some(Resource::IPPool(old)) = previous {
-                    calico.push(old.clone());
-                }
+            if let Some(pool) = &new.calico {
+                let mut calico: Vec<ParsedPool> = others.iter().filter_map(|o| o.calico).collect();
+                calico.extend(previous.and_then(|old| old.calico));
                 if let Err(e) = check_pool_against(pool, &calico) {
                     errors.extend(e.errors);
                 }
             }
+            let previous = previous.map(|p| p.resource);
             if let Err(e) = check_spider_against(new, previous, &others) {
                 errors.extend(e.errors);
             }
             if let (Resource::SpiderIPPool(pool), Some(Resource::SpiderIPPool(old))) =
-                (new, previous)
+                (new.resource, previous)
             {
                 errors.extend(self.check_leaving(pool, old, compares)?);
             }
             if !errors.is_empty() {
                 problems.push(CatalogError::Validation(ValidationError {
-                    kind: new.kind(),
-                    name: new.name().to_string(),
+                    kind,
+                    name: name.to_string(),
                     errors,
                 }));
             }
@@ -175,40 +178,29 @@ impl<S: Store + ?Sized> Catalog<'_, S> {
 /// n log n instead of n².
 #[derive(Default)]
 struct PoolWorld<'r> {
-    members: Vec<&'r Resource>,
+    members: Vec<PoolLike<'r>>,
     index: OverlapIndex,
     /// Members without a network (never true of validated resources); they meet every query.
     unplaced: Vec<usize>,
 }
 
 impl<'r> PoolWorld<'r> {
-    fn add(&mut self, r: &'r Resource) {
+    fn add(&mut self, pool: PoolLike<'r>) {
         let id = self.members.len();
-        self.members.push(r);
-        match pool_network(r) {
+        self.members.push(pool);
+        match pool.net {
             Some(net) => self.index.insert(&net, id),
             None => self.unplaced.push(id),
         }
     }
 
-    /// The members whose network overlaps `r`'s, in the order they were added.
-    fn overlapping(&self, r: &Resource) -> Vec<&'r Resource> {
+    /// The members whose network overlaps `pool`'s, in the order they were added.
+    fn overlapping(&self, pool: &PoolLike<'_>) -> Vec<PoolLike<'r>> {
         let mut ids = self.unplaced.clone();
-        if let Some(net) = pool_network(r) {
+        if let Some(net) = pool.net {
             ids.extend(self.index.overlapping(&net));
             ids.sort_unstable();
         }
         ids.into_iter().map(|id| self.members[id]).collect()
-    }
-}
-
-/// The network holding every address of a pool-like resource: an IPPool's CIDR, a Spiderpool
-/// resource's subnet (its ips lie inside it).
-fn pool_network(r: &Resource) -> Option<IpNet> {
-    match r {
-        Resource::IPPool(p) => p.spec.cidr.trim().parse().ok(),
-        Resource::SpiderIPPool(p) => p.spec.subnet_net(),
-        Resource::SpiderSubnet(s) => s.spec.subnet_net(),
-        _ => None,
     }
 }

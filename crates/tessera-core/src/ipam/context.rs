@@ -17,6 +17,7 @@ use crate::resources::meta::LabelSelector;
 use crate::resources::spider::{Route, SpiderIPPool, SpiderReservedIP};
 use crate::selector::Selector;
 use crate::store::KeyValue;
+use crate::validate::calico::effective_block_size;
 
 use super::records::decode;
 use super::IpamError;
@@ -203,12 +204,7 @@ impl PoolInfo {
             .cidr
             .parse()
             .map_err(|e| corrupt(format!("spec.cidr {:?}: {e}", pool.spec.cidr)))?;
-        let default_block = if matches!(cidr, IpNet::V4(_)) {
-            26
-        } else {
-            122
-        };
-        let block_prefix = pool.spec.block_size.unwrap_or(default_block);
+        let block_prefix = effective_block_size(&cidr, pool.spec.block_size);
         let tiling = Tiling::new(cidr, block_prefix)
             .ok_or_else(|| corrupt(format!("blockSize {block_prefix} does not fit {cidr}")))?;
         let node_selector = match pool.spec.node_selector.as_deref() {

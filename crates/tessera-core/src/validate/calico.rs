@@ -31,32 +31,65 @@ pub const DEFAULT_NODE_SELECTOR: &str = "all()";
 /// The only allowed name of the IPAMConfiguration.
 pub const IPAM_CONFIG_NAME: &str = "default";
 
+/// An IPPool with `cidr` and `blockSize` turned into typed values once per command: the rules
+/// between pools compare these and never re-read the strings.
+#[derive(Debug, Clone, Copy)]
+pub struct ParsedPool<'a> {
+    /// The pool as written.
+    pub pool: &'a IPPool,
+    /// `cidr` as a network; `None` when it is not one (never true of a validated pool).
+    pub net: Option<IpNet>,
+    /// The block size in use: the given one or the family's default; only the given one when
+    /// `cidr` is not a network.
+    pub block_size: Option<u8>,
+}
+
+impl<'a> ParsedPool<'a> {
+    /// Parses `pool`'s `cidr`: the one place the pool rules read that string.
+    pub fn new(pool: &'a IPPool) -> Self {
+        let net = parse_network(pool.spec.cidr.trim(), false).ok();
+        let block_size = net
+            .map(|n| effective_block_size(&n, pool.spec.block_size))
+            .or(pool.spec.block_size);
+        Self {
+            pool,
+            net,
+            block_size,
+        }
+    }
+
+    fn name(&self) -> &'a str {
+        &self.pool.metadata.name
+    }
+}
+
 /// Checks a (validated) pool against the pools that exist already: it may not overlap any
 /// other pool, and if `existing` holds a pool of the same name, `cidr` and `blockSize` must
 /// not differ from it.
-pub fn check_pool_against(new: &IPPool, existing: &[IPPool]) -> Result<(), ValidationError> {
+pub fn check_pool_against(
+    new: &ParsedPool<'_>,
+    existing: &[ParsedPool<'_>],
+) -> Result<(), ValidationError> {
     let mut errors = Vec::new();
-    let Ok(new_net) = parse_network(new.spec.cidr.trim(), false) else {
+    let (Some(new_net), Some(new_bs)) = (new.net, new.block_size) else {
         errors.push(FieldError::new(
             "spec.cidr",
             format!(
                 "{} is not a network address; validate the pool first",
-                quoted(&new.spec.cidr)
+                quoted(&new.pool.spec.cidr)
             ),
         ));
         return Err(ValidationError {
             kind: Kind::IPPool,
-            name: new.metadata.name.clone(),
+            name: new.name().to_string(),
             errors,
         });
     };
-    let new_bs = effective_block_size(&new_net, new.spec.block_size);
     for other in existing {
-        let other_net = parse_network(other.spec.cidr.trim(), false).ok();
-        if other.metadata.name == new.metadata.name {
-            let changed_cidr = match other_net {
+        if other.name() == new.name() {
+            let changed_cidr = match other.net {
                 Some(n) => n != new_net,
-                None => other.spec.cidr != new.spec.cidr,
+                None => other.pool.spec.cidr != new.pool.spec.cidr,
             };
             if changed_cidr {
                 errors.push(FieldError::new(
@@ -64,27 +97,22 @@ pub fn check_pool_against(new: &IPPool, existing: &[IPPool]) -> Result<(), Valid
                     format!(
                         "cannot be changed after the pool is created (it is {}, the new \
                          manifest says {}); create a new pool and migrate (see docs)",
-                        other.spec.cidr, new_net
+                        other.pool.spec.cidr, new_net
                     ),
                 ));
             }
-            let other_bs = other_net
-                .map(|n| effective_block_size(&n, other.spec.block_size))
-                .or(other.spec.block_size);
-            if other_bs.is_some() && other_bs != Some(new_bs) {
+            if let Some(other_bs) = other.block_size.filter(|&bs| bs != new_bs) {
                 errors.push(FieldError::new(
                     "spec.blockSize",
                     format!(
-                        "cannot be changed after the pool is created (it is {}, the new \
-                         manifest says {}); create a new pool and migrate (see docs)",
-                        other_bs.unwrap_or_default(),
-                        new_bs
+                        "cannot be changed after the pool is created (it is {other_bs}, the \
+                         new manifest says {new_bs}); create a new pool and migrate (see docs)",
                     ),
                 ));
             }
             continue;
         }
-        if let Some(other_net) = other_net {
+        if let Some(other_net) = other.net {
             if nets_overlap(&new_net, &other_net) {
                 errors.push(FieldError::new(
                     "spec.cidr",
@@ -92,7 +120,7 @@ pub fn check_pool_against(new: &IPPool, existing: &[IPPool]) -> Result<(), Valid
                         "{new_net} overlaps {other_net} of IPPool {:?}; pools may not \
                          overlap: choose a free range, or disable and delete the other pool \
                          first",
-                        other.metadata.name
+                        other.name()
                     ),
                 ));
             }
@@ -103,7 +131,7 @@ pub fn check_pool_against(new: &IPPool, existing: &[IPPool]) -> Result<(), Valid
     } else {
         Err(ValidationError {
             kind: Kind::IPPool,
-            name: new.metadata.name.clone(),
+            name: new.name().to_string(),
             errors,
         })
     }
@@ -390,6 +418,12 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    /// [`check_pool_against`] on pools as written.
+    fn against(new: &IPPool, existing: &[IPPool]) -> Result<(), ValidationError> {
+        let existing: Vec<ParsedPool> = existing.iter().map(ParsedPool::new).collect();
+        check_pool_against(&ParsedPool::new(new), &existing)
     }
 
     fn check(p: IPPool) -> Result<IPPool, ValidationError> {
@@ -838,15 +872,15 @@ mod tests {
         let existing = [check(pool("default-ipv4-ippool", "192.168.0.0/16")).unwrap()];
         let new = check(pool("rack-0-ippool", "192.168.0.0/24")).unwrap();
         assert_eq!(
-            check_pool_against(&new, &existing).unwrap_err().to_string(),
+            against(&new, &existing).unwrap_err().to_string(),
             "IPPool \"rack-0-ippool\" is invalid: spec.cidr: 192.168.0.0/24 overlaps \
              192.168.0.0/16 of IPPool \"default-ipv4-ippool\"; pools may not overlap: choose a \
              free range, or disable and delete the other pool first"
         );
         let other = check(pool("rack-1-ippool", "192.168.1.0/24")).unwrap();
-        assert!(check_pool_against(&new, std::slice::from_ref(&other)).is_ok());
+        assert!(against(&new, std::slice::from_ref(&other)).is_ok());
         let v6 = check(pool("v6", "fd00::/64")).unwrap();
-        assert!(check_pool_against(&v6, &existing).is_ok());
+        assert!(against(&v6, &existing).is_ok());
     }
 
     #[test]
@@ -856,10 +890,10 @@ mod tests {
         let mut same = stored.clone();
         same.spec.disabled = true;
         same.spec.block_size = None;
-        assert!(check_pool_against(&check(same).unwrap(), std::slice::from_ref(&stored)).is_ok());
+        assert!(against(&check(same).unwrap(), std::slice::from_ref(&stored)).is_ok());
         let moved = check(pool("p", "10.1.0.0/16")).unwrap();
         assert_eq!(
-            check_pool_against(&moved, std::slice::from_ref(&stored))
+            against(&moved, std::slice::from_ref(&stored))
                 .unwrap_err()
                 .to_string(),
             "IPPool \"p\" is invalid: spec.cidr: cannot be changed after the pool is created \
@@ -869,7 +903,7 @@ mod tests {
         let mut resized = stored.clone();
         resized.spec.block_size = Some(27);
         assert_eq!(
-            check_pool_against(&resized, &[stored]).unwrap_err().errors,
+            against(&resized, &[stored]).unwrap_err().errors,
             [FieldError::new(
                 "spec.blockSize",
                 "cannot be changed after the pool is created (it is 26, the new manifest says \

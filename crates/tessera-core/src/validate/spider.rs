@@ -8,6 +8,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use super::calico::ParsedPool;
 use super::error::{FieldError, ValidationError};
 use super::names::{
     check_metadata, dns_label_problem, label_value_problem, qualified_name_problem,
@@ -612,6 +613,40 @@ pub fn validate_spider_reserved(
 // ---------------------------------------------------------------------------------------------
 // Against other pools and subnets
 
+/// A pool-like resource (IPPool, SpiderIPPool, SpiderSubnet) with the network holding all its
+/// addresses found once per command: an IPPool's parsed `cidr`, a Spiderpool resource's
+/// subnet.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLike<'r> {
+    /// The resource as written.
+    pub resource: &'r Resource,
+    /// Its network; `None` for other kinds and for unparsable fields (never true of validated
+    /// resources).
+    pub net: Option<IpNet>,
+    /// An IPPool's typed `cidr` and `blockSize`.
+    pub calico: Option<ParsedPool<'r>>,
+}
+
+impl<'r> PoolLike<'r> {
+    /// Finds `resource`'s network: the one place the pool rules parse it.
+    pub fn new(resource: &'r Resource) -> Self {
+        let (net, calico) = match resource {
+            Resource::IPPool(p) => {
+                let parsed = ParsedPool::new(p);
+                (parsed.net, Some(parsed))
+            }
+            Resource::SpiderIPPool(p) => (p.spec.subnet_net(), None),
+            Resource::SpiderSubnet(s) => (s.spec.subnet_net(), None),
+            _ => (None, None),
+        };
+        Self {
+            resource,
+            net,
+            calico,
+        }
+    }
+}
+
 /// Checks a validated SpiderIPPool, SpiderSubnet or Calico IPPool against the other pools and
 /// subnets that will exist with it (stored ones and the rest of the same command), and against
 /// `previous`, its stored version when it is an update. Other kinds pass.
@@ -627,12 +662,12 @@ pub fn validate_spider_reserved(
 /// `others` must not hold `new` itself. Calico pools against Calico pools are
 /// [`crate::validate::calico::check_pool_against`]'s job.
 pub fn check_spider_against(
-    new: &Resource,
+    new: &PoolLike<'_>,
     previous: Option<&Resource>,
-    others: &[&Resource],
+    others: &[PoolLike<'_>],
 ) -> Result<(), ValidationError> {
     let mut errors = Vec::new();
-    match new {
+    match new.resource {
         Resource::SpiderIPPool(pool) => {
             let previous = match previous {
                 Some(Resource::SpiderIPPool(p)) => Some(p),
@@ -647,15 +682,15 @@ pub fn check_spider_against(
             };
             check_subnet_against_world(subnet, previous, others, &mut errors);
         }
-        Resource::IPPool(pool) => check_calico_against_spider(pool, others, &mut errors),
+        Resource::IPPool(pool) => check_calico_against_spider(pool, new.net, others, &mut errors),
         _ => {}
     }
     if errors.is_empty() {
         Ok(())
     } else {
         Err(ValidationError {
-            kind: new.kind(),
-            name: new.name().to_string(),
+            kind: new.resource.kind(),
+            name: new.resource.name().to_string(),
             errors,
         })
     }
@@ -692,7 +727,7 @@ fn check_immutable(
 fn check_pool_against_world(
     pool: &SpiderIPPool,
     previous: Option<&SpiderIPPool>,
-    others: &[&Resource],
+    others: &[PoolLike<'_>],
     errors: &mut Vec<FieldError>,
 ) {
     if let Some(old) = previous {
@@ -711,7 +746,7 @@ fn check_pool_against_world(
         return;
     };
     for other in others {
-        match other {
+        match other.resource {
             Resource::SpiderIPPool(o) => {
                 if let Some(o_net) = o.spec.subnet_net() {
                     if o_net != net && nets_overlap(&o_net, &net) {
@@ -777,7 +812,7 @@ fn check_pool_against_world(
                 }
             }
             Resource::IPPool(c) => {
-                if let Some(both) = calico_overlap(c, &total) {
+                if let Some(both) = calico_overlap(other.net, &total) {
                     errors.push(FieldError::new(
                         "spec.ips",
                         format!(
@@ -799,7 +834,7 @@ fn check_pool_against_world(
 fn check_subnet_against_world(
     subnet: &SpiderSubnet,
     previous: Option<&SpiderSubnet>,
-    others: &[&Resource],
+    others: &[PoolLike<'_>],
     errors: &mut Vec<FieldError>,
 ) {
     if let Some(old) = previous {
@@ -818,7 +853,7 @@ fn check_subnet_against_world(
         return;
     };
     for other in others {
-        match other {
+        match other.resource {
             Resource::SpiderSubnet(o) => {
                 if let Some(o_net) = o.spec.subnet_net() {
                     if nets_overlap(&o_net, &net) {
@@ -872,15 +907,20 @@ fn check_subnet_against_world(
     }
 }
 
-fn check_calico_against_spider(pool: &IPPool, others: &[&Resource], errors: &mut Vec<FieldError>) {
+fn check_calico_against_spider(
+    pool: &IPPool,
+    net: Option<IpNet>,
+    others: &[PoolLike<'_>],
+    errors: &mut Vec<FieldError>,
+) {
     for other in others {
-        let Resource::SpiderIPPool(o) = other else {
+        let Resource::SpiderIPPool(o) = other.resource else {
             continue;
         };
         let Ok(o_total) = o.spec.total_ips() else {
             continue;
         };
-        if let Some(both) = calico_overlap(pool, &o_total) {
+        if let Some(both) = calico_overlap(net, &o_total) {
             errors.push(FieldError::new(
                 "spec.cidr",
                 format!(
@@ -895,9 +935,8 @@ fn check_calico_against_spider(pool: &IPPool, others: &[&Resource], errors: &mut
     }
 }
 
-/// The addresses of `set` inside a Calico pool's CIDR, when there are any.
-fn calico_overlap(pool: &IPPool, set: &IpRangeSet) -> Option<IpRangeSet> {
-    let net = pool.spec.cidr.trim().parse::<IpNet>().ok()?;
-    let both = set.within(&net.trunc());
+/// The addresses of `set` inside a Calico pool's network `net`, when there are any.
+fn calico_overlap(net: Option<IpNet>, set: &IpRangeSet) -> Option<IpRangeSet> {
+    let both = set.within(&net?);
     (!both.is_empty()).then_some(both)
 }
