@@ -8,6 +8,7 @@ pub mod ipam;
 pub mod json;
 pub mod keys;
 pub mod net;
+pub mod ownership;
 pub mod ranges;
 pub mod resources;
 pub mod retry;

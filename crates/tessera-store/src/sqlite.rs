@@ -26,6 +26,8 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
+use tessera_core::ownership::{effective_uid, others_who_may_write};
+
 use crate::{Compare, KeyValue, Op, Read, ReadResult, Snapshot, Store, StoreError, TxnOutcome};
 
 /// Value of `meta.format`; anything else means the file belongs to some other program.
@@ -657,24 +659,18 @@ fn check_not_exposed(path: &Path) -> Result<(), StoreError> {
     };
     let meta = fs::metadata(dir).map_err(|e| io_error(path, "looking at its directory", &e))?;
     let mode = meta.mode() & 0o7777;
-    if mode & 0o022 == 0 {
+    let Some(who) = others_who_may_write(mode) else {
         return Ok(());
-    }
+    };
     let d = dir.display();
     if mode & 0o1000 == 0 {
-        let who = match (mode & 0o020 != 0, mode & 0o002 != 0) {
-            (true, true) => "its group and others",
-            (true, false) => "its group",
-            _ => "others",
-        };
         return Err(refused(format!(
             "its directory {d} is writable by {who} (mode {mode:04o}), so another user could \
              replace the store or plant its -wal and -shm files; keep the store in a directory \
              only its owner can write (`chmod go-w {d}`)"
         )));
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = effective_uid();
     for suffix in ["", "-wal", "-shm"] {
         let mut file = path.as_os_str().to_owned();
         file.push(suffix);

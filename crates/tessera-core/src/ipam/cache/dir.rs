@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{CachedKv, NodeCache, NodeView, FORMAT};
+use crate::ownership::{effective_uid, others_who_may_write};
 
 /// A cache in a directory on the node's disk: one file per node view and per handle, each
 /// replaced atomically (write, then rename), so concurrent plugin processes of one node
@@ -217,13 +218,14 @@ fn check_above(base: &Path, owner: u32) -> Result<(), CacheDirError> {
                  that user could replace the cache",
                 target.uid()
             ))
-        } else if target.mode() & 0o022 != 0 && target.mode() & 0o1000 == 0 {
-            Some(format!(
-                "it is writable by {} (mode {:04o}) without the sticky bit, so other users \
-                 could replace the cache",
-                who_may_write(&target),
-                target.mode() & 0o7777
-            ))
+        } else if target.mode() & 0o1000 == 0 {
+            others_who_may_write(target.mode()).map(|who| {
+                format!(
+                    "it is writable by {who} (mode {:04o}) without the sticky bit, so other \
+                     users could replace the cache",
+                    target.mode() & 0o7777
+                )
+            })
         } else {
             None
         };
@@ -247,33 +249,14 @@ fn exposure(meta: &Metadata, owner: u32) -> Option<String> {
              could plant entries in it",
             meta.uid()
         ))
-    } else if meta.mode() & 0o022 != 0 {
-        Some(format!(
-            "it is writable by {} (mode {:04o}), so other users could plant entries in it",
-            who_may_write(meta),
-            meta.mode() & 0o7777
-        ))
     } else {
-        None
+        others_who_may_write(meta.mode()).map(|who| {
+            format!(
+                "it is writable by {who} (mode {:04o}), so other users could plant entries in it",
+                meta.mode() & 0o7777
+            )
+        })
     }
-}
-
-fn who_may_write(meta: &Metadata) -> &'static str {
-    match (meta.mode() & 0o020 != 0, meta.mode() & 0o002 != 0) {
-        (true, true) => "its group and others",
-        (true, false) => "its group",
-        _ => "others",
-    }
-}
-
-/// The effective user id of this process.
-fn effective_uid() -> u32 {
-    unsafe extern "C" {
-        /// POSIX `geteuid(2)`: takes nothing, cannot fail; `uid_t` is 32 bits on every
-        /// platform Tessera runs on.
-        safe fn geteuid() -> u32;
-    }
-    geteuid()
 }
 
 impl NodeCache for DirNodeCache {
