@@ -445,11 +445,10 @@ impl LocalEtcd {
     /// Saves a snapshot of the keyspace to `file` with `etcdctl snapshot save`, as an
     /// operator's backup does.
     pub fn save_snapshot(&self, file: &Path) -> Result<(), String> {
-        let endpoint = format!("127.0.0.1:{}", self.members[0].client_port);
-        let mut cmd = etcdctl()?;
-        cmd.args(["--endpoints", &endpoint, "snapshot", "save"])
-            .arg(file);
-        run_tool(cmd)
+        let file = file
+            .to_str()
+            .ok_or_else(|| format!("{} is not a UTF-8 path", file.display()))?;
+        self.etcdctl(&["snapshot", "save", file])
     }
 
     /// Restores a one-member cluster from `file` the way an operator does: stops the member,
