@@ -1,0 +1,1 @@
+//! Keeps Tessera's datastore in step with a Kubernetes cluster.

@@ -1,0 +1,1 @@
+//! Reads objects from a Kubernetes API server.
