@@ -460,7 +460,7 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                 reason: "a patch must be a JSON object, e.g. {\"spec\":{\"disabled\":true}}".into(),
             });
         }
-        self.modify(kind, name, false, |current| {
+        let (_, stored) = self.modify(kind, name, false, |current| {
             let mut doc = current.to_manifest();
             merge_patch(&mut doc, patch);
             if doc.get("kind") != Some(&Value::from(kind.as_str())) {
@@ -481,7 +481,8 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
                 ));
             }
             Ok(decode_document(doc)?)
-        })
+        })?;
+        Ok(stored)
     }
 
     /// Sets and removes labels with kubectl's rules: changing an existing label to another
@@ -539,7 +540,7 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             }
         }
         let create_missing = matches!(kind, Kind::Node | Kind::Namespace);
-        self.modify(kind, name, create_missing, |current| {
+        let (_, stored) = self.modify(kind, name, create_missing, |current| {
             let mut new = current.clone();
             let map = match which {
                 MetaMap::Labels => &mut new.metadata_mut().labels,
@@ -571,18 +572,24 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             } else {
                 Err(many(problems))
             }
-        })
+        })?;
+        Ok(stored)
     }
 
-    /// Read-modify-write of one resource with retries. `create_missing` starts from an empty
-    /// resource when it does not exist (Nodes and Namespaces only).
-    fn modify(
+    /// Read-modify-write of one resource: `change` gets the stored resource and returns it as
+    /// it should be; the result is validated and written with a compare on the revision read,
+    /// and the whole is retried from the read when another writer got there first. A result
+    /// equal to what is stored writes nothing ([`Action::Unchanged`]). `create_missing` starts
+    /// from an empty resource when it does not exist (Nodes and Namespaces only); otherwise a
+    /// missing resource is [`CatalogError::NotFound`]. Returns what was done and the resource
+    /// as stored.
+    pub fn modify(
         &self,
         kind: Kind,
         name: &str,
         create_missing: bool,
         change: impl Fn(&Resource) -> Result<Resource, CatalogError>,
-    ) -> Result<Resource, CatalogError> {
+    ) -> Result<(Action, Resource), CatalogError> {
         let key = key_of(kind, name);
         self.retry(|| {
             let stored = self.store.get(&key)?;
@@ -607,8 +614,8 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             else {
                 return Ok(None);
             };
-            let (_, resource) = result.into_iter().next().expect("one resource written");
-            Ok(Some(resource))
+            let (outcome, resource) = result.into_iter().next().expect("one resource written");
+            Ok(Some((outcome.action, resource)))
         })
     }
 
