@@ -349,3 +349,410 @@ fn is_due(candidate: &Candidate, now: Timestamp, grace: Duration) -> bool {
         .checked_add(grace)
         .is_ok_and(|deadline| now >= deadline)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GRACE: Duration = Duration::from_secs(15 * 60);
+
+    fn t(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + seconds).unwrap()
+    }
+
+    fn attrs(pod: &str, uid: Option<&str>, node: &str) -> Attributes {
+        Attributes {
+            namespace: Some("default".into()),
+            pod: Some(pod.into()),
+            pod_uid: uid.map(str::to_string),
+            node: Some(node.into()),
+            interface: Some("eth0".into()),
+            container_id: Some(format!("cid-{pod}-{}", uid.unwrap_or("none"))),
+            gateway_of: None,
+        }
+    }
+
+    fn running(uid: &str, node: &str) -> PodFacts {
+        PodFacts {
+            uid: Some(uid.into()),
+            node_name: Some(node.into()),
+            phase: Some("Running".into()),
+            ..Default::default()
+        }
+    }
+
+    fn leaked(reason: LeakReason) -> Verdict {
+        Verdict::Leaked(reason)
+    }
+
+    #[test]
+    fn from_pod_reads_every_fact() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "default", "uid": "u1",
+                         "deletionTimestamp": "2027-01-15T08:00:00Z",
+                         "deletionGracePeriodSeconds": 30},
+            "spec": {"nodeName": "worker-1", "containers": []},
+            "status": {"phase": "Failed", "reason": "Evicted"}
+        }))
+        .unwrap();
+        let facts = PodFacts::from_pod(&pod);
+        assert_eq!(facts.uid.as_deref(), Some("u1"));
+        assert_eq!(facts.node_name.as_deref(), Some("worker-1"));
+        assert_eq!(facts.phase.as_deref(), Some("Failed"));
+        assert_eq!(facts.reason.as_deref(), Some("Evicted"));
+        assert_eq!(
+            facts.deletion_timestamp,
+            Some("2027-01-15T08:00:00Z".parse().unwrap())
+        );
+        assert_eq!(facts.deletion_grace_seconds, Some(30));
+        assert_eq!(PodFacts::from_pod(&Pod::default()), PodFacts::default());
+    }
+
+    #[test]
+    fn a_live_pod_keeps_its_handle() {
+        let a = attrs("web-0", Some("u1"), "n1");
+        assert_eq!(
+            judge(&a, Some(&running("u1", "n1")), true, t(0)),
+            Verdict::Keep(KeepReason::Live)
+        );
+    }
+
+    #[test]
+    fn handles_made_by_hand_and_gateway_handles_are_never_leaked() {
+        let by_hand = Attributes {
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        let only_pod = Attributes {
+            pod: Some("web-0".into()),
+            node: Some("n1".into()),
+            ..Default::default()
+        };
+        let gateway = Attributes {
+            gateway_of: Some("k8s-pod-network".into()),
+            ..attrs("web-0", None, "n1")
+        };
+        for node_exists in [true, false] {
+            assert_eq!(
+                judge(&by_hand, None, node_exists, t(0)),
+                Verdict::Keep(KeepReason::NoPod)
+            );
+            assert_eq!(
+                judge(&only_pod, None, node_exists, t(0)),
+                Verdict::Keep(KeepReason::NoPod)
+            );
+            assert_eq!(
+                judge(&gateway, None, node_exists, t(0)),
+                Verdict::Keep(KeepReason::Gateway)
+            );
+        }
+    }
+
+    #[test]
+    fn a_gone_pod_leaks_its_handle() {
+        let a = attrs("web-0", Some("u1"), "n1");
+        assert_eq!(judge(&a, None, true, t(0)), leaked(LeakReason::PodGone));
+    }
+
+    #[test]
+    fn a_gone_node_leaks_its_pod_handles() {
+        let a = attrs("web-0", Some("u1"), "n1");
+        let pod = running("u1", "n1");
+        assert_eq!(
+            judge(&a, Some(&pod), false, t(0)),
+            leaked(LeakReason::NodeGone)
+        );
+        assert_eq!(judge(&a, None, false, t(0)), leaked(LeakReason::NodeGone));
+    }
+
+    #[test]
+    fn a_statefulset_pod_recreated_with_a_new_uid_leaks_the_old_handle_only() {
+        let old = attrs("web-0", Some("u1"), "n1");
+        let new = attrs("web-0", Some("u2"), "n1");
+        let pod = running("u2", "n1");
+        assert_eq!(
+            judge(&old, Some(&pod), true, t(0)),
+            leaked(LeakReason::OtherUid {
+                pod_uid: "u2".into()
+            })
+        );
+        assert_eq!(
+            judge(&new, Some(&pod), true, t(0)),
+            Verdict::Keep(KeepReason::Live)
+        );
+    }
+
+    #[test]
+    fn a_record_without_uid_is_judged_by_name_and_node() {
+        let a = attrs("web-0", None, "n1");
+        assert_eq!(
+            judge(&a, Some(&running("u9", "n1")), true, t(0)),
+            Verdict::Keep(KeepReason::Live)
+        );
+        assert_eq!(
+            judge(&a, Some(&running("u9", "n2")), true, t(0)),
+            leaked(LeakReason::OtherNode {
+                pod_node: "n2".into()
+            })
+        );
+        assert_eq!(judge(&a, None, true, t(0)), leaked(LeakReason::PodGone));
+    }
+
+    #[test]
+    fn a_pod_not_scheduled_yet_is_not_told_apart_by_node() {
+        let a = attrs("web-0", None, "n1");
+        let pending = PodFacts {
+            uid: Some("u2".into()),
+            phase: Some("Pending".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            judge(&a, Some(&pending), true, t(0)),
+            Verdict::Keep(KeepReason::Live)
+        );
+    }
+
+    #[test]
+    fn finished_pods_leak_their_handles() {
+        let a = attrs("job-1", Some("u1"), "n1");
+        for (phase, reason, finish) in [
+            ("Succeeded", None, Finish::Succeeded),
+            ("Failed", None, Finish::Failed),
+            ("Failed", Some("Evicted"), Finish::Evicted),
+        ] {
+            let pod = PodFacts {
+                phase: Some(phase.into()),
+                reason: reason.map(str::to_string),
+                ..running("u1", "n1")
+            };
+            let verdict = judge(&a, Some(&pod), true, t(0));
+            assert_eq!(verdict, leaked(LeakReason::Finished { phase: finish }));
+        }
+        let unknown = PodFacts {
+            phase: Some("Unknown".into()),
+            ..running("u1", "n1")
+        };
+        assert_eq!(
+            judge(&a, Some(&unknown), true, t(0)),
+            Verdict::Keep(KeepReason::Live)
+        );
+    }
+
+    #[test]
+    fn a_terminating_pod_keeps_its_handle_until_deletion_plus_grace() {
+        let a = attrs("web-0", Some("u1"), "n1");
+        let terminating = PodFacts {
+            deletion_timestamp: Some(t(100)),
+            deletion_grace_seconds: Some(30),
+            phase: Some("Succeeded".into()),
+            ..running("u1", "n1")
+        };
+        assert_eq!(
+            judge(&a, Some(&terminating), true, t(129)),
+            Verdict::Keep(KeepReason::Terminating { until: t(130) })
+        );
+        assert_eq!(
+            judge(&a, Some(&terminating), true, t(130)),
+            leaked(LeakReason::Finished {
+                phase: Finish::Succeeded
+            })
+        );
+        // Stuck Terminating and still running (its node cut off): kept.
+        let stuck = PodFacts {
+            phase: Some("Running".into()),
+            ..terminating
+        };
+        assert_eq!(
+            judge(&a, Some(&stuck), true, t(10_000)),
+            Verdict::Keep(KeepReason::Live)
+        );
+    }
+
+    #[test]
+    fn another_pods_termination_does_not_protect_an_old_handle() {
+        let old = attrs("web-0", Some("u1"), "n1");
+        let terminating = PodFacts {
+            deletion_timestamp: Some(t(100)),
+            deletion_grace_seconds: Some(30),
+            ..running("u2", "n1")
+        };
+        assert_eq!(
+            judge(&old, Some(&terminating), true, t(0)),
+            leaked(LeakReason::OtherUid {
+                pod_uid: "u2".into()
+            })
+        );
+    }
+
+    #[test]
+    fn reasons_read_well_in_logs_and_metrics() {
+        let reasons = [
+            (LeakReason::PodGone, "pod_gone", "its pod no longer exists"),
+            (
+                LeakReason::OtherUid {
+                    pod_uid: "u2".into(),
+                },
+                "other_uid",
+                "its pod was replaced by another of the same name (uid u2)",
+            ),
+            (
+                LeakReason::OtherNode {
+                    pod_node: "n2".into(),
+                },
+                "other_node",
+                "a pod of that name now runs on node n2",
+            ),
+            (
+                LeakReason::Finished {
+                    phase: Finish::Evicted,
+                },
+                "finished",
+                "its pod has finished (Evicted)",
+            ),
+            (
+                LeakReason::NodeGone,
+                "node_gone",
+                "its node is gone from the cluster",
+            ),
+        ];
+        for (reason, label, text) in reasons {
+            assert_eq!(reason.metric_label(), label);
+            assert_eq!(reason.to_string(), text);
+        }
+    }
+
+    fn ids(due: &[Due]) -> Vec<&str> {
+        due.iter().map(|d| d.handle_id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_leaked_handle_is_due_only_after_the_grace_period() {
+        let mut tracker = LeakTracker::new();
+        let a = attrs("web-0", Some("u1"), "n1");
+        let verdict = leaked(LeakReason::PodGone);
+        tracker.observe("h1", &a, &verdict, t(0));
+        tracker.observe("h1", &a, &verdict, t(600));
+        assert!(tracker.due(t(899), GRACE, 10).is_empty());
+        let due = tracker.due(t(900), GRACE, 10);
+        assert_eq!(
+            due,
+            [Due {
+                handle_id: "h1".into(),
+                attrs: a,
+                reason: LeakReason::PodGone,
+                since: t(0),
+            }]
+        );
+        assert_eq!(tracker.candidates(), 1);
+    }
+
+    #[test]
+    fn a_handle_seen_kept_again_starts_over() {
+        let mut tracker = LeakTracker::new();
+        let a = attrs("web-0", Some("u1"), "n1");
+        tracker.observe("h1", &a, &leaked(LeakReason::PodGone), t(0));
+        tracker.observe("h1", &a, &Verdict::Keep(KeepReason::Live), t(300));
+        assert_eq!(tracker.candidates(), 0);
+        tracker.observe("h1", &a, &leaked(LeakReason::PodGone), t(600));
+        assert!(tracker.due(t(1200), GRACE, 10).is_empty());
+        assert_eq!(ids(&tracker.due(t(1500), GRACE, 10)), ["h1"]);
+    }
+
+    #[test]
+    fn a_handle_rewritten_since_first_seen_starts_over() {
+        let mut tracker = LeakTracker::new();
+        let old = attrs("web-0", Some("u1"), "n1");
+        let new = attrs("web-1", Some("u5"), "n1");
+        tracker.observe("h1", &old, &leaked(LeakReason::PodGone), t(0));
+        tracker.observe("h1", &new, &leaked(LeakReason::PodGone), t(600));
+        assert!(tracker.due(t(900), GRACE, 10).is_empty());
+        let due = tracker.due(t(1500), GRACE, 10);
+        assert_eq!(due[0].attrs, new);
+        assert_eq!(due[0].since, t(600));
+    }
+
+    #[test]
+    fn a_gone_node_is_due_at_once_even_when_collection_is_off() {
+        let mut tracker = LeakTracker::new();
+        tracker.observe(
+            "on-gone-node",
+            &attrs("web-0", Some("u1"), "n1"),
+            &leaked(LeakReason::NodeGone),
+            t(0),
+        );
+        tracker.observe(
+            "pod-gone",
+            &attrs("web-1", Some("u2"), "n2"),
+            &leaked(LeakReason::PodGone),
+            t(0),
+        );
+        assert_eq!(ids(&tracker.due(t(0), GRACE, 10)), ["on-gone-node"]);
+        // Grace 0 turns the rest off, however long they have been leaked.
+        assert_eq!(
+            ids(&tracker.due(t(1_000_000), Duration::ZERO, 10)),
+            ["on-gone-node"]
+        );
+    }
+
+    #[test]
+    fn due_is_oldest_first_and_capped() {
+        let mut tracker = LeakTracker::new();
+        for (i, id) in ["c", "a", "d", "b"].iter().enumerate() {
+            let a = attrs(id, None, "n1");
+            tracker.observe(id, &a, &leaked(LeakReason::PodGone), t(i as i64 * 10));
+        }
+        assert_eq!(ids(&tracker.due(t(10_000), GRACE, 2)), ["c", "a"]);
+        assert_eq!(
+            ids(&tracker.due(t(10_000), GRACE, 10)),
+            ["c", "a", "d", "b"]
+        );
+        assert!(tracker.due(t(10_000), GRACE, 0).is_empty());
+    }
+
+    #[test]
+    fn forgotten_and_unseen_handles_are_dropped() {
+        let mut tracker = LeakTracker::new();
+        for id in ["h1", "h2", "h3"] {
+            let a = attrs(id, None, "n1");
+            tracker.observe(id, &a, &leaked(LeakReason::PodGone), t(0));
+        }
+        tracker.forget("h1");
+        tracker.retain_seen(|id| id != "h2");
+        assert_eq!(ids(&tracker.due(t(10_000), GRACE, 10)), ["h3"]);
+        assert_eq!(tracker.candidates(), 1);
+    }
+
+    /// A pod created after the pod list was taken: the cache says gone, the fresh GET before
+    /// the release finds it, and it is kept (and dropped from the candidates).
+    #[test]
+    fn a_pod_missing_from_a_stale_list_is_kept_after_the_fresh_get() {
+        let mut tracker = LeakTracker::new();
+        let a = attrs("web-7", Some("u7"), "n1");
+        let from_cache = judge(&a, None, true, t(0));
+        assert_eq!(from_cache, leaked(LeakReason::PodGone));
+        tracker.observe("h7", &a, &from_cache, t(0));
+        assert_eq!(ids(&tracker.due(t(900), GRACE, 10)), ["h7"]);
+        let fresh = running("u7", "n1");
+        let verdict = judge(&a, Some(&fresh), true, t(900));
+        assert_eq!(verdict, Verdict::Keep(KeepReason::Live));
+        tracker.observe("h7", &a, &verdict, t(900));
+        assert!(tracker.due(t(100_000), GRACE, 10).is_empty());
+    }
+
+    /// A restarted controller starts with an empty tracker: whatever its first, possibly
+    /// stale, pass says, nothing is due before a full grace period in the new process.
+    #[test]
+    fn a_restarted_controller_releases_nothing_before_a_full_grace_period() {
+        let a = attrs("web-0", Some("u1"), "n1");
+        let verdict = leaked(LeakReason::PodGone);
+        let mut before = LeakTracker::new();
+        before.observe("h1", &a, &verdict, t(0));
+        assert_eq!(ids(&before.due(t(850), GRACE, 10)), Vec::<&str>::new());
+        // Restart at 850 s: the old tracker is lost.
+        let mut after = LeakTracker::new();
+        after.observe("h1", &a, &verdict, t(860));
+        assert!(after.due(t(900), GRACE, 10).is_empty());
+        assert!(after.due(t(1759), GRACE, 10).is_empty());
+        assert_eq!(ids(&after.due(t(1760), GRACE, 10)), ["h1"]);
+    }
+}
