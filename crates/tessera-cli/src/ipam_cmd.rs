@@ -309,6 +309,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
         pools: args.pools.clone(),
         default_pools: Vec::new(),
         pod_labels: None,
+        namespace_record: None,
         gateway: None,
     };
     let assignment = Ipam::new(store).assign(&req)?;

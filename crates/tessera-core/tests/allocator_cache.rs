@@ -170,6 +170,58 @@ fn namespace_pools_are_checked_for_each_namespace() {
 }
 
 #[test]
+fn a_namespace_read_from_kubernetes_takes_the_place_of_the_stored_record() {
+    let store = cluster();
+    apply(&*store, ip_pool("tenant", "10.2.0.0/24", "all()"));
+    let ns = |pools: &str| {
+        json!({"apiVersion": "v1", "kind": "Namespace",
+               "metadata": {"name": "team",
+                            "annotations": {"cni.projectcalico.org/ipv4pools": pools}}})
+    };
+    apply(&*store, ns("[\"tenant\"]"));
+    let from_api: tessera_core::resources::kube::Namespace =
+        serde_json::from_value(ns("[\"rack-0\"]")).unwrap();
+    let ipam = Ipam::new(store.clone()).with_cache(MemoryNodeCache::new());
+    let req = |h: &str| AssignRequest {
+        namespace_record: Some(from_api.clone()),
+        ..in_namespace(v4(h, "n1"), "team")
+    };
+    for h in ["h0", "h1"] {
+        let got = ipam.assign(&req(h)).unwrap().addresses[0].ip;
+        assert!(got.to_string().starts_with("10.0.0."), "{got}");
+    }
+    // The stored record is neither read nor compared: changing it costs the warm path
+    // nothing and changes nothing.
+    apply(&*store, ns("[\"rack-1\"]"));
+    store.reset();
+    let got = ipam.assign(&req("h2")).unwrap().addresses[0].ip;
+    assert!(got.to_string().starts_with("10.0.0."), "{got}");
+    assert_eq!(store.round_trips(), 1);
+    // Without the namespace from Kubernetes the stored record decides again.
+    let plain = ipam.assign(&in_namespace(v4("h3", "n1"), "team")).unwrap();
+    assert!(plain.addresses[0].ip.to_string().starts_with("10.1.0."));
+    // The labels of the namespace from Kubernetes feed namespaceSelectors.
+    let mut labelled = ip_pool("labelled", "10.3.0.0/24", "all()");
+    labelled["spec"]["namespaceSelector"] = json!("tier == \"gold\"");
+    apply(&*store, labelled);
+    let gold: tessera_core::resources::kube::Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "plain", "labels": {"tier": "gold"}}}))
+            .unwrap();
+    // On a node no rack pool selects, "labelled" comes before "tenant" when it may serve.
+    let pool_for = |h: &str, ns: tessera_core::resources::kube::Namespace| {
+        let req = AssignRequest {
+            namespace_record: Some(ns),
+            ..in_namespace(v4(h, "n3"), "plain")
+        };
+        ipam.assign(&req).unwrap().addresses[0].pool.clone()
+    };
+    assert_eq!(pool_for("h4", gold), "labelled");
+    let unlabelled = serde_json::from_value(json!({"metadata": {"name": "plain"}})).unwrap();
+    assert_eq!(pool_for("h5", unlabelled), "tenant");
+    assert_clean(&*store);
+}
+
+#[test]
 fn other_writers_on_the_node_make_the_view_stale_but_never_duplicate() {
     let store = cluster();
     let cached = Ipam::new(store.clone()).with_cache(MemoryNodeCache::new());

@@ -201,8 +201,23 @@ pub struct AssignRequest {
     pub default_pools: Vec<String>,
     /// The pod's labels, when the caller knows them (Spiderpool `podAffinity`).
     pub pod_labels: Option<std::collections::BTreeMap<String, String>>,
+    /// The namespace's labels and annotations, when the caller read them from Kubernetes:
+    /// they take the place of the stored namespace record, which is then neither read nor
+    /// compared.
+    pub namespace_record: Option<crate::resources::kube::Namespace>,
     /// The gateway the main plugin configures on the host side, to hold for the network.
     pub gateway: Option<GatewayHold>,
+}
+
+impl AssignRequest {
+    /// The namespace whose stored record the plan reads: none when the request brings the
+    /// namespace's labels and annotations itself.
+    fn stored_namespace(&self) -> Option<&str> {
+        self.attrs
+            .namespace
+            .as_deref()
+            .filter(|_| self.namespace_record.is_none())
+    }
 }
 
 /// The gateway a main plugin makes its own address on the host side (`bridge` with
@@ -437,8 +452,7 @@ impl<S: Store> Ipam<S> {
             .map(|gw| keys::handle(&gw.handle));
         let mut attrs = req.attrs.clone();
         attrs.node = Some(req.node.clone());
-        let namespace = attrs.namespace.clone();
-        let namespace = namespace.as_deref();
+        let namespace = req.stored_namespace();
 
         let cached = self.cache.as_ref().and_then(|c| c.load_view(&req.node));
         let usable = cached.as_ref().filter(|v| v.covers(namespace));
@@ -521,7 +535,7 @@ impl<S: Store> Ipam<S> {
         absent: &[String],
     ) -> Result<Attempt, IpamError> {
         let view = cached.filter(|_| from_view);
-        let namespace = attrs.namespace.as_deref();
+        let namespace = req.stored_namespace();
         let ctx = Context::from_records(
             &inputs.config,
             inputs.node.as_ref(),
@@ -795,7 +809,7 @@ fn remember_assign(
     ops: &[Op],
     revision: i64,
 ) {
-    let namespace = req.attrs.namespace.as_deref();
+    let namespace = req.stored_namespace();
     let updated = match cached {
         Some(v) if from_view => Some(v.clone()),
         _ => NodeView::from_snapshot(

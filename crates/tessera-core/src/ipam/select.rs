@@ -165,7 +165,9 @@ pub(super) fn candidate_pools<'c>(
     req: &AssignRequest,
 ) -> Result<Vec<&'c PoolInfo>, IpamError> {
     let empty = BTreeMap::new();
-    let (ns_labels, ns_annotations) = match &ctx.namespace {
+    // The namespace as the caller read it from Kubernetes wins over the stored record.
+    let namespace = req.namespace_record.as_ref().or(ctx.namespace.as_ref());
+    let (ns_labels, ns_annotations) = match namespace {
         Some(ns) => (&ns.metadata.labels, &ns.metadata.annotations),
         None => (&empty, &empty),
     };
