@@ -1140,3 +1140,33 @@ fn pools_that_do_not_fit_one_transaction_are_refused_before_writing() {
     );
     assert!(store.txns.lock().unwrap().is_empty());
 }
+
+#[test]
+fn modify_reports_what_it_did_and_writes_nothing_for_an_unchanged_resource() {
+    let store = MemoryStore::new();
+    let catalog = Catalog::new(&store);
+    let add_rack = |current: &Resource| {
+        let mut new = current.clone();
+        new.metadata_mut().labels.insert("rack".into(), "r1".into());
+        Ok(new)
+    };
+    let (action, created) = catalog.modify(Kind::Node, "n1", true, add_rack).unwrap();
+    assert_eq!(action, Action::Created);
+    assert_eq!(created.metadata().labels["rack"], "r1");
+    let before = revision(&store);
+    let (action, _) = catalog.modify(Kind::Node, "n1", true, add_rack).unwrap();
+    assert_eq!(action, Action::Unchanged);
+    assert_eq!(revision(&store), before);
+    let (action, _) = catalog
+        .modify(Kind::Node, "n1", false, |current| {
+            let mut new = current.clone();
+            new.metadata_mut().labels.clear();
+            Ok(new)
+        })
+        .unwrap();
+    assert_eq!(action, Action::Configured);
+    assert!(matches!(
+        catalog.modify(Kind::Node, "n2", false, |c| Ok(c.clone())),
+        Err(CatalogError::NotFound { .. })
+    ));
+}
