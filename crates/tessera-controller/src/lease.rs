@@ -45,7 +45,7 @@ pub enum LeaseEnded {
     },
     /// Renewals failed for two thirds of the lease duration.
     #[error(
-        "could not renew the Lease {lease} for {elapsed:?} (last error: {source}); stopping \
+        "could not renew the Lease {lease} for {elapsed:?}; stopping \
          before another replica takes over; check that the API server is reachable and that \
          the service account may get and update leases"
     )]

@@ -616,3 +616,64 @@ fn log_release(handle: &HandleRecord, reason: &LeakReason, released: &[IpAddr]) 
         "released leaked addresses: {reason}"
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gc_args(grace: u64, interval: u64) -> GcArgs {
+        GcArgs {
+            leak_grace_period: Duration::from_secs(grace),
+            gc_interval: Duration::from_secs(interval),
+            gc_max_releases: 100,
+        }
+    }
+
+    #[test]
+    fn waiting_candidates_bring_the_next_pass_forward_to_their_grace_period() {
+        assert_eq!(
+            next_pass_delay(&gc_args(900, 300), 0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            next_pass_delay(&gc_args(900, 300), 3),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            next_pass_delay(&gc_args(20, 300), 0),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            next_pass_delay(&gc_args(20, 300), 1),
+            Duration::from_secs(20)
+        );
+        // Grace 0: leaked handles are never due, so they do not speed passes up.
+        assert_eq!(
+            next_pass_delay(&gc_args(0, 300), 5),
+            Duration::from_secs(300)
+        );
+    }
+
+    #[test]
+    fn a_slim_pod_keeps_every_fact_garbage_collection_reads() {
+        let mut pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": "web-0", "namespace": "shop", "uid": "u1",
+                "labels": {"app": "web"}, "annotations": {"big": "x".repeat(1000)},
+                "deletionTimestamp": "2026-12-01T12:00:00Z",
+                "deletionGracePeriodSeconds": 30,
+                "managedFields": [{"manager": "kubectl"}]
+            },
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "nginx"}]},
+            "status": {"phase": "Failed", "reason": "Evicted", "podIP": "10.0.0.1"}
+        }))
+        .unwrap();
+        let facts = PodFacts::from_pod(&pod);
+        slim_pod(&mut pod);
+        assert_eq!(PodFacts::from_pod(&pod), facts);
+        assert_eq!(pod.name_any(), "web-0");
+        assert_eq!(pod.namespace().as_deref(), Some("shop"));
+        assert!(pod.metadata.annotations.is_none() && pod.metadata.managed_fields.is_none());
+        assert!(pod.spec.unwrap().containers.is_empty());
+    }
+}

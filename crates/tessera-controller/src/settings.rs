@@ -39,22 +39,22 @@ pub struct Settings {
     #[arg(long, env = "TESSERA_DATASTORE", value_name = "URL")]
     pub datastore: String,
 
-    /// Connection settings of an etcd datastore.
-    #[command(flatten)]
-    pub etcd: EtcdArgs,
-
     /// Kubeconfig file to reach the API server. Default: the pod's service account when
     /// running in a cluster, else ~/.kube/config.
     #[arg(long, env = "KUBECONFIG", value_name = "FILE")]
     pub kubeconfig: Option<PathBuf>,
 
-    /// Garbage collection of leaked addresses and of deleted nodes.
-    #[command(flatten)]
-    pub gc: GcArgs,
-
     /// Address of the HTTP server for /metrics, /healthz and /readyz.
     #[arg(long, default_value = "0.0.0.0:9094", value_name = "ADDR")]
     pub listen: SocketAddr,
+
+    /// Connection settings of an etcd datastore.
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// Garbage collection of leaked addresses and of deleted nodes.
+    #[command(flatten)]
+    pub gc: GcArgs,
 
     /// Leader election.
     #[command(flatten)]
@@ -120,7 +120,8 @@ pub struct GcArgs {
     pub leak_grace_period: Duration,
 
     /// How often every handle is compared with the pods and every node record with the
-    /// nodes (watch events can be lost). Pod and node deletions trigger a pass at once.
+    /// nodes (watch events can be lost). A pod's deletion triggers a pass
+    /// at once.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_interval)]
     pub gc_interval: Duration,
 
