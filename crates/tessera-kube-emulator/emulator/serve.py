@@ -26,6 +26,7 @@ import uuid
 import aiohttp.web
 import jsonpatch
 import kmock
+from kmock._internal import parsing
 
 # The resources served, with their discovery data taken from kmock's bundled copy.
 SERVED = {
@@ -47,6 +48,21 @@ FIELD_PATHS = {
     'spec.nodeName': ('spec', 'nodeName'),
     'status.phase': ('status', 'phase'),
 }
+
+
+def parse_path(path, kmock_parse_path=parsing.parse_path):
+    """kmock 0.8 reads `/api/v1/namespaces[/NAME[/status]]` as a namespace prefix with no
+    resource (and fails on the bare list); these paths name the namespaces resource itself."""
+    parts = path.strip('/').split('/')
+    if parts[:3] == ['api', 'v1', 'namespaces'] and (len(parts) <= 4 or (len(parts) == 5 and parts[4] in ('status', 'finalize'))):
+        name = parts[3] if len(parts) > 3 else None
+        subresource = parts[4] if len(parts) > 4 else None
+        return parsing.ParsedPath('', 'v1', 'namespaces', None, name, subresource)
+    return kmock_parse_path(path)
+
+
+# kmock's request parser looks the function up in its module on every request.
+parsing.parse_path = parse_path
 
 
 def now_rfc3339(offset_seconds=0):

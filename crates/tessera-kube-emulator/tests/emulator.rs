@@ -81,6 +81,34 @@ fn merge_patch_null_removes_a_key_and_delete_removes_the_object() {
 }
 
 #[test]
+fn namespaces_are_a_resource_of_their_own() {
+    let Some(kube) = KubeEmulator::start_or_skip("namespaces_resource") else {
+        return;
+    };
+    let annotations = json!({"cni.projectcalico.org/ipv4pools": "[\"pool-b\"]"});
+    kube.create(
+        "/api/v1/namespaces",
+        &json!({"metadata": {"name": "blue", "annotations": annotations}}),
+    );
+    let list = kube.get("/api/v1/namespaces").unwrap();
+    assert_eq!(list["kind"], "NamespaceList");
+    assert_eq!(list["items"][0]["metadata"]["name"], "blue");
+    let patched = kube.patch(
+        "/api/v1/namespaces/blue",
+        &json!({"metadata": {"annotations": {"cni.projectcalico.org/ipv4pools": null}}}),
+    );
+    assert_eq!(patched["metadata"]["annotations"], json!({}));
+    // A pod in the namespace is not the namespace.
+    kube.create(
+        "/api/v1/namespaces/blue/pods",
+        &json!({"metadata": {"name": "p"}}),
+    );
+    assert!(kube.get("/api/v1/namespaces/blue/pods/p").is_some());
+    kube.delete("/api/v1/namespaces/blue");
+    assert_eq!(kube.get("/api/v1/namespaces/blue"), None);
+}
+
+#[test]
 fn a_stale_resource_version_is_a_conflict() {
     let Some(kube) = KubeEmulator::start_or_skip("stale_resource_version") else {
         return;
