@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::{Map, Value};
@@ -114,6 +115,29 @@ pub struct IpamConf {
 /// after a reboot the first request of each node reads the datastore again.
 pub const DEFAULT_CACHE_DIR: &str = "/run/tessera/ipam-cache";
 
+/// How long ADD waits for the Kubernetes API server by default (both GETs together).
+pub const DEFAULT_KUBERNETES_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The range `kubernetes.timeout_ms` may take: long enough for a loaded API server, short
+/// enough that the runtime's own ADD deadline is not spent waiting.
+const KUBERNETES_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+/// The `kubernetes` section (Calico's field names): where ADD reads the pod and its
+/// namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubernetesConf {
+    /// Where the section was found: `kubernetes` (top level, as Calico has it) or
+    /// `ipam.kubernetes`; error messages name fields below it.
+    pub path: &'static str,
+    /// `kubeconfig`: the kubeconfig file with the server, its CA and the credentials.
+    pub kubeconfig: Option<PathBuf>,
+    /// `k8s_api_root`: the API server's URL; replaces the kubeconfig's server, or stands
+    /// alone for an `http://` server that needs no credentials.
+    pub api_root: Option<String>,
+    /// `timeout_ms`: the time allowed for both GETs together.
+    pub timeout: Duration,
+}
+
 /// Default place of the node name file.
 pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/tessera/nodename";
 
@@ -154,6 +178,8 @@ pub struct NetConf {
     pub valid_attachments: Option<Vec<ValidAttachment>>,
     /// Keys of the `ipam` section this plugin does not know (typos, other plugins' keys).
     pub unknown_ipam_keys: Vec<String>,
+    /// Where ADD reads the pod and its namespace from Kubernetes; `None`: it does not.
+    pub kubernetes: Option<KubernetesConf>,
 }
 
 const IPAM_KEYS: &[&str] = &[
@@ -184,6 +210,7 @@ const IPAM_KEYS: &[&str] = &[
     "log_level",
     "log_file",
     "cache_dir",
+    "kubernetes",
 ];
 
 /// Parses stdin into JSON: a syntax error is a decode error (6).
@@ -272,6 +299,7 @@ pub fn parse(map: &Map<String, Value>) -> Result<NetConf, CniError> {
         }
     };
     let args_ips = args_ips(map)?;
+    let kubernetes = parse_kubernetes(map, ipam_map)?;
     let prev_result = match map.get("prevResult") {
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_prev_result(v)?),
@@ -297,7 +325,66 @@ pub fn parse(map: &Map<String, Value>) -> Result<NetConf, CniError> {
         prev_result,
         valid_attachments,
         unknown_ipam_keys,
+        kubernetes,
     })
+}
+
+/// The `kubernetes` section, at the top level (where Calico's plugins read it) or inside
+/// `ipam`; given in both places it is refused rather than one silently ignored.
+fn parse_kubernetes(
+    top: &Map<String, Value>,
+    ipam: &Map<String, Value>,
+) -> Result<Option<KubernetesConf>, CniError> {
+    let given = |m: &Map<String, Value>| m.get("kubernetes").filter(|v| !v.is_null()).cloned();
+    let (path, section) = match (given(top), given(ipam)) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(CniError::config(
+                "kubernetes and ipam.kubernetes are both given; keep one of them",
+            ))
+        }
+        (Some(s), None) => ("kubernetes", s),
+        (None, Some(s)) => ("ipam.kubernetes", s),
+    };
+    let Value::Object(m) = section else {
+        return Err(CniError::config(format!(
+            "{path} must be an object such as {{\"kubeconfig\": \"/etc/cni/net.d/tessera-kubeconfig\"}}, \
+             not {}",
+            kind(&section)
+        )));
+    };
+    let prefix = format!("{path}.");
+    let text = |key: &str| -> Result<Option<String>, CniError> {
+        Ok(opt_str(&m, key, &prefix)?.filter(|s| !s.trim().is_empty()))
+    };
+    let kubeconfig = text("kubeconfig")?.map(PathBuf::from);
+    let api_root = text("k8s_api_root")?;
+    if kubeconfig.is_none() && api_root.is_none() {
+        return Err(CniError::config(format!(
+            "{path} names neither kubeconfig nor k8s_api_root; set kubeconfig to the file \
+             with the API server's address and the plugin's credentials"
+        )));
+    }
+    let timeout = match m.get("timeout_ms") {
+        None | Some(Value::Null) => DEFAULT_KUBERNETES_TIMEOUT,
+        Some(v) => match v.as_u64().filter(|ms| KUBERNETES_TIMEOUT_MS.contains(ms)) {
+            Some(ms) => Duration::from_millis(ms),
+            None => {
+                return Err(CniError::config(format!(
+                    "{path}.timeout_ms must be a whole number of milliseconds from {} to {}, \
+                     not {v}",
+                    KUBERNETES_TIMEOUT_MS.start(),
+                    KUBERNETES_TIMEOUT_MS.end()
+                )))
+            }
+        },
+    };
+    Ok(Some(KubernetesConf {
+        path,
+        kubeconfig,
+        api_root,
+        timeout,
+    }))
 }
 
 fn parse_ipam(m: &Map<String, Value>) -> Result<IpamConf, CniError> {
@@ -940,6 +1027,59 @@ mod tests {
             conf(v).unwrap_err().msg,
             "ipam.default_ipv4_ippool must be a list of pool names, not a string"
         );
+    }
+
+    #[test]
+    fn kubernetes_section_at_the_top_or_in_ipam() {
+        assert_eq!(conf(base()).unwrap().kubernetes, None);
+        let mut v = base();
+        v["kubernetes"] = json!({"kubeconfig": "/etc/k", "node_name": "calico's, ignored"});
+        let k = conf(v.clone()).unwrap().kubernetes.unwrap();
+        assert_eq!(
+            k,
+            KubernetesConf {
+                path: "kubernetes",
+                kubeconfig: Some(PathBuf::from("/etc/k")),
+                api_root: None,
+                timeout: DEFAULT_KUBERNETES_TIMEOUT,
+            }
+        );
+        let mut inside = base();
+        inside["ipam"]["kubernetes"] =
+            json!({"k8s_api_root": "http://127.0.0.1:8001", "timeout_ms": 250});
+        let k = conf(inside.clone()).unwrap().kubernetes.unwrap();
+        assert_eq!(k.path, "ipam.kubernetes");
+        assert_eq!(k.api_root.as_deref(), Some("http://127.0.0.1:8001"));
+        assert_eq!(k.timeout, Duration::from_millis(250));
+        assert!(conf(inside.clone()).unwrap().unknown_ipam_keys.is_empty());
+        v["ipam"] = inside["ipam"].clone();
+        assert_eq!(
+            conf(v).unwrap_err().msg,
+            "kubernetes and ipam.kubernetes are both given; keep one of them"
+        );
+    }
+
+    #[test]
+    fn kubernetes_errors_name_the_field() {
+        let err = |section: Value| {
+            let mut v = base();
+            v["ipam"]["kubernetes"] = section;
+            let e = conf(v).unwrap_err();
+            assert_eq!(e.code, 7);
+            e.msg
+        };
+        assert_eq!(
+            err(json!({"kubeconfig": 3})),
+            "ipam.kubernetes.kubeconfig must be a string, not a number"
+        );
+        assert!(err(json!({}))
+            .starts_with("ipam.kubernetes names neither kubeconfig nor k8s_api_root;"));
+        assert_eq!(
+            err(json!({"kubeconfig": "/k", "timeout_ms": 90_000})),
+            "ipam.kubernetes.timeout_ms must be a whole number of milliseconds from 100 to \
+             60000, not 90000"
+        );
+        assert!(err(json!("/k")).starts_with("ipam.kubernetes must be an object"));
     }
 
     #[test]

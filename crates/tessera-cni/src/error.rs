@@ -3,14 +3,15 @@
 //! single place.
 
 use tessera_core::ipam::IpamError;
+use tessera_k8s_lookup::LookupError;
 use tessera_store::{OpenError, StoreError};
 
 /// CNI error codes: the spec's well-known ones (below 100) and Tessera's own (100 and up).
 pub mod code {
     /// Incompatible CNI version (unsupported `cniVersion`, or a verb that version lacks).
     pub const INCOMPATIBLE_VERSION: u32 = 1;
-    /// I/O failure: the datastore refused access (permissions, authentication, read-only
-    /// file system).
+    /// I/O failure: the datastore or the Kubernetes API server refused access (permissions,
+    /// authentication, read-only file system), or the API server's answer was unusable.
     pub const IO_FAILURE: u32 = 5;
     /// Invalid necessary environment variables.
     pub const BAD_ENV: u32 = 4;
@@ -18,7 +19,7 @@ pub mod code {
     pub const DECODE: u32 = 6;
     /// Invalid network configuration.
     pub const INVALID_CONFIG: u32 = 7;
-    /// Try again later: the datastore is busy or unreachable.
+    /// Try again later: the datastore or the Kubernetes API server is busy or unreachable.
     pub const TRY_AGAIN: u32 = 11;
     /// STATUS: the plugin cannot serve ADD (datastore unreachable, no pool has room).
     pub const NOT_AVAILABLE: u32 = 50;
@@ -48,6 +49,9 @@ pub mod code {
     /// ADD: this attachment's handle holds addresses for another pod or container; they are
     /// never handed to a second workload.
     pub const HELD_FOR_ANOTHER: u32 = 110;
+    /// ADD: the pod is not in Kubernetes (deleted, or replaced by a pod of the same name
+    /// with another uid), or its namespace is not.
+    pub const POD_NOT_IN_KUBERNETES: u32 = 111;
 }
 
 /// A failure, as the CNI spec reports it: a code, a message saying what was wrong, and
@@ -149,6 +153,23 @@ impl From<OpenError> for CniError {
                 Self::new(code::INVALID_CONFIG, format!("ipam.datastore: {e}"))
             }
         }
+    }
+}
+
+impl From<LookupError> for CniError {
+    fn from(e: LookupError) -> Self {
+        let code = match &e {
+            LookupError::KubeconfigUnreadable { .. }
+            | LookupError::KubeconfigSyntax { .. }
+            | LookupError::KubeconfigField { .. }
+            | LookupError::BadServer { .. } => code::INVALID_CONFIG,
+            LookupError::Unreachable { .. } | LookupError::Timeout { .. } => code::TRY_AGAIN,
+            LookupError::NotFound { .. } => code::POD_NOT_IN_KUBERNETES,
+            LookupError::Refused { .. } | LookupError::Decode { .. } => code::IO_FAILURE,
+            LookupError::Status { .. } if e.is_transient() => code::TRY_AGAIN,
+            LookupError::Status { .. } => code::IO_FAILURE,
+        };
+        Self::new(code, e.to_string())
     }
 }
 

@@ -9,6 +9,7 @@
 mod config;
 mod env;
 mod error;
+mod kubernetes;
 mod log;
 mod plugin;
 mod result;
@@ -121,6 +122,7 @@ fn run(
         env,
         conf,
         log,
+        pod_from_api: None,
     };
     invocation.run()
 }

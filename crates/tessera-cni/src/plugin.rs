@@ -19,6 +19,7 @@ use tessera_core::validate::names::node_name_problem;
 use crate::config::{parse_addr_or_cidr, NetConf, ResultPrefix, Route};
 use crate::env::{CniEnv, Command};
 use crate::error::{code, CniError};
+use crate::kubernetes::PodFacts;
 use crate::log::Logger;
 use crate::result::{add_result, ResultIp};
 use crate::spider_annotations::{pod_pools, pool_ref, PodPools};
@@ -33,6 +34,8 @@ pub struct Invocation<'a> {
     pub conf: NetConf,
     /// Where log lines go.
     pub log: &'a Logger,
+    /// The pod as read from the Kubernetes API server (ADD with a `kubernetes` section).
+    pub pod_from_api: Option<PodFacts>,
 }
 
 type Allocator = Ipam<Box<dyn Store>>;
@@ -53,7 +56,7 @@ enum Existing {
     Gone,
 }
 
-impl Invocation<'_> {
+impl<'a> Invocation<'a> {
     /// The handle of this attachment (see [`handle_id`]), so the interfaces of one container
     /// are released independently.
     pub fn handle(&self) -> String {
@@ -102,13 +105,65 @@ impl Invocation<'_> {
     /// Runs the verb; `Some` is printed on stdout.
     pub fn run(&self) -> Result<Option<Value>, CniError> {
         match self.command {
-            Command::Add => self.add().map(Some),
+            Command::Add => match self.with_pod_from_api()? {
+                Some(read) => read.add(),
+                None => self.add(),
+            }
+            .map(Some),
             Command::Del => self.del().map(|()| None),
             Command::Check => self.check().map(|()| None),
             Command::Gc => self.gc().map(|()| None),
             Command::Status => self.status().map(|()| None),
             Command::Version => Ok(Some(crate::version::version_info())),
         }
+    }
+
+    /// This invocation with what the Kubernetes API server says of its pod, when the
+    /// configuration has a `kubernetes` section and `CNI_ARGS` names a pod: the pod's
+    /// annotations win over those the runtime passed, its labels replace them, and its uid
+    /// must be the one the runtime passed, if any.
+    fn with_pod_from_api(&self) -> Result<Option<Invocation<'a>>, CniError> {
+        let Some(section) = &self.conf.kubernetes else {
+            return Ok(None);
+        };
+        let (Some(namespace), Some(name)) = self.pod() else {
+            self.log.info(format_args!(
+                "{} is set but CNI_ARGS names no pod (K8S_POD_NAMESPACE, K8S_POD_NAME); \
+                 nothing is read from Kubernetes",
+                section.path
+            ));
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let facts = crate::kubernetes::look_up(section, namespace, name)?;
+        self.log.debug(format_args!(
+            "read pod {namespace}/{name} (uid {}) and its namespace from Kubernetes in {} ms",
+            facts.uid,
+            started.elapsed().as_millis()
+        ));
+        if let Some(uid) = self.env.arg("K8S_POD_UID") {
+            if !facts.uid.is_empty() && facts.uid != uid {
+                return Err(CniError::new(
+                    code::POD_NOT_IN_KUBERNETES,
+                    format!(
+                        "pod {namespace}/{name} in Kubernetes has uid {}, but this ADD is for \
+                         uid {uid} (K8S_POD_UID): the pod was deleted and created again, so \
+                         nothing is assigned to the old one",
+                        facts.uid
+                    ),
+                ));
+            }
+        }
+        let mut conf = self.conf.clone();
+        conf.pod_annotations.extend(facts.annotations.clone());
+        conf.pod_labels = Some(facts.labels.clone());
+        Ok(Some(Invocation {
+            command: self.command,
+            env: self.env.clone(),
+            conf,
+            log: self.log,
+            pod_from_api: Some(facts),
+        }))
     }
 
     fn open(&self) -> Result<(Allocator, String), CniError> {
@@ -452,13 +507,17 @@ impl Invocation<'_> {
             ));
         }
         let env = &self.env;
+        let from_api = self.pod_from_api.as_ref();
         let request = AssignRequest {
             handle: self.handle(),
             node: node.to_string(),
             attrs: Attributes {
                 namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
                 pod: env.arg("K8S_POD_NAME").map(str::to_string),
-                pod_uid: env.arg("K8S_POD_UID").map(str::to_string),
+                pod_uid: env
+                    .arg("K8S_POD_UID")
+                    .map(str::to_string)
+                    .or_else(|| from_api.map(|p| p.uid.clone()).filter(|u| !u.is_empty())),
                 node: Some(node.to_string()),
                 interface: Some(env.ifname.clone()),
                 container_id: Some(env.container_id.clone()),
@@ -470,6 +529,7 @@ impl Invocation<'_> {
             pools,
             default_pools: default_pools(conf),
             pod_labels: conf.pod_labels.clone(),
+            namespace_record: from_api.map(|p| p.namespace.clone()),
             gateway: self.gateway_hold()?,
         };
         Ok((request, origins))
