@@ -3,11 +3,11 @@
 //! The failure users of Calico, Spiderpool and Whereabouts report most is not a leak but the
 //! opposite: a garbage collector freeing the address of a live pod. So every rule here errs
 //! on keeping: [`judge`] calls a handle leaked only on positive evidence (its pod is gone, is
-//! another pod of the same name, runs elsewhere, or has finished), and [`LeakTracker`] lets
-//! a leaked handle go only after it has been seen leaked for a whole grace period by this
-//! process. The caller adds the last two locks: a fresh GET of the pod right before the
-//! release, and a release that compares the handle record it judged
-//! ([`crate::datastore::Datastore::release_if_unchanged`]).
+//! another pod of the same name, runs elsewhere or has finished; or its node is gone and no
+//! live pod claims the handle), and [`LeakTracker`] lets a leaked handle go only after it has
+//! been seen leaked for a whole grace period by this process. The caller adds the last two
+//! locks: a fresh GET of the pod right before the release, and a release that compares the
+//! handle record it judged ([`crate::datastore::Datastore::release_if_unchanged`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -175,10 +175,16 @@ pub enum Verdict {
 /// Judges the handle recorded with `attrs`, given the pod of its recorded namespace and name
 /// (`None`: no such pod), whether its recorded node exists, and the time.
 ///
-/// Handles without pod attributes and gateway handles are always kept. A gone node leaks
-/// every pod handle on it. A record with a UID names one pod; a record without (written by an
-/// older version, or by a runtime that does not send `K8S_POD_UID`) is judged by name and
-/// node only. A Terminating pod keeps its address until its deletionTimestamp plus its grace
+/// Handles without pod attributes and gateway handles are always kept. A record with a UID
+/// names one pod; a record without (written by an older version, or by a runtime that does
+/// not send `K8S_POD_UID`) is judged by name and node only. Handles are per container, so a
+/// StatefulSet pod recreated under its name holds a new handle: the old one is leaked
+/// ([`LeakReason::OtherUid`]), the new one is its own.
+///
+/// The handle's own pod, live, keeps it even when its node is missing from `node_exists`'s
+/// source (a node cache that has not seen a new node yet); a node that is really gone is
+/// cleaned up when its deletion is confirmed, and meanwhile leaks the handles no live pod
+/// claims. A Terminating pod keeps its address until its deletionTimestamp plus its grace
 /// period; after that the other rules decide, so a pod stuck Terminating that still runs
 /// (its node cut off, say) keeps it until it has finished or is gone.
 pub fn judge(
@@ -193,27 +199,34 @@ pub fn judge(
     if attrs.namespace.is_none() || attrs.pod.is_none() {
         return Verdict::Keep(KeepReason::NoPod);
     }
-    if attrs.node.is_some() && !node_exists {
-        return Verdict::Leaked(LeakReason::NodeGone);
+    match pod.map(|pod| (pod, other_pod(attrs, pod))) {
+        Some((pod, None)) => judge_own_pod(pod, now),
+        _ if attrs.node.is_some() && !node_exists => Verdict::Leaked(LeakReason::NodeGone),
+        Some((_, Some(other))) => Verdict::Leaked(other),
+        None => Verdict::Leaked(LeakReason::PodGone),
     }
-    let Some(pod) = pod else {
-        return Verdict::Leaked(LeakReason::PodGone);
-    };
+}
+
+/// Why `pod` is not the pod the handle was assigned to, if it is not.
+fn other_pod(attrs: &Attributes, pod: &PodFacts) -> Option<LeakReason> {
     if let (Some(recorded), Some(current)) = (&attrs.pod_uid, &pod.uid) {
         if recorded != current {
-            return Verdict::Leaked(LeakReason::OtherUid {
+            return Some(LeakReason::OtherUid {
                 pod_uid: current.clone(),
             });
         }
     }
-    // An unscheduled pod has no node yet: it cannot be told apart by node, so it is kept.
-    if let (Some(recorded), Some(current)) = (&attrs.node, &pod.node_name) {
-        if recorded != current {
-            return Verdict::Leaked(LeakReason::OtherNode {
-                pod_node: current.clone(),
-            });
-        }
+    // An unscheduled pod has no node yet: it cannot be told apart by node.
+    match (&attrs.node, &pod.node_name) {
+        (Some(recorded), Some(current)) if recorded != current => Some(LeakReason::OtherNode {
+            pod_node: current.clone(),
+        }),
+        _ => None,
     }
+}
+
+/// The verdict on a handle whose own pod exists.
+fn judge_own_pod(pod: &PodFacts, now: Timestamp) -> Verdict {
     if let Some(until) = termination_deadline(pod).filter(|until| now < *until) {
         return Verdict::Keep(KeepReason::Terminating { until });
     }
@@ -457,12 +470,35 @@ mod tests {
     #[test]
     fn a_gone_node_leaks_its_pod_handles() {
         let a = attrs("web-0", Some("u1"), "n1");
-        let pod = running("u1", "n1");
+        assert_eq!(judge(&a, None, false, t(0)), leaked(LeakReason::NodeGone));
+        let replaced = running("u2", "n2");
         assert_eq!(
-            judge(&a, Some(&pod), false, t(0)),
+            judge(&a, Some(&replaced), false, t(0)),
             leaked(LeakReason::NodeGone)
         );
-        assert_eq!(judge(&a, None, false, t(0)), leaked(LeakReason::NodeGone));
+    }
+
+    /// A node created a moment ago may be missing from the node cache while its first pods
+    /// already hold addresses: a live pod's word wins over the cache's, and a node that is
+    /// really gone is cleaned up when its deletion is confirmed.
+    #[test]
+    fn a_live_pod_keeps_its_handle_on_a_node_the_cache_does_not_know_yet() {
+        let a = attrs("web-0", Some("u1"), "n-new");
+        let pod = running("u1", "n-new");
+        assert_eq!(
+            judge(&a, Some(&pod), false, t(0)),
+            Verdict::Keep(KeepReason::Live)
+        );
+        let finished = PodFacts {
+            phase: Some("Succeeded".into()),
+            ..pod
+        };
+        assert_eq!(
+            judge(&a, Some(&finished), false, t(0)),
+            leaked(LeakReason::Finished {
+                phase: Finish::Succeeded
+            })
+        );
     }
 
     #[test]
