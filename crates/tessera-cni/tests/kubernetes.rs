@@ -219,3 +219,29 @@ fn without_a_pod_in_cni_args_nothing_is_read() {
     assert!(first_address(&got).starts_with("10.1.0."), "{got}");
     assert!(server.requests().is_empty());
 }
+
+#[test]
+fn the_documented_configuration_reads_the_pod() {
+    let env = env_with_pools();
+    let server = FakeApiServer::start();
+    server.set_pod(&pod_json(
+        "web",
+        "nginx-1",
+        "uid-1",
+        &[],
+        &[(IPV4_POOLS, "[\"b\"]")],
+    ));
+    server.set_namespace(&namespace_json("web", &[], &[]));
+    let section = cni_guide_section("## Kubernetes lookups");
+    let mut conf: Value =
+        serde_json::from_str(&lines_between(&section, "```json", "```")).expect("JSON");
+    // The guide's kubeconfig and datastore are the host's: point them at this test's.
+    let ours = conf_for(&env, &server.url(), json!({}));
+    conf["kubernetes"]["kubeconfig"] = ours["kubernetes"]["kubeconfig"].clone();
+    conf["ipam"]["datastore"] = ours["ipam"]["datastore"].clone();
+    conf["ipam"]["nodename"] = json!("node-a");
+    let got = env.add(&conf, &Att::new("c1").pod("web", "nginx-1"));
+    assert!(first_address(&got).starts_with("10.2.0."), "{got}");
+    let rbac = lines_between(&section, "```yaml", "```");
+    assert!(rbac.contains("resources: [\"pods\", \"namespaces\"]\n  verbs: [\"get\"]"));
+}
