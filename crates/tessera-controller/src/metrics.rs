@@ -149,6 +149,23 @@ impl Metrics {
         self.gc_releases.get_or_create(&label).inc();
     }
 
+    /// Shows the release counter of `reason` (at 0 until a release), so that dashboards and
+    /// `rate()` see the series before the first release.
+    pub fn show_release_reason(&self, reason: &str) {
+        let label = ReasonLabel {
+            reason: reason.to_string(),
+        };
+        drop(self.gc_releases.get_or_create(&label));
+    }
+
+    /// Shows the error counter of `kind` (at 0 until a failure).
+    pub fn show_error_kind(&self, kind: &str) {
+        let label = KindLabel {
+            kind: kind.to_string(),
+        };
+        drop(self.sync_errors.get_or_create(&label));
+    }
+
     /// Counts one failed operation.
     pub fn count_error(&self, kind: &str) {
         let label = KindLabel {
@@ -208,6 +225,23 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn shown_counters_start_at_zero() {
+        let metrics = Metrics::new();
+        assert!(!metrics.encode().contains("tessera_gc_releases"));
+        metrics.show_release_reason("pod_gone");
+        metrics.show_error_kind("watch");
+        let text = metrics.encode();
+        assert!(
+            text.contains("tessera_gc_releases_total{reason=\"pod_gone\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tessera_sync_errors_total{kind=\"watch\"} 0"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -201,10 +201,36 @@ pub async fn lead(ctx: &Context, lock: &LeaseLock) -> Error {
     .await;
     tracing::info!(identity = lock.identity(), "holding the lease; acting");
     ctx.metrics.set_leader(true);
+    show_counters(&ctx.metrics);
     ctx.health.set_leader();
     tokio::select! {
         ended = lock.keep() => Error::Lease(ended),
         stopped = act(ctx) => stopped,
+    }
+}
+
+/// Shows the release counters of every reason and the error counters of the API at 0 once
+/// this replica acts, so that dashboards and `rate()` see them before the first event.
+/// A standby replica shows none: it releases nothing.
+fn show_counters(metrics: &Metrics) {
+    let reasons = [
+        LeakReason::PodGone,
+        LeakReason::OtherUid {
+            pod_uid: String::new(),
+        },
+        LeakReason::OtherNode {
+            pod_node: String::new(),
+        },
+        LeakReason::Finished {
+            phase: gc::Finish::Failed,
+        },
+        LeakReason::NodeGone,
+    ];
+    for reason in reasons {
+        metrics.show_release_reason(reason.metric_label());
+    }
+    for kind in ["watch", "kubernetes_api"] {
+        metrics.show_error_kind(kind);
     }
 }
 
