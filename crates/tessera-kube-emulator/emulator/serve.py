@@ -38,6 +38,9 @@ SERVED = {
     ('events.k8s.io', 'v1', 'events'): 'Event',
 }
 
+# The namespaces every cluster starts with.
+BUILT_IN_NAMESPACES = ('default', 'kube-node-lease', 'kube-public', 'kube-system')
+
 # Resources whose main endpoint ignores changes to `status` (they have a /status subresource).
 WITH_STATUS = {'nodes', 'namespaces', 'pods'}
 
@@ -151,6 +154,8 @@ class Emulator(kmock.KubernetesEmulator):
         self.watchers = set()  # (resource triple, asyncio.Queue)
         self.state_lock = asyncio.Lock()
         self.timers = {}  # object key -> asyncio.TimerHandle of a graceful deletion
+        for namespace in BUILT_IN_NAMESPACES:
+            self.create(None, ('', 'v1', 'namespaces'), {'metadata': {'name': namespace}})
 
     # ----- request routing -------------------------------------------------------------
 
@@ -253,7 +258,7 @@ class Emulator(kmock.KubernetesEmulator):
         if not meta.get('name'):
             raise api_error(422, 'Invalid', 'metadata.name: Required value: name or generateName is required')
         if self.namespaced(triple):
-            namespace = request.namespace or meta.get('namespace')
+            namespace = (request and request.namespace) or meta.get('namespace')
             if not namespace:
                 raise api_error(422, 'Invalid', 'metadata.namespace: Required value')
             if meta.get('namespace') not in (None, namespace):

@@ -92,7 +92,23 @@ fn namespaces_are_a_resource_of_their_own() {
     );
     let list = kube.get("/api/v1/namespaces").unwrap();
     assert_eq!(list["kind"], "NamespaceList");
-    assert_eq!(list["items"][0]["metadata"]["name"], "blue");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ns| ns["metadata"]["name"].as_str().unwrap())
+        .collect();
+    // As in a new cluster, `default` and the kube-* namespaces exist from the start.
+    assert_eq!(
+        names,
+        [
+            "blue",
+            "default",
+            "kube-node-lease",
+            "kube-public",
+            "kube-system"
+        ]
+    );
     let patched = kube.patch(
         "/api/v1/namespaces/blue",
         &json!({"metadata": {"annotations": {"cni.projectcalico.org/ipv4pools": null}}}),
