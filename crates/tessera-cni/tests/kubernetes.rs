@@ -42,6 +42,15 @@ fn conf_for(env: &Env, server: &str, section: Value) -> Value {
     conf
 }
 
+/// An API server with pod web/nginx-1 (uid `uid-1`) whose annotation names pool `b`.
+fn server_of_a_pod_asking_for_b() -> FakeApiServer {
+    let server = FakeApiServer::start();
+    let asks = [(IPV4_POOLS, "[\"b\"]")];
+    server.set_pod(&pod_json("web", "nginx-1", "uid-1", &[], &asks));
+    server.set_namespace(&namespace_json("web", &[], &[]));
+    server
+}
+
 fn first_address(result: &Value) -> String {
     addr(result["ips"][0]["address"].as_str().unwrap())
 }
@@ -49,15 +58,7 @@ fn first_address(result: &Value) -> String {
 #[test]
 fn the_pod_annotation_from_the_api_picks_the_pool_and_wins_over_the_runtime() {
     let env = env_with_pools();
-    let server = FakeApiServer::start();
-    server.set_pod(&pod_json(
-        "web",
-        "nginx-1",
-        "uid-1",
-        &[],
-        &[(IPV4_POOLS, "[\"b\"]")],
-    ));
-    server.set_namespace(&namespace_json("web", &[], &[]));
+    let server = server_of_a_pod_asking_for_b();
     let mut conf = conf_for(&env, &server.url(), json!({}));
     conf["runtimeConfig"] = json!({"io.kubernetes.cri.pod-annotations": {IPV4_POOLS: "[\"a\"]"}});
     let att = Att::new("c1").pod("web", "nginx-1");
@@ -223,15 +224,7 @@ fn without_a_pod_in_cni_args_nothing_is_read() {
 #[test]
 fn the_documented_configuration_reads_the_pod() {
     let env = env_with_pools();
-    let server = FakeApiServer::start();
-    server.set_pod(&pod_json(
-        "web",
-        "nginx-1",
-        "uid-1",
-        &[],
-        &[(IPV4_POOLS, "[\"b\"]")],
-    ));
-    server.set_namespace(&namespace_json("web", &[], &[]));
+    let server = server_of_a_pod_asking_for_b();
     let section = cni_guide_section("## Kubernetes lookups");
     let mut conf: Value =
         serde_json::from_str(&lines_between(&section, "```json", "```")).expect("JSON");

@@ -144,15 +144,18 @@ fn a_node_relabelled_to_another_rack_moves_at_once() {
     assert!(one(&ipam, "h1", "n1").to_string().starts_with("10.1.0."));
 }
 
+/// Namespace `team` whose annotation names the IPv4 pools `pools` (a JSON list).
+fn team_namespace(pools: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "team",
+                        "annotations": {"cni.projectcalico.org/ipv4pools": pools}}})
+}
+
 #[test]
 fn namespace_pools_are_checked_for_each_namespace() {
     let store = cluster();
     apply(&*store, ip_pool("tenant", "10.2.0.0/24", "all()"));
-    let ns = |pools: &str| {
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": "team",
-                            "annotations": {"cni.projectcalico.org/ipv4pools": pools}}})
-    };
+    let ns = team_namespace;
     apply(&*store, ns("[\"tenant\"]"));
     let ipam = Ipam::new(store.clone()).with_cache(MemoryNodeCache::new());
     let req = |h: &str| in_namespace(v4(h, "n1"), "team");
@@ -173,11 +176,7 @@ fn namespace_pools_are_checked_for_each_namespace() {
 fn a_namespace_read_from_kubernetes_takes_the_place_of_the_stored_record() {
     let store = cluster();
     apply(&*store, ip_pool("tenant", "10.2.0.0/24", "all()"));
-    let ns = |pools: &str| {
-        json!({"apiVersion": "v1", "kind": "Namespace",
-               "metadata": {"name": "team",
-                            "annotations": {"cni.projectcalico.org/ipv4pools": pools}}})
-    };
+    let ns = team_namespace;
     apply(&*store, ns("[\"tenant\"]"));
     let from_api: tessera_core::resources::kube::Namespace =
         serde_json::from_value(ns("[\"rack-0\"]")).unwrap();

@@ -65,20 +65,18 @@ impl Client {
 
     /// GETs the pod `namespace/name`.
     pub fn pod(&self, namespace: &str, name: &str) -> Result<Pod, LookupError> {
-        let (pod,) = self.run(async {
+        self.run(async {
             let mut conn = self.connect().await?;
-            Ok((self.get(&mut conn, &pod_get(namespace, name)).await?,))
-        })?;
-        Ok(pod)
+            self.get(&mut conn, &pod_get(namespace, name)).await
+        })
     }
 
     /// GETs the namespace `name`.
     pub fn namespace(&self, name: &str) -> Result<Namespace, LookupError> {
-        let (ns,) = self.run(async {
+        self.run(async {
             let mut conn = self.connect().await?;
-            Ok((self.get(&mut conn, &namespace_get(name)).await?,))
-        })?;
-        Ok(ns)
+            self.get(&mut conn, &namespace_get(name)).await
+        })
     }
 
     /// GETs the pod `namespace/name` and its namespace, one after the other on one
