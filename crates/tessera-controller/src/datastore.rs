@@ -177,21 +177,19 @@ impl Datastore {
 
     /// Names of the Node records the controller wrote, to compare against Kubernetes' nodes.
     pub fn mirrored_nodes(&self) -> Result<Vec<String>, Error> {
-        Ok(self
-            .catalog()
-            .list(Kind::Node)?
-            .into_iter()
-            .filter(|r| mirror::is_mirrored(r.metadata()))
-            .map(|r| r.name().to_string())
-            .collect())
+        self.mirrored(Kind::Node)
     }
 
     /// Names of the Namespace records the controller wrote, to compare against Kubernetes'
     /// namespaces.
     pub fn mirrored_namespaces(&self) -> Result<Vec<String>, Error> {
+        self.mirrored(Kind::Namespace)
+    }
+
+    fn mirrored(&self, kind: Kind) -> Result<Vec<String>, Error> {
         Ok(self
             .catalog()
-            .list(Kind::Namespace)?
+            .list(kind)?
             .into_iter()
             .filter(|r| mirror::is_mirrored(r.metadata()))
             .map(|r| r.name().to_string())

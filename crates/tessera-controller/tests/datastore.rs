@@ -62,6 +62,21 @@ impl Fixture {
         }));
     }
 
+    /// Pool `rack-1` (10.1.1.0/24) for rack r1, and node `worker-1` synced into it.
+    fn worker_in_rack_1(&self) {
+        self.rack_pool("rack-1", "10.1.1.0/24", "r1");
+        self.datastore
+            .sync_node("worker-1", &map(&[("rack", "r1")]))
+            .unwrap();
+    }
+
+    fn label_by_hand(&self, node: &str, key: &str, value: &str) {
+        let label = [(key.to_string(), value.to_string())];
+        self.catalog()
+            .label(Kind::Node, node, &label, &[], false)
+            .unwrap();
+    }
+
     fn labels_of(&self, kind: Kind, name: &str) -> BTreeMap<String, String> {
         self.catalog()
             .get(kind, name)
@@ -121,27 +136,12 @@ fn pod(name: &str, uid: &str, node: &str) -> Attributes {
     }
 }
 
-fn set(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
 #[test]
 fn node_labels_set_by_hand_survive_syncs() {
     each_backend(|f| {
         let ds = &f.datastore;
         assert!(ds.sync_node("worker-1", &map(&[("rack", "r1")])).unwrap());
-        f.catalog()
-            .label(
-                Kind::Node,
-                "worker-1",
-                &set(&[("tier", "gold")]),
-                &[],
-                false,
-            )
-            .unwrap();
+        f.label_by_hand("worker-1", "tier", "gold");
         assert!(ds.sync_node("worker-1", &map(&[("rack", "r2")])).unwrap());
         assert_eq!(
             f.labels_of(Kind::Node, "worker-1"),
@@ -157,15 +157,7 @@ fn a_label_removed_in_kubernetes_is_removed_from_the_record() {
         let ds = &f.datastore;
         ds.sync_node("worker-1", &map(&[("rack", "r1"), ("zone", "a")]))
             .unwrap();
-        f.catalog()
-            .label(
-                Kind::Node,
-                "worker-1",
-                &set(&[("tier", "gold")]),
-                &[],
-                false,
-            )
-            .unwrap();
+        f.label_by_hand("worker-1", "tier", "gold");
         assert!(ds.sync_node("worker-1", &map(&[("rack", "r1")])).unwrap());
         assert_eq!(
             f.labels_of(Kind::Node, "worker-1"),
@@ -211,7 +203,10 @@ fn namespace_labels_and_pool_annotations_are_mirrored_and_hand_ones_survive() {
             .annotate(
                 Kind::Namespace,
                 "web",
-                &set(&[("cni.projectcalico.org/ipv6pools", r#"["blue6"]"#)]),
+                &[(
+                    "cni.projectcalico.org/ipv6pools".into(),
+                    r#"["blue6"]"#.into(),
+                )],
                 &[],
                 false,
             )
@@ -269,9 +264,7 @@ fn mirrored_nodes_are_only_those_the_controller_wrote() {
         f.datastore
             .sync_node("worker-1", &map(&[("rack", "r1")]))
             .unwrap();
-        f.catalog()
-            .label(Kind::Node, "by-hand", &set(&[("rack", "r1")]), &[], false)
-            .unwrap();
+        f.label_by_hand("by-hand", "rack", "r1");
         assert_eq!(f.datastore.mirrored_nodes().unwrap(), ["worker-1"]);
     });
 }
@@ -279,10 +272,7 @@ fn mirrored_nodes_are_only_those_the_controller_wrote() {
 #[test]
 fn pod_handles_leave_out_handles_made_by_hand_and_gateways() {
     each_backend(|f| {
-        f.rack_pool("rack-1", "10.1.1.0/24", "r1");
-        f.datastore
-            .sync_node("worker-1", &map(&[("rack", "r1")]))
-            .unwrap();
+        f.worker_in_rack_1();
         f.assign("net:c1:eth0", "worker-1", pod("a", "u1", "worker-1"));
         f.assign("by-hand", "worker-1", Attributes::default());
         let gateway = Attributes {
@@ -333,18 +323,9 @@ fn forget_node_releases_pod_handles_but_not_hand_made_ones() {
 #[test]
 fn forget_node_frees_empty_blocks_and_is_idempotent() {
     each_backend(|f| {
-        f.rack_pool("rack-1", "10.1.1.0/24", "r1");
+        f.worker_in_rack_1();
         let ds = &f.datastore;
-        ds.sync_node("worker-1", &map(&[("rack", "r1")])).unwrap();
-        f.catalog()
-            .label(
-                Kind::Node,
-                "worker-1",
-                &set(&[("tier", "gold")]),
-                &[],
-                false,
-            )
-            .unwrap();
+        f.label_by_hand("worker-1", "tier", "gold");
         f.assign("net:c1:eth0", "worker-1", pod("a", "u1", "worker-1"));
 
         let cleanup = ds.forget_node("worker-1").unwrap();
@@ -362,16 +343,17 @@ fn forget_node_frees_empty_blocks_and_is_idempotent() {
 #[test]
 fn release_is_refused_when_the_handle_changed_since_it_was_judged() {
     each_backend(|f| {
-        f.rack_pool("rack-1", "10.1.1.0/24", "r1");
-        f.datastore
-            .sync_node("worker-1", &map(&[("rack", "r1")]))
-            .unwrap();
+        f.worker_in_rack_1();
         let ip = f.assign("net:c1:eth0", "worker-1", pod("web-0", "u1", "worker-1"));
         let judged = f.datastore.pod_handles().unwrap().remove(0);
         // The handle is written again for another pod between judging and releasing.
         f.assign("net:c1:eth0", "worker-1", pod("web-0", "u2", "worker-1"));
 
-        assert!(f.datastore.release_if_unchanged(&judged).unwrap().is_empty());
+        assert!(f
+            .datastore
+            .release_if_unchanged(&judged)
+            .unwrap()
+            .is_empty());
         let info = f.ipam().lookup(ip).unwrap().unwrap();
         assert_eq!(
             info.allocation.unwrap().attrs.pod_uid.as_deref(),
@@ -383,7 +365,11 @@ fn release_is_refused_when_the_handle_changed_since_it_was_judged() {
         assert_eq!(released.len(), 2);
         assert!(f.handle("net:c1:eth0").is_none());
         // Gone already: nothing more to release, no error.
-        assert!(f.datastore.release_if_unchanged(&current).unwrap().is_empty());
+        assert!(f
+            .datastore
+            .release_if_unchanged(&current)
+            .unwrap()
+            .is_empty());
     });
 }
 
@@ -391,10 +377,7 @@ fn release_is_refused_when_the_handle_changed_since_it_was_judged() {
 fn usage_and_ping_answer() {
     each_backend(|f| {
         f.datastore.ping().unwrap();
-        f.rack_pool("rack-1", "10.1.1.0/24", "r1");
-        f.datastore
-            .sync_node("worker-1", &map(&[("rack", "r1")]))
-            .unwrap();
+        f.worker_in_rack_1();
         f.assign("net:c1:eth0", "worker-1", pod("a", "u1", "worker-1"));
         let usage = f.datastore.usage().unwrap();
         let pool = usage.pools.iter().find(|p| p.name == "rack-1").unwrap();
