@@ -6,19 +6,21 @@
 //! (`tessera_sync_errors_total{kind}`) and retried; none stops the controller.
 
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, ResourceExt};
+use serde::de::DeserializeOwned;
 use tessera_core::ipam::HandleRecord;
 use tokio::sync::Notify;
 
@@ -254,13 +256,29 @@ pub async fn act(ctx: &Context) -> Error {
     }
 }
 
+/// The events of every `K` in the cluster, each trimmed by `trim` and then written into the
+/// cache behind `writer`; failed watches restart with backoff.
+fn reflected<K>(
+    ctx: &Context,
+    writer: reflector::store::Writer<K>,
+    trim: fn(&mut K),
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    watcher::watcher(
+        Api::<K>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(trim)
+    .reflect(writer)
+}
+
 async fn watch_nodes(ctx: &Context, writer: reflector::store::Writer<Node>) {
-    let api = Api::<Node>::all(ctx.client.clone());
-    let events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(|node: &mut Node| node.managed_fields_mut().clear())
-        .reflect(writer);
-    let mut events = pin!(events);
+    let mut events = pin!(reflected(ctx, writer, |node: &mut Node| {
+        node.managed_fields_mut().clear();
+    }));
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Apply(node) | Event::InitApply(node)) => sync_node(ctx, &node).await,
@@ -283,12 +301,9 @@ async fn watch_nodes(ctx: &Context, writer: reflector::store::Writer<Node>) {
 }
 
 async fn watch_namespaces(ctx: &Context, writer: reflector::store::Writer<Namespace>) {
-    let api = Api::<Namespace>::all(ctx.client.clone());
-    let events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(|namespace: &mut Namespace| namespace.managed_fields_mut().clear())
-        .reflect(writer);
-    let mut events = pin!(events);
+    let mut events = pin!(reflected(ctx, writer, |namespace: &mut Namespace| {
+        namespace.managed_fields_mut().clear();
+    }));
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Apply(namespace) | Event::InitApply(namespace)) => {
@@ -312,12 +327,7 @@ async fn watch_namespaces(ctx: &Context, writer: reflector::store::Writer<Namesp
 }
 
 async fn watch_pods(ctx: &Context, writer: reflector::store::Writer<Pod>, deleted: &Notify) {
-    let api = Api::<Pod>::all(ctx.client.clone());
-    let events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(slim_pod)
-        .reflect(writer);
-    let mut events = pin!(events);
+    let mut events = pin!(reflected(ctx, writer, slim_pod));
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Delete(_)) => deleted.notify_one(),

@@ -30,6 +30,8 @@ type Handle = mock::Handle<Request<Body>, Response<Body>>;
 type Reply = mock::SendResponse<Response<Body>>;
 
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/tessera-system/leases";
+const LEASE: &str =
+    "/apis/coordination.k8s.io/v1/namespaces/tessera-system/leases/tessera-controller";
 
 fn mock_client() -> (Client, Handle) {
     let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
@@ -60,6 +62,15 @@ async fn expect_no_more(handle: &mut Handle) {
     let next = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await;
     if let Ok(Some((request, _))) = next {
         panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+}
+
+/// Answers the next request, which must be a GET of `path`, with `object` or 404 Not Found.
+async fn answer_get(handle: &mut Handle, path: &str, object: Option<Value>) {
+    let (_, reply) = expect(handle, Method::GET, path).await;
+    match object {
+        Some(object) => respond(reply, StatusCode::OK, &object),
+        None => not_found(reply),
     }
 }
 
@@ -121,13 +132,7 @@ async fn an_absent_lease_is_created_without_a_resource_version() {
     let (client, mut handle) = mock_client();
     let lock = lock(client);
     let server = async {
-        let (_, reply) = expect(
-            &mut handle,
-            Method::GET,
-            &format!("{LEASES}/tessera-controller"),
-        )
-        .await;
-        not_found(reply);
+        answer_get(&mut handle, LEASE, None).await;
         let (body, reply) = expect(&mut handle, Method::POST, LEASES).await;
         assert_eq!(body["metadata"]["name"], "tessera-controller");
         assert!(body["metadata"].get("resourceVersion").is_none(), "{body}");
@@ -146,13 +151,7 @@ async fn a_lease_created_by_another_replica_first_means_standby() {
     let (client, mut handle) = mock_client();
     let lock = lock(client);
     let server = async {
-        let (_, reply) = expect(
-            &mut handle,
-            Method::GET,
-            &format!("{LEASES}/tessera-controller"),
-        )
-        .await;
-        not_found(reply);
+        answer_get(&mut handle, LEASE, None).await;
         let (_, reply) = expect(&mut handle, Method::POST, LEASES).await;
         respond(reply, StatusCode::CONFLICT, &status(409, "AlreadyExists"));
     };
@@ -166,10 +165,8 @@ async fn the_holder_renews_with_the_resource_version_it_read() {
     let lock = lock(client);
     let earlier = now() - SignedDuration::from_secs(5);
     let server = async {
-        let path = format!("{LEASES}/tessera-controller");
-        let (_, reply) = expect(&mut handle, Method::GET, &path).await;
-        respond(reply, StatusCode::OK, &lease("replica-a", earlier, "7"));
-        let (body, reply) = expect(&mut handle, Method::PUT, &path).await;
+        answer_get(&mut handle, LEASE, Some(lease("replica-a", earlier, "7"))).await;
+        let (body, reply) = expect(&mut handle, Method::PUT, LEASE).await;
         assert_eq!(body["metadata"]["resourceVersion"], "7");
         assert_eq!(body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(spec_time(&body, "renewTime"), now());
@@ -191,10 +188,8 @@ async fn a_renewal_refused_for_a_stale_resource_version_is_a_lost_lease() {
     let (client, mut handle) = mock_client();
     let lock = lock(client);
     let server = async {
-        let path = format!("{LEASES}/tessera-controller");
-        let (_, reply) = expect(&mut handle, Method::GET, &path).await;
-        respond(reply, StatusCode::OK, &lease("replica-a", now(), "7"));
-        let (_, reply) = expect(&mut handle, Method::PUT, &path).await;
+        answer_get(&mut handle, LEASE, Some(lease("replica-a", now(), "7"))).await;
+        let (_, reply) = expect(&mut handle, Method::PUT, LEASE).await;
         respond(reply, StatusCode::CONFLICT, &status(409, "Conflict"));
     };
     let (attempt, ()) = tokio::join!(lock.try_acquire(now()), server);
@@ -208,13 +203,7 @@ async fn a_live_lease_of_another_replica_is_left_alone() {
     // Renewed 14 s ago with a 15 s duration: still valid.
     let renewed = now() - SignedDuration::from_secs(14);
     let server = async {
-        let (_, reply) = expect(
-            &mut handle,
-            Method::GET,
-            &format!("{LEASES}/tessera-controller"),
-        )
-        .await;
-        respond(reply, StatusCode::OK, &lease("replica-b", renewed, "9"));
+        answer_get(&mut handle, LEASE, Some(lease("replica-b", renewed, "9"))).await;
     };
     let (attempt, ()) = tokio::join!(lock.try_acquire(now()), server);
     assert_eq!(
@@ -232,10 +221,8 @@ async fn an_expired_lease_is_taken_over_with_the_resource_version_it_read() {
     let lock = lock(client);
     let renewed = now() - SignedDuration::from_secs(16);
     let server = async {
-        let path = format!("{LEASES}/tessera-controller");
-        let (_, reply) = expect(&mut handle, Method::GET, &path).await;
-        respond(reply, StatusCode::OK, &lease("replica-b", renewed, "9"));
-        let (body, reply) = expect(&mut handle, Method::PUT, &path).await;
+        answer_get(&mut handle, LEASE, Some(lease("replica-b", renewed, "9"))).await;
+        let (body, reply) = expect(&mut handle, Method::PUT, LEASE).await;
         assert_eq!(body["metadata"]["resourceVersion"], "9");
         assert_eq!(body["spec"]["holderIdentity"], "replica-a");
         assert_eq!(spec_time(&body, "acquireTime"), now());
@@ -253,10 +240,8 @@ async fn a_take_over_that_loses_the_race_is_standby() {
     let lock = lock(client);
     let renewed = now() - SignedDuration::from_secs(60);
     let server = async {
-        let path = format!("{LEASES}/tessera-controller");
-        let (_, reply) = expect(&mut handle, Method::GET, &path).await;
-        respond(reply, StatusCode::OK, &lease("replica-b", renewed, "9"));
-        let (_, reply) = expect(&mut handle, Method::PUT, &path).await;
+        answer_get(&mut handle, LEASE, Some(lease("replica-b", renewed, "9"))).await;
+        let (_, reply) = expect(&mut handle, Method::PUT, LEASE).await;
         respond(reply, StatusCode::CONFLICT, &status(409, "Conflict"));
     };
     let (attempt, ()) = tokio::join!(lock.try_acquire(now()), server);
@@ -268,10 +253,8 @@ async fn release_clears_the_holder_with_the_resource_version_it_read() {
     let (client, mut handle) = mock_client();
     let lock = lock(client);
     let server = async {
-        let path = format!("{LEASES}/tessera-controller");
-        let (_, reply) = expect(&mut handle, Method::GET, &path).await;
-        respond(reply, StatusCode::OK, &lease("replica-a", now(), "11"));
-        let (body, reply) = expect(&mut handle, Method::PUT, &path).await;
+        answer_get(&mut handle, LEASE, Some(lease("replica-a", now(), "11"))).await;
+        let (body, reply) = expect(&mut handle, Method::PUT, LEASE).await;
         assert_eq!(body["metadata"]["resourceVersion"], "11");
         assert!(body["spec"].get("holderIdentity").is_none(), "{body}");
         respond(reply, StatusCode::OK, &body);
@@ -286,13 +269,7 @@ async fn release_leaves_another_holders_lease_alone() {
     let (client, mut handle) = mock_client();
     let lock = lock(client);
     let server = async {
-        let (_, reply) = expect(
-            &mut handle,
-            Method::GET,
-            &format!("{LEASES}/tessera-controller"),
-        )
-        .await;
-        respond(reply, StatusCode::OK, &lease("replica-b", now(), "11"));
+        answer_get(&mut handle, LEASE, Some(lease("replica-b", now(), "11"))).await;
     };
     let (released, ()) = tokio::join!(lock.release(), server);
     released.unwrap();
@@ -339,6 +316,27 @@ fn web_0_attrs() -> Attributes {
     }
 }
 
+/// The store of [`cluster_store`], a context on a mock API server, and the handle as judged.
+struct Fixture {
+    store: Arc<dyn Store>,
+    ctx: Context,
+    handle: Handle,
+    judged: HandleRecord,
+}
+
+fn fixture() -> Fixture {
+    let store = cluster_store();
+    let (client, handle) = mock_client();
+    let ctx = context(client, store.clone());
+    let judged = the_handle(&store).unwrap();
+    Fixture {
+        store,
+        ctx,
+        handle,
+        judged,
+    }
+}
+
 fn context(client: Client, store: Arc<dyn Store>) -> Context {
     let gc = GcArgs {
         leak_grace_period: Duration::from_secs(60),
@@ -375,18 +373,24 @@ fn pod(uid: &str, node: &str, phase: &str) -> Value {
 }
 
 const WEB_0: &str = "/api/v1/namespaces/shop/pods/web-0";
+const NODE_1: &str = "/api/v1/nodes/node-1";
+
+fn node_1() -> Value {
+    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+}
 
 #[tokio::test]
 async fn a_pod_found_on_the_fresh_get_keeps_its_address() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
-    let judged = the_handle(&store).unwrap();
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        judged,
+    } = fixture();
     let nodes = node_cache(&["node-1"]);
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, WEB_0).await;
         // The cache missed it (created after the list, say); the API server has it.
-        respond(reply, StatusCode::OK, &pod("uid-1", "node-1", "Running"));
+        answer_get(&mut handle, WEB_0, Some(pod("uid-1", "node-1", "Running"))).await;
     };
     let (released, ()) = tokio::join!(run::release_if_still_leaked(&ctx, &judged, &nodes), server);
     assert_eq!(released.unwrap(), None);
@@ -400,14 +404,15 @@ async fn a_pod_found_on_the_fresh_get_keeps_its_address() {
 
 #[tokio::test]
 async fn a_pod_gone_on_the_fresh_get_gives_its_address_back() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
-    let judged = the_handle(&store).unwrap();
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        judged,
+    } = fixture();
     let nodes = node_cache(&["node-1"]);
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, WEB_0).await;
-        not_found(reply);
+        answer_get(&mut handle, WEB_0, None).await;
     };
     let (released, ()) = tokio::join!(run::release_if_still_leaked(&ctx, &judged, &nodes), server);
     let (reason, addresses) = released.unwrap().expect("released");
@@ -423,14 +428,15 @@ async fn a_pod_gone_on_the_fresh_get_gives_its_address_back() {
 
 #[tokio::test]
 async fn a_statefulset_pod_recreated_with_a_new_uid_frees_only_the_old_handle() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
-    let judged = the_handle(&store).unwrap();
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        judged,
+    } = fixture();
     let nodes = node_cache(&["node-1"]);
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, WEB_0).await;
-        respond(reply, StatusCode::OK, &pod("uid-2", "node-1", "Running"));
+        answer_get(&mut handle, WEB_0, Some(pod("uid-2", "node-1", "Running"))).await;
     };
     let (released, ()) = tokio::join!(run::release_if_still_leaked(&ctx, &judged, &nodes), server);
     let (reason, _) = released.unwrap().expect("released");
@@ -440,20 +446,22 @@ async fn a_statefulset_pod_recreated_with_a_new_uid_frees_only_the_old_handle() 
             pod_uid: "uid-2".into()
         }
     );
+    assert_eq!(the_handle(&store), None);
 }
 
 #[tokio::test]
 async fn a_handle_rewritten_after_judging_is_not_released() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
-    let mut judged = the_handle(&store).unwrap();
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        mut judged,
+    } = fixture();
     // Judged as the handle of an older pod: the record now belongs to uid-1.
     judged.attrs.pod_uid = Some("uid-0".into());
     let nodes = node_cache(&["node-1"]);
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, WEB_0).await;
-        not_found(reply);
+        answer_get(&mut handle, WEB_0, None).await;
     };
     let (released, ()) = tokio::join!(run::release_if_still_leaked(&ctx, &judged, &nodes), server);
     assert_eq!(released.unwrap(), None);
@@ -462,21 +470,16 @@ async fn a_handle_rewritten_after_judging_is_not_released() {
 
 #[tokio::test]
 async fn a_node_missing_from_the_cache_is_looked_up_before_judging() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
-    let judged = the_handle(&store).unwrap();
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        judged,
+    } = fixture();
     let nodes = node_cache(&[]);
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, WEB_0).await;
-        respond(reply, StatusCode::OK, &pod("uid-1", "node-1", "Running"));
-        let (_, reply) = expect(&mut handle, Method::GET, "/api/v1/nodes/node-1").await;
-        respond(
-            reply,
-            StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "Node",
-                                               "metadata": {"name": "node-1"}}),
-        );
+        answer_get(&mut handle, WEB_0, Some(pod("uid-1", "node-1", "Running"))).await;
+        answer_get(&mut handle, NODE_1, Some(node_1())).await;
     };
     let (released, ()) = tokio::join!(run::release_if_still_leaked(&ctx, &judged, &nodes), server);
     assert_eq!(released.unwrap(), None);
@@ -486,12 +489,14 @@ async fn a_node_missing_from_the_cache_is_looked_up_before_judging() {
 
 #[tokio::test]
 async fn a_deleted_node_is_forgotten_only_after_a_get_answers_not_found() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        ..
+    } = fixture();
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, "/api/v1/nodes/node-1").await;
-        not_found(reply);
+        answer_get(&mut handle, NODE_1, None).await;
     };
     let (cleanup, ()) = tokio::join!(run::node_deleted(&ctx, "node-1"), server);
     let cleanup = cleanup.unwrap().expect("forgotten");
@@ -504,17 +509,14 @@ async fn a_deleted_node_is_forgotten_only_after_a_get_answers_not_found() {
 
 #[tokio::test]
 async fn a_node_still_answering_its_get_is_kept() {
-    let store = cluster_store();
-    let (client, mut handle) = mock_client();
-    let ctx = context(client, store.clone());
+    let Fixture {
+        store,
+        ctx,
+        mut handle,
+        ..
+    } = fixture();
     let server = async {
-        let (_, reply) = expect(&mut handle, Method::GET, "/api/v1/nodes/node-1").await;
-        respond(
-            reply,
-            StatusCode::OK,
-            &json!({"apiVersion": "v1", "kind": "Node",
-                                               "metadata": {"name": "node-1"}}),
-        );
+        answer_get(&mut handle, NODE_1, Some(node_1())).await;
     };
     let (cleanup, ()) = tokio::join!(run::node_deleted(&ctx, "node-1"), server);
     assert_eq!(cleanup.unwrap(), None);
