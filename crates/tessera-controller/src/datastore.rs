@@ -108,7 +108,7 @@ impl Datastore {
     ) -> Result<bool, Error> {
         let (action, _) = self.catalog().modify(Kind::Node, name, true, |current| {
             let Resource::Node(stored) = current else {
-                unreachable!("a Node key holds a Node")
+                return Err(wrong_kind(current, Kind::Node, name));
             };
             warn_ownership(&stored.metadata);
             Ok(mirror::mirror_node(Some(stored), kube_labels, name)
@@ -130,7 +130,7 @@ impl Datastore {
             .catalog()
             .modify(Kind::Namespace, name, true, |current| {
                 let Resource::Namespace(stored) = current else {
-                    unreachable!("a Namespace key holds a Namespace")
+                    return Err(wrong_kind(current, Kind::Namespace, name));
                 };
                 warn_ownership(&stored.metadata);
                 Ok(
@@ -239,6 +239,21 @@ impl Datastore {
 /// Whether a handle records a pod's addresses (and may be collected).
 fn is_pod_handle(rec: &HandleRecord) -> bool {
     rec.attrs.namespace.is_some() && rec.attrs.pod.is_some() && rec.attrs.gateway_of.is_none()
+}
+
+/// The record of `expected` `name` holds another kind (written there by hand).
+fn wrong_kind(found: &Resource, expected: Kind, name: &str) -> CatalogError {
+    CatalogError::Refused {
+        kind: expected,
+        name: name.to_string(),
+        field: "kind".into(),
+        reason: format!(
+            "the record holds a {} instead; delete it with `tessera delete {} {name}` (that \
+             deletes the record without reading it) so that the controller can write it again",
+            found.kind(),
+            expected.as_str().to_ascii_lowercase(),
+        ),
+    }
 }
 
 fn warn_ownership(meta: &tessera_core::resources::meta::ObjectMeta) {

@@ -12,7 +12,7 @@ use tessera_core::decode::decode_document;
 use tessera_core::ipam::{AssignRequest, Attributes, HandleRecord, Ipam};
 use tessera_core::keys;
 use tessera_core::resources::Kind;
-use tessera_core::store::{MemoryStore, Store};
+use tessera_core::store::{MemoryStore, Op, Store};
 
 /// One fixture per backend the controller may run on here (etcd is covered end to end).
 struct Fixture {
@@ -390,4 +390,23 @@ fn errors_name_their_metric_label() {
     let err = Error::from(CatalogError::Conflict { attempts: 3 });
     assert_eq!(err.metric_label(), "conflict");
     assert!(err.is_transient());
+}
+
+#[test]
+fn a_record_of_another_kind_under_a_nodes_key_is_refused_without_a_panic() {
+    each_backend(|f| {
+        let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                          "metadata": {"name": "worker-1"}, "spec": {"cidr": "10.9.0.0/24"}});
+        let op = Op::Put(keys::node("worker-1"), serde_json::to_vec(&pool).unwrap());
+        f.store.txn(&[], &[op]).unwrap();
+        let err = f
+            .datastore
+            .sync_node("worker-1", &map(&[("rack", "r1")]))
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "invalid_record");
+        assert!(
+            err.to_string().contains("`tessera delete node worker-1`"),
+            "{err}"
+        );
+    });
 }
