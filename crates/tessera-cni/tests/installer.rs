@@ -338,6 +338,36 @@ fn the_token_copy_follows_the_projected_token_as_it_rotates() {
 }
 
 #[test]
+fn sigterm_between_two_sleeps_ends_the_loop_cleanly() {
+    let node = Node::new();
+    let child = node
+        .installer()
+        .env("TOKEN_REFRESH_SECONDS", "30")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let children = format!("/proc/{pid}/task/{pid}/children");
+    wait_for("sleep between refreshes", Duration::from_secs(20), || {
+        fs::read_to_string(&children).is_ok_and(|c| !c.trim().is_empty())
+    });
+    // Held still, the loop gets SIGTERM only after its sleep has ended, as when the signal
+    // comes while it refreshes the token rather than sleeps.
+    // SAFETY: kill(2) with the ids of the child this test started and of its own child.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    for sleeper in fs::read_to_string(&children).unwrap().split_whitespace() {
+        let sleeper: libc::pid_t = sleeper.parse().unwrap();
+        unsafe { libc::kill(sleeper, libc::SIGKILL) };
+    }
+    sleep(Duration::from_millis(200));
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (code, log) = stop(child);
+    assert_eq!(code, Some(0), "SIGTERM ends the loop cleanly: {log}");
+}
+
+#[test]
 fn etcd_tls_files_are_copied_to_the_node_and_named_in_the_conflist() {
     let node = Node::new();
     node.write("etcd-tls/ca.crt", "etcd ca");
