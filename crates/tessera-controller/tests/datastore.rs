@@ -1,4 +1,4 @@
-//! The controller's datastore operations against the memory and SQLite stores.
+//! The controller's datastore operations against the memory, SQLite and etcd stores.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,31 +13,47 @@ use tessera_core::ipam::{AssignRequest, Attributes, HandleRecord, Ipam};
 use tessera_core::keys;
 use tessera_core::resources::Kind;
 use tessera_core::store::{MemoryStore, Op, Store};
+use tessera_store::local_etcd::LocalEtcd;
 
-/// One fixture per backend the controller may run on here (etcd is covered end to end).
+/// A datastore over one backend. Fields drop in order: the store before what holds its data.
 struct Fixture {
     store: Arc<dyn Store>,
     datastore: Datastore,
     _dir: Option<tempfile::TempDir>,
+    _etcd: Option<LocalEtcd>,
 }
 
 impl Fixture {
     fn memory() -> Self {
-        Self::over(Arc::new(MemoryStore::new()), None)
+        Self::over(Arc::new(MemoryStore::new()))
     }
 
     fn sqlite() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite:{}", dir.path().join("tessera.db").display());
         let store: Arc<dyn Store> = tessera_store::open(&url).unwrap().into();
-        Self::over(store, Some(dir))
+        Self {
+            _dir: Some(dir),
+            ..Self::over(store)
+        }
     }
 
-    fn over(store: Arc<dyn Store>, dir: Option<tempfile::TempDir>) -> Self {
+    /// `None` (after saying why) when no etcd is installed, outside CI.
+    fn etcd(test: &str) -> Option<Self> {
+        let etcd = LocalEtcd::start_or_skip(test)?;
+        let store: Arc<dyn Store> = Arc::new(etcd.store());
+        Some(Self {
+            _etcd: Some(etcd),
+            ..Self::over(store)
+        })
+    }
+
+    fn over(store: Arc<dyn Store>) -> Self {
         Self {
             datastore: Datastore::new(store.clone()),
             store,
-            _dir: dir,
+            _dir: None,
+            _etcd: None,
         }
     }
 
@@ -115,6 +131,9 @@ impl Fixture {
 fn each_backend(test: impl Fn(Fixture)) {
     test(Fixture::memory());
     test(Fixture::sqlite());
+    if let Some(etcd) = Fixture::etcd("controller datastore operations on etcd") {
+        test(etcd);
+    }
 }
 
 fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
