@@ -171,10 +171,6 @@ mod tests {
         }
     }
 
-    fn owned(meta: &ObjectMeta, which: &str) -> BTreeSet<String> {
-        owned_keys(meta, which)
-    }
-
     #[test]
     fn a_new_node_gets_kubernetes_labels_and_the_record_of_them() {
         let kube = map(&[("rack", "r1"), ("kubernetes.io/hostname", "worker-1")]);
@@ -220,7 +216,10 @@ mod tests {
             synced.metadata.labels,
             map(&[("rack", "r1"), ("tier", "gold")])
         );
-        assert_eq!(owned(&synced.metadata, KUBE_LABELS_ANNOTATION).len(), 1);
+        assert_eq!(
+            owned_keys(&synced.metadata, KUBE_LABELS_ANNOTATION).len(),
+            1
+        );
     }
 
     #[test]
