@@ -54,9 +54,9 @@ pub enum LeaseEnded {
         lease: String,
         /// Time since the last renewal.
         elapsed: Duration,
-        /// The last failure.
+        /// The last failure; `None` when the last attempt did not answer in time.
         #[source]
-        source: kube::Error,
+        source: Option<kube::Error>,
     },
 }
 
@@ -148,8 +148,9 @@ impl LeaseLock {
     }
 
     /// Renews the Lease every third of its duration for as long as this replica holds it;
-    /// returns why it stopped. A failed renewal is retried every second until two thirds of
-    /// the duration have passed since the last good one.
+    /// returns why it stopped. A failed renewal is retried every second, and each attempt is
+    /// cut off, so that a replica that has not renewed for two thirds of the duration stops
+    /// before another may take over.
     pub async fn keep(&self) -> LeaseEnded {
         let mut last_renewal = tokio::time::Instant::now();
         let deadline = self.duration * 2 / 3;
@@ -158,30 +159,35 @@ impl LeaseLock {
             tokio::time::sleep((self.duration / 3).saturating_sub(since)).await;
             loop {
                 let attempt_started = tokio::time::Instant::now();
-                match self.try_acquire(Timestamp::now()).await {
-                    Ok(Attempt::Held) => {
+                let remaining = deadline.saturating_sub(last_renewal.elapsed());
+                let attempt =
+                    tokio::time::timeout(remaining, self.try_acquire(Timestamp::now())).await;
+                let error = match attempt {
+                    Ok(Ok(Attempt::Held)) => {
                         last_renewal = attempt_started;
                         break;
                     }
-                    Ok(Attempt::Standby { holder }) => {
+                    Ok(Ok(Attempt::Standby { holder })) => {
                         return LeaseEnded::Lost {
                             lease: self.lease_ref(),
                             holder,
                         }
                     }
-                    Err(source) => {
-                        let elapsed = last_renewal.elapsed();
-                        if elapsed + Duration::from_secs(1) >= deadline {
-                            return LeaseEnded::NotRenewed {
-                                lease: self.lease_ref(),
-                                elapsed,
-                                source,
-                            };
-                        }
-                        tracing::warn!(lease = %self.lease_ref(), %source, "renewing the Lease failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+                    Ok(Err(error)) => Some(error),
+                    Err(_timed_out) => None,
+                };
+                let elapsed = last_renewal.elapsed();
+                if elapsed + Duration::from_secs(1) >= deadline {
+                    return LeaseEnded::NotRenewed {
+                        lease: self.lease_ref(),
+                        elapsed,
+                        source: error,
+                    };
                 }
+                if let Some(error) = error {
+                    tracing::warn!(lease = %self.lease_ref(), %error, "renewing the Lease failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }

@@ -110,14 +110,13 @@ enum Pending {
 }
 
 /// The caches the watches fill.
-#[derive(Clone)]
-pub struct Caches {
+struct Caches {
     /// Every Node.
-    pub nodes: reflector::Store<Node>,
+    nodes: reflector::Store<Node>,
     /// Every Namespace.
-    pub namespaces: reflector::Store<Namespace>,
+    namespaces: reflector::Store<Namespace>,
     /// Every Pod, trimmed to what garbage collection reads ([`slim_pod`]).
-    pub pods: reflector::Store<Pod>,
+    pods: reflector::Store<Pod>,
 }
 
 impl Context {
@@ -161,20 +160,17 @@ impl Context {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        for delay in RETRY_DELAYS {
+        let mut delays = RETRY_DELAYS.into_iter();
+        loop {
             match op().await {
                 Ok(value) => return Some(value),
                 Err(error) => self.report(what, &error),
             }
-            tokio::time::sleep(delay).await;
-        }
-        match op().await {
-            Ok(value) => Some(value),
-            Err(error) => {
-                self.report(what, &error);
+            let Some(delay) = delays.next() else {
                 tracing::warn!("giving up on {what} until the next garbage-collection pass");
-                None
-            }
+                return None;
+            };
+            tokio::time::sleep(delay).await;
         }
     }
 
@@ -237,7 +233,7 @@ fn show_counters(metrics: &Metrics) {
 }
 
 /// Runs the watches, the garbage-collection passes and the ping until one stops.
-pub async fn act(ctx: &Context) -> Error {
+async fn act(ctx: &Context) -> Error {
     let (nodes, node_writer) = reflector::store();
     let (namespaces, namespace_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tessera_controller::datastore::Datastore;
 use tessera_controller::gc::LeakReason;
 use tessera_controller::http::Health;
-use tessera_controller::lease::{Attempt, LeaseLock};
+use tessera_controller::lease::{Attempt, LeaseEnded, LeaseLock};
 use tessera_controller::metrics::Metrics;
 use tessera_controller::run::{self, Context};
 use tessera_controller::settings::GcArgs;
@@ -95,12 +95,16 @@ fn not_found(reply: Reply) {
 // ---- Lease ----
 
 fn lock(client: Client) -> LeaseLock {
+    lock_for(client, 15)
+}
+
+fn lock_for(client: Client, seconds: u64) -> LeaseLock {
     LeaseLock::new(
         client,
         "tessera-system",
         "tessera-controller",
         "replica-a",
-        Duration::from_secs(15),
+        Duration::from_secs(seconds),
     )
 }
 
@@ -274,6 +278,60 @@ async fn release_leaves_another_holders_lease_alone() {
     let (released, ()) = tokio::join!(lock.release(), server);
     released.unwrap();
     expect_no_more(&mut handle).await;
+}
+
+#[tokio::test]
+async fn the_holder_stops_when_another_replica_took_the_lease() {
+    let (client, mut handle) = mock_client();
+    let lock = lock_for(client, 3);
+    let server = async {
+        // The first renewal, a second in, finds another holder.
+        let taken = lease("replica-b", Timestamp::now(), "12");
+        answer_get(&mut handle, LEASE, Some(taken)).await;
+    };
+    let (ended, ()) = tokio::join!(lock.keep(), server);
+    match ended {
+        LeaseEnded::Lost { holder, .. } => assert_eq!(holder.as_deref(), Some("replica-b")),
+        other => panic!("expected a lost lease, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn the_holder_stops_within_two_thirds_of_the_duration_when_renewals_fail() {
+    let (client, mut handle) = mock_client();
+    let lock = lock_for(client, 3);
+    let started = std::time::Instant::now();
+    let server = async {
+        let (_, reply) = expect(&mut handle, Method::GET, LEASE).await;
+        let unavailable = status(503, "ServiceUnavailable");
+        respond(reply, StatusCode::SERVICE_UNAVAILABLE, &unavailable);
+    };
+    let (ended, ()) = tokio::join!(lock.keep(), server);
+    assert!(matches!(ended, LeaseEnded::NotRenewed { .. }), "{ended}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn the_holder_stops_when_a_renewal_hangs() {
+    let (client, mut handle) = mock_client();
+    let lock = lock_for(client, 3);
+    let started = std::time::Instant::now();
+    // The GET is received and never answered: `_unanswered` keeps it open.
+    let server = async { expect(&mut handle, Method::GET, LEASE).await };
+    let both = async { tokio::join!(lock.keep(), server) };
+    let (ended, _unanswered) = tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .expect("still acting on a lease it could not renew");
+    assert!(matches!(ended, LeaseEnded::NotRenewed { .. }), "{ended}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 // ---- Garbage collection and node deletion ----
