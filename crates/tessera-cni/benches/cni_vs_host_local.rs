@@ -13,6 +13,11 @@
 //!
 //! With `BENCH_ETCD=1` the same runs also go to `tessera-ipam` on a local etcd member
 //! (started on 127.0.0.1 by the bench), once without and once with the node cache.
+//!
+//! `tessera k8s` is `tessera-ipam` on SQLite with a `kubernetes` section: each ADD reads its
+//! pod and namespace from a canned API server on 127.0.0.1 (plain HTTP, token file). With
+//! `BENCH_TESSERA_BASE=/path/to/tessera-ipam` another build of the plugin (say, of the
+//! previous commit) runs alongside as `tessera base`, on SQLite without that section.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tessera_core::catalog::Catalog;
 use tessera_core::decode::decode_documents;
+use tessera_k8s_lookup::testing::{namespace_json, pod_json, FakeApiServer};
 use tessera_store::SqliteStore;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera-ipam");
@@ -122,10 +128,45 @@ fn tessera_conf(datastore: &str, node: &str, extra: serde_json::Value) -> String
     json!({"cniVersion": "1.0.0", "name": "bench", "type": "bridge", "ipam": ipam}).to_string()
 }
 
-fn setup_tessera(dir: &Path) -> String {
-    let db = dir.join("tessera.db");
+/// A SQLite store of its own in `dir` named `name`, for node `node`.
+fn setup_tessera(dir: &Path, name: &str, node: &str) -> String {
+    let db = dir.join(format!("{name}.db"));
     apply_pool(&SqliteStore::open(&db).expect("open store"));
-    tessera_conf(db.to_str().unwrap(), "bench-node", json!({}))
+    tessera_conf(db.to_str().unwrap(), node, json!({}))
+}
+
+/// The container ids the bench uses: the pairs, then the bursts.
+fn container_ids(pairs: usize) -> impl Iterator<Item = String> {
+    let pair_ids = (0..WARMUP + pairs).map(|i| format!("pair{i}"));
+    let burst_ids =
+        (0..3).flat_map(|round| (0..CONCURRENT).map(move |i| format!("burst{round}x{i}")));
+    pair_ids.chain(burst_ids)
+}
+
+/// An API server serving every bench pod (named after its container) and the namespace,
+/// and a configuration reading them through a kubeconfig in `dir`.
+fn setup_tessera_k8s(dir: &Path, pairs: usize) -> (FakeApiServer, String) {
+    let server = FakeApiServer::start();
+    server.set_namespace(&namespace_json("bench", &[("team", "bench")], &[]));
+    for cid in container_ids(pairs) {
+        server.set_pod(&pod_json("bench", &cid, &format!("uid-{cid}"), &[], &[]));
+    }
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+             clusters: [{{name: k, cluster: {{server: '{}'}}}}]\n\
+             users: [{{name: u, user: {{tokenFile: token}}}}]\n",
+            server.url()
+        ),
+    )
+    .expect("write kubeconfig");
+    std::fs::write(dir.join("token"), "bench-token").expect("write token");
+    let mut conf: serde_json::Value =
+        serde_json::from_str(&setup_tessera(dir, "tessera-k8s", "k8s-node")).expect("conf");
+    conf["kubernetes"] = json!({"kubeconfig": kubeconfig.to_str().unwrap()});
+    (server, conf.to_string())
 }
 
 fn setup_host_local(dir: &Path) -> String {
@@ -164,19 +205,32 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
     let dir = tempfile::tempdir().expect("temporary directory");
+    let (_api_server, k8s_conf) = setup_tessera_k8s(dir.path(), pairs);
     let plugins = [
         Plugin {
             name: "tessera-ipam",
             binary: TESSERA.into(),
-            conf: setup_tessera(dir.path()),
+            conf: setup_tessera(dir.path(), "tessera", "bench-node"),
         },
         Plugin {
             name: "host-local",
             binary: HOST_LOCAL.into(),
             conf: setup_host_local(dir.path()),
         },
+        Plugin {
+            name: "tessera k8s",
+            binary: TESSERA.into(),
+            conf: k8s_conf,
+        },
     ];
     let mut plugins = Vec::from(plugins);
+    if let Some(base) = std::env::var_os("BENCH_TESSERA_BASE") {
+        plugins.push(Plugin {
+            name: "tessera base",
+            binary: base.into(),
+            conf: setup_tessera(dir.path(), "tessera-base", "base-node"),
+        });
+    }
     // Kept alive until the end of the run; dropping it stops etcd.
     let _etcd = if std::env::var_os("BENCH_ETCD").is_some() {
         let etcd = tessera_store::local_etcd::LocalEtcd::start()
