@@ -89,11 +89,19 @@ pub struct Endpoints {
     pub health: Arc<Health>,
 }
 
-/// Serves the endpoints on `listener` until the task is dropped. A failed connection is
-/// logged and does not stop the server.
-pub async fn serve(listener: TcpListener, endpoints: Endpoints) -> std::io::Result<()> {
+/// Serves the endpoints on `listener` until the task is dropped. A failed accept or
+/// connection is logged and does not stop the server.
+pub async fn serve(listener: TcpListener, endpoints: Endpoints) {
     loop {
-        let (stream, peer) = listener.accept().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors, say: wait for some to be closed.
+                tracing::warn!(%error, "accepting an HTTP connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let endpoints = endpoints.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {

@@ -98,11 +98,7 @@ async fn serve(settings: Settings, datastore: Datastore) -> Result<()> {
         metrics: metrics.clone(),
         health: health.clone(),
     };
-    tokio::spawn(async move {
-        if let Err(error) = http::serve(listener, endpoints).await {
-            tracing::error!(%error, "the HTTP server stopped");
-        }
-    });
+    tokio::spawn(http::serve(listener, endpoints));
     tracing::info!(listen = %settings.listen, "serving /metrics, /healthz and /readyz");
 
     let identity = settings.lease.identity_or(settings::hostname);
