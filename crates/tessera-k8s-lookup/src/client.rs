@@ -104,7 +104,7 @@ impl Client {
             .enable_time()
             .build()
             .map_err(|e| self.unreachable(format!("cannot start the I/O runtime: {e}")))?;
-        runtime.block_on(async {
+        let result = runtime.block_on(async {
             tokio::time::timeout(self.timeout, work)
                 .await
                 .unwrap_or_else(|_| {
@@ -113,7 +113,11 @@ impl Client {
                         timeout: self.timeout,
                     })
                 })
-        })
+        });
+        // A host name lookup still running past the timeout must not hold the caller: a
+        // dropped runtime would wait for it.
+        runtime.shutdown_background();
+        result
     }
 
     fn unreachable(&self, reason: impl Into<String>) -> LookupError {
