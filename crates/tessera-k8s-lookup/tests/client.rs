@@ -170,101 +170,100 @@ fn a_closed_port_is_unreachable() {
     )));
 }
 
-/// A CA and a server certificate for 127.0.0.1 signed by it, made with openssl in `dir`.
+/// A CA, and a server certificate for 127.0.0.1 and a client certificate it signed, made with
+/// openssl in `dir` (files `ca.crt`, `server.crt`, `client.crt`, `client.key`, ...).
 struct Pki {
     ca_pem: Vec<u8>,
+    /// The server, without client authentication.
     server: Arc<rustls::ServerConfig>,
+    /// The server, requiring a client certificate signed by the CA.
+    server_mtls: Arc<rustls::ServerConfig>,
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+/// Runs openssl in `dir` with `args` (split at spaces).
+fn openssl(dir: &Path, args: &str) {
     let out = Command::new("openssl")
-        .args(args)
+        .args(args.split_whitespace())
         .current_dir(dir)
         .output()
         .expect("openssl must be installed for the TLS tests");
     assert!(
         out.status.success(),
-        "openssl {args:?}: {}",
+        "openssl {args}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
-fn make_pki(dir: &Path) -> Pki {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
-    )
-    .unwrap();
+const EC_KEY: &str = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+
+/// A key and a certificate `name.crt` signed by the CA, with the extensions `ext`.
+fn signed(dir: &Path, name: &str, ext: &str) {
     openssl(
         dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
+        &format!("req {EC_KEY} -keyout {name}.key -out {name}.csr -subj /CN={name}"),
     );
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(dir.join("server.crt"))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &format!(
+            "x509 -req -in {name}.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out {name}.crt \
+             -days 2 -extfile {name}.ext"
+        ),
+    );
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    openssl(
+        dir,
+        &format!(
+            "req -x509 {EC_KEY} -keyout ca.key -out ca.crt -days 2 -subj /CN=test-ca -addext \
+             basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign"
+        ),
+    );
+    let leaf = "basicConstraints=CA:FALSE\n";
+    signed(
+        dir,
+        "server",
+        &format!("subjectAltName=IP:127.0.0.1,DNS:localhost\n{leaf}"),
+    );
+    signed(
+        dir,
+        "client",
+        &format!("extendedKeyUsage=clientAuth\n{leaf}"),
+    );
+    let certs = |file: &str| -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_file_iter(dir.join(file))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
+    let builder = || {
+        rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+    };
+    let key = || PrivateKeyDer::from_pem_file(dir.join("server.key")).unwrap();
+    let server = builder()
         .with_no_client_auth()
-        .with_single_cert(chain, key)
+        .with_single_cert(certs("server.crt"), key())
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs("ca.crt"));
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let server_mtls = builder()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs("server.crt"), key())
         .unwrap();
     Pki {
         ca_pem: std::fs::read(dir.join("ca.crt")).unwrap(),
         server: Arc::new(server),
+        server_mtls: Arc::new(server_mtls),
     }
 }
 
@@ -333,4 +332,32 @@ fn the_api_root_overrides_the_kubeconfig_server() {
         .namespace("web")
         .unwrap();
     assert_eq!(server.requests()[1].authorization, None);
+}
+
+#[test]
+fn https_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = make_pki(dir.path());
+    let server = FakeApiServer::start_tls(pki.server_mtls.clone());
+    serve_pod(&server);
+    let ca = "    certificate-authority: ca.crt\n";
+    // Files named relative to the kubeconfig, and the same as inline data.
+    let files = "    client-certificate: client.crt\n    client-key: client.key\n";
+    let path = kubeconfig(dir.path(), &server.url(), ca, files);
+    client(&path, TIMEOUT).namespace("web").unwrap();
+    use base64::Engine as _;
+    let b64 = |f: &str| {
+        base64::engine::general_purpose::STANDARD.encode(std::fs::read(dir.path().join(f)).unwrap())
+    };
+    let data = format!(
+        "    client-certificate-data: {}\n    client-key-data: {}\n",
+        b64("client.crt"),
+        b64("client.key")
+    );
+    let path = kubeconfig(dir.path(), &server.url(), ca, &data);
+    client(&path, TIMEOUT).namespace("web").unwrap();
+    // Without the certificate the server refuses the handshake.
+    let path = kubeconfig(dir.path(), &server.url(), ca, "    token: t\n");
+    let e = client(&path, TIMEOUT).namespace("web").unwrap_err();
+    assert!(matches!(e, LookupError::Unreachable { .. }), "{e}");
 }
