@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use tessera_core::catalog::Catalog;
 use tessera_core::decode::decode_documents;
-use tessera_k8s_lookup::testing::{namespace_json, pod_json, FakeApiServer};
+use tessera_k8s_lookup::testing::{namespace_json, pod_json, write_kubeconfig, FakeApiServer};
 use tessera_store::SqliteStore;
 
 const TESSERA: &str = env!("CARGO_BIN_EXE_tessera-ipam");
@@ -151,18 +151,7 @@ fn setup_tessera_k8s(dir: &Path, pairs: usize) -> (FakeApiServer, String) {
     for cid in container_ids(pairs) {
         server.set_pod(&pod_json("bench", &cid, &format!("uid-{cid}"), &[], &[]));
     }
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-             clusters: [{{name: k, cluster: {{server: '{}'}}}}]\n\
-             users: [{{name: u, user: {{tokenFile: token}}}}]\n",
-            server.url()
-        ),
-    )
-    .expect("write kubeconfig");
-    std::fs::write(dir.join("token"), "bench-token").expect("write token");
+    let kubeconfig = write_kubeconfig(dir, &server.url(), "bench-token");
     let mut conf: serde_json::Value =
         serde_json::from_str(&setup_tessera(dir, "tessera-k8s", "k8s-node")).expect("conf");
     conf["kubernetes"] = json!({"kubeconfig": kubeconfig.to_str().unwrap()});

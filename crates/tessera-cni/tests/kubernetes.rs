@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-use tessera_k8s_lookup::testing::{namespace_json, pod_json, FakeApiServer};
+use tessera_k8s_lookup::testing::{namespace_json, pod_json, write_kubeconfig, FakeApiServer};
 
 const IPV4_POOLS: &str = "cni.projectcalico.org/ipv4pools";
 
@@ -22,17 +22,7 @@ fn env_with_pools() -> Env {
 
 /// `env`'s network configuration reading Kubernetes through a kubeconfig for `server`.
 fn conf_for(env: &Env, server: &str, section: Value) -> Value {
-    let kubeconfig = env.dir().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
-             clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
-             users: [{{name: u, user: {{tokenFile: token}}}}]\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(env.dir().join("token"), "t0ken\n").unwrap();
+    let kubeconfig = write_kubeconfig(env.dir(), server, "t0ken\n");
     let mut conf = env.conf("1.0.0", json!({}));
     let mut k = json!({"kubeconfig": kubeconfig.to_str().unwrap()});
     if let Value::Object(extra) = section {

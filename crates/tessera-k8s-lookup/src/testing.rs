@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -138,6 +139,20 @@ impl Drop for FakeApiServer {
         // Wakes the accept loop so that it sees the flag.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
+}
+
+/// Writes `dir/kubeconfig` for `server` with a user whose token is in `dir/token` (holding
+/// `token`); returns the kubeconfig's path.
+pub fn write_kubeconfig(dir: &Path, server: &str, token: &str) -> PathBuf {
+    let kubeconfig = dir.join("kubeconfig");
+    let text = format!(
+        "current-context: c\ncontexts: [{{name: c, context: {{cluster: k, user: u}}}}]\n\
+         clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n\
+         users: [{{name: u, user: {{tokenFile: token}}}}]\n"
+    );
+    std::fs::write(&kubeconfig, text).expect("write the kubeconfig");
+    std::fs::write(dir.join("token"), token).expect("write the token file");
+    kubeconfig
 }
 
 /// A Pod object as the API server returns it.
