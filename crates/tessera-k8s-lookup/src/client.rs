@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::LookupError;
-use crate::kubeconfig::{ApiAccess, ServerUrl};
+use crate::kubeconfig::ApiAccess;
 use crate::objects::{Namespace, Pod};
 
 /// Largest answer read: a Pod with many containers is tens of kilobytes.
@@ -56,11 +56,6 @@ impl Client {
             timeout,
             tls,
         })
-    }
-
-    /// The API server's address.
-    pub fn server(&self) -> &ServerUrl {
-        &self.access.server
     }
 
     /// GETs the pod `namespace/name`.
