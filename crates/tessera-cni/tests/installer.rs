@@ -337,32 +337,67 @@ fn the_token_copy_follows_the_projected_token_as_it_rotates() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
+/// The ids and names of a process's children.
+fn children(pid: libc::pid_t) -> Vec<(libc::pid_t, String)> {
+    let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|child| {
+            let child: libc::pid_t = child.parse().ok()?;
+            let name = fs::read_to_string(format!("/proc/{child}/comm")).ok()?;
+            Some((child, name.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The full path of a command, as PATH finds it.
+fn command_path(name: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH"))
+}
+
 #[test]
-fn sigterm_between_two_sleeps_ends_the_loop_cleanly() {
+fn sigterm_while_the_token_is_being_copied_ends_the_loop_cleanly() {
     let node = Node::new();
+    // A `cmp` that takes a second once the marker exists, so the loop is caught copying.
+    let marker = node.path("slow");
+    node.write(
+        "bin/cmp",
+        &format!(
+            "#!/bin/sh\n[ ! -e {marker:?} ] || sleep 1\nexec {:?} \"$@\"\n",
+            command_path("cmp")
+        ),
+    );
+    fs::set_permissions(node.path("bin/cmp"), fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        node.path("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     let child = node
         .installer()
-        .env("TOKEN_REFRESH_SECONDS", "30")
+        .env("PATH", path)
+        .env("TOKEN_REFRESH_SECONDS", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let pid = libc::pid_t::try_from(child.id()).unwrap();
-    let children = format!("/proc/{pid}/task/{pid}/children");
-    wait_for("sleep between refreshes", Duration::from_secs(20), || {
-        fs::read_to_string(&children).is_ok_and(|c| !c.trim().is_empty())
+    // Installed once the loop sleeps; then wait for it to compare the token with its copy.
+    wait_for("the loop's first sleep", Duration::from_secs(20), || {
+        children(pid).iter().any(|(_, name)| name == "sleep")
     });
-    // Held still, the loop gets SIGTERM only after its sleep has ended, as when the signal
-    // comes while it refreshes the token rather than sleeps.
-    // SAFETY: kill(2) with the ids of the child this test started and of its own child.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
-    for sleeper in fs::read_to_string(&children).unwrap().split_whitespace() {
-        let sleeper: libc::pid_t = sleeper.parse().unwrap();
-        unsafe { libc::kill(sleeper, libc::SIGKILL) };
-    }
-    sleep(Duration::from_millis(200));
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    node.write("slow", "");
+    wait_for(
+        "the loop copying the token",
+        Duration::from_secs(20),
+        || {
+            children(pid)
+                .iter()
+                .any(|(child, _)| children(*child).iter().any(|(_, name)| name == "cmp"))
+        },
+    );
     let (code, log) = stop(child);
     assert_eq!(code, Some(0), "SIGTERM ends the loop cleanly: {log}");
 }
