@@ -60,7 +60,8 @@ fn the_pod_annotation_from_the_api_picks_the_pool_and_wins_over_the_runtime() {
     let requests = server.requests();
     assert_eq!(requests.len(), 2, "{requests:?}");
     assert_eq!(requests[0].authorization.as_deref(), Some("Bearer t0ken"));
-    // DEL never asks the API server.
+    // CHECK and DEL never ask the API server.
+    env.cni("CHECK", &conf, Some(&att)).ok();
     env.cni("DEL", &conf, Some(&att)).ok();
     assert_eq!(server.requests().len(), 2);
     env.assert_consistent();
