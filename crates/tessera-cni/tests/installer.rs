@@ -12,7 +12,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+mod common;
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../images/install-cni.sh");
 const CNI_CONFIG_MAP: &str = concat!(
@@ -484,4 +486,74 @@ fn bad_settings_are_refused_by_name_before_anything_is_written() {
         assert!(stderr.contains(message), "{name}={value:?}: {stderr}");
         assert_eq!(node.host_files(), before, "{name}={value:?} wrote files");
     }
+}
+
+/// A self-signed CA certificate, as the cluster's would be.
+fn cluster_ca(dir: &Path) -> String {
+    let output = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=kubernetes"])
+        .arg("-keyout")
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.pem"))
+        .output()
+        .expect("openssl runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fs::read_to_string(dir.join("ca.pem")).unwrap()
+}
+
+#[test]
+fn the_real_plugin_runs_with_the_written_conflist_and_kubeconfig() {
+    let env = common::Env::new();
+    env.pool("pods", "10.244.0.0/16", 26, json!({}));
+    let node = Node::new();
+    node.write("sa/ca.crt", &cluster_ca(node.dir.path()));
+    // An API server address where nothing listens, so a lookup fails at once.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let net_dir = node.path(NET_DIR);
+    assert_success(&node.install_once(|command| {
+        command
+            .env("TESSERA_DATASTORE", env.db())
+            .env("CNI_NET_DIR_ON_HOST", &net_dir)
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("KUBERNETES_SERVICE_PORT", port.to_string());
+    }));
+    // What the runtime hands the first plugin of the list.
+    let conflist = node.conflist();
+    let mut conf = conflist["plugins"][0].clone();
+    conf["name"] = conflist["name"].clone();
+    conf["cniVersion"] = conflist["cniVersion"].clone();
+
+    // Without a pod to look up, ADD allocates for the node the conflist names.
+    let added = env.cni("ADD", &conf, Some(&common::Att::new("c1")));
+    let addresses = added.addresses();
+    assert!(addresses[0].starts_with("10.244."), "{addresses:?}");
+    assert!(addresses[0].ends_with("/26"), "block prefix: {addresses:?}");
+    let ip: std::net::IpAddr = addresses[0].split('/').next().unwrap().parse().unwrap();
+    let info = env.ipam().lookup(ip).unwrap().expect("allocated");
+    assert_eq!(info.block.affinity.as_deref(), Some("rack1-node2"));
+
+    // A pod's ADD reads the kubeconfig (CA, token file) and goes to its server.
+    let pod = common::Att::new("c2").pod("default", "web");
+    let refused = env.cni("ADD", &conf, Some(&pod));
+    let message = refused.full_error();
+    refused.err(11);
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert_eq!(env.handle_count(), 2, "the gateway and c1, nothing for c2");
 }
