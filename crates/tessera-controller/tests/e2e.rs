@@ -62,10 +62,24 @@ const FOLLOW: Duration = Duration::from_secs(10);
 /// The leak grace period the controllers run with.
 const GRACE: Duration = Duration::from_secs(3);
 
+/// The grace period of the tests that time releases: longer than the controller's wait after
+/// a pod deletion event (2 s), so that a release too early shows.
+const TIMED_GRACE: Duration = Duration::from_secs(5);
+
 fn started(cluster: &Cluster, identity: &str) -> Controller {
-    let mut controller = cluster.controller(identity, &[]);
+    started_with(cluster, identity, &[])
+}
+
+fn started_with(cluster: &Cluster, identity: &str, extra: &[&str]) -> Controller {
+    let mut controller = cluster.controller(identity, extra);
     controller.wait_ready();
     controller
+}
+
+/// A controller whose leak grace period is [`TIMED_GRACE`].
+fn started_timed(cluster: &Cluster) -> Controller {
+    let grace = format!("{}s", TIMED_GRACE.as_secs());
+    started_with(cluster, "a", &["--leak-grace-period", &grace])
 }
 
 fn label<'a>(record: &'a serde_json::Value, key: &str) -> Option<&'a str> {
@@ -277,7 +291,7 @@ fn a_pod_deleted_without_cni_del_is_collected_after_the_grace_period_and_never_b
     };
     cluster.apply(ONE_POOL);
     cluster.create_node("n1", json!({}));
-    let mut controller = started(&cluster, "a");
+    let mut controller = started_timed(&cluster);
     let pod = cluster.create_pod("default", "lost", "n1", json!({}));
     let ip = cluster.attach(&pod);
     let neighbour = cluster.create_pod("default", "kept", "n1", json!({}));
@@ -290,11 +304,11 @@ fn a_pod_deleted_without_cni_del_is_collected_after_the_grace_period_and_never_b
         &cluster,
         &mut controller,
         &ip,
-        deleted + GRACE - Duration::from_millis(300),
+        deleted + TIMED_GRACE - Duration::from_millis(300),
     );
-    wait_released(&cluster, &controller, &ip, GRACE + FOLLOW);
+    wait_released(&cluster, &controller, &ip, TIMED_GRACE + FOLLOW);
     assert!(
-        deleted.elapsed() >= GRACE,
+        deleted.elapsed() >= TIMED_GRACE,
         "released after {:?}",
         deleted.elapsed()
     );
@@ -380,7 +394,7 @@ fn a_statefulset_pod_recreated_with_a_new_uid_keeps_only_its_new_address() {
     };
     cluster.apply(ONE_POOL);
     cluster.create_node("n1", json!({}));
-    let mut controller = started(&cluster, "a");
+    let mut controller = started_timed(&cluster);
     let owner = json!({"ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
         "name": "web", "uid": "5e7c0000-0000-4000-8000-000000000001", "controller": true}]});
     let old = cluster.create_pod("default", "web-0", "n1", owner.clone());
@@ -394,13 +408,13 @@ fn a_statefulset_pod_recreated_with_a_new_uid_keeps_only_its_new_address() {
     let new_ip = cluster.attach(&new);
     let recreated = Instant::now();
 
-    wait_released(&cluster, &controller, &old_ip, GRACE + FOLLOW);
-    assert!(recreated.elapsed() >= GRACE - Duration::from_millis(500));
+    wait_released(&cluster, &controller, &old_ip, TIMED_GRACE + FOLLOW);
+    assert!(recreated.elapsed() >= TIMED_GRACE - Duration::from_millis(500));
     assert_held_until(
         &cluster,
         &mut controller,
         &new_ip,
-        Instant::now() + GRACE + Duration::from_secs(2),
+        Instant::now() + TIMED_GRACE + Duration::from_secs(2),
     );
     assert_eq!(cluster.holder(&new_ip), Some(new.handle()));
     drop(controller);
@@ -425,7 +439,7 @@ fn a_terminating_pod_keeps_its_address_until_its_deletion_time_plus_grace() {
     // deletionTimestamp has whole seconds, so it may be up to 1 s before now + 4 s.
     let keep_until = deleting + Duration::from_secs(3 + 4);
     assert_held_until(&cluster, &mut controller, &ip, keep_until);
-    wait_released(&cluster, &controller, &ip, GRACE + FOLLOW);
+    wait_released(&cluster, &controller, &ip, TIMED_GRACE + FOLLOW);
     drop(controller);
     cluster.assert_check_clean();
 }

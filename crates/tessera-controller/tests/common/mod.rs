@@ -474,7 +474,7 @@ impl Cluster {
     }
 
     /// Starts a controller with the test settings (`--gc-interval 1s`, `--leak-grace-period
-    /// 3s`, `--lease-duration 3s`) followed by `extra` (later flags win).
+    /// 3s`, `--lease-duration 3s`) and `extra` flags, which replace those of the same name.
     pub fn controller(&self, identity: &str, extra: &[&str]) -> Controller {
         let port = free_port();
         let log = self.dir().join(format!("controller-{identity}-{port}.log"));
@@ -487,8 +487,12 @@ impl Cluster {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--identity", identity])
             .args(["--lease-namespace", "tessera-system"])
-            .args(["--gc-interval", "1s", "--leak-grace-period", "3s"])
-            .args(["--lease-duration", "3s"])
+            .args(
+                TEST_SETTINGS
+                    .iter()
+                    .filter(|(flag, _)| !extra.contains(flag))
+                    .flat_map(|(flag, value)| [flag, value]),
+            )
             .args(extra)
             .env_remove("TESSERA_DATASTORE")
             .env_remove("KUBECONFIG")
@@ -506,6 +510,13 @@ impl Cluster {
         }
     }
 }
+
+/// The settings of the tests' controllers: passes every second, short grace and lease.
+const TEST_SETTINGS: [(&str, &str); 3] = [
+    ("--gc-interval", "1s"),
+    ("--leak-grace-period", "3s"),
+    ("--lease-duration", "3s"),
+];
 
 /// A running `tessera-controller`; dropping it kills the process.
 pub struct Controller {
