@@ -35,25 +35,27 @@ impl Manifest {
     }
 }
 
-/// The YAML files of a directory (not below it), sorted by name.
+/// The files of a directory (not below it) that `kubectl apply -f` reads, sorted by name.
 fn yaml_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .unwrap()
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
+        .filter(|name| {
+            [".yaml", ".yml", ".json"]
+                .iter()
+                .any(|ext| name.ends_with(ext))
+        })
         .collect();
     names.sort();
     names
 }
 
-/// Every document of every file of `deploy/` and `deploy/etcd/`, kustomizations excepted.
+/// Every document of every YAML file of `deploy/` and `deploy/etcd/` (each directory's
+/// `Kustomization` has no extension, so `kubectl apply -f` skips it).
 fn manifests() -> Vec<Manifest> {
     let mut all = Vec::new();
     for dir in ["deploy", "deploy/etcd"] {
         for name in yaml_files(&repo_path(dir)) {
-            if name == "kustomization.yaml" {
-                continue;
-            }
             let file = format!("{dir}/{name}");
             for doc in parse_documents(&file) {
                 all.push(Manifest {
@@ -218,13 +220,10 @@ fn every_manifest_parses_and_names_its_kind_and_namespace() {
 #[test]
 fn each_kustomization_lists_every_file_of_its_directory_in_order() {
     for dir in ["deploy", "deploy/etcd"] {
-        let kustomization = &parse_documents(&format!("{dir}/kustomization.yaml"))[0];
+        let kustomization = &parse_documents(&format!("{dir}/Kustomization"))[0];
         let listed = strings(&kustomization["resources"]);
-        let files: Vec<String> = yaml_files(&repo_path(dir))
-            .into_iter()
-            .filter(|name| name != "kustomization.yaml")
-            .collect();
-        assert_eq!(listed, files, "{dir}/kustomization.yaml resources");
+        let files = yaml_files(&repo_path(dir));
+        assert_eq!(listed, files, "{dir}/Kustomization resources");
         for name in &files {
             assert!(
                 name.as_bytes()[..2].iter().all(u8::is_ascii_digit),
@@ -249,7 +248,6 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
             ("", "nodes", read),
             ("", "namespaces", read),
             ("", "pods", read),
-            ("", "events", record),
             ("events.k8s.io", "events", record),
             (
                 "coordination.k8s.io",
