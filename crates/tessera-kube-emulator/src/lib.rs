@@ -22,7 +22,6 @@ use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -98,7 +97,7 @@ pub struct Response {
 
 /// A Kubernetes API emulator running as a child process of the test.
 pub struct KubeEmulator {
-    dir: PathBuf,
+    dir: tempfile::TempDir,
     child: Option<Child>,
     port: u16,
     tls_port: Option<u16>,
@@ -109,7 +108,7 @@ impl std::fmt::Debug for KubeEmulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KubeEmulator")
             .field("url", &self.url())
-            .field("dir", &self.dir)
+            .field("dir", &self.dir.path())
             .finish_non_exhaustive()
     }
 }
@@ -122,7 +121,10 @@ impl KubeEmulator {
 
     /// Starts an emulator with `options` and waits until it listens.
     pub fn start_with(options: &Options) -> Result<Self, String> {
-        let dir = unique_dir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("tessera-kube-emulator-")
+            .tempdir()
+            .map_err(|e| format!("cannot create a temporary directory: {e}"))?;
         let mut emulator = Self {
             dir,
             child: None,
@@ -170,13 +172,13 @@ impl KubeEmulator {
         let mut cmd = Command::new(python());
         cmd.arg(SERVER_SCRIPT)
             .arg("--port-file")
-            .arg(self.dir.join("port"));
+            .arg(self.dir.path().join("port"));
         if let Some(token) = &options.token {
             cmd.args(["--token", token]);
         }
         if let Some((cert, key)) = &options.tls {
             cmd.arg("--tls-port-file")
-                .arg(self.dir.join("tls-port"))
+                .arg(self.dir.path().join("tls-port"))
                 .arg("--tls-cert")
                 .arg(cert)
                 .arg("--tls-key")
@@ -203,7 +205,7 @@ impl KubeEmulator {
     }
 
     fn wait_for_port(&mut self, file: &str, deadline: Instant) -> Result<u16, String> {
-        let path = self.dir.join(file);
+        let path = self.dir.path().join(file);
         loop {
             if let Ok(text) = std::fs::read_to_string(&path) {
                 if let Ok(port) = text.trim().parse() {
@@ -253,7 +255,7 @@ impl KubeEmulator {
 
     /// The temporary directory holding the emulator's log and port files.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 
     /// Writes a kubeconfig for the plain HTTP URL (with the bearer token, if one is required).
@@ -286,7 +288,7 @@ impl KubeEmulator {
     }
 
     fn log_path(&self) -> PathBuf {
-        self.dir.join("emulator.log")
+        self.dir.path().join("emulator.log")
     }
 
     /// Sends one request; `path` starts with `/` (e.g. `/api/v1/nodes`).
@@ -379,8 +381,8 @@ impl KubeEmulator {
 
 impl Drop for KubeEmulator {
     fn drop(&mut self) {
+        // The process goes first; the directory follows when `dir` is dropped.
         self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -423,18 +425,4 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
         .ok_or_else(|| format!("no HTTP status line in {head:?}"))?;
     let json = serde_json::from_str(body).unwrap_or(Value::Null);
     Ok(Response { status, json })
-}
-
-fn unique_dir() -> Result<PathBuf, String> {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let dir = std::env::temp_dir().join(format!(
-        "tessera-kube-emulator-{}-{}-{nanos}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    Ok(dir)
 }
