@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import copy
 import datetime
-import json
 import os
 import socket
 import ssl
