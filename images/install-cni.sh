@@ -10,8 +10,9 @@
 # each file written beside its destination and renamed over it, so the container runtime never
 # reads a half-written file and a running plugin keeps its old binary. The network
 # configuration comes last: once it exists, the runtime may call the plugin.
-# Then (unless --once is given) it keeps the token fresh: the projected token of the pod is
-# rotated by the kubelet, and the copy is replaced whenever it changes.
+# Then (unless --once is given) it keeps the copies fresh: the kubelet rotates the pod's
+# projected token (and updates the etcd TLS files when their Secret changes), and each copy is
+# replaced whenever its source changes.
 #
 # Settings, from the environment (defaults fit the DaemonSet):
 #   NODE_NAME                 this node's name (downward API spec.nodeName); required
@@ -29,7 +30,7 @@
 #   CNI_CONF_TEMPLATE         template to render   [/etc/tessera/cni/conflist.template]
 #   SERVICE_ACCOUNT_DIR       projected service-account volume (token, ca.crt)
 #                             [/var/run/secrets/tessera/serviceaccount]
-#   TOKEN_REFRESH_SECONDS     how often to look for a rotated token   [10]
+#   TOKEN_REFRESH_SECONDS     how often to look for a rotated token or TLS file   [10]
 #
 # Template placeholders: __NODENAME__, __DATASTORE__, __KUBECONFIG_FILEPATH__ and
 # __ETCD_OPTIONS__ (the etcd_* fields, each followed by a comma, or nothing).
@@ -90,7 +91,7 @@ sync_file() {
 write_file() {
     rendered="$(dirname "$1")/.$(basename "$1").new"
     (umask 077 && cat >"$rendered") || { rm -f "$rendered"; fail "cannot write $rendered"; }
-    changed=$(sync_file "$rendered" "$1" "$2")
+    changed=$(sync_file "$rendered" "$1" "$2") || { rm -f "$rendered"; exit 1; }
     rm -f "$rendered"
     [ -z "$changed" ] || log "wrote $1"
 }
@@ -150,24 +151,34 @@ current-context: tessera-ipam
 EOF
 }
 
-# Copies one etcd TLS file to the host; prints the conflist field naming it.
-etcd_tls_option() {
-    [ -n "$2" ] || return 0
-    [ -r "$2" ] || fail "cannot read $2 (from $1); check the tessera-etcd-tls Secret"
-    sync_file "$2" "$CNI_NET_DIR/$ETCD_TLS_NAME/$3" 0600 >/dev/null
-    printf ' "%s": "%s",' "$4" "$CNI_NET_DIR_ON_HOST/$ETCD_TLS_NAME/$3"
+# The etcd TLS files: the variable naming one in this container, its copy on the node, and
+# the conflist field naming the copy.
+ETCD_TLS_FILES="TESSERA_ETCD_CA:ca.crt:etcd_ca TESSERA_ETCD_CERT:client.crt:etcd_cert
+TESSERA_ETCD_KEY:client.key:etcd_key"
+
+# Copies the etcd TLS files that are set to the node; prints "changed" when one changed.
+sync_etcd_tls() {
+    for entry in $ETCD_TLS_FILES; do
+        variable=${entry%%:*}
+        rest=${entry#*:}
+        eval "source=\${$variable:-}"
+        [ -n "$source" ] || continue
+        [ -r "$source" ] || fail "cannot read $source (from $variable); check the tessera-etcd-tls Secret"
+        mkdir -p "$CNI_NET_DIR/$ETCD_TLS_NAME" && chmod 0700 "$CNI_NET_DIR/$ETCD_TLS_NAME"
+        sync_file "$source" "$CNI_NET_DIR/$ETCD_TLS_NAME/${rest%%:*}" 0600
+    done
 }
 
+# The conflist fields naming the etcd TLS copies and the key prefix, each followed by a comma.
 etcd_options() {
-    if [ -n "${TESSERA_ETCD_CA:-}${TESSERA_ETCD_CERT:-}${TESSERA_ETCD_KEY:-}" ]; then
-        mkdir -p "$CNI_NET_DIR/$ETCD_TLS_NAME" && chmod 0700 "$CNI_NET_DIR/$ETCD_TLS_NAME"
-    fi
-    etcd_tls_option TESSERA_ETCD_CA "${TESSERA_ETCD_CA:-}" ca.crt etcd_ca
-    etcd_tls_option TESSERA_ETCD_CERT "${TESSERA_ETCD_CERT:-}" client.crt etcd_cert
-    etcd_tls_option TESSERA_ETCD_KEY "${TESSERA_ETCD_KEY:-}" client.key etcd_key
-    if [ -n "${TESSERA_ETCD_PREFIX:-}" ]; then
-        printf ' "etcd_prefix": "%s",' "$TESSERA_ETCD_PREFIX"
-    fi
+    for entry in $ETCD_TLS_FILES; do
+        variable=${entry%%:*}
+        rest=${entry#*:}
+        eval "source=\${$variable:-}"
+        [ -z "$source" ] ||
+            printf ' "%s": "%s",' "${rest#*:}" "$CNI_NET_DIR_ON_HOST/$ETCD_TLS_NAME/${rest%%:*}"
+    done
+    [ -z "${TESSERA_ETCD_PREFIX:-}" ] || printf ' "etcd_prefix": "%s",' "$TESSERA_ETCD_PREFIX"
 }
 
 write_conflist() {
@@ -182,6 +193,7 @@ write_conflist() {
 install() {
     check_settings
     sync_credentials >/dev/null
+    sync_etcd_tls >/dev/null
     write_kubeconfig
     changed=$(sync_file "$TESSERA_IPAM_BINARY" "$CNI_BIN_DIR/tessera-ipam" 0755)
     [ -z "$changed" ] || log "installed $CNI_BIN_DIR/tessera-ipam"
@@ -189,26 +201,32 @@ install() {
     log "node $NODE_NAME is ready for pods (datastore $TESSERA_DATASTORE)"
 }
 
-keep_token_fresh() {
+# Runs one of the sync functions ($2) and logs what it did with the files ($1).
+refresh() {
+    if ! changed=$($2); then
+        log "cannot copy the $1 to $CNI_NET_DIR; trying again"
+    elif [ -n "$changed" ]; then
+        log "refreshed the $1 in $CNI_NET_DIR"
+    fi
+}
+
+keep_credentials_fresh() {
     # Sleeping in the background lets the trap run at once; the sleep ends by itself.
     trap 'exit 0' TERM INT
     while :; do
         sleep "$TOKEN_REFRESH_SECONDS" &
         wait $! || true
-        if [ ! -r "$SERVICE_ACCOUNT_DIR/token" ]; then
-            log "cannot read $SERVICE_ACCOUNT_DIR/token; keeping the previous copy"
-            continue
-        fi
-        if ! changed=$(sync_credentials); then
-            log "cannot copy the service-account token to $CNI_NET_DIR; trying again"
-        elif [ -n "$changed" ]; then
-            log "refreshed the service-account token in $CNI_NET_DIR"
-        fi
+        refresh "service-account token" sync_credentials
+        refresh "etcd TLS files" sync_etcd_tls
     done
 }
 
 case "${1:-}" in
 --once) install ;;
-"") install && keep_token_fresh ;;
+# Each on its own line: a function run as the left side of && would ignore set -e.
+"")
+    install
+    keep_credentials_fresh
+    ;;
 *) fail "unknown argument $1; run without arguments, or with --once to install and exit" ;;
 esac

@@ -405,6 +405,41 @@ fn sigterm_while_the_token_is_being_copied_ends_the_loop_cleanly() {
 }
 
 #[test]
+fn a_step_that_fails_stops_the_installer_before_the_conflist() {
+    let node = Node::new();
+    // A directory where the binary should be: it cannot be copied.
+    fs::create_dir(node.path("image/not-a-binary")).unwrap();
+    let mut child = node
+        .installer()
+        .env("TESSERA_IPAM_BINARY", node.path("image/not-a-binary"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let (_, log) = stop(child);
+            panic!("the installer went on after a failed step: {log}");
+        }
+        sleep(Duration::from_millis(50));
+    };
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("cannot copy"), "{log}");
+    let written: Vec<String> = node
+        .host_files()
+        .into_keys()
+        .filter(|name| name.contains("conflist") && !name.contains("05-other"))
+        .collect();
+    assert!(written.is_empty(), "{written:?}");
+}
+
+#[test]
 fn etcd_tls_files_are_copied_to_the_node_and_named_in_the_conflist() {
     let node = Node::new();
     node.write("etcd-tls/ca.crt", "etcd ca");
@@ -438,6 +473,35 @@ fn etcd_tls_files_are_copied_to_the_node_and_named_in_the_conflist() {
         assert_eq!(node.mode(&copy), 0o600);
     }
     assert_eq!(node.mode(&format!("{NET_DIR}/tessera-etcd-tls")), 0o700);
+}
+
+#[test]
+fn etcd_tls_copies_follow_their_secret() {
+    let node = Node::new();
+    node.write("etcd-tls/tls.crt", "client cert 1");
+    let copy = format!("{NET_DIR}/tessera-etcd-tls/client.crt");
+    let child = node
+        .installer()
+        .env("TESSERA_DATASTORE", "etcds://192.0.2.11:2379")
+        .env("TESSERA_ETCD_CERT", node.path("etcd-tls/tls.crt"))
+        .env("TOKEN_REFRESH_SECONDS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("conflist", Duration::from_secs(20), || {
+        node.path(&format!("{NET_DIR}/10-tessera.conflist"))
+            .exists()
+    });
+    assert_eq!(node.read(&copy), "client cert 1");
+    node.write("etcd-tls/tls.crt", "client cert 2");
+    wait_for("the renewed certificate", Duration::from_secs(20), || {
+        fs::read_to_string(node.path(&copy)).is_ok_and(|c| c == "client cert 2")
+    });
+    assert_eq!(node.mode(&copy), 0o600);
+    let (code, log) = stop(child);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("refreshed the etcd TLS files"), "{log}");
 }
 
 #[test]
