@@ -93,6 +93,8 @@ pub struct Response {
     pub status: u16,
     /// Body parsed as JSON (`Value::Null` when empty or not JSON).
     pub json: Value,
+    /// Body as text (a watch answers with one JSON event per line).
+    pub body: String,
 }
 
 /// A Kubernetes API emulator running as a child process of the test.
@@ -424,5 +426,9 @@ fn parse_response(raw: &[u8]) -> Result<Response, String> {
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("no HTTP status line in {head:?}"))?;
     let json = serde_json::from_str(body).unwrap_or(Value::Null);
-    Ok(Response { status, json })
+    Ok(Response {
+        status,
+        json,
+        body: body.to_string(),
+    })
 }

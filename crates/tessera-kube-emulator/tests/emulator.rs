@@ -177,6 +177,49 @@ fn a_stale_resource_version_is_a_conflict() {
 }
 
 #[test]
+fn a_watch_resumes_after_a_resource_version_and_ends_at_its_timeout() {
+    let Some(kube) = KubeEmulator::start_or_skip("watch_resumes") else {
+        return;
+    };
+    let created = kube.create("/api/v1/nodes", &node("n1", json!({})));
+    kube.create("/api/v1/nodes", &node("n2", json!({})));
+    kube.patch(
+        "/api/v1/nodes/n1",
+        &json!({"metadata": {"labels": {"a": "1"}}}),
+    );
+    kube.delete("/api/v1/nodes/n2");
+
+    let since = resource_version(&created);
+    let started = Instant::now();
+    let path = format!("/api/v1/nodes?watch=true&resourceVersion={since}&timeoutSeconds=1");
+    let watch = kube
+        .request("GET", &path, "application/json", None)
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the watch outlived its timeout"
+    );
+    let events: Vec<(String, String)> = watch
+        .body
+        .lines()
+        .map(|line| {
+            let event: Value = serde_json::from_str(line).unwrap();
+            let name = event["object"]["metadata"]["name"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (event["type"].as_str().unwrap().to_string(), name)
+        })
+        .collect();
+    let expected = [("ADDED", "n2"), ("MODIFIED", "n1"), ("DELETED", "n2")];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(t, n)| (t.to_string(), n.to_string()))
+        .collect();
+    assert_eq!(events, expected, "only what came after {since}");
+}
+
+#[test]
 fn status_is_written_through_its_subresource_only() {
     let Some(kube) = KubeEmulator::start_or_skip("status_subresource") else {
         return;
