@@ -71,7 +71,12 @@ pub fn unavailable() -> Option<String> {
         Ok(out) => Some(format!(
             "{} cannot import kmock ({}); {fix}",
             python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            // A traceback's last line says what went wrong.
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+                .trim()
         )),
         Err(e) => Some(format!("cannot run {}: {e}; {fix}", python.display())),
     }
