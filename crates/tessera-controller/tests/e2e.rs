@@ -2,7 +2,8 @@
 //! real etcd and the Kubernetes API emulator. Nodes, namespaces and pods are made through the
 //! emulator only, as a cluster would; pools with `tessera apply`; pods attached with a CNI ADD.
 //!
-//! The controllers run with `--gc-interval 1s --leak-grace-period 3s --lease-duration 3s`.
+//! The controllers run with `--gc-interval 1s --leak-grace-period 3s --lease-duration 3s`, and
+//! a 5 s grace period where a test times a release.
 
 mod common;
 
