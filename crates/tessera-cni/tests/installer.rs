@@ -115,6 +115,21 @@ impl Node {
         command.output().expect("sh runs")
     }
 
+    /// Starts the installer with its refresh loop (every second) and waits until it has
+    /// installed.
+    fn start_loop(&self, configure: impl FnOnce(&mut Command)) -> Child {
+        let mut command = self.installer();
+        command
+            .env("TOKEN_REFRESH_SECONDS", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let child = command.spawn().unwrap();
+        let conflist = self.path(&format!("{NET_DIR}/10-tessera.conflist"));
+        wait_for("conflist", Duration::from_secs(20), || conflist.exists());
+        child
+    }
+
     fn conflist(&self) -> Value {
         let text = self.read(&format!("{NET_DIR}/10-tessera.conflist"));
         serde_json::from_str(&text)
@@ -302,17 +317,7 @@ fn a_new_binary_replaces_the_old_one_by_rename_and_an_unchanged_one_is_left_alon
 fn the_token_copy_follows_the_projected_token_as_it_rotates() {
     let node = Node::new();
     let token = format!("{NET_DIR}/tessera-token");
-    let child = node
-        .installer()
-        .env("TOKEN_REFRESH_SECONDS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("conflist", Duration::from_secs(20), || {
-        node.path(&format!("{NET_DIR}/10-tessera.conflist"))
-            .exists()
-    });
+    let child = node.start_loop(|_| {});
     assert_eq!(node.read(&token), "token-1");
     let kubeconfig = node.read(&format!("{NET_DIR}/tessera-kubeconfig"));
 
@@ -377,19 +382,11 @@ fn sigterm_while_the_token_is_being_copied_ends_the_loop_cleanly() {
         node.path("bin").display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let child = node
-        .installer()
-        .env("PATH", path)
-        .env("TOKEN_REFRESH_SECONDS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // Installed once the loop sleeps; then wait for it to compare the token with its copy.
-    wait_for("the loop's first sleep", Duration::from_secs(20), || {
-        children(pid).iter().any(|(_, name)| name == "sleep")
+    let child = node.start_loop(|command| {
+        command.env("PATH", path);
     });
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // Then wait for the loop to compare the token with its copy.
     node.write("slow", "");
     wait_for(
         "the loop copying the token",
@@ -480,18 +477,10 @@ fn etcd_tls_copies_follow_their_secret() {
     let node = Node::new();
     node.write("etcd-tls/tls.crt", "client cert 1");
     let copy = format!("{NET_DIR}/tessera-etcd-tls/client.crt");
-    let child = node
-        .installer()
-        .env("TESSERA_DATASTORE", "etcds://192.0.2.11:2379")
-        .env("TESSERA_ETCD_CERT", node.path("etcd-tls/tls.crt"))
-        .env("TOKEN_REFRESH_SECONDS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for("conflist", Duration::from_secs(20), || {
-        node.path(&format!("{NET_DIR}/10-tessera.conflist"))
-            .exists()
+    let child = node.start_loop(|command| {
+        command
+            .env("TESSERA_DATASTORE", "etcds://192.0.2.11:2379")
+            .env("TESSERA_ETCD_CERT", node.path("etcd-tls/tls.crt"));
     });
     assert_eq!(node.read(&copy), "client cert 1");
     node.write("etcd-tls/tls.crt", "client cert 2");
