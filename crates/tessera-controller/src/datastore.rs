@@ -22,13 +22,13 @@ use crate::mirror;
 pub enum Error {
     /// A Node or Namespace record could not be read or written (refused by validation,
     /// damaged, or the datastore failed).
-    #[error("{0}")]
+    #[error(transparent)]
     Catalog(#[from] CatalogError),
     /// An allocation operation failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Ipam(#[from] IpamError),
     /// The datastore failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 

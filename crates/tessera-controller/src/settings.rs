@@ -120,8 +120,8 @@ pub struct GcArgs {
     pub leak_grace_period: Duration,
 
     /// How often every handle is compared with the pods and every node record with the
-    /// nodes (watch events can be lost). A pod's deletion triggers a pass
-    /// at once.
+    /// nodes (watch events can be lost). Pod deletions also trigger a pass, two seconds
+    /// after the last of a burst.
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_interval)]
     pub gc_interval: Duration,
 
