@@ -50,11 +50,14 @@ fn yaml_files(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Every document of every YAML file of `deploy/` and `deploy/etcd/` (each directory's
-/// `Kustomization` has no extension, so `kubectl apply -f` skips it).
+/// The directories of manifests, each with its `Kustomization`.
+const DIRECTORIES: [&str; 3] = ["deploy", "deploy/crds", "deploy/etcd"];
+
+/// Every document of every YAML file of `deploy/`, `deploy/crds/` and `deploy/etcd/` (each
+/// directory's `Kustomization` has no extension, so `kubectl apply -f` skips it).
 fn manifests() -> Vec<Manifest> {
     let mut all = Vec::new();
-    for dir in ["deploy", "deploy/etcd"] {
+    for dir in DIRECTORIES {
         for name in yaml_files(&repo_path(dir)) {
             let file = format!("{dir}/{name}");
             for doc in parse_documents(&file) {
@@ -202,7 +205,12 @@ fn listed_flags(help: &str) -> BTreeSet<String> {
 fn every_manifest_parses_and_names_its_kind_and_namespace() {
     let manifests = manifests();
     assert!(manifests.len() > 10, "deploy/ holds too few objects");
-    let cluster_scoped = ["Namespace", "ClusterRole", "ClusterRoleBinding"];
+    let cluster_scoped = [
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "CustomResourceDefinition",
+    ];
     for m in &manifests {
         let what = format!("{} in {}", m.doc, m.file);
         assert!(m.doc["apiVersion"].is_string(), "no apiVersion: {what}");
@@ -219,9 +227,14 @@ fn every_manifest_parses_and_names_its_kind_and_namespace() {
 
 #[test]
 fn each_kustomization_lists_every_file_of_its_directory_in_order() {
-    for dir in ["deploy", "deploy/etcd"] {
+    for dir in DIRECTORIES {
         let kustomization = &parse_documents(&format!("{dir}/Kustomization"))[0];
-        let listed = strings(&kustomization["resources"]);
+        let mut listed = strings(&kustomization["resources"]);
+        if dir == "deploy" {
+            // The CustomResourceDefinitions come first: the controller watches them.
+            assert_eq!(listed.first(), Some(&"crds"), "deploy/Kustomization resources");
+            listed.remove(0);
+        }
         let files = yaml_files(&repo_path(dir));
         assert_eq!(listed, files, "{dir}/Kustomization resources");
         for name in &files {
@@ -242,6 +255,9 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
     ]);
     let read: &[&str] = &["get", "list", "watch"];
     let record: &[&str] = &["create", "patch"];
+    // Pools and reservations from kubectl: read, hold a finalizer, write the status.
+    let mirror: &[&str] = &["get", "list", "watch", "patch"];
+    let status: &[&str] = &["patch"];
     assert_eq!(
         controller,
         expected_grants(&[
@@ -249,6 +265,16 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
             ("", "namespaces", read),
             ("", "pods", read),
             ("events.k8s.io", "events", record),
+            ("spiderpool.spidernet.io", "spidersubnets", mirror),
+            ("spiderpool.spidernet.io", "spiderippools", mirror),
+            ("spiderpool.spidernet.io", "spiderreservedips", mirror),
+            ("spiderpool.spidernet.io", "spidersubnets/status", status),
+            ("spiderpool.spidernet.io", "spiderippools/status", status),
+            ("spiderpool.spidernet.io", "spiderreservedips/status", status),
+            ("crd.projectcalico.org", "ippools", mirror),
+            ("crd.projectcalico.org", "ipreservations", mirror),
+            ("crd.projectcalico.org", "ippools/status", status),
+            ("crd.projectcalico.org", "ipreservations/status", status),
             (
                 "coordination.k8s.io",
                 "leases",
