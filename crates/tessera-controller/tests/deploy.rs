@@ -232,7 +232,11 @@ fn each_kustomization_lists_every_file_of_its_directory_in_order() {
         let mut listed = strings(&kustomization["resources"]);
         if dir == "deploy" {
             // The CustomResourceDefinitions come first: the controller watches them.
-            assert_eq!(listed.first(), Some(&"crds"), "deploy/Kustomization resources");
+            assert_eq!(
+                listed.first(),
+                Some(&"crds"),
+                "deploy/Kustomization resources"
+            );
             listed.remove(0);
         }
         let files = yaml_files(&repo_path(dir));
@@ -270,7 +274,11 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
             ("spiderpool.spidernet.io", "spiderreservedips", mirror),
             ("spiderpool.spidernet.io", "spidersubnets/status", status),
             ("spiderpool.spidernet.io", "spiderippools/status", status),
-            ("spiderpool.spidernet.io", "spiderreservedips/status", status),
+            (
+                "spiderpool.spidernet.io",
+                "spiderreservedips/status",
+                status
+            ),
             ("crd.projectcalico.org", "ippools", mirror),
             ("crd.projectcalico.org", "ipreservations", mirror),
             ("crd.projectcalico.org", "ippools/status", status),
