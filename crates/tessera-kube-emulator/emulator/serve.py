@@ -37,11 +37,22 @@ SERVED = {
     ('events.k8s.io', 'v1', 'events'): 'Event',
 }
 
+# The custom resources of deploy/crds/ (cluster-scoped, with a /status subresource), as their
+# CustomResourceDefinitions name them: (group, version, plural) -> (kind, singular, short names).
+CUSTOM = {
+    ('spiderpool.spidernet.io', 'v2beta1', 'spidersubnets'): ('SpiderSubnet', 'spidersubnet', {'ss'}),
+    ('spiderpool.spidernet.io', 'v2beta1', 'spiderippools'): ('SpiderIPPool', 'spiderippool', {'sp'}),
+    ('spiderpool.spidernet.io', 'v2beta1', 'spiderreservedips'): ('SpiderReservedIP', 'spiderreservedip', {'sr'}),
+    ('crd.projectcalico.org', 'v1', 'ippools'): ('IPPool', 'ippool', set()),
+    ('crd.projectcalico.org', 'v1', 'ipreservations'): ('IPReservation', 'ipreservation', set()),
+}
+SERVED.update({triple: kind for triple, (kind, _, _) in CUSTOM.items()})
+
 # The namespaces every cluster starts with.
 BUILT_IN_NAMESPACES = ('default', 'kube-node-lease', 'kube-public', 'kube-system')
 
 # Resources whose main endpoint ignores changes to `status` (they have a /status subresource).
-WITH_STATUS = {'nodes', 'namespaces', 'pods'}
+WITH_STATUS = {'nodes', 'namespaces', 'pods'} | {plural for (_, _, plural) in CUSTOM}
 
 # Field selectors understood (equality and inequality only, as the real API server).
 FIELD_PATHS = {
@@ -145,7 +156,14 @@ class Emulator(kmock.KubernetesEmulator):
         bundled.load_bundled()
         for (group, version, plural) in SERVED:
             key = kmock.resource(group, version, plural)
-            self.resources[key] = bundled[key]
+            if (group, version, plural) in CUSTOM:
+                kind, singular, short_names = CUSTOM[(group, version, plural)]
+                self.resources[key] = kmock.ResourceInfo(
+                    namespaced=False, kind=kind, singular=singular, shortnames=short_names,
+                    verbs={'get', 'list', 'watch', 'create', 'update', 'patch', 'delete'},
+                    subresources={'status'})
+            else:
+                self.resources[key] = bundled[key]
         self.token = None
         self.revision = 0
         self.store = {}  # (resource triple, namespace or None, name) -> object

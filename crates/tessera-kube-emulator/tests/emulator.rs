@@ -243,6 +243,61 @@ fn status_is_written_through_its_subresource_only() {
 }
 
 #[test]
+fn the_pool_custom_resources_are_served_with_a_status_subresource() {
+    let Some(kube) = KubeEmulator::start_or_skip("custom_resources") else {
+        return;
+    };
+    let served = [
+        (
+            "spiderpool.spidernet.io/v2beta1",
+            "spidersubnets",
+            "SpiderSubnet",
+        ),
+        (
+            "spiderpool.spidernet.io/v2beta1",
+            "spiderippools",
+            "SpiderIPPool",
+        ),
+        (
+            "spiderpool.spidernet.io/v2beta1",
+            "spiderreservedips",
+            "SpiderReservedIP",
+        ),
+        ("crd.projectcalico.org/v1", "ippools", "IPPool"),
+        (
+            "crd.projectcalico.org/v1",
+            "ipreservations",
+            "IPReservation",
+        ),
+    ];
+    for (api_version, plural, kind) in served {
+        let path = format!("/apis/{api_version}/{plural}");
+        let object =
+            json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "a"}, "spec": {}});
+        kube.create(&path, &object);
+        let ignored = kube.patch(&format!("{path}/a"), &json!({"status": {"x": 1}}));
+        assert_eq!(
+            ignored.get("status"),
+            None,
+            "{kind}: status through the main endpoint"
+        );
+        let written = kube.patch(&format!("{path}/a/status"), &json!({"status": {"x": 2}}));
+        assert_eq!(written["status"]["x"], 2, "{kind}");
+        let list = kube.get(&path).unwrap();
+        assert_eq!(list["kind"], format!("{kind}List"));
+    }
+    let discovery = kube.get("/apis/spiderpool.spidernet.io/v2beta1").unwrap();
+    let pools = discovery["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "spiderippools")
+        .unwrap_or_else(|| panic!("no spiderippools in {discovery}"));
+    assert_eq!(pools["namespaced"], false);
+    assert_eq!(pools["shortNames"], json!(["sp"]));
+}
+
+#[test]
 fn a_pod_deleted_with_a_grace_period_terminates_then_goes() {
     let Some(kube) = KubeEmulator::start_or_skip("graceful_pod_deletion") else {
         return;
