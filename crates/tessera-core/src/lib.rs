@@ -2,6 +2,7 @@
 //! the datastore contract and the IP allocator. No I/O happens here; every read and write goes
 //! through the [`store::Store`] trait.
 
+pub mod autopool;
 pub mod catalog;
 pub mod decode;
 pub mod ipam;

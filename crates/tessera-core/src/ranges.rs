@@ -222,6 +222,39 @@ impl IpRangeSet {
         self.intersect(&Self::from_net(net))
     }
 
+    /// The `n` lowest addresses of the set (all of them when it holds fewer): what a new
+    /// or growing pool is cut from its subnet's free addresses.
+    pub fn lowest(&self, n: u128) -> IpRangeSet {
+        let mut out = Self::empty(self.v6);
+        let mut left = n;
+        for &(a, b) in &self.ranges {
+            if left == 0 {
+                break;
+            }
+            let take = (b - a).saturating_add(1).min(left);
+            out.ranges.push((a, a + (take - 1)));
+            left -= take;
+        }
+        out
+    }
+
+    /// The `n` highest addresses of the set (all of them when it holds fewer): what a
+    /// shrinking pool gives back, so the addresses it keeps stay at its start.
+    pub fn highest(&self, n: u128) -> IpRangeSet {
+        let mut out = Self::empty(self.v6);
+        let mut left = n;
+        for &(a, b) in self.ranges.iter().rev() {
+            if left == 0 {
+                break;
+            }
+            let take = (b - a).saturating_add(1).min(left);
+            out.ranges.push((b - (take - 1), b));
+            left -= take;
+        }
+        out.ranges.reverse();
+        out
+    }
+
     /// The set written as Spiderpool writes `ips`: single addresses and `a-b` ranges.
     pub fn to_strings(&self) -> Vec<String> {
         self.ranges
@@ -261,6 +294,25 @@ mod tests {
         assert!(s.contains("10.244.120.15".parse().unwrap()));
         assert!(!s.contains("10.244.120.22".parse().unwrap()));
         assert!(!s.contains("fd00::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn lowest_and_highest_take_whole_ranges_then_part_of_the_next() {
+        let s = set(&["10.0.0.1-10.0.0.3", "10.0.0.10-10.0.0.20"]);
+        assert_eq!(s.lowest(0).len(), 0);
+        assert_eq!(
+            s.lowest(5).to_strings(),
+            ["10.0.0.1-10.0.0.3", "10.0.0.10-10.0.0.11"]
+        );
+        assert_eq!(s.lowest(100), s);
+        assert_eq!(
+            s.highest(12).to_strings(),
+            ["10.0.0.3", "10.0.0.10-10.0.0.20"]
+        );
+        assert_eq!(s.highest(1).to_strings(), ["10.0.0.20"]);
+        assert_eq!(s.highest(100), s);
+        let v6 = set(&["fd00::1-fd00::ffff"]);
+        assert_eq!(v6.lowest(2).to_strings(), ["fd00::1-fd00::2"]);
     }
 
     #[test]
