@@ -27,8 +27,10 @@
 //!
 //! This module holds the commands; `write` plans and commits them, `parts` writes a plan too
 //! large for one transaction, `pool_checks` checks pool-like resources against one another,
-//! `patch` is the merge patch and `stamp` makes uids, creation times and guard nonces.
+//! `patch` is the merge patch, `stamp` makes uids, creation times and guard nonces and `owner`
+//! keeps records managed in Kubernetes apart from those managed with `tessera`.
 
+mod owner;
 mod parts;
 mod patch;
 mod pool_checks;
@@ -54,6 +56,9 @@ use crate::validate::calico::IPAM_CONFIG_NAME;
 use crate::validate::error::ValidationError;
 use crate::validate::validate;
 
+pub use owner::{
+    is_managed_by_kubernetes, KUBERNETES_KINDS, MANAGED_BY_ANNOTATION, MANAGED_BY_KUBERNETES,
+};
 pub use patch::merge_patch;
 pub use stamp::{format_rfc3339, new_uid};
 
@@ -248,6 +253,17 @@ pub enum CatalogError {
         /// What undoing the earlier parts did.
         undo: String,
     },
+    /// The resource is managed on the other side: in Kubernetes when `tessera` writes, with
+    /// `tessera` when tessera-controller mirrors a Kubernetes object (see [`MANAGED_BY_ANNOTATION`]).
+    #[error("{kind} {}: {reason}", quoted(.name))]
+    ManagedElsewhere {
+        /// Kind of the resource.
+        kind: Kind,
+        /// Name of the resource.
+        name: String,
+        /// Who manages it and what to do.
+        reason: String,
+    },
     /// Other writers kept changing the same resources.
     #[error(
         "the datastore kept changing while this command ran ({attempts} attempts); nothing was \
@@ -350,6 +366,7 @@ pub struct Catalog<'a, S: Store + ?Sized> {
     store: &'a S,
     attempts: u32,
     in_use: Option<&'a InUseCheck<'a>>,
+    writer: owner::Writer,
 }
 
 impl<'a, S: Store + ?Sized> Catalog<'a, S> {
@@ -359,7 +376,16 @@ impl<'a, S: Store + ?Sized> Catalog<'a, S> {
             store,
             attempts: MAX_ATTEMPTS,
             in_use: None,
+            writer: owner::Writer::Tessera,
         }
+    }
+
+    /// The same catalog as tessera-controller's mirror of Kubernetes objects: it writes and
+    /// deletes only records marked with [`MANAGED_BY_ANNOTATION`] (and new ones), where every
+    /// other catalog refuses to touch them.
+    pub fn as_kubernetes_mirror(mut self) -> Self {
+        self.writer = owner::Writer::KubernetesMirror;
+        self
     }
 
     /// The same catalog, asking `check` before a SpiderIPPool loses addresses and refusing

@@ -15,6 +15,7 @@ use crate::resources::{Kind, Resource};
 use crate::store::{Compare, KeyValue, Op, Read, Snapshot, Store, StoreError, TxnOutcome};
 use crate::validate::validate;
 
+use super::owner;
 use super::parts::Load;
 
 impl<S: Store + ?Sized> Catalog<'_, S> {
@@ -76,7 +77,8 @@ impl<S: Store + ?Sized> Catalog<'_, S> {
             if expected.is_some_and(|want| want != revision) {
                 return Ok(None);
             }
-            if let Some(problem) = refusal(r, mode, stored) {
+            let owner = owner::refusal(self.writer, r.kind(), r.name(), Some(r), stored);
+            if let Some(problem) = owner.or_else(|| refusal(r, mode, stored)) {
                 problems.push(problem);
                 continue;
             }
@@ -172,6 +174,11 @@ impl<S: Store + ?Sized> Catalog<'_, S> {
         for (i, (kind, name)) in unique.iter().enumerate() {
             match snap.get(first + i) {
                 Some(kv) => {
+                    if let Some(problem) = owner::refusal(self.writer, *kind, name, None, Some(kv))
+                    {
+                        problems.push(problem);
+                        continue;
+                    }
                     let mut item = Item::new(*kind, name, Some(kv.clone()));
                     item.op = Some(Op::Delete(kv.key.clone()));
                     plan.items.push(item);
