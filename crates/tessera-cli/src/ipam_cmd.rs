@@ -298,6 +298,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
             interface: args.interface.clone(),
             container_id: args.container_id.clone(),
             gateway_of: None,
+            statefulset: None,
         },
         num_v4: if default_v4 {
             1
@@ -395,6 +396,7 @@ mod tests {
             interface: Some("eth0".into()),
             container_id: Some("c1".into()),
             gateway_of: None,
+            statefulset: None,
         };
         assert_eq!(
             in_use("10.22.0.5".parse().unwrap(), "pods:c1:eth0", &attrs),

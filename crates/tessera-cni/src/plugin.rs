@@ -48,7 +48,7 @@ enum Existing {
     Other {
         id: String,
         held: Assignment,
-        attrs: Attributes,
+        attrs: Box<Attributes>,
     },
     /// The legacy id holds another network's attachment: not this one's.
     OtherLegacy,
@@ -61,6 +61,35 @@ impl<'a> Invocation<'a> {
     /// are released independently.
     pub fn handle(&self) -> String {
         handle_id(&self.conf.name, &self.env.container_id, &self.env.ifname)
+    }
+
+    /// The StatefulSet owning this ADD's pod, as read from Kubernetes; only a pod named in
+    /// `CNI_ARGS` counts, since its handle is named after it.
+    fn statefulset(&self) -> Option<&str> {
+        let (Some(_), Some(_)) = self.pod() else {
+            return None;
+        };
+        self.pod_from_api.as_ref()?.statefulset.as_deref()
+    }
+
+    /// The handle an ADD assigns to: named after the pod for a StatefulSet pod (see
+    /// [`sticky_handle_id`]), else after the attachment.
+    fn request_handle(&self) -> String {
+        match (self.statefulset(), self.pod()) {
+            (Some(_), (Some(ns), Some(pod))) => {
+                sticky_handle_id(&self.conf.name, ns, pod, &self.env.ifname)
+            }
+            _ => self.handle(),
+        }
+    }
+
+    /// The handle a StatefulSet pod of this invocation's name would hold (none without a pod
+    /// in `CNI_ARGS`).
+    fn sticky_handle(&self) -> Option<String> {
+        let (Some(ns), Some(pod)) = self.pod() else {
+            return None;
+        };
+        Some(sticky_handle_id(&self.conf.name, ns, pod, &self.env.ifname))
     }
 
     /// The id earlier versions gave this attachment (see [`legacy_handle_id`]).
@@ -90,10 +119,12 @@ impl<'a> Invocation<'a> {
             && (attrs.namespace.as_deref(), attrs.pod.as_deref()) == self.pod()
     }
 
-    /// This attachment's handle record: under its id, else under its legacy id; only one
-    /// whose recorded container id and interface are this attachment's.
+    /// This attachment's handle record: under its id, else under its legacy id, else under
+    /// its pod's name (a StatefulSet pod); only one whose recorded container id and interface
+    /// are this attachment's.
     fn own_record(&self, ipam: &Allocator) -> Result<Option<HandleRecord>, IpamError> {
-        for id in [self.handle(), self.legacy_handle()] {
+        let ids = [self.handle(), self.legacy_handle()];
+        for id in ids.into_iter().chain(self.sticky_handle()) {
             match ipam.handle(&id)? {
                 Some(rec) if self.is_this_attachment(&rec.attrs) => return Ok(Some(rec)),
                 _ => {}
@@ -156,7 +187,10 @@ impl<'a> Invocation<'a> {
         }
         let mut conf = self.conf.clone();
         conf.pod_annotations.extend(facts.annotations.clone());
-        conf.pod_labels = Some(facts.labels.clone());
+        // The workload's labels let the pod match its auto pools' podAffinity.
+        let mut labels = facts.labels.clone();
+        labels.extend(facts.app.iter().flat_map(|app| app.pod_labels()));
+        conf.pod_labels = Some(labels);
         Ok(Some(Invocation {
             command: self.command,
             env: self.env.clone(),
@@ -272,6 +306,12 @@ impl<'a> Invocation<'a> {
     /// An allocator error of ADD as a CNI error; a gateway another handle holds is named with
     /// the workload holding it.
     fn assign_error(&self, ipam: &Allocator, e: IpamError, origins: &Origins) -> CniError {
+        if let Ok(Some(auto)) = self.auto_pools() {
+            let missing = matches!(e, IpamError::InvalidRequest(_));
+            if let Some(error) = crate::autopool::error(ipam.store().as_ref(), &auto, missing) {
+                return error;
+            }
+        }
         let IpamError::GatewayInUse { ip, handle } = &e else {
             return refused(e, origins);
         };
@@ -337,6 +377,7 @@ impl<'a> Invocation<'a> {
                 return Ok(Existing::OtherLegacy);
             }
             let id = id.to_string();
+            let attrs = Box::new(attrs);
             return Ok(Existing::Other { id, held, attrs });
         }
         Ok(Existing::Gone)
@@ -454,6 +495,19 @@ impl<'a> Invocation<'a> {
         Ok(Some((source, ips)))
     }
 
+    /// This interface's auto pools, for a pod read from Kubernetes whose annotations name a
+    /// SpiderSubnet (see [`crate::autopool`]).
+    fn auto_pools(&self) -> Result<Option<crate::autopool::AutoPools>, CniError> {
+        let Some(facts) = &self.pod_from_api else {
+            return Ok(None);
+        };
+        crate::autopool::for_pod(
+            &self.conf.pod_annotations,
+            facts.app.as_ref(),
+            &self.env.ifname,
+        )
+    }
+
     /// The allocator request, and where each address it names by value was asked for.
     fn assign_request(&self, node: &str) -> Result<(AssignRequest, Origins), CniError> {
         let conf = &self.conf;
@@ -485,7 +539,11 @@ impl<'a> Invocation<'a> {
         }
         let ips: Vec<IpAddr> = origins.iter().map(|(ip, _)| *ip).collect();
         // Spiderpool's annotations and Calico's are one rule: the workload's own choice.
-        let mut pools = self.pod_pools()?.pools;
+        // A pod naming a SpiderSubnet draws from its workload's auto pools only.
+        let mut pools = match self.auto_pools()? {
+            Some(auto) => auto.patterns,
+            None => self.pod_pools()?.pools,
+        };
         for key in [IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION] {
             if let Some(value) = annotations.get(key) {
                 pools.extend(parse_pool_annotation(value).map_err(|e| bad_annotation(key, e))?);
@@ -508,8 +566,9 @@ impl<'a> Invocation<'a> {
         }
         let env = &self.env;
         let from_api = self.pod_from_api.as_ref();
+        let statefulset = self.statefulset();
         let request = AssignRequest {
-            handle: self.handle(),
+            handle: self.request_handle(),
             node: node.to_string(),
             attrs: Attributes {
                 namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),
@@ -522,6 +581,7 @@ impl<'a> Invocation<'a> {
                 interface: Some(env.ifname.clone()),
                 container_id: Some(env.container_id.clone()),
                 gateway_of: None,
+                statefulset: statefulset.map(str::to_string),
             },
             num_v4,
             num_v6,
@@ -916,6 +976,14 @@ const SEPARATOR: char = ':';
 /// parts at its first two colons: two attachments never share an id.
 pub fn handle_id(network: &str, container_id: &str, ifname: &str) -> String {
     format!("{network}{SEPARATOR}{container_id}{SEPARATOR}{ifname}")
+}
+
+/// The handle of a StatefulSet pod's attachment: `<network>:<namespace>/<pod>:<interface>`.
+/// It is named after the pod, not the container, so that the pod created again under its
+/// name finds it and takes its addresses over; DEL, which names the container, leaves it.
+/// No container id holds `/`, so it is never an attachment's [`handle_id`].
+pub fn sticky_handle_id(network: &str, namespace: &str, pod: &str, ifname: &str) -> String {
+    format!("{network}{SEPARATOR}{namespace}/{pod}{SEPARATOR}{ifname}")
 }
 
 /// The handle holding the gateways of network `network`: `<network>:gateway`. Its two parts

@@ -1053,6 +1053,7 @@ fn legacy_assign(env: &Env, handle: &str, cid: &str, pod: &str) -> std::net::IpA
                 interface: Some("eth0".into()),
                 container_id: Some(cid.into()),
                 gateway_of: None,
+                statefulset: None,
             },
             num_v4: 1,
             ..Default::default()

@@ -382,6 +382,7 @@ mod tests {
             interface: Some("eth0".into()),
             container_id: Some(format!("cid-{pod}-{}", uid.unwrap_or("none"))),
             gateway_of: None,
+            statefulset: None,
         }
     }
 

@@ -152,6 +152,7 @@ fn pod(name: &str, uid: &str, node: &str) -> Attributes {
         interface: Some("eth0".into()),
         container_id: Some(format!("cid-{uid}")),
         gateway_of: None,
+        statefulset: None,
     }
 }
 

@@ -527,6 +527,7 @@ const IPAMCONFIG_FIELDS: &[(&str, Ty)] = &[
             note: "use a whole number from 0 (no limit) to 4294967295",
         },
     ),
+    ("enableStatefulSet", Ty::Bool),
 ];
 
 const METADATA_FIELDS: &[(&str, Ty)] = &[

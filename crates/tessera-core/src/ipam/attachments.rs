@@ -57,27 +57,7 @@ impl<S: Store> Ipam<S> {
             Some(kv) => {
                 let rec: HandleRecord = decode(kv)?;
                 attrs = Some(rec.attrs.clone());
-                let addresses: Vec<AssignedAddress> = rec
-                    .addresses
-                    .iter()
-                    .map(|a| {
-                        let block = parse_block_key(&a.block)
-                            .map(|(_, net)| net)
-                            .unwrap_or_else(|| a.ip.into());
-                        match context.pool_containing(a.ip) {
-                            Some(p) => p.assigned(a.ip, block),
-                            None => AssignedAddress {
-                                ip: a.ip,
-                                pool: String::new(),
-                                pool_cidr: block,
-                                block,
-                                gateway: None,
-                                routes: Vec::new(),
-                                vlan: None,
-                            },
-                        }
-                    })
-                    .collect();
+                let addresses = described(&rec, &context);
                 (!addresses.is_empty()).then(|| Assignment {
                     handle: id.to_string(),
                     addresses,
@@ -90,6 +70,32 @@ impl<S: Store> Ipam<S> {
             context,
         })
     }
+}
+
+/// The addresses of `rec` as [`Ipam::assign`] would have returned them, their pools looked
+/// up in `context`. An address whose pool was deleted since reports an empty pool name and
+/// the network of its block as the pool network.
+pub(super) fn described(rec: &HandleRecord, context: &Context) -> Vec<AssignedAddress> {
+    rec.addresses
+        .iter()
+        .map(|a| {
+            let block = parse_block_key(&a.block)
+                .map(|(_, net)| net)
+                .unwrap_or_else(|| a.ip.into());
+            match context.pool_containing(a.ip) {
+                Some(p) => p.assigned(a.ip, block),
+                None => AssignedAddress {
+                    ip: a.ip,
+                    pool: String::new(),
+                    pool_cidr: block,
+                    block,
+                    gateway: None,
+                    routes: Vec::new(),
+                    vlan: None,
+                },
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod readiness;
 mod records;
 mod release;
 mod select;
+mod sticky;
 
 use std::net::IpAddr;
 
@@ -33,6 +34,7 @@ pub use select::{
     parse_pool_annotation, Family, IPV4_POOLS_ANNOTATION, IPV6_POOLS_ANNOTATION,
     IP_ADDRS_ANNOTATION, SPIDER_POOL_REF,
 };
+pub use sticky::{is_earlier_pod, misfit};
 
 use crate::keys;
 use crate::retry::{self, MAX_ATTEMPTS};
@@ -386,7 +388,9 @@ impl<S: Store> Ipam<S> {
     }
 
     /// Allocates what `req` asks for to a handle that does not exist yet; `Ok(None)` when it
-    /// does (a retried request: see [`Ipam::attachment`] for what it holds). Returns the
+    /// does (a retried request: see [`Ipam::attachment`] for what it holds). A StatefulSet
+    /// pod's handle ([`Attributes::statefulset`]) left by an earlier pod of the same name is
+    /// taken over with its addresses, when they still fit the request (see `sticky`). Returns the
     /// configuration the allocation was decided on too, current as of its commit.
     ///
     /// The same round trips as [`Ipam::assign`]: the handle is read in the snapshot, or, from
@@ -511,7 +515,16 @@ impl<S: Store> Ipam<S> {
                 ..inputs
             };
             if only_new && (inputs.handle.is_some() || alias_exists) {
-                return Ok(Some(None));
+                // A StatefulSet pod created again finds the handle its earlier self left.
+                let earlier = inputs.handle.as_ref().filter(|_| !alias_exists);
+                return Ok(match earlier {
+                    Some(kv) => match self.take_over(req, &attrs, kv, &inputs)? {
+                        sticky::TakeOver::NotEarlier => Some(None),
+                        sticky::TakeOver::Kept(done, ctx) => Some(Some((done, *ctx))),
+                        sticky::TakeOver::Released | sticky::TakeOver::Conflict => None,
+                    },
+                    None => Some(None),
+                });
             }
             let fresh = self.try_assign(req, &attrs, inputs, cached.as_ref(), false, aliases)?;
             Ok(match fresh {

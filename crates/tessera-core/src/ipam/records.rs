@@ -36,6 +36,11 @@ pub struct Attributes {
     /// or `ptp` puts on the host side): that network's name. Never a pod's address.
     #[serde(rename = "gw", default, skip_serializing_if = "Option::is_none")]
     pub gateway_of: Option<String>,
+    /// Set when the pod belongs to a StatefulSet: its name. The handle is then named after
+    /// the pod rather than the container, and outlives the pod so that the pod created
+    /// again under the same name gets the same addresses (see [`super::Ipam::assign_new`]).
+    #[serde(rename = "sts", default, skip_serializing_if = "Option::is_none")]
+    pub statefulset: Option<String>,
 }
 
 /// One allocated address as the admin views show it: its handle and, from the handle

@@ -126,6 +126,10 @@ pub struct IPAMConfigurationSpec {
     /// Upper bound on blocks affine to one node (0 = no limit).
     #[serde(default)]
     pub max_blocks_per_host: u32,
+    /// A StatefulSet pod created again under its name gets its addresses back (Spiderpool's
+    /// `ipam.enableStatefulSet`); off, it gets new ones like any other pod.
+    #[serde(default = "default_true")]
+    pub enable_stateful_set: bool,
 }
 
 fn default_true() -> bool {
@@ -138,6 +142,7 @@ impl Default for IPAMConfigurationSpec {
             strict_affinity: false,
             auto_allocate_blocks: true,
             max_blocks_per_host: 0,
+            enable_stateful_set: true,
         }
     }
 }
