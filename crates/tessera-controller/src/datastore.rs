@@ -91,6 +91,11 @@ impl Datastore {
         Self { store }
     }
 
+    /// The store itself, for the operations of other modules.
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     fn catalog(&self) -> Catalog<'_, dyn Store> {
         Catalog::new(self.store.as_ref())
     }

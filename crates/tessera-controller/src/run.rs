@@ -249,6 +249,7 @@ async fn act(ctx: &Context) -> Error {
         () = watch_pods(ctx, pod_writer, &pod_deleted) => Error::Stopped("pod watch"),
         () = collect(ctx, &caches, &pod_deleted) => Error::Stopped("garbage collection"),
         () = ping(ctx) => Error::Stopped("datastore ping"),
+        () = crate::crds::mirror_all(ctx) => Error::Stopped("pool and reservation mirror"),
     }
 }
 

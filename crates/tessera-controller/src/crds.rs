@@ -1,0 +1,367 @@
+//! Pools and reservations managed with kubectl: SpiderSubnets, SpiderIPPools,
+//! SpiderReservedIPs and Calico's IPPools and IPReservations (deploy/crds/) are carried into
+//! the datastore through the same validation as `tessera apply`.
+//!
+//! For each object: a finalizer first (so that its deletion waits for the record's), then the
+//! object applied whole with the catalog's Kubernetes mirror (records it writes are marked,
+//! and `tessera` refuses to change them; it never overwrites a record made with `tessera`);
+//! then the status: a `Synced` condition and, for SpiderIPPools and SpiderSubnets,
+//! Spiderpool's `allocatedIPCount` and `totalIPCount`. A refusal becomes the condition's
+//! message and a Warning Event, with the text `tessera apply` prints. A deleted object's record
+//! is deleted with `tessera delete`'s rules (a SpiderIPPool holding addresses stays, and so does
+//! the object, until they are released). Every object is looked at again at every
+//! garbage-collection pass (`--gc-interval`), which refreshes the counts and retries refused
+//! deletions.
+
+mod model;
+
+pub use model::{Finding, Mirrored, CONDITION_TYPE, FINALIZER, MIRRORED};
+
+use std::pin::pin;
+
+use futures::StreamExt;
+use kube::api::{Patch, PatchParams};
+use kube::core::{ApiResource, DynamicObject};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, Event as WatchEvent};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Resource, ResourceExt};
+use serde_json::{json, Value};
+use tessera_core::catalog::{Catalog, CatalogError, InUse};
+use tessera_core::decode::decode_document;
+use tessera_core::ipam::{Ipam, IpamError};
+use tessera_core::ranges::IpRangeSet;
+use tessera_core::resources::{Kind, Resource as TesseraResource};
+use tessera_core::store::{Store, StoreError};
+
+use crate::run::Context;
+
+/// Who the Events say recorded them.
+const REPORTER: &str = "tessera-controller";
+
+/// Why looking at one object failed (it is looked at again at the next event or pass).
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("datastore: {0}")]
+    Datastore(#[from] CatalogError),
+    #[error("a datastore call did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Watches every mirrored resource until the controller stops acting.
+pub async fn mirror_all(ctx: &Context) {
+    let recorder = Recorder::new(ctx.client.clone(), Reporter::from(REPORTER));
+    let loops = MIRRORED.map(|mirrored| mirror_kind(ctx, mirrored, &recorder));
+    futures::future::join_all(loops).await;
+}
+
+/// Watches one resource; looks at every object on each of its events and at every pass.
+async fn mirror_kind(ctx: &Context, mirrored: Mirrored, recorder: &Recorder) {
+    let resource = mirrored.api_resource();
+    let api = Api::<DynamicObject>::all_with(ctx.client.clone(), &resource);
+    let writer = Writer::<DynamicObject>::new(resource.clone());
+    let cache = writer.as_reader();
+    let mut events = pin!(watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer));
+    let mut passes = tokio::time::interval(ctx.gc.gc_interval.max(MIN_PASS_INTERVAL));
+    let one = Mirror {
+        ctx,
+        mirrored,
+        resource: &resource,
+        recorder,
+    };
+    loop {
+        tokio::select! {
+            event = events.next() => match event {
+                Some(Ok(WatchEvent::Apply(object) | WatchEvent::InitApply(object))) => {
+                    one.look_at(&object).await;
+                }
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
+                    tracing::warn!(%error, resource = mirrored.plural, "watch failed; retrying");
+                    ctx.metrics.count_error("watch");
+                }
+                None => return,
+            },
+            _ = passes.tick() => {
+                if cache.wait_until_ready().await.is_ok() {
+                    for object in cache.state() {
+                        one.look_at(&object).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A pass more often than this would only load the API server.
+const MIN_PASS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The mirror of one resource.
+struct Mirror<'a> {
+    ctx: &'a Context,
+    mirrored: Mirrored,
+    resource: &'a ApiResource,
+    recorder: &'a Recorder,
+}
+
+impl Mirror<'_> {
+    fn api(&self) -> Api<DynamicObject> {
+        Api::all_with(self.ctx.client.clone(), self.resource)
+    }
+
+    /// Carries `object` into the datastore (or its deletion), logging a failure.
+    async fn look_at(&self, object: &DynamicObject) {
+        let result = if object.metadata.deletion_timestamp.is_some() {
+            self.deleted(object).await
+        } else {
+            self.applied(object).await
+        };
+        if let Err(error) = result {
+            tracing::warn!(
+                %error,
+                kind = self.mirrored.kind.as_str(),
+                name = %object.name_any(),
+                "mirroring into the datastore failed; retried at the next change or pass"
+            );
+            self.ctx.metrics.count_error("custom_resource");
+        }
+    }
+
+    async fn applied(&self, object: &DynamicObject) -> Result<(), Error> {
+        if !object.finalizers().iter().any(|f| f == FINALIZER) {
+            let mut finalizers = object.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            self.set_finalizers(object, finalizers).await?;
+        }
+        let manifest = model::to_manifest(&self.mirrored, object);
+        let kind = self.mirrored.kind;
+        let name = object.name_any();
+        let (finding, counts) = self
+            .blocking(move |store| apply(store, kind, &name, manifest))
+            .await??;
+        self.report(object, &finding, counts).await
+    }
+
+    async fn deleted(&self, object: &DynamicObject) -> Result<(), Error> {
+        if !object.finalizers().iter().any(|f| f == FINALIZER) {
+            return Ok(());
+        }
+        let (kind, name) = (self.mirrored.kind, object.name_any());
+        let outcome = self
+            .blocking(move |store| {
+                mirror_catalog(store, |catalog| {
+                    catalog.delete(&[(kind, name.clone())], true).map(|_| ())
+                })
+            })
+            .await?;
+        match outcome {
+            Ok(()) | Err(CatalogError::ManagedElsewhere { .. }) => {
+                let finalizers = object
+                    .finalizers()
+                    .iter()
+                    .filter(|f| *f != FINALIZER)
+                    .cloned()
+                    .collect();
+                self.set_finalizers(object, finalizers).await?;
+                tracing::info!(kind = kind.as_str(), name = %object.name_any(), "deleted in Kubernetes: its datastore record is gone");
+                Ok(())
+            }
+            Err(e) if is_refusal(&e) => {
+                let finding = Finding::DeleteRefused(e.to_string());
+                self.report(object, &finding, None).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes the status for `finding` when it changes, and an Event when it is news.
+    async fn report(
+        &self,
+        object: &DynamicObject,
+        finding: &Finding,
+        counts: Option<(u128, u128)>,
+    ) -> Result<(), Error> {
+        let current = object.data.get("status");
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let status = model::desired_status(current, finding, counts, &now);
+        if finding.is_problem() && model::is_news(current, finding) {
+            self.record(object, finding).await;
+        }
+        if current != Some(&status) {
+            self.api()
+                .patch_status(
+                    &object.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "status": status })),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// A Warning Event on the object; a failure is only logged (the condition says it too).
+    async fn record(&self, object: &DynamicObject, finding: &Finding) {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: finding.reason().to_string(),
+            note: Some(finding.message()),
+            action: if matches!(finding, Finding::DeleteRefused(_)) {
+                "Delete"
+            } else {
+                "Apply"
+            }
+            .to_string(),
+            secondary: None,
+        };
+        let reference = object.object_ref(self.resource);
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::warn!(%error, name = %object.name_any(), "could not record an Event");
+        }
+        tracing::warn!(
+            kind = self.mirrored.kind.as_str(),
+            name = %object.name_any(),
+            reason = finding.reason(),
+            "{}",
+            finding.message()
+        );
+    }
+
+    async fn set_finalizers(
+        &self,
+        object: &DynamicObject,
+        finalizers: Vec<String>,
+    ) -> Result<(), Error> {
+        // The resourceVersion makes this a compare-and-swap: a list changed meanwhile is not
+        // overwritten (the change brings another event).
+        let patch = json!({"metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": object.resource_version(),
+        }});
+        self.api()
+            .patch(
+                &object.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn blocking<T, F>(&self, op: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> T + Send + 'static,
+    {
+        let datastore = self.ctx.datastore.clone();
+        Ok(tokio::task::spawn_blocking(move || op(datastore.store())).await?)
+    }
+}
+
+/// Applies one object's manifest with the mirror catalog: what the condition says, and
+/// Spiderpool's counts. Only a failure of the datastore itself is an error.
+fn apply(
+    store: &dyn Store,
+    kind: Kind,
+    name: &str,
+    manifest: Value,
+) -> Result<(Finding, Option<(u128, u128)>), CatalogError> {
+    let outcome = decode_document(manifest)
+        .map_err(CatalogError::from)
+        .and_then(|resource| {
+            mirror_catalog(store, |catalog| {
+                catalog.apply(std::slice::from_ref(&resource))
+            })
+        });
+    let finding = match outcome {
+        Ok(_) => Finding::Synced,
+        Err(e @ CatalogError::ManagedElsewhere { .. }) => {
+            Finding::ManagedWithTessera(e.to_string())
+        }
+        Err(e) if is_refusal(&e) => Finding::Rejected(e.to_string()),
+        Err(e) => return Err(e),
+    };
+    let counts = match finding {
+        Finding::Synced => counts(store, kind, name)?,
+        _ => None,
+    };
+    Ok((finding, counts))
+}
+
+/// Runs `op` with the catalog of the Kubernetes mirror, which refuses to take addresses in
+/// use out of a SpiderIPPool.
+fn mirror_catalog<'s, T>(
+    store: &'s (dyn Store + 's),
+    op: impl FnOnce(&Catalog<'_, dyn Store + 's>) -> Result<T, CatalogError>,
+) -> Result<T, CatalogError> {
+    let check = |pool: &str, leaving: &IpRangeSet| -> Result<InUse, StoreError> {
+        Ipam::new(store)
+            .spider_in_use(pool, leaving)
+            .map_err(|e| match e {
+                IpamError::Store(e) => e,
+                other => StoreError::Corrupt {
+                    endpoint: store.describe(),
+                    reason: other.to_string(),
+                },
+            })
+    };
+    op(&Catalog::new(store)
+        .as_kubernetes_mirror()
+        .with_in_use_check(&check))
+}
+
+/// Whether the catalog refused the object itself (as opposed to the datastore failing, which
+/// is retried).
+fn is_refusal(error: &CatalogError) -> bool {
+    !matches!(
+        error,
+        CatalogError::Store(_) | CatalogError::Conflict { .. } | CatalogError::PartFailed { .. }
+    )
+}
+
+/// Spiderpool's (allocatedIPCount, totalIPCount) of a SpiderIPPool or SpiderSubnet as stored:
+/// a subnet counts what the SpiderIPPools of its subnet have allocated.
+fn counts(store: &dyn Store, kind: Kind, name: &str) -> Result<Option<(u128, u128)>, CatalogError> {
+    if !matches!(kind, Kind::SpiderIPPool | Kind::SpiderSubnet) {
+        return Ok(None);
+    }
+    let catalog = Catalog::new(store);
+    let usage = Ipam::new(store).spider_pool_usage().map_err(|e| match e {
+        IpamError::Store(e) => CatalogError::Store(e),
+        other => CatalogError::Store(StoreError::Corrupt {
+            endpoint: store.describe(),
+            reason: other.to_string(),
+        }),
+    })?;
+    let used_by = |pool: &str| usage.get(pool).copied().unwrap_or(0);
+    Ok(match catalog.get(kind, name)? {
+        TesseraResource::SpiderIPPool(pool) => {
+            let total = pool.spec.total_ips().map_or(0, |ips| ips.len());
+            Some((used_by(name), total))
+        }
+        TesseraResource::SpiderSubnet(subnet) => {
+            let net = subnet.spec.subnet_net();
+            let allocated = catalog
+                .list(Kind::SpiderIPPool)?
+                .iter()
+                .filter_map(|r| match r {
+                    TesseraResource::SpiderIPPool(p)
+                        if net.is_some() && p.spec.subnet_net() == net =>
+                    {
+                        Some(used_by(&p.metadata.name))
+                    }
+                    _ => None,
+                })
+                .fold(0u128, u128::saturating_add);
+            let total = subnet.spec.total_ips().map_or(0, |ips| ips.len());
+            Some((allocated, total))
+        }
+        _ => None,
+    })
+}
