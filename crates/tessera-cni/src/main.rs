@@ -6,6 +6,7 @@
 //! `ipam.log_file` or stderr. Every failure passes through [`main`], which prints the
 //! spec's error object and exits non-zero.
 
+mod autopool;
 mod config;
 mod env;
 mod error;

@@ -73,6 +73,9 @@ pub enum KeepReason {
         /// deletionTimestamp plus the pod's grace period.
         until: Timestamp,
     },
+    /// Held for a StatefulSet pod's name while the StatefulSet exists and the pod's ordinal
+    /// is within its replicas, whatever became of the pod (see [`crate::sticky`]).
+    StatefulSet,
 }
 
 /// How a finished pod ended.
@@ -129,6 +132,18 @@ pub enum LeakReason {
     },
     /// The node the address was assigned on is gone from the cluster.
     NodeGone,
+    /// The StatefulSet the address was held for is gone, and so is its pod.
+    StatefulSetGone {
+        /// The StatefulSet's name.
+        statefulset: String,
+    },
+    /// The StatefulSet scaled below the pod's ordinal, and the pod is gone.
+    ScaledDown {
+        /// The StatefulSet's name.
+        statefulset: String,
+        /// Its replicas now.
+        replicas: i32,
+    },
 }
 
 impl LeakReason {
@@ -140,6 +155,8 @@ impl LeakReason {
             LeakReason::OtherNode { .. } => "other_node",
             LeakReason::Finished { .. } => "finished",
             LeakReason::NodeGone => "node_gone",
+            LeakReason::StatefulSetGone { .. } => "statefulset_gone",
+            LeakReason::ScaledDown { .. } => "statefulset_scaled_down",
         }
     }
 }
@@ -159,6 +176,17 @@ impl fmt::Display for LeakReason {
                 write!(f, "its pod has finished ({})", phase.as_str())
             }
             LeakReason::NodeGone => f.write_str("its node is gone from the cluster"),
+            LeakReason::StatefulSetGone { statefulset } => {
+                write!(f, "its StatefulSet {statefulset} was deleted")
+            }
+            LeakReason::ScaledDown {
+                statefulset,
+                replicas,
+            } => write!(
+                f,
+                "its StatefulSet {statefulset} scaled down to {replicas} replica(s), below the \
+                 pod's ordinal"
+            ),
         }
     }
 }

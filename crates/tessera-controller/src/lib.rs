@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod mirror;
 pub mod run;
 pub mod settings;
+pub mod sticky;

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec, PodStatus};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, Event};
@@ -117,6 +118,8 @@ struct Caches {
     namespaces: reflector::Store<Namespace>,
     /// Every Pod, trimmed to what garbage collection reads ([`slim_pod`]).
     pods: reflector::Store<Pod>,
+    /// Every StatefulSet, for the addresses held for its pods ([`crate::sticky`]).
+    statefulsets: reflector::Store<StatefulSet>,
 }
 
 impl Context {
@@ -237,16 +240,19 @@ async fn act(ctx: &Context) -> Error {
     let (nodes, node_writer) = reflector::store();
     let (namespaces, namespace_writer) = reflector::store();
     let (pods, pod_writer) = reflector::store();
+    let (statefulsets, statefulset_writer) = reflector::store();
     let caches = Caches {
         nodes,
         namespaces,
         pods,
+        statefulsets,
     };
     let pod_deleted = Notify::new();
     tokio::select! {
         () = watch_nodes(ctx, node_writer) => Error::Stopped("node watch"),
         () = watch_namespaces(ctx, namespace_writer) => Error::Stopped("namespace watch"),
         () = watch_pods(ctx, pod_writer, &pod_deleted) => Error::Stopped("pod watch"),
+        () = crate::sticky::watch(ctx, statefulset_writer) => Error::Stopped("statefulset watch"),
         () = collect(ctx, &caches, &pod_deleted) => Error::Stopped("garbage collection"),
         () = ping(ctx) => Error::Stopped("datastore ping"),
         () = crate::crds::mirror_all(ctx) => Error::Stopped("pool and reservation mirror"),
@@ -461,6 +467,7 @@ async fn collect(ctx: &Context, caches: &Caches, pod_deleted: &Notify) {
         caches.nodes.wait_until_ready(),
         caches.namespaces.wait_until_ready(),
         caches.pods.wait_until_ready(),
+        caches.statefulsets.wait_until_ready(),
     );
     if synced.is_err() {
         return;
@@ -556,7 +563,9 @@ async fn collect_leaks(
     for handle in &handles {
         let pod = cached_pod(&caches.pods, &handle.attrs);
         let node_exists = node_cached(&caches.nodes, handle.attrs.node.as_deref());
-        let verdict = gc::judge(&handle.attrs, pod.as_ref(), node_exists, now);
+        let set = crate::sticky::cached_set(&caches.statefulsets, &handle.attrs);
+        let verdict =
+            crate::sticky::judge(&handle.attrs, set.as_ref(), pod.as_ref(), node_exists, now);
         tracker.observe(&handle.id, &handle.attrs, &verdict, now);
     }
     let by_id: HashMap<&str, &HandleRecord> = handles.iter().map(|h| (h.id.as_str(), h)).collect();
@@ -616,7 +625,9 @@ pub async fn release_if_still_leaked(
             .is_some(),
         _ => true,
     };
-    let reason = match gc::judge(attrs, fresh.as_ref(), node_exists, Timestamp::now()) {
+    let set = crate::sticky::fresh_set(ctx, attrs).await?;
+    let now = Timestamp::now();
+    let reason = match crate::sticky::judge(attrs, set.as_ref(), fresh.as_ref(), node_exists, now) {
         Verdict::Leaked(reason) => reason,
         Verdict::Keep(why) => {
             tracing::info!(handle = %handle.id, pod = %format!("{namespace}/{pod_name}"), ?why,

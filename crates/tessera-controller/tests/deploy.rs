@@ -268,6 +268,7 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
             ("", "nodes", read),
             ("", "namespaces", read),
             ("", "pods", read),
+            ("apps", "statefulsets", read),
             ("events.k8s.io", "events", record),
             ("spiderpool.spidernet.io", "spidersubnets", mirror),
             ("spiderpool.spidernet.io", "spiderippools", mirror),

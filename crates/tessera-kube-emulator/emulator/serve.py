@@ -32,6 +32,7 @@ SERVED = {
     ('', 'v1', 'nodes'): 'Node',
     ('', 'v1', 'namespaces'): 'Namespace',
     ('', 'v1', 'pods'): 'Pod',
+    ('apps', 'v1', 'statefulsets'): 'StatefulSet',
     ('', 'v1', 'events'): 'Event',
     ('coordination.k8s.io', 'v1', 'leases'): 'Lease',
     ('events.k8s.io', 'v1', 'events'): 'Event',
