@@ -74,12 +74,14 @@ async fn mirror_kind(ctx: &Context, mirrored: Mirrored, recorder: &Recorder) {
         resource: &resource,
         recorder,
     };
+    let mut listed = false;
     loop {
         tokio::select! {
             event = events.next() => match event {
                 Some(Ok(WatchEvent::Apply(object) | WatchEvent::InitApply(object))) => {
                     one.look_at(&object).await;
                 }
+                Some(Ok(WatchEvent::InitDone)) => listed = true,
                 Some(Ok(_)) => {}
                 Some(Err(error)) => {
                     tracing::warn!(%error, resource = mirrored.plural, "watch failed; retrying");
@@ -87,11 +89,10 @@ async fn mirror_kind(ctx: &Context, mirrored: Mirrored, recorder: &Recorder) {
                 }
                 None => return,
             },
-            _ = passes.tick() => {
-                if cache.wait_until_ready().await.is_ok() {
-                    for object in cache.state() {
-                        one.look_at(&object).await;
-                    }
+            // Until the first list is in, the watch's own events cover every object.
+            _ = passes.tick(), if listed => {
+                for object in cache.state() {
+                    one.look_at(&object).await;
                 }
             }
         }
