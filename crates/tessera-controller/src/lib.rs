@@ -4,6 +4,7 @@
 //! Decisions are pure functions over plain data ([`mirror`], [`gc`]); [`datastore`] carries
 //! them out on the synchronous store; the rest is plumbing around kube-rs and tokio.
 
+pub mod autopool;
 pub mod crds;
 pub mod datastore;
 pub mod gc;

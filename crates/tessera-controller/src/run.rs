@@ -142,13 +142,13 @@ impl Context {
     }
 
     /// Logs and counts a failure.
-    fn report(&self, what: &str, error: &Error) {
+    pub(crate) fn report(&self, what: &str, error: &Error) {
         tracing::warn!(error = %error, "{what} failed");
         self.metrics.count_error(error.metric_label());
     }
 
     /// Runs `op` on the blocking thread pool with the datastore.
-    async fn blocking<T, F>(&self, op: F) -> Result<T, Error>
+    pub(crate) async fn blocking<T, F>(&self, op: F) -> Result<T, Error>
     where
         T: Send + 'static,
         F: FnOnce(&Datastore) -> Result<T, datastore::Error> + Send + 'static,
@@ -256,6 +256,7 @@ async fn act(ctx: &Context) -> Error {
         () = collect(ctx, &caches, &pod_deleted) => Error::Stopped("garbage collection"),
         () = ping(ctx) => Error::Stopped("datastore ping"),
         () = crate::crds::mirror_all(ctx) => Error::Stopped("pool and reservation mirror"),
+        stopped = crate::autopool::run(ctx) => stopped,
     }
 }
 
