@@ -17,7 +17,10 @@ mod model;
 
 pub use model::{Finding, Mirrored, CONDITION_TYPE, FINALIZER, MIRRORED};
 
+use std::collections::BTreeSet;
 use std::pin::pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Patch, PatchParams};
@@ -28,7 +31,7 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{json, Value};
-use tessera_core::catalog::{Catalog, CatalogError, InUse};
+use tessera_core::catalog::{is_managed_by_kubernetes, Catalog, CatalogError, InUse};
 use tessera_core::decode::decode_document;
 use tessera_core::ipam::{Ipam, IpamError};
 use tessera_core::ranges::IpRangeSet;
@@ -67,7 +70,11 @@ async fn mirror_kind(ctx: &Context, mirrored: Mirrored, recorder: &Recorder) {
     let mut events = pin!(watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer));
-    let mut passes = tokio::time::interval(ctx.gc.gc_interval.max(MIN_PASS_INTERVAL));
+    let every = ctx
+        .gc
+        .gc_interval
+        .clamp(MIN_PASS_INTERVAL, MAX_PASS_INTERVAL);
+    let mut passes = tokio::time::interval(every);
     let one = Mirror {
         ctx,
         mirrored,
@@ -91,16 +98,20 @@ async fn mirror_kind(ctx: &Context, mirrored: Mirrored, recorder: &Recorder) {
             },
             // Until the first list is in, the watch's own events cover every object.
             _ = passes.tick(), if listed => {
-                for object in cache.state() {
-                    one.look_at(&object).await;
+                let objects = cache.state();
+                for object in &objects {
+                    one.look_at(object).await;
                 }
+                one.forget_orphans(&objects).await;
             }
         }
     }
 }
 
 /// A pass more often than this would only load the API server.
-const MIN_PASS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+const MIN_PASS_INTERVAL: Duration = Duration::from_secs(1);
+/// Statuses are never older than this, whatever `--gc-interval` says.
+const MAX_PASS_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The mirror of one resource.
 struct Mirror<'a> {
@@ -177,6 +188,29 @@ impl Mirror<'_> {
                 self.report(object, &finding, None).await
             }
             Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Deletes the records this mirror wrote whose Kubernetes object is gone without its
+    /// finalizer having run (removed by hand, or the object deleted while the
+    /// CustomResourceDefinition was replaced), so that the two never diverge for long.
+    async fn forget_orphans(&self, objects: &[Arc<DynamicObject>]) {
+        let kind = self.mirrored.kind;
+        let present: BTreeSet<String> = objects.iter().map(|o| o.name_any()).collect();
+        let outcome = self
+            .blocking(move |store| delete_orphans(store, kind, &present))
+            .await;
+        match outcome {
+            Ok(Ok(deleted)) => {
+                for name in deleted {
+                    tracing::info!(kind = kind.as_str(), %name, "its Kubernetes object is gone: deleted its datastore record");
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(%error, kind = kind.as_str(), "deleting records whose Kubernetes object is gone failed; retried at the next pass");
+                self.ctx.metrics.count_error("custom_resource");
+            }
+            Err(error) => tracing::warn!(%error, "a datastore call did not finish"),
         }
     }
 
@@ -295,6 +329,27 @@ fn apply(
     Ok((finding, counts))
 }
 
+/// Deletes the records of `kind` marked as mirrored from Kubernetes whose name is not in
+/// `present`; returns their names. A record that cannot go yet (a SpiderIPPool holding
+/// addresses) fails the whole, and is tried again at the next pass.
+fn delete_orphans(
+    store: &dyn Store,
+    kind: Kind,
+    present: &BTreeSet<String>,
+) -> Result<Vec<String>, CatalogError> {
+    let orphans: Vec<(Kind, String)> = Catalog::new(store)
+        .list(kind)?
+        .iter()
+        .filter(|r| is_managed_by_kubernetes(r) && !present.contains(r.name()))
+        .map(|r| (kind, r.name().to_string()))
+        .collect();
+    if orphans.is_empty() {
+        return Ok(Vec::new());
+    }
+    mirror_catalog(store, |catalog| catalog.delete(&orphans, true))?;
+    Ok(orphans.into_iter().map(|(_, name)| name).collect())
+}
+
 /// Runs `op` with the catalog of the Kubernetes mirror, which refuses to take addresses in
 /// use out of a SpiderIPPool.
 fn mirror_catalog<'s, T>(
@@ -365,4 +420,126 @@ fn counts(store: &dyn Store, kind: Kind, name: &str) -> Result<Option<(u128, u12
         }
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use tessera_core::ipam::AssignRequest;
+    use tessera_core::store::MemoryStore;
+
+    use super::*;
+
+    fn spider_pool(name: &str, ips: &str) -> Value {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderIPPool",
+            "metadata": {"name": name},
+            "spec": {"subnet": "10.6.0.0/24", "ips": [ips]},
+        }))
+        .unwrap();
+        model::to_manifest(&MIRRORED[1], &object)
+    }
+
+    #[test]
+    fn a_valid_pool_is_synced_with_its_counts() {
+        let store = MemoryStore::new();
+        let applied = apply(
+            &store,
+            Kind::SpiderIPPool,
+            "p",
+            spider_pool("p", "10.6.0.10-10.6.0.13"),
+        );
+        assert_eq!(applied.unwrap(), (Finding::Synced, Some((0, 4))));
+    }
+
+    #[test]
+    fn an_invalid_pool_is_rejected_with_the_catalog_message_and_not_stored() {
+        let store = MemoryStore::new();
+        let (finding, counts) = apply(
+            &store,
+            Kind::SpiderIPPool,
+            "p",
+            spider_pool("p", "10.7.0.1"),
+        )
+        .unwrap();
+        let Finding::Rejected(message) = finding else {
+            panic!("not rejected: {finding:?}");
+        };
+        assert!(
+            message.contains("is not inside subnet 10.6.0.0/24"),
+            "{message}"
+        );
+        assert_eq!(counts, None);
+        assert!(Catalog::new(&store)
+            .list(Kind::SpiderIPPool)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_pool_made_with_tessera_is_left_alone() {
+        let store = MemoryStore::new();
+        let mut manifest = spider_pool("p", "10.6.0.10");
+        manifest["metadata"]["annotations"] = json!({});
+        Catalog::new(&store)
+            .apply(&[decode_document(manifest).unwrap()])
+            .unwrap();
+        let (finding, _) = apply(
+            &store,
+            Kind::SpiderIPPool,
+            "p",
+            spider_pool("p", "10.6.0.20"),
+        )
+        .unwrap();
+        assert!(
+            matches!(finding, Finding::ManagedWithTessera(_)),
+            "{finding:?}"
+        );
+        assert_eq!(
+            delete_orphans(&store, Kind::SpiderIPPool, &BTreeSet::new()).unwrap(),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn orphans_go_unless_they_hold_addresses() {
+        let store = MemoryStore::new();
+        for name in ["kept", "gone", "busy"] {
+            let ips = match name {
+                "kept" => "10.6.0.1",
+                "gone" => "10.6.0.2",
+                _ => "10.6.0.3",
+            };
+            apply(&store, Kind::SpiderIPPool, name, spider_pool(name, ips)).unwrap();
+        }
+        let present = BTreeSet::from(["kept".to_string(), "busy".to_string()]);
+        let deleted = delete_orphans(&store, Kind::SpiderIPPool, &present).unwrap();
+        assert_eq!(deleted, ["gone"]);
+
+        let request = AssignRequest {
+            handle: "h".into(),
+            node: "n".into(),
+            num_v4: 1,
+            pools: vec!["spiderippool/busy".into()],
+            ..AssignRequest::default()
+        };
+        Ipam::new(&store).assign(&request).unwrap();
+        let (_, counts) = apply(
+            &store,
+            Kind::SpiderIPPool,
+            "busy",
+            spider_pool("busy", "10.6.0.3"),
+        )
+        .unwrap();
+        assert_eq!(counts, Some((1, 1)));
+        let error = delete_orphans(&store, Kind::SpiderIPPool, &BTreeSet::new()).unwrap_err();
+        assert!(matches!(error, CatalogError::PoolInUse { .. }), "{error}");
+        let left: Vec<String> = Catalog::new(&store)
+            .list(Kind::SpiderIPPool)
+            .unwrap()
+            .iter()
+            .map(|r| r.name().to_string())
+            .collect();
+        assert_eq!(left, ["busy", "kept"], "a refused delete deleted some");
+    }
 }

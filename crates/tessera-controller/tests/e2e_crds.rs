@@ -290,3 +290,26 @@ fn the_controller_leaves_a_pool_made_with_tessera_alone() {
     });
     assert_eq!(record(&cluster, "spiderippools", "shared"), Some(before));
 }
+
+#[test]
+fn a_record_whose_kubernetes_object_vanished_is_deleted_at_the_next_pass() {
+    let Some(cluster) = Cluster::start("crds_orphans") else {
+        return;
+    };
+    let controller = started(&cluster);
+    cluster.kube.create(
+        SPIDER_POOLS,
+        &spider_pool("orphan", "10.90.0.0/24", &["10.90.0.10"]),
+    );
+    let path = format!("{SPIDER_POOLS}/orphan");
+    wait_condition(&cluster, &controller, &path, "Synced");
+    // The finalizer removed by hand: the object goes without the controller seeing it go.
+    cluster
+        .kube
+        .patch(&path, &json!({"metadata": {"finalizers": null}}));
+    cluster.kube.delete(&path);
+    assert!(cluster.kube.get(&path).is_none());
+    common::wait_until("the orphaned record is deleted", FOLLOW, || {
+        record(&cluster, "spiderippools", "orphan").is_none()
+    });
+}
