@@ -208,6 +208,7 @@ fn in_use(ip: IpAddr, handle: &str, a: &Attributes) -> String {
         ("interface", &a.interface),
         ("container", &a.container_id),
         ("gateway-of-network", &a.gateway_of),
+        ("statefulset", &a.statefulset),
     ] {
         if let Some(v) = value {
             let _ = writeln!(out, "  {name}: {v}");

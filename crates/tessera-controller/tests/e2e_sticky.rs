@@ -137,6 +137,8 @@ fn a_statefulset_pod_created_again_on_another_node_gets_its_address_back() {
     );
     assert_eq!(attach(&cluster, &new), ip);
     assert_eq!(cluster.holder(&ip), Some(held_handle("web-0")));
+    let shown = cluster.tessera(&["ipam", "show", "--ip", &ip]);
+    assert!(shown.contains("  statefulset: web\n"), "{shown}");
     assert_held_for(
         &cluster,
         &mut controller,
