@@ -28,7 +28,11 @@ use clap::{Args, Parser};
         UID, runs on another node or has finished. An address is released only after it \
         has looked leaked for the whole --leak-grace-period and a fresh GET of its pod \
         confirms it; handles made by hand (`tessera ipam assign` without a pod) are never \
-        touched.\n\n\
+        touched;\n  \
+        - carries SpiderSubnets, SpiderIPPools, SpiderReservedIPs and Calico IPPools and \
+        IPReservations applied with kubectl into the datastore (validated as by `tessera \
+        apply`; a refusal is a Synced=False condition and an Event), deletes them there when \
+        they are deleted, and writes their status back at least every minute.\n\n\
         It serves /metrics (Prometheus), /healthz and /readyz on --listen.",
     after_help = "Durations are written like 90s, 15m, 1h30m or 0."
 )]
