@@ -264,8 +264,9 @@ pub fn get(store: &dyn Store, args: &GetArgs) -> anyhow::Result<String> {
     }
 }
 
-/// Allocated addresses of each SpiderIPPool in `resources`, or of each SpiderSubnet: the sum
-/// over the SpiderIPPools whose subnet is the subnet's, as Spiderpool counts it.
+/// Allocated addresses of each SpiderIPPool in `resources`, or of each SpiderSubnet: the
+/// addresses it handed to pools (those of the SpiderIPPools whose subnet is the subnet's,
+/// auto pools and the others), as Spiderpool counts it.
 fn spider_allocated(
     store: &dyn Store,
     resources: &[Resource],
@@ -289,7 +290,7 @@ fn spider_allocated(
                         Resource::SpiderIPPool(p)
                             if net.is_some() && p.spec.subnet_net() == net =>
                         {
-                            per_pool.get(&p.metadata.name).copied()
+                            p.spec.total_ips().ok().map(|ips| ips.len())
                         }
                         _ => None,
                     })

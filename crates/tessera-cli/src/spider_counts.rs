@@ -1,5 +1,5 @@
 //! How many addresses each SpiderIPPool has handed out, for the ALLOCATED-IP-COUNT column of
-//! `get sp` and `get ss` and `status.allocatedIPCount` of `-o yaml|json`.
+//! `get sp` and `status.allocatedIPCount` of `-o yaml|json`.
 
 use std::collections::BTreeMap;
 
