@@ -408,6 +408,10 @@ pub fn reclaim_orphans(
     let catalog = Catalog::new(store).with_in_use_check(&check);
     let mut deleted = Vec::new();
     for record in catalog.list(Kind::SpiderIPPool)? {
+        // Pools applied with kubectl belong to their objects, whatever their labels say.
+        if tessera_core::catalog::is_managed_by_kubernetes(&record) {
+            continue;
+        }
         let Record::SpiderIPPool(pool) = record else {
             continue;
         };
