@@ -144,3 +144,31 @@ fn held_addresses_fit_only_the_request_they_answer() {
     assert!(misfit(&held(&["10.0.0.5"]), &named, &ctx).is_some());
     assert_eq!(misfit(&held(&["10.0.0.7"]), &named, &ctx), None);
 }
+
+#[test]
+fn with_a_warm_node_cache_a_new_pod_costs_one_transaction_and_a_held_handle_is_still_found() {
+    let s = CountingStore::new(MemoryStore::new());
+    // Through the catalog, which keeps the configuration guard the cached view relies on.
+    let pool = json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+                      "metadata": {"name": "a"}, "spec": {"cidr": "10.0.0.0/24", "blockSize": 28}});
+    let doc = tessera_core::decode::decode_document(pool).unwrap();
+    tessera_core::catalog::Catalog::new(&s)
+        .apply(&[doc])
+        .unwrap();
+    let ipam = Ipam::new(s).with_cache(tessera_core::ipam::cache::MemoryNodeCache::new());
+    let first = assigned(&ipam, &web0("c1", "n1"));
+    let mut web1 = web0("c1", "n1");
+    web1.handle = "net:db/web-1:eth0".into();
+    web1.attrs.pod = Some("web-1".into());
+    ipam.store().reset();
+    assigned(&ipam, &web1);
+    assert_eq!(
+        ipam.store().round_trips(),
+        1,
+        "the common path: one transaction"
+    );
+    // The view never saw web-0's handle: the commit's compare finds it, and the read after
+    // it hands it over.
+    assert_eq!(assigned(&ipam, &web0("c2", "n1")), first);
+    assert!(ipam.check().unwrap().problems.is_empty());
+}
