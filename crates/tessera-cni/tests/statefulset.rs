@@ -36,7 +36,8 @@ fn add_then_delete(env: &Env, server: &FakeApiServer, cid: &str, node: &str) -> 
     let conf = conf_for(env, server, node);
     let att = Att::new(cid).pod("db", "web-0");
     let got = first_address(&env.add(&conf, &att));
-    env.cni("CHECK", &conf, Some(&att)).ok();
+    let check = env.cni("CHECK", &conf, Some(&att));
+    assert_eq!(check.status, 0, "CHECK: {}", check.stderr);
     env.cni("DEL", &conf, Some(&att)).ok();
     got
 }
