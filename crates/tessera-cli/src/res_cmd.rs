@@ -7,11 +7,10 @@ use std::io::Read;
 
 use anyhow::{bail, Context as _};
 use serde_json::{json, Value};
-use tessera_core::catalog::{Catalog, CatalogError, InUse, Outcome};
-use tessera_core::ipam::{Ipam, IpamError};
-use tessera_core::ranges::IpRangeSet;
+use tessera_core::catalog::{Catalog, CatalogError, Outcome};
+use tessera_core::ipam::{spider_in_use_check, Ipam};
 use tessera_core::resources::{Kind, Resource};
-use tessera_core::store::{Store, StoreError};
+use tessera_core::store::Store;
 use tessera_core::text::{plain_or_quoted, quoted};
 
 use crate::cli::{DeleteArgs, GetArgs, GetOutput, MetaArgs, PatchArgs};
@@ -152,7 +151,7 @@ pub fn write(store: &dyn Store, mode: WriteMode, filename: &str) -> anyhow::Resu
     if resources.is_empty() {
         bail!("{filename} holds no resources; nothing was changed");
     }
-    let check = in_use_check(store);
+    let check = spider_in_use_check(store);
     let catalog = Catalog::new(store).with_in_use_check(&check);
     let (outcomes, verb) = match mode {
         WriteMode::Apply => (catalog.apply(&resources), "applied"),
@@ -161,22 +160,6 @@ pub fn write(store: &dyn Store, mode: WriteMode, filename: &str) -> anyhow::Resu
     };
     let outcomes = outcomes.map_err(explain)?;
     Ok(summary(verb, outcomes.iter().map(|o| o.kind)))
-}
-
-/// The allocator's answer to "which addresses leaving a SpiderIPPool are allocated?", so
-/// that shrinking or deleting a pool never strands an address in use.
-fn in_use_check(store: &dyn Store) -> impl Fn(&str, &IpRangeSet) -> Result<InUse, StoreError> + '_ {
-    move |pool, leaving| {
-        Ipam::new(store)
-            .spider_in_use(pool, leaving)
-            .map_err(|e| match e {
-                IpamError::Store(e) => e,
-                other => StoreError::Corrupt {
-                    endpoint: store.describe(),
-                    reason: other.to_string(),
-                },
-            })
-    }
 }
 
 /// `delete -f FILE` or `delete KIND NAME...`.
@@ -199,7 +182,7 @@ pub fn delete(store: &dyn Store, args: &DeleteArgs) -> anyhow::Result<String> {
         }
         (None, None) => bail!("give -f FILE or KIND NAME..."),
     };
-    let check = in_use_check(store);
+    let check = spider_in_use_check(store);
     let outcomes: Vec<Outcome> = Catalog::new(store)
         .with_in_use_check(&check)
         .delete(&targets, args.skip_not_exists)
@@ -508,7 +491,7 @@ pub fn patch(store: &dyn Store, args: &PatchArgs) -> anyhow::Result<String> {
              -p '{{\"spec\": {{\"disabled\": true}}}}'"
         )
     })?;
-    let check = in_use_check(store);
+    let check = spider_in_use_check(store);
     Catalog::new(store)
         .with_in_use_check(&check)
         .patch(kind, &args.name, &patch)

@@ -30,8 +30,8 @@ use tessera_core::autopool::{
     OWNER_KIND_LABEL, OWNER_NAMESPACE_LABEL, OWNER_NAME_LABEL, OWNER_SUBNET_LABEL, OWNER_UID_LABEL,
     POOL_CIDR_LABEL, RECLAIM_LABEL,
 };
-use tessera_core::catalog::{Catalog, CatalogError, InUse};
-use tessera_core::ipam::{Ipam, IpamError};
+use tessera_core::catalog::{Catalog, CatalogError};
+use tessera_core::ipam::Ipam;
 use tessera_core::ranges::IpRangeSet;
 use tessera_core::resources::meta::{LabelSelector, ObjectMeta};
 use tessera_core::resources::spider::{SpiderIPPool, SpiderIPPoolSpec, SpiderSubnetSpec};
@@ -238,7 +238,7 @@ pub enum Outcome {
 /// that are not allocated (fewer when too many are in use). Records a shortage for the CNI
 /// plugin's error, and clears it once the pool is whole.
 pub fn reconcile(store: &dyn Store, plan: &PoolPlan) -> Result<Outcome, datastore::Error> {
-    let check = in_use_check(store);
+    let check = tessera_core::ipam::spider_in_use_check(store);
     let catalog = Catalog::new(store).with_in_use_check(&check);
     let subnet = match catalog.get(Kind::SpiderSubnet, &plan.subnet) {
         Ok(Record::SpiderSubnet(subnet)) => subnet,
@@ -383,28 +383,13 @@ fn record_shortage(
     store.txn(&[], &[op]).map(|_| ())
 }
 
-/// The allocator's answer to "which addresses leaving a pool are allocated?".
-fn in_use_check(store: &dyn Store) -> impl Fn(&str, &IpRangeSet) -> Result<InUse, StoreError> + '_ {
-    move |pool, leaving| {
-        Ipam::new(store)
-            .spider_in_use(pool, leaving)
-            .map_err(|e| match e {
-                IpamError::Store(e) => e,
-                other => StoreError::Corrupt {
-                    endpoint: store.describe(),
-                    reason: other.to_string(),
-                },
-            })
-    }
-}
-
 /// Deletes the auto pools whose workload is gone (no uid in `live`) and which are to be
 /// reclaimed, each only once none of its addresses is allocated. Returns the deleted names.
 pub fn reclaim_orphans(
     store: &dyn Store,
     live: &BTreeSet<String>,
 ) -> Result<Vec<String>, datastore::Error> {
-    let check = in_use_check(store);
+    let check = tessera_core::ipam::spider_in_use_check(store);
     let catalog = Catalog::new(store).with_in_use_check(&check);
     let mut deleted = Vec::new();
     for record in catalog.list(Kind::SpiderIPPool)? {

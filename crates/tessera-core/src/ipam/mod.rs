@@ -811,6 +811,25 @@ impl<S: Store> Ipam<S> {
     }
 }
 
+/// The allocator's answer to "which addresses leaving a SpiderIPPool are allocated?", as the
+/// catalog asks it ([`crate::catalog::Catalog::with_in_use_check`]), so that shrinking or
+/// deleting a pool never strands an address in use.
+pub fn spider_in_use_check(
+    store: &dyn Store,
+) -> impl Fn(&str, &crate::ranges::IpRangeSet) -> Result<crate::catalog::InUse, StoreError> + '_ {
+    move |pool, leaving| {
+        Ipam::new(store)
+            .spider_in_use(pool, leaving)
+            .map_err(|e| match e {
+                IpamError::Store(e) => e,
+                other => StoreError::Corrupt {
+                    endpoint: store.describe(),
+                    reason: other.to_string(),
+                },
+            })
+    }
+}
+
 /// Updates the node's view and caches the handle after an assign committed at `revision`
 /// with `ops`, planned from `inputs`: read fresh, or (`from_view`) taken from `cached`.
 fn remember_assign(
