@@ -171,24 +171,26 @@ impl Mirror<'_> {
                 })
             })
             .await?;
-        match outcome {
-            Ok(()) | Err(CatalogError::ManagedElsewhere { .. }) => {
-                let finalizers = object
-                    .finalizers()
-                    .iter()
-                    .filter(|f| *f != FINALIZER)
-                    .cloned()
-                    .collect();
-                self.set_finalizers(object, finalizers).await?;
-                tracing::info!(kind = kind.as_str(), name = %object.name_any(), "deleted in Kubernetes: its datastore record is gone");
-                Ok(())
+        let outcome_note = match outcome {
+            Ok(()) => "its datastore record is deleted",
+            Err(CatalogError::ManagedElsewhere { .. }) => {
+                "the record of this name was made with tessera and stays"
             }
             Err(e) if is_refusal(&e) => {
                 let finding = Finding::DeleteRefused(e.to_string());
-                self.report(object, &finding, None).await
+                return self.report(object, &finding, None).await;
             }
-            Err(e) => Err(e.into()),
-        }
+            Err(e) => return Err(e.into()),
+        };
+        let finalizers = object
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        self.set_finalizers(object, finalizers).await?;
+        tracing::info!(kind = kind.as_str(), name = %object.name_any(), "deleted in Kubernetes: {outcome_note}");
+        Ok(())
     }
 
     /// Deletes the records this mirror wrote whose Kubernetes object is gone without its
@@ -246,7 +248,7 @@ impl Mirror<'_> {
         let event = Event {
             type_: EventType::Warning,
             reason: finding.reason().to_string(),
-            note: Some(finding.message()),
+            note: Some(note(&finding.message())),
             action: if matches!(finding, Finding::DeleteRefused(_)) {
                 "Delete"
             } else {
@@ -297,6 +299,19 @@ impl Mirror<'_> {
         let datastore = self.ctx.datastore.clone();
         Ok(tokio::task::spawn_blocking(move || op(datastore.store())).await?)
     }
+}
+
+/// An Event's note holds at most 1 kB: a longer message is cut (the condition keeps it whole).
+fn note(message: &str) -> String {
+    const MAX: usize = 1024;
+    if message.len() <= MAX {
+        return message.to_string();
+    }
+    let mut end = MAX - 3;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &message[..end])
 }
 
 /// Applies one object's manifest with the mirror catalog: what the condition says, and
@@ -438,6 +453,14 @@ mod tests {
         }))
         .unwrap();
         model::to_manifest(&MIRRORED[1], &object)
+    }
+
+    #[test]
+    fn a_long_note_is_cut_at_one_kilobyte_on_a_character_boundary() {
+        assert_eq!(note("short"), "short");
+        let long = "é".repeat(600);
+        let cut = note(&long);
+        assert!(cut.len() <= 1024 && cut.ends_with("..."), "{}", cut.len());
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub struct Mirrored {
     pub plural: &'static str,
 }
 
-/// Every mirrored resource: subnets before the pools cut from them (a first pass after a
-/// restart then applies in an order that validates), pools before reservations.
+/// Every mirrored resource. Each is watched on its own: a SpiderIPPool that comes before its
+/// SpiderSubnet (a restart) and is refused for it is applied again at the next pass.
 pub const MIRRORED: [Mirrored; 5] = [
     Mirrored::spiderpool(Kind::SpiderSubnet, "spidersubnets"),
     Mirrored::spiderpool(Kind::SpiderIPPool, "spiderippools"),
