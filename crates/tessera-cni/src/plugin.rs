@@ -284,6 +284,13 @@ impl<'a> Invocation<'a> {
             .and_then(|ips| Ok((self.result(&ips, &assignment)?, ips)))
         {
             Ok((result, ips)) => {
+                if let Some((released, why)) = &assignment.released_held {
+                    self.log.info(format_args!(
+                        "released {} held for this StatefulSet pod's name instead of taking \
+                         them over: {why}",
+                        list(released.iter())
+                    ));
+                }
                 self.log.info(format_args!(
                     "assigned {} on node {node:?}",
                     list(ips.iter().map(|i| i.address))

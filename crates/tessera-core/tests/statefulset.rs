@@ -94,8 +94,15 @@ fn a_pool_annotation_without_the_held_address_wins() {
     let first = assigned(&ipam, &web0("c1", "n1"));
     let mut moved = web0("c2", "n2");
     moved.pools = vec!["b".into()];
-    let again = assigned(&ipam, &moved);
+    let (done, _) = ipam.assign_new(&moved).unwrap().unwrap();
+    let again = done.addresses[0].ip;
     assert!(again.to_string().starts_with("10.1.0."), "{again}");
+    let (released, why) = done.released_held.expect("the release is reported");
+    assert_eq!(released, vec![first]);
+    assert!(
+        why.contains("in none of the pools the pod may use now (b)"),
+        "{why}"
+    );
     assert_eq!(holder(&ipam, first), None, "the old address is released");
     assert_eq!(holder(&ipam, again).as_deref(), Some(HANDLE));
     assert!(ipam.check().unwrap().problems.is_empty());

@@ -61,6 +61,7 @@ impl<S: Store> Ipam<S> {
                 (!addresses.is_empty()).then(|| Assignment {
                     handle: id.to_string(),
                     addresses,
+                    released_held: None,
                 })
             }
         };

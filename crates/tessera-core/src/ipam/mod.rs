@@ -290,6 +290,9 @@ pub struct Assignment {
     pub handle: String,
     /// Addresses handed out by this request, IPv4 first.
     pub addresses: Vec<AssignedAddress>,
+    /// Addresses held for an earlier pod of this StatefulSet pod's name that no longer fit
+    /// the request and were released for new ones, and why (see [`misfit`]).
+    pub released_held: Option<(Vec<IpAddr>, String)>,
 }
 
 /// What [`Ipam::release_handle_of`] did.
@@ -475,6 +478,7 @@ impl<S: Store> Ipam<S> {
                 Err(_) => {}
             }
         }
+        let mut released_held = None;
         let done: Result<_, IpamError> = retry::on_conflict(MAX_ATTEMPTS, &req.handle, |attempt| {
             // The first read assumes the handle is new (it nearly always is) and saves
             // reading it: the commit's "absent" compare catches an existing one, and the
@@ -521,7 +525,11 @@ impl<S: Store> Ipam<S> {
                     Some(kv) => match self.take_over(req, &attrs, kv, &inputs)? {
                         sticky::TakeOver::NotEarlier => Some(None),
                         sticky::TakeOver::Kept(done, ctx) => Some(Some((done, *ctx))),
-                        sticky::TakeOver::Released | sticky::TakeOver::Conflict => None,
+                        sticky::TakeOver::Released(ips, why) => {
+                            released_held = Some((ips, why));
+                            None
+                        }
+                        sticky::TakeOver::Conflict => None,
                     },
                     None => Some(None),
                 });
@@ -532,7 +540,14 @@ impl<S: Store> Ipam<S> {
                 Attempt::Conflict => None,
             })
         });
-        done?.ok_or(IpamError::Contention(MAX_ATTEMPTS))
+        let done = done?.ok_or(IpamError::Contention(MAX_ATTEMPTS))?;
+        Ok(done.map(|(assignment, ctx)| {
+            let assignment = Assignment {
+                released_held,
+                ..assignment
+            };
+            (assignment, ctx)
+        }))
     }
 
     /// One plan and commit. `cached` is the node's view as loaded from the cache;
@@ -637,6 +652,7 @@ impl<S: Store> Ipam<S> {
         let done = Assignment {
             handle: req.handle.clone(),
             addresses: got,
+            released_held: None,
         };
         Ok(Attempt::Done(done, Box::new(ctx)))
     }

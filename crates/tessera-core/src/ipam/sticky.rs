@@ -31,8 +31,8 @@ pub(super) enum TakeOver {
     NotEarlier,
     /// The new pod holds the addresses now.
     Kept(Assignment, Box<Context>),
-    /// The addresses no longer fit and were released; the ADD starts over.
-    Released,
+    /// The addresses no longer fit and were released, for this reason; the ADD starts over.
+    Released(Vec<IpAddr>, String),
     /// A compare failed; the ADD starts over.
     Conflict,
 }
@@ -123,12 +123,12 @@ impl<S: Store> Ipam<S> {
             inputs.namespace.as_ref(),
         )?;
         let ips: Vec<IpAddr> = held.addresses.iter().map(|a| a.ip).collect();
-        if misfit(&ips, req, &ctx).is_some() {
+        if let Some(why) = misfit(&ips, req, &ctx) {
             let targets = handle_targets(&held);
             return Ok(
                 match release::release(&self.store, &targets, Some((&held, kv.mod_revision)), None)?
                 {
-                    Released::Done { .. } => TakeOver::Released,
+                    Released::Done { ips, .. } => TakeOver::Released(ips, why),
                     Released::Conflict => TakeOver::Conflict,
                 },
             );
@@ -153,6 +153,7 @@ impl<S: Store> Ipam<S> {
                 let done = Assignment {
                     handle: taken.id,
                     addresses,
+                    released_held: None,
                 };
                 TakeOver::Kept(done, Box::new(ctx))
             }
