@@ -231,6 +231,8 @@ pub enum Outcome {
     },
     /// The subnet had too few free addresses; the pool was left as it was.
     Short(Shortage),
+    /// The SpiderSubnet the workload names does not exist.
+    NoSubnet,
 }
 
 /// Makes the pool of `plan` hold `plan.size` addresses: creates it from the lowest free
@@ -242,11 +244,7 @@ pub fn reconcile(store: &dyn Store, plan: &PoolPlan) -> Result<Outcome, datastor
     let catalog = Catalog::new(store).with_in_use_check(&check);
     let subnet = match catalog.get(Kind::SpiderSubnet, &plan.subnet) {
         Ok(Record::SpiderSubnet(subnet)) => subnet,
-        Ok(_) | Err(CatalogError::NotFound { .. }) => {
-            let shortage = shortage(plan, 0);
-            record_shortage(store, plan, Some(&shortage))?;
-            return Ok(Outcome::Short(shortage));
-        }
+        Ok(_) | Err(CatalogError::NotFound { .. }) => return Ok(Outcome::NoSubnet),
         Err(e) => return Err(e.into()),
     };
     let pools: Vec<SpiderIPPool> = catalog
@@ -267,10 +265,12 @@ pub fn reconcile(store: &dyn Store, plan: &PoolPlan) -> Result<Outcome, datastor
         let free = rules::subnet_free(&subnet.spec, pools.iter().map(|p| &p.spec), &reserved);
         let need = want - have;
         if free.len() < need {
-            let shortage = shortage(plan, u64::try_from(free.len()).unwrap_or(u64::MAX));
+            let count = |n: u128| u64::try_from(n).unwrap_or(u64::MAX);
             let shortage = Shortage {
-                asked: u64::try_from(need).unwrap_or(u64::MAX),
-                ..shortage
+                subnet: plan.subnet.clone(),
+                asked: count(need),
+                free: count(free.len()),
+                workload: plan.describe(),
             };
             record_shortage(store, plan, Some(&shortage))?;
             return Ok(Outcome::Short(shortage));
@@ -303,15 +303,6 @@ pub fn reconcile(store: &dyn Store, plan: &PoolPlan) -> Result<Outcome, datastor
             to: ips.len(),
         }
     })
-}
-
-fn shortage(plan: &PoolPlan, free: u64) -> Shortage {
-    Shortage {
-        subnet: plan.subnet.clone(),
-        asked: plan.size,
-        free,
-        workload: plan.describe(),
-    }
 }
 
 /// The pool as it should be stored: the existing one (whatever else its owner set) with
@@ -550,7 +541,8 @@ async fn passes(ctx: &Context, caches: &Caches, changed: &Notify) {
             instance: None,
         },
     );
-    let mut reported: BTreeMap<String, Shortage> = BTreeMap::new();
+    // The last Event note of each pool, so that a lasting problem is reported once.
+    let mut reported: BTreeMap<String, String> = BTreeMap::new();
     loop {
         pass(ctx, caches, &recorder, &mut reported).await;
         tokio::select! {
@@ -565,14 +557,25 @@ async fn pass(
     ctx: &Context,
     caches: &Caches,
     recorder: &Recorder,
-    reported: &mut BTreeMap<String, Shortage>,
+    reported: &mut BTreeMap<String, String>,
 ) {
     for (workload, reference) in caches.workloads() {
         let plans = match plan(&workload) {
             Ok(plans) => plans,
             Err(why) => {
                 let note = format!("{}: no auto pool: {why}", workload.describe());
-                event(ctx, recorder, &reference, "InvalidAutoPoolAnnotation", note).await;
+                if reported.get(&workload.uid) != Some(&note) {
+                    tracing::warn!("{note}");
+                    event(
+                        ctx,
+                        recorder,
+                        &reference,
+                        "InvalidAutoPoolAnnotation",
+                        note.clone(),
+                    )
+                    .await;
+                    reported.insert(workload.uid.clone(), note);
+                }
                 continue;
             }
         };
@@ -589,17 +592,24 @@ async fn pass(
                         "auto pool resized to the workload's replicas");
                 }
                 Ok(Outcome::Short(shortage)) => {
-                    if reported.get(&key) != Some(&shortage) {
-                        tracing::warn!(workload = %workload.describe(), "{shortage}");
-                        event(
-                            ctx,
-                            recorder,
-                            &reference,
-                            "SubnetExhausted",
-                            shortage.to_string(),
-                        )
-                        .await;
-                        reported.insert(key, shortage);
+                    let note = shortage.to_string();
+                    if reported.get(&key) != Some(&note) {
+                        tracing::warn!(workload = %workload.describe(), "{note}");
+                        event(ctx, recorder, &reference, "SubnetExhausted", note.clone()).await;
+                        reported.insert(key, note);
+                    }
+                }
+                Ok(Outcome::NoSubnet) => {
+                    let note = format!(
+                        "{}: SpiderSubnet {} named by the pod template does not exist; create \
+                         it (tessera apply or kubectl apply) or name another subnet",
+                        workload.describe(),
+                        plan.subnet
+                    );
+                    if reported.get(&key) != Some(&note) {
+                        tracing::warn!("{note}");
+                        event(ctx, recorder, &reference, "SubnetNotFound", note.clone()).await;
+                        reported.insert(key, note);
                     }
                 }
                 Err(error) => ctx.report(&format!("resizing auto pool {}", plan.name), &error),
@@ -797,6 +807,19 @@ mod tests {
             store.get(&key).unwrap().is_none(),
             "cleared once the pool is whole"
         );
+    }
+
+    #[test]
+    fn a_missing_subnet_is_said_and_makes_no_pool() {
+        let store = MemoryStore::new();
+        assert_eq!(
+            reconcile(&store, &nginx_plan(3)).unwrap(),
+            Outcome::NoSubnet
+        );
+        assert!(Catalog::new(&store)
+            .list(Kind::SpiderIPPool)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
