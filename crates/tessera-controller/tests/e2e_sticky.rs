@@ -86,17 +86,10 @@ fn assert_held_for(cluster: &Cluster, controller: &mut Controller, ip: &str, spa
     }
 }
 
-fn wait_released(cluster: &Cluster, controller: &Controller, ip: &str) {
-    let start = Instant::now();
-    let limit = GRACE + FOLLOW;
-    while cluster.in_use(ip) {
-        assert!(
-            start.elapsed() < limit,
-            "{ip} was not released within {limit:?}; controller log:\n{}",
-            controller.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// Waits until `ip` is released, at most a grace period and the time to follow a change.
+fn wait_released(cluster: &Cluster, ip: &str) {
+    let what = format!("{ip} is released");
+    common::wait_until(&what, GRACE + FOLLOW, || !cluster.in_use(ip));
 }
 
 #[test]
@@ -169,7 +162,7 @@ fn scaling_down_or_deleting_the_statefulset_releases_the_held_addresses() {
         &json!({"spec": {"replicas": 1}}),
     );
     cluster.kube.delete(&web1.path());
-    wait_released(&cluster, &controller, &ip1);
+    wait_released(&cluster, &ip1);
     assert!(
         controller
             .log()
@@ -182,7 +175,7 @@ fn scaling_down_or_deleting_the_statefulset_releases_the_held_addresses() {
     // The StatefulSet deleted, then its pod: the last address goes.
     cluster.kube.delete(&format!("{STATEFULSETS}/web"));
     cluster.kube.delete(&web0.path());
-    wait_released(&cluster, &controller, &ip0);
+    wait_released(&cluster, &ip0);
     assert!(
         controller.log().contains("its StatefulSet web was deleted"),
         "{}",
