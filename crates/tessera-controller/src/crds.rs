@@ -31,9 +31,9 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{json, Value};
-use tessera_core::catalog::{is_managed_by_kubernetes, Catalog, CatalogError, InUse};
+use tessera_core::catalog::{is_managed_by_kubernetes, Catalog, CatalogError};
 use tessera_core::decode::decode_document;
-use tessera_core::ipam::{Ipam, IpamError};
+use tessera_core::ipam::{spider_in_use_check, Ipam, IpamError};
 use tessera_core::ranges::IpRangeSet;
 use tessera_core::resources::{Kind, Resource as TesseraResource};
 use tessera_core::store::{Store, StoreError};
@@ -371,17 +371,7 @@ fn mirror_catalog<'s, T>(
     store: &'s (dyn Store + 's),
     op: impl FnOnce(&Catalog<'_, dyn Store + 's>) -> Result<T, CatalogError>,
 ) -> Result<T, CatalogError> {
-    let check = |pool: &str, leaving: &IpRangeSet| -> Result<InUse, StoreError> {
-        Ipam::new(store)
-            .spider_in_use(pool, leaving)
-            .map_err(|e| match e {
-                IpamError::Store(e) => e,
-                other => StoreError::Corrupt {
-                    endpoint: store.describe(),
-                    reason: other.to_string(),
-                },
-            })
-    };
+    let check = spider_in_use_check(store);
     op(&Catalog::new(store)
         .as_kubernetes_mirror()
         .with_in_use_check(&check))
@@ -397,24 +387,25 @@ fn is_refusal(error: &CatalogError) -> bool {
 }
 
 /// Spiderpool's (allocatedIPCount, totalIPCount) of a SpiderIPPool or SpiderSubnet as stored:
-/// a subnet counts what the SpiderIPPools of its subnet have allocated.
+/// a pool counts the addresses it handed to pods, a subnet those it handed to pools (the
+/// SpiderIPPools of its subnet), as `tessera get sp` and `get ss` do.
 fn counts(store: &dyn Store, kind: Kind, name: &str) -> Result<Option<(u128, u128)>, CatalogError> {
     if !matches!(kind, Kind::SpiderIPPool | Kind::SpiderSubnet) {
         return Ok(None);
     }
     let catalog = Catalog::new(store);
-    let usage = Ipam::new(store).spider_pool_usage().map_err(|e| match e {
-        IpamError::Store(e) => CatalogError::Store(e),
-        other => CatalogError::Store(StoreError::Corrupt {
-            endpoint: store.describe(),
-            reason: other.to_string(),
-        }),
-    })?;
-    let used_by = |pool: &str| usage.get(pool).copied().unwrap_or(0);
+    let size = |ips: Result<IpRangeSet, _>| ips.map_or(0, |ips: IpRangeSet| ips.len());
     Ok(match catalog.get(kind, name)? {
         TesseraResource::SpiderIPPool(pool) => {
-            let total = pool.spec.total_ips().map_or(0, |ips| ips.len());
-            Some((used_by(name), total))
+            let usage = Ipam::new(store).spider_pool_usage().map_err(|e| match e {
+                IpamError::Store(e) => CatalogError::Store(e),
+                other => CatalogError::Store(StoreError::Corrupt {
+                    endpoint: store.describe(),
+                    reason: other.to_string(),
+                }),
+            })?;
+            let allocated = usage.get(name).copied().unwrap_or(0);
+            Some((allocated, size(pool.spec.total_ips())))
         }
         TesseraResource::SpiderSubnet(subnet) => {
             let net = subnet.spec.subnet_net();
@@ -425,13 +416,12 @@ fn counts(store: &dyn Store, kind: Kind, name: &str) -> Result<Option<(u128, u12
                     TesseraResource::SpiderIPPool(p)
                         if net.is_some() && p.spec.subnet_net() == net =>
                     {
-                        Some(used_by(&p.metadata.name))
+                        Some(size(p.spec.total_ips()))
                     }
                     _ => None,
                 })
                 .fold(0u128, u128::saturating_add);
-            let total = subnet.spec.total_ips().map_or(0, |ips| ips.len());
-            Some((allocated, total))
+            Some((allocated, size(subnet.spec.total_ips())))
         }
         _ => None,
     })
@@ -473,6 +463,28 @@ mod tests {
             spider_pool("p", "10.6.0.10-10.6.0.13"),
         );
         assert_eq!(applied.unwrap(), (Finding::Synced, Some((0, 4))));
+    }
+
+    #[test]
+    fn a_subnet_counts_the_addresses_it_handed_to_pools() {
+        let store = MemoryStore::new();
+        let subnet: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "spiderpool.spidernet.io/v2beta1", "kind": "SpiderSubnet",
+            "metadata": {"name": "s"},
+            "spec": {"subnet": "10.6.0.0/24", "ips": ["10.6.0.1-10.6.0.100"]},
+        }))
+        .unwrap();
+        let manifest = model::to_manifest(&MIRRORED[0], &subnet);
+        apply(&store, Kind::SpiderSubnet, "s", manifest.clone()).unwrap();
+        apply(
+            &store,
+            Kind::SpiderIPPool,
+            "p",
+            spider_pool("p", "10.6.0.10-10.6.0.13"),
+        )
+        .unwrap();
+        let (finding, counts) = apply(&store, Kind::SpiderSubnet, "s", manifest).unwrap();
+        assert_eq!((finding, counts), (Finding::Synced, Some((4, 100))));
     }
 
     #[test]
