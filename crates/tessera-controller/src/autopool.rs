@@ -287,7 +287,7 @@ pub fn reconcile(store: &dyn Store, plan: &PoolPlan) -> Result<Outcome, datastor
     } else {
         current.clone()
     };
-    let pool = pool_record(plan, existing, &subnet.spec.subnet, &subnet.spec, &ips);
+    let pool = pool_record(plan, existing, &subnet.spec, &ips);
     let unchanged =
         existing.is_some_and(|e| e.spec == pool.spec && e.metadata.labels == pool.metadata.labels);
     if !unchanged {
@@ -311,7 +311,6 @@ pub fn reconcile(store: &dyn Store, plan: &PoolPlan) -> Result<Outcome, datastor
 fn pool_record(
     plan: &PoolPlan,
     existing: Option<&SpiderIPPool>,
-    cidr: &str,
     subnet: &SpiderSubnetSpec,
     ips: &IpRangeSet,
 ) -> SpiderIPPool {
@@ -322,7 +321,7 @@ fn pool_record(
         },
         spec: SpiderIPPoolSpec {
             ip_version: Some(if plan.v6 { 6 } else { 4 }),
-            subnet: cidr.to_string(),
+            subnet: subnet.subnet.clone(),
             gateway: subnet.gateway.clone(),
             routes: subnet.routes.clone(),
             vlan: subnet.vlan,
@@ -330,9 +329,10 @@ fn pool_record(
         },
     });
     pool.metadata.labels.extend(plan.labels());
-    pool.metadata
-        .labels
-        .insert(POOL_CIDR_LABEL.to_string(), rules::cidr_label(cidr));
+    pool.metadata.labels.insert(
+        POOL_CIDR_LABEL.to_string(),
+        rules::cidr_label(&subnet.subnet),
+    );
     pool.spec.ips = ips.to_strings();
     pool.spec.pod_affinity = Some(LabelSelector {
         match_labels: plan.app.pod_labels(),
