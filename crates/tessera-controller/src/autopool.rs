@@ -374,6 +374,22 @@ fn record_shortage(
     store.txn(&[], &[op]).map(|_| ())
 }
 
+/// Deletes the shortages recorded for pools no workload wants any more (`wanted` holds the
+/// keys of those still wanted), so that a later workload of the same name does not inherit one.
+pub fn forget_shortages(store: &dyn Store, wanted: &BTreeSet<String>) -> Result<(), StoreError> {
+    let stale: Vec<Op> = store
+        .range(rules::SHORTAGE_PREFIX)?
+        .into_iter()
+        .filter(|kv| !wanted.contains(&kv.key))
+        .map(|kv| Op::Delete(kv.key))
+        .collect();
+    // Well below etcd's 128 operations per transaction.
+    for chunk in stale.chunks(64) {
+        store.txn(&[], chunk)?;
+    }
+    Ok(())
+}
+
 /// Deletes the auto pools whose workload is gone (no uid in `live`) and which are to be
 /// reclaimed, each only once none of its addresses is allocated. Returns the deleted names.
 pub fn reclaim_orphans(
@@ -559,6 +575,7 @@ async fn pass(
     recorder: &Recorder,
     reported: &mut BTreeMap<String, String>,
 ) {
+    let mut wanted = BTreeSet::new();
     for (workload, reference) in caches.workloads() {
         let plans = match plan(&workload) {
             Ok(plans) => plans,
@@ -581,6 +598,7 @@ async fn pass(
         };
         for plan in plans {
             let key = rules::shortage_key(&plan.app.namespace, &plan.prefix);
+            wanted.insert(key.clone());
             let owned = plan.clone();
             match ctx.blocking(move |ds| reconcile(ds.store(), &owned)).await {
                 Ok(Outcome::Unchanged) => {
@@ -615,6 +633,13 @@ async fn pass(
                 Err(error) => ctx.report(&format!("resizing auto pool {}", plan.name), &error),
             }
         }
+    }
+    match ctx
+        .blocking(move |ds| Ok(forget_shortages(ds.store(), &wanted)?))
+        .await
+    {
+        Ok(()) => {}
+        Err(error) => ctx.report("forgetting the shortages of deleted workloads", &error),
     }
     let live = caches.uids();
     match ctx
@@ -807,6 +832,20 @@ mod tests {
             store.get(&key).unwrap().is_none(),
             "cleared once the pool is whole"
         );
+    }
+
+    #[test]
+    fn shortages_of_pools_no_workload_wants_are_forgotten() {
+        let store = store_with_subnet("10.6.0.10-10.6.0.13");
+        assert!(matches!(
+            reconcile(&store, &nginx_plan(5)).unwrap(),
+            Outcome::Short(_)
+        ));
+        let key = rules::shortage_key("shop", "auto4-nginx-eth0-");
+        forget_shortages(&store, &BTreeSet::from([key.clone()])).unwrap();
+        assert!(store.get(&key).unwrap().is_some());
+        forget_shortages(&store, &BTreeSet::new()).unwrap();
+        assert!(store.get(&key).unwrap().is_none());
     }
 
     #[test]

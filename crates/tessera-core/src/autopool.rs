@@ -358,9 +358,12 @@ impl std::fmt::Display for Shortage {
     }
 }
 
+/// Where every [`Shortage`] is kept.
+pub const SHORTAGE_PREFIX: &str = "autopool-shortages/";
+
 /// Where the shortage of the pool `pool_name_prefix` of a workload in `namespace` is kept.
 pub fn shortage_key(namespace: &str, pool_name_prefix: &str) -> String {
-    format!("autopool-shortages/{namespace}/{pool_name_prefix}")
+    format!("{SHORTAGE_PREFIX}{namespace}/{pool_name_prefix}")
 }
 
 #[cfg(test)]
