@@ -12,8 +12,9 @@ use common::{wait_until, Cluster, Controller, Pod};
 use serde_json::{json, Value};
 use tessera_core::ranges::IpRangeSet;
 
-/// Longest a change in Kubernetes may take to reach the pools.
-const FOLLOW: Duration = Duration::from_secs(20);
+/// Longest a change in Kubernetes may take to reach the pools (a pool shrinks only after
+/// garbage collection released its pods' addresses, and at the next pass).
+const FOLLOW: Duration = Duration::from_secs(30);
 
 const DEPLOYMENTS: &str = "/apis/apps/v1/namespaces/default/deployments";
 const REPLICASETS: &str = "/apis/apps/v1/namespaces/default/replicasets";
