@@ -169,6 +169,39 @@ mod tests {
     }
 
     #[test]
+    fn no_address_from_the_auto_pools_is_explained_by_the_shortage_or_the_missing_pool() {
+        use tessera_core::store::{MemoryStore, Op};
+        let a = annotations(&[(rules::SUBNET_ANNOTATION, r#"{"ipv4": ["tiny"]}"#)]);
+        let pools = for_pod(&a, Some(&deployment_app()), "eth0")
+            .unwrap()
+            .unwrap();
+        let store = MemoryStore::new();
+        assert!(
+            error(&store, &pools, false).is_none(),
+            "a full pool keeps its own error"
+        );
+        let waiting = error(&store, &pools, true).unwrap();
+        assert_eq!(waiting.code, code::TRY_AGAIN);
+        assert!(
+            waiting.to_string().contains("auto4-nginx-eth0-*"),
+            "{waiting}"
+        );
+        let shortage = Shortage {
+            subnet: "tiny".into(),
+            asked: 4,
+            free: 2,
+            workload: "Deployment shop/nginx".into(),
+        };
+        let value = serde_json::to_vec(&shortage).unwrap();
+        store
+            .txn(&[], &[Op::Put(pools.shortage_keys[0].clone(), value)])
+            .unwrap();
+        let short = error(&store, &pools, true).unwrap();
+        assert_eq!(short.code, code::NO_ADDRESS);
+        assert!(short.to_string().contains("4 asked for, 2 free"), "{short}");
+    }
+
+    #[test]
     fn a_pod_without_a_workload_cannot_use_a_subnet() {
         let a = annotations(&[(rules::SUBNET_ANNOTATION, r#"{"ipv4": ["s4"]}"#)]);
         let e = for_pod(&a, None, "eth0").unwrap_err();
