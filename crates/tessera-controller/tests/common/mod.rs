@@ -432,10 +432,26 @@ impl Cluster {
 
     /// Runs `tessera-ipam` ADD for `pod` with `conf`, as the runtime on its node would.
     pub fn cni_add_run(&self, pod: &Pod, conf: &Value) -> Run {
+        self.cni_run("ADD", pod, conf)
+    }
+
+    /// Runs `tessera-ipam` DEL for `pod` with `conf`, which must succeed, as the kubelet does
+    /// when the pod's sandbox goes.
+    pub fn detach_with(&self, pod: &Pod, conf: &Value) {
+        let run = self.cni_run("DEL", pod, conf);
+        assert_eq!(
+            run.code, 0,
+            "DEL of {} failed: {}{}",
+            pod.name, run.stdout, run.stderr
+        );
+    }
+
+    /// Runs `tessera-ipam` with CNI_COMMAND `command` for `pod` with `conf`.
+    fn cni_run(&self, command: &str, pod: &Pod, conf: &Value) -> Run {
         let mut cmd = Command::new(sibling_binary("tessera-ipam"));
         cmd.env_clear()
             .env("PATH", "/usr/bin:/bin")
-            .env("CNI_COMMAND", "ADD")
+            .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &pod.container_id)
             .env("CNI_NETNS", format!("/var/run/netns/{}", pod.container_id))
             .env("CNI_IFNAME", "eth0")
