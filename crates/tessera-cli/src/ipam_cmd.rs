@@ -290,6 +290,7 @@ pub fn assign(store: &dyn Store, args: &AssignArgs) -> anyhow::Result<String> {
     let default_v4 = args.ipv4.is_none() && args.ipv6.is_none() && args.ips.is_empty();
     let req = AssignRequest {
         handle: args.handle.clone(),
+        sticky_handle: None,
         node: args.node.clone(),
         attrs: Attributes {
             namespace: args.namespace.clone(),

@@ -72,15 +72,10 @@ impl<'a> Invocation<'a> {
         self.pod_from_api.as_ref()?.statefulset.as_deref()
     }
 
-    /// The handle an ADD assigns to: named after the pod for a StatefulSet pod (see
-    /// [`sticky_handle_id`]), else after the attachment.
-    fn request_handle(&self) -> String {
-        match (self.statefulset(), self.pod()) {
-            (Some(_), (Some(ns), Some(pod))) => {
-                sticky_handle_id(&self.conf.name, ns, pod, &self.env.ifname)
-            }
-            _ => self.handle(),
-        }
+    /// The handle a StatefulSet pod's ADD holds its addresses under while stickiness is on
+    /// (see [`sticky_handle_id`]); the allocator decides by the configuration it reads.
+    fn request_sticky_handle(&self) -> Option<String> {
+        self.statefulset().and(self.sticky_handle())
     }
 
     /// The handle a StatefulSet pod of this invocation's name would hold (none without a pod
@@ -237,7 +232,10 @@ impl<'a> Invocation<'a> {
         let (request, origins) = self.assign_request(&node)?;
         let (ipam, datastore) = self.open()?;
         let at = || self.where_(&node, &datastore);
-        let handle = request.handle.clone();
+        // The ids this attachment's addresses may be held under; the configuration decides.
+        let handles: Vec<String> = std::iter::once(request.handle.clone())
+            .chain(request.sticky_handle.clone())
+            .collect();
         // An attachment an earlier version added is held under its legacy id.
         let mut aliases = vec![self.legacy_handle()];
         let mut fresh = None;
@@ -252,7 +250,7 @@ impl<'a> Invocation<'a> {
                 break;
             }
             match self
-                .existing(&ipam, &handle, &aliases)
+                .existing(&ipam, &handles, &aliases)
                 .map_err(|e| CniError::from(e).context(at()))?
             {
                 Existing::Ours(held, context) => {
@@ -299,7 +297,7 @@ impl<'a> Invocation<'a> {
             }
             Err(e) => {
                 // The main plugin never sees these addresses: give them back.
-                if let Err(r) = ipam.release_handle(&handle) {
+                if let Err(r) = ipam.release_handle(&assignment.handle) {
                     self.log.error(format_args!(
                         "could not give back {} after a failed ADD: {r}",
                         list(assignment.addresses.iter().map(|a| a.ip))
@@ -365,14 +363,14 @@ impl<'a> Invocation<'a> {
         }))
     }
 
-    /// What the handle `handle`, or else one of its `aliases`, holds and for whom.
+    /// What one of the `handles`, or else one of its `aliases`, holds and for whom.
     fn existing(
         &self,
         ipam: &Allocator,
-        handle: &str,
+        handles: &[String],
         aliases: &[String],
     ) -> Result<Existing, IpamError> {
-        for id in std::iter::once(handle).chain(aliases.iter().map(String::as_str)) {
+        for id in handles.iter().chain(aliases) {
             let view = ipam.attachment(id)?;
             let (Some(held), Some(attrs)) = (view.held, view.attrs) else {
                 continue;
@@ -380,7 +378,7 @@ impl<'a> Invocation<'a> {
             if self.is_repeat_of(&attrs) {
                 return Ok(Existing::Ours(held, Box::new(view.context)));
             }
-            if id != handle && !self.is_this_attachment(&attrs) {
+            if !handles.contains(id) && !self.is_this_attachment(&attrs) {
                 return Ok(Existing::OtherLegacy);
             }
             let id = id.to_string();
@@ -575,7 +573,8 @@ impl<'a> Invocation<'a> {
         let from_api = self.pod_from_api.as_ref();
         let statefulset = self.statefulset();
         let request = AssignRequest {
-            handle: self.request_handle(),
+            handle: self.handle(),
+            sticky_handle: self.request_sticky_handle(),
             node: node.to_string(),
             attrs: Attributes {
                 namespace: env.arg("K8S_POD_NAMESPACE").map(str::to_string),

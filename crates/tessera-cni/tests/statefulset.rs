@@ -70,3 +70,51 @@ fn a_pod_of_no_statefulset_gets_a_new_address_and_del_releases_it() {
     let again = add_then_delete(&env, &server_with_web0("uid-2", false), "c2", "node-a");
     assert_ne!(again, first);
 }
+
+fn stickiness(env: &Env, on: bool) {
+    env.apply(
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "IPAMConfiguration",
+                     "metadata": {"name": "default"}, "spec": {"enableStatefulSet": on}}),
+    );
+}
+
+#[test]
+fn turned_off_a_statefulset_pod_holds_a_container_handle_that_del_releases() {
+    let env = Env::new();
+    env.pool("a", "10.1.0.0/24", 26, json!({}));
+    stickiness(&env, false);
+    let server = server_with_web0("uid-1", true);
+    add_then_delete(&env, &server, "c1", "node-a");
+    assert_eq!(
+        env.handle_count(),
+        0,
+        "DEL released it like any other pod's"
+    );
+    let conf = conf_for(&env, &server, "node-a");
+    let att = Att::new("c2").pod("db", "web-0");
+    env.add(&conf, &att);
+    let rec = env.ipam().handle("tnet:c2:eth0").unwrap().unwrap();
+    assert_eq!(rec.attrs.statefulset, None, "recorded like any other pod's");
+    assert!(env.ipam().handle("tnet:db/web-0:eth0").unwrap().is_none());
+    // A retried ADD gets the same address back.
+    let again = first_address(&env.add(&conf, &att));
+    assert_eq!(again, rec.addresses[0].ip.to_string());
+    env.assert_consistent();
+}
+
+#[test]
+fn a_handle_held_while_stickiness_was_on_goes_with_the_pods_next_add_once_off() {
+    let env = Env::new();
+    env.pool("a", "10.1.0.0/24", 26, json!({}));
+    add_then_delete(&env, &server_with_web0("uid-1", true), "c1", "node-a");
+    assert!(env.ipam().handle("tnet:db/web-0:eth0").unwrap().is_some());
+    stickiness(&env, false);
+    let server = server_with_web0("uid-2", true);
+    let conf = conf_for(&env, &server, "node-b");
+    env.add(&conf, &Att::new("c2").pod("db", "web-0"));
+    assert!(env.ipam().handle("tnet:db/web-0:eth0").unwrap().is_none());
+    assert!(env.ipam().handle("tnet:c2:eth0").unwrap().is_some());
+    env.cni("DEL", &conf, Some(&Att::new("c2").pod("db", "web-0")))
+        .ok();
+    assert_eq!(env.handle_count(), 0);
+}

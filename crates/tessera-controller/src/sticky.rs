@@ -1,9 +1,10 @@
 //! StatefulSet pods keep their addresses: which held addresses garbage collection keeps, and
 //! the watch of StatefulSets it judges them by.
 //!
-//! The CNI plugin names a StatefulSet pod's handle after the pod and leaves it in place when
-//! the pod is deleted, so the pod created again under its name takes the addresses back (see
-//! `tessera_core::ipam::Ipam::assign_new`). Such a handle ([`Attributes::statefulset`]) is
+//! While `enableStatefulSet` is on, the CNI plugin names a StatefulSet pod's handle after the
+//! pod and leaves it in place when the pod is deleted, so the pod created again under its name
+//! takes the addresses back (see `tessera_core::ipam::Ipam::assign_new`); with it off, the
+//! pod's handle records no StatefulSet. Such a handle ([`Attributes::statefulset`]) is
 //! never a leak candidate while its StatefulSet exists and the pod's ordinal is within the
 //! replicas, whatever became of the pod: gone, another UID (the pod was created again,
 //! Spiderpool issues 2442 and 2526), another node or finished. Once the StatefulSet is

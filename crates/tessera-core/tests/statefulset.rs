@@ -179,3 +179,106 @@ fn with_a_warm_node_cache_a_new_pod_costs_one_transaction_and_a_held_handle_is_s
     assert_eq!(assigned(&ipam, &web0("c2", "n1")), first);
     assert!(ipam.check().unwrap().problems.is_empty());
 }
+
+/// The ADD of pod db/web-0 as the CNI plugin makes it: its own handle, and the pod-named one
+/// to hold its addresses under while stickiness is on.
+fn web0_either(cid: &str, node: &str) -> AssignRequest {
+    AssignRequest {
+        handle: format!("net:{cid}:eth0"),
+        sticky_handle: Some(HANDLE.into()),
+        ..web0(cid, node)
+    }
+}
+
+fn stickiness(ipam: &Ipam<CountingStore<MemoryStore>>, on: bool) {
+    put(
+        ipam.store(),
+        keys::IPAM_CONFIG,
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "IPAMConfiguration",
+               "metadata": {"name": "default"}, "spec": {"enableStatefulSet": on}}),
+    );
+}
+
+#[test]
+fn turned_off_a_statefulset_pod_is_assigned_like_any_other_pod_in_one_read() {
+    let ipam = two_pools();
+    stickiness(&ipam, false);
+    // The node has its block already: the ADD claims none.
+    assigned(&ipam, &v4("other", "n1"));
+    ipam.store().reset();
+    let (done, _) = ipam.assign_new(&web0_either("c1", "n1")).unwrap().unwrap();
+    assert_eq!(
+        ipam.store().round_trips(),
+        2,
+        "one snapshot, one transaction"
+    );
+    assert_eq!(done.handle, "net:c1:eth0");
+    let rec = ipam.handle("net:c1:eth0").unwrap().unwrap();
+    assert_eq!(rec.attrs.statefulset, None, "recorded like any other pod's");
+    assert!(ipam.handle(HANDLE).unwrap().is_none());
+    // Its own handle is found again by a retried ADD, and released like any other.
+    assert!(ipam.assign_new(&web0_either("c1", "n1")).unwrap().is_none());
+    assert_eq!(
+        ipam.release_handle("net:c1:eth0").unwrap(),
+        vec![done.addresses[0].ip]
+    );
+}
+
+#[test]
+fn turned_on_the_pod_named_handle_holds_the_addresses_and_turned_off_its_held_ones_go() {
+    let ipam = two_pools();
+    let (done, _) = ipam.assign_new(&web0_either("c1", "n1")).unwrap().unwrap();
+    assert_eq!(done.handle, HANDLE);
+    let first = done.addresses[0].ip;
+    let rec = ipam.handle(HANDLE).unwrap().unwrap();
+    assert_eq!(rec.attrs.statefulset.as_deref(), Some("web"));
+    assert_eq!(assigned(&ipam, &web0_either("c2", "n2")), first);
+    // Made while on, the handle is released by the pod's next ADD once it is off.
+    stickiness(&ipam, false);
+    let (again, _) = ipam.assign_new(&web0_either("c3", "n2")).unwrap().unwrap();
+    assert_eq!(again.handle, "net:c3:eth0");
+    let (released, why) = again.released_held.expect("the held addresses released");
+    assert_eq!(released, vec![first]);
+    assert!(why.contains("enableStatefulSet is false"), "{why}");
+    assert!(ipam.handle(HANDLE).unwrap().is_none());
+    // A retried ADD of a container that got the pod-named handle while on finds it.
+    stickiness(&ipam, true);
+    assigned(&ipam, &web0_either("c4", "n1"));
+    stickiness(&ipam, false);
+    assert!(ipam.assign_new(&web0_either("c4", "n1")).unwrap().is_none());
+    assert!(ipam.check().unwrap().problems.is_empty());
+}
+
+#[test]
+fn turned_off_with_a_warm_node_cache_a_statefulset_pod_costs_one_transaction() {
+    let s = CountingStore::new(MemoryStore::new());
+    let docs = [
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool", "metadata": {"name": "a"},
+               "spec": {"cidr": "10.0.0.0/24", "blockSize": 28}}),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "IPAMConfiguration",
+               "metadata": {"name": "default"}, "spec": {"enableStatefulSet": false}}),
+    ];
+    let docs: Vec<_> = docs
+        .into_iter()
+        .map(|d| tessera_core::decode::decode_document(d).unwrap())
+        .collect();
+    tessera_core::catalog::Catalog::new(&s)
+        .apply(&docs)
+        .unwrap();
+    let ipam = Ipam::new(s).with_cache(tessera_core::ipam::cache::MemoryNodeCache::new());
+    // The view knows the node's block and the namespace.
+    assigned(&ipam, &in_namespace(v4("other", "n1"), "db"));
+    ipam.store().reset();
+    let (done, _) = ipam.assign_new(&web0_either("c1", "n1")).unwrap().unwrap();
+    assert_eq!(ipam.store().round_trips(), 1, "one transaction");
+    assert_eq!(done.handle, "net:c1:eth0");
+    assert_eq!(
+        ipam.handle("net:c1:eth0")
+            .unwrap()
+            .unwrap()
+            .attrs
+            .statefulset,
+        None
+    );
+    assert!(ipam.check().unwrap().problems.is_empty());
+}

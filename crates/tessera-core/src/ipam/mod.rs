@@ -185,6 +185,13 @@ impl IpamError {
 pub struct AssignRequest {
     /// Handle id, e.g. `<network>.<containerID>`.
     pub handle: String,
+    /// For a StatefulSet pod ([`Attributes::statefulset`]) asked for with
+    /// [`Ipam::assign_new`] ([`Ipam::assign`] ignores it): the handle named after the pod that holds its addresses while
+    /// stickiness is on (IPAMConfiguration `enableStatefulSet`). The configuration read with
+    /// the allocation decides: on, the addresses go to this handle; off, to
+    /// [`AssignRequest::handle`], recorded like any other pod's (without the StatefulSet),
+    /// and what this handle held for an earlier pod of the name is released.
+    pub sticky_handle: Option<String>,
     /// Node the workload runs on.
     pub node: String,
     /// Who the addresses are for (namespace, pod, interface, container id).
@@ -346,6 +353,26 @@ impl Inputs {
     }
 }
 
+/// `req` as the configuration records `config` have it made (see
+/// [`AssignRequest::sticky_handle`]; `sticky` is that handle when it counts), the attributes
+/// to record, and the handles that must not exist for it: `aliases` and the other of the
+/// request's two handles.
+fn resolved(
+    req: &AssignRequest,
+    sticky: Option<&str>,
+    config: &[KeyValue],
+    aliases: &[String],
+) -> Result<(AssignRequest, Attributes, Vec<String>), IpamError> {
+    let (req, other) = match sticky {
+        Some(_) => sticky::resolve(req, sticky::stickiness_on(config)?),
+        None => (req.clone(), None),
+    };
+    let mut attrs = req.attrs.clone();
+    attrs.node = Some(req.node.clone());
+    let absent = aliases.iter().cloned().chain(other).collect();
+    Ok((req, attrs, absent))
+}
+
 /// Why a requested address is refused: an IPv4-mapped IPv6 address stands for an IPv4 one.
 fn mapped_request_problem(ip: IpAddr) -> Option<String> {
     let IpAddr::V6(v6) = ip else {
@@ -426,8 +453,11 @@ impl<S: Store> Ipam<S> {
     ) -> Result<Option<(Assignment, Context)>, IpamError> {
         let only_new = new_only.is_some();
         let aliases = new_only.unwrap_or_default();
-        if let Some(problem) = crate::validate::names::handle_id_problem(&req.handle) {
-            return Err(IpamError::InvalidRequest(problem));
+        let sticky = req.sticky_handle.as_deref().filter(|_| only_new);
+        for id in std::iter::once(req.handle.as_str()).chain(sticky) {
+            if let Some(problem) = crate::validate::names::handle_id_problem(id) {
+                return Err(IpamError::InvalidRequest(problem));
+            }
         }
         if let Some(problem) = req.ips.iter().find_map(|ip| mapped_request_problem(*ip)) {
             return Err(IpamError::InvalidRequest(problem));
@@ -443,7 +473,7 @@ impl<S: Store> Ipam<S> {
             if let Some(problem) = crate::validate::names::handle_id_problem(&gw.handle) {
                 return Err(IpamError::InvalidRequest(problem));
             }
-            if gw.handle == req.handle {
+            if gw.handle == req.handle || sticky == Some(gw.handle.as_str()) {
                 return Err(IpamError::InvalidRequest(format!(
                     "the gateway handle {} must not be the request's own handle",
                     quoted(&gw.handle)
@@ -457,8 +487,6 @@ impl<S: Store> Ipam<S> {
             .as_ref()
             .filter(|gw| !gw.per_block)
             .map(|gw| keys::handle(&gw.handle));
-        let mut attrs = req.attrs.clone();
-        attrs.node = Some(req.node.clone());
         let namespace = req.stored_namespace();
 
         let cached = self.cache.as_ref().and_then(|c| c.load_view(&req.node));
@@ -470,7 +498,8 @@ impl<S: Store> Ipam<S> {
                 .filter(|_| gateway_key.is_some())
                 .and_then(|gw| self.cache.as_ref()?.load_handle(&gw.handle));
             let inputs = Inputs::from_view(view, namespace, gateway);
-            match self.try_assign(req, &attrs, inputs, Some(view), true, aliases) {
+            let (req, attrs, absent) = resolved(req, sticky, &inputs.config, aliases)?;
+            match self.try_assign(&req, &attrs, inputs, Some(view), true, &absent) {
                 Ok(Attempt::Done(done, ctx)) => return Ok(Some((done, *ctx))),
                 // A stale view or a request the view cannot answer: the fresh read decides.
                 Ok(Attempt::Conflict) | Err(IpamError::BeyondView) => {}
@@ -495,6 +524,7 @@ impl<S: Store> Ipam<S> {
             if read_handle {
                 reads.push(Read::Get(keys::handle(&req.handle)));
             }
+            reads.extend(sticky.map(|id| Read::Get(keys::handle(id))));
             reads.extend(aliases.iter().map(|a| Read::Get(keys::handle(a))));
             if let Some(key) = &gateway_key {
                 reads.push(Read::Get(key.clone()));
@@ -513,14 +543,23 @@ impl<S: Store> Ipam<S> {
                 handle: if read_handle { next().pop() } else { None },
                 gateway: None,
             };
+            // With a pod-named handle, the attachment's own existing means a retried request,
+            // and the pod-named one may be an earlier pod's.
+            let (own, earlier) = match sticky {
+                Some(_) => (inputs.handle.clone(), next().pop()),
+                None => (None, inputs.handle.clone()),
+            };
             let alias_exists = aliases.iter().any(|_| !next().is_empty());
             let inputs = Inputs {
                 gateway: gateway_key.as_ref().map(|_| next().pop()),
                 ..inputs
             };
-            if only_new && (inputs.handle.is_some() || alias_exists) {
+            let retried = own.is_some() || alias_exists;
+            if only_new && (retried || earlier.is_some()) {
                 // A StatefulSet pod created again finds the handle its earlier self left.
-                let earlier = inputs.handle.as_ref().filter(|_| !alias_exists);
+                let earlier = earlier.as_ref().filter(|_| !retried);
+                let mut attrs = req.attrs.clone();
+                attrs.node = Some(req.node.clone());
                 return Ok(match earlier {
                     Some(kv) => match self.take_over(req, &attrs, kv, &inputs)? {
                         sticky::TakeOver::NotEarlier => Some(None),
@@ -534,7 +573,8 @@ impl<S: Store> Ipam<S> {
                     None => Some(None),
                 });
             }
-            let fresh = self.try_assign(req, &attrs, inputs, cached.as_ref(), false, aliases)?;
+            let (req, attrs, absent) = resolved(req, sticky, &inputs.config, aliases)?;
+            let fresh = self.try_assign(&req, &attrs, inputs, cached.as_ref(), false, &absent)?;
             Ok(match fresh {
                 Attempt::Done(done, ctx) => Some(Some((done, *ctx))),
                 Attempt::Conflict => None,

@@ -12,6 +12,11 @@
 //! and the other held addresses are as many as it asks for, each in a pool the pod may use now
 //! (its pool annotations win). Otherwise the held addresses are released and new ones
 //! allocated, as Spiderpool does.
+//!
+//! With stickiness off, a request that names the pod's handle
+//! ([`AssignRequest::sticky_handle`]) is made to its own handle like any other pod's; the
+//! setting is read in the same snapshot, so that costs nothing. A pod-named handle left while
+//! it was on is released by the pod's next ADD.
 
 use std::net::IpAddr;
 
@@ -24,6 +29,7 @@ use super::records::{decode, encode, Attributes, HandleRecord};
 use super::release::{self, Released};
 use super::select::{self, Family};
 use super::{handle_targets, AssignRequest, Assignment, Inputs, Ipam, IpamError};
+use crate::resources::calico::{IPAMConfiguration, IPAMConfigurationSpec};
 
 /// What an ADD did with the handle an earlier pod of the same name left.
 pub(super) enum TakeOver {
@@ -35,6 +41,35 @@ pub(super) enum TakeOver {
     Released(Vec<IpAddr>, String),
     /// A compare failed; the ADD starts over.
     Conflict,
+}
+
+/// Whether StatefulSet pods keep their addresses under the configuration records `config`
+/// (IPAMConfiguration `enableStatefulSet`, on when unset).
+pub(super) fn stickiness_on(config: &[KeyValue]) -> Result<bool, IpamError> {
+    Ok(match config.iter().find(|kv| kv.key == keys::IPAM_CONFIG) {
+        Some(kv) => decode::<IPAMConfiguration>(kv)?.spec.enable_stateful_set,
+        None => IPAMConfigurationSpec::default().enable_stateful_set,
+    })
+}
+
+/// `req` as made under a configuration with stickiness `on`: to its pod-named handle when on,
+/// else to its own handle without the StatefulSet (see [`AssignRequest::sticky_handle`]).
+/// The other of the two handles is returned too: it must not exist for the assignment.
+pub(super) fn resolve(req: &AssignRequest, on: bool) -> (AssignRequest, Option<String>) {
+    let Some(sticky) = &req.sticky_handle else {
+        return (req.clone(), None);
+    };
+    let mut resolved = AssignRequest {
+        sticky_handle: None,
+        ..req.clone()
+    };
+    if on {
+        resolved.handle = sticky.clone();
+        (resolved, Some(req.handle.clone()))
+    } else {
+        resolved.attrs.statefulset = None;
+        (resolved, Some(sticky.clone()))
+    }
 }
 
 /// Whether `held` was recorded for an earlier pod of the StatefulSet pod `new` asks for:
