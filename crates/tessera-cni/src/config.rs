@@ -115,7 +115,7 @@ pub struct IpamConf {
 /// after a reboot the first request of each node reads the datastore again.
 pub const DEFAULT_CACHE_DIR: &str = "/run/tessera/ipam-cache";
 
-/// How long ADD waits for the Kubernetes API server by default (both GETs together).
+/// How long ADD waits for the Kubernetes API server by default (its GETs together).
 pub const DEFAULT_KUBERNETES_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The range `kubernetes.timeout_ms` may take: long enough for a loaded API server, short
@@ -134,7 +134,7 @@ pub struct KubernetesConf {
     /// `k8s_api_root`: the API server's URL; replaces the kubeconfig's server, or stands
     /// alone for an `http://` server that needs no credentials.
     pub api_root: Option<String>,
-    /// `timeout_ms`: the time allowed for both GETs together.
+    /// `timeout_ms`: the time allowed for the GETs together.
     pub timeout: Duration,
 }
 

@@ -1,12 +1,14 @@
 //! What ADD reads from the Kubernetes API server when the network configuration has a
 //! `kubernetes` section: the pod (annotations, labels, uid) and its namespace (labels and
-//! annotations), one GET each under the section's timeout.
+//! annotations), one GET each under the section's timeout; and, for a pod of a Job that names
+//! a SpiderSubnet, the Job, whose CronJob owns the auto pools.
 
 use std::collections::BTreeMap;
 
+use tessera_core::autopool::App;
 use tessera_core::resources::kube;
 use tessera_core::resources::meta::ObjectMeta;
-use tessera_k8s_lookup::{ApiAccess, Client, Namespace, OwnerReference};
+use tessera_k8s_lookup::{ApiAccess, Client, Job, Namespace, OwnerReference, Pod};
 
 use crate::config::KubernetesConf;
 use crate::error::CniError;
@@ -22,9 +24,9 @@ pub struct PodFacts {
     pub labels: BTreeMap<String, String>,
     /// The pod's namespace (labels and annotations), for pool selection.
     pub namespace: kube::Namespace,
-    /// The workload that owns the pod (a ReplicaSet of a Deployment stands for it), for its
-    /// auto pools.
-    pub app: Option<tessera_core::autopool::App>,
+    /// The workload that owns the pod (a ReplicaSet of a Deployment stands for it, a Job
+    /// for the CronJob that started it), for its auto pools.
+    pub app: Option<App>,
     /// The StatefulSet that owns the pod (its controller owner reference of kind
     /// `StatefulSet`, `apps/v1`), if any: such a pod keeps its addresses under its name.
     pub statefulset: Option<String>,
@@ -34,15 +36,11 @@ pub struct PodFacts {
 pub fn look_up(conf: &KubernetesConf, namespace: &str, name: &str) -> Result<PodFacts, CniError> {
     let in_section = |e: CniError| e.context(format!("set in {}", conf.path));
     let client = client(conf).map_err(in_section)?;
-    let (pod, ns) = client
-        .pod_and_namespace(namespace, name)
+    let (pod, ns, job) = client
+        .pod_namespace_and_job(namespace, name, job_to_read)
         .map_err(|e| in_section(e.into()))?;
     let statefulset = statefulset_of(&pod.metadata.owner_references);
-    let app = crate::autopool::pod_app(
-        namespace,
-        &pod.metadata.owner_references,
-        &pod.metadata.labels,
-    );
+    let app = app_of(namespace, &pod, job.as_ref());
     Ok(PodFacts {
         app,
         statefulset,
@@ -51,6 +49,36 @@ pub fn look_up(conf: &KubernetesConf, namespace: &str, name: &str) -> Result<Pod
         labels: pod.metadata.labels,
         namespace: namespace_record(ns),
     })
+}
+
+/// The Job to read for `pod`: its controller owner, when that is a Job and the pod names a
+/// SpiderSubnet (only then does the Job's CronJob matter).
+fn job_to_read(pod: &Pod) -> Option<String> {
+    let meta = &pod.metadata;
+    if !tessera_core::autopool::names_subnet(&meta.annotations) {
+        return None;
+    }
+    controller(&meta.owner_references)
+        .filter(|o| tessera_core::autopool::is_job(&o.api_version, &o.kind))
+        .map(|o| o.name.clone())
+}
+
+/// The workload of `pod` for its auto pools: the CronJob that started its Job (`job`, read
+/// when [`job_to_read`] named it), else its own controller's.
+fn app_of(namespace: &str, pod: &Pod, job: Option<&Job>) -> Option<App> {
+    let cron_job = job
+        .and_then(|job| controller(&job.metadata.owner_references))
+        .and_then(|o| {
+            tessera_core::autopool::cron_job_app(namespace, &o.api_version, &o.kind, &o.name)
+        });
+    let meta = &pod.metadata;
+    cron_job.or_else(|| crate::autopool::pod_app(namespace, &meta.owner_references, &meta.labels))
+}
+
+/// An object's controller: its owner reference with the flag (or without it, as older
+/// objects lack it).
+fn controller(owners: &[OwnerReference]) -> Option<&OwnerReference> {
+    owners.iter().find(|o| o.controller != Some(false))
 }
 
 /// The StatefulSet among a pod's owners: the owner of kind `StatefulSet` in `apps/v1` that
@@ -110,6 +138,59 @@ mod tests {
             controller,
             ..Default::default()
         }
+    }
+
+    fn job_pod(annotations: &[(&str, &str)]) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.owner_references = vec![OwnerReference {
+            name: "nightly-29000000".into(),
+            ..owner("batch/v1", "Job", Some(true))
+        }];
+        pod.metadata.annotations = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        pod
+    }
+
+    fn job_owned_by(owners: Vec<OwnerReference>) -> Job {
+        let mut job = Job::default();
+        job.metadata.owner_references = owners;
+        job
+    }
+
+    #[test]
+    fn a_pod_of_a_cron_jobs_job_naming_a_subnet_belongs_to_the_cron_job() {
+        let subnet = (
+            tessera_core::autopool::SUBNET_ANNOTATION,
+            r#"{"ipv4": ["s4"]}"#,
+        );
+        let pod = job_pod(&[subnet]);
+        assert_eq!(job_to_read(&pod).as_deref(), Some("nightly-29000000"));
+        let cron = OwnerReference {
+            name: "nightly".into(),
+            ..owner("batch/v1", "CronJob", Some(true))
+        };
+        let app = app_of("shop", &pod, Some(&job_owned_by(vec![cron]))).unwrap();
+        assert_eq!(
+            (app.kind.as_str(), app.name.as_str()),
+            ("CronJob", "nightly")
+        );
+        // A Job of its own is the workload.
+        let app = app_of("shop", &pod, Some(&job_owned_by(Vec::new()))).unwrap();
+        assert_eq!(
+            (app.kind.as_str(), app.name.as_str()),
+            ("Job", "nightly-29000000")
+        );
+    }
+
+    #[test]
+    fn the_job_is_read_only_for_a_pod_of_a_job_that_names_a_subnet() {
+        assert_eq!(job_to_read(&job_pod(&[])), None);
+        let subnet = (tessera_core::autopool::SUBNETS_ANNOTATION, "[]");
+        let mut pod = job_pod(&[subnet]);
+        pod.metadata.owner_references = vec![owner("apps/v1", "ReplicaSet", Some(true))];
+        assert_eq!(job_to_read(&pod), None);
     }
 
     #[test]

@@ -229,3 +229,46 @@ fn the_documented_configuration_reads_the_pod() {
     let rbac = lines_between(&section, "```yaml", "```");
     assert!(rbac.contains("resources: [\"pods\", \"namespaces\"]\n  verbs: [\"get\"]"));
 }
+
+/// An API server with pod shop/nightly-29000000-x1 of Job nightly-29000000, which CronJob
+/// nightly started, the pod naming SpiderSubnet `s4`.
+fn server_of_a_cron_jobs_pod() -> FakeApiServer {
+    let server = FakeApiServer::start();
+    let subnet = [("ipam.spidernet.io/subnet", r#"{"ipv4": ["s4"]}"#)];
+    let mut pod = pod_json("shop", "nightly-29000000-x1", "uid-1", &[], &subnet);
+    pod["metadata"]["ownerReferences"] = json!([{"apiVersion": "batch/v1", "kind": "Job",
+        "name": "nightly-29000000", "uid": "job-uid", "controller": true}]);
+    server.set_pod(&pod);
+    server.set_namespace(&namespace_json("shop", &[], &[]));
+    let job = json!({"apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"name": "nightly-29000000", "namespace": "shop", "uid": "job-uid",
+                     "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob",
+                         "name": "nightly", "uid": "cron-uid", "controller": true}]}});
+    server.set(
+        "/apis/batch/v1/namespaces/shop/jobs/nightly-29000000",
+        200,
+        job.to_string(),
+    );
+    server
+}
+
+#[test]
+fn a_pod_of_a_cron_jobs_job_draws_from_the_cron_jobs_auto_pool() {
+    let env = Env::new();
+    // The pool the controller cuts for the CronJob, and one a Job of its own would get.
+    env.spider_pool(
+        "auto4-nightly-eth0-abcde",
+        json!({"subnet": "10.7.0.0/24", "ips": ["10.7.0.10-10.7.0.12"]}),
+    );
+    env.spider_pool(
+        "auto4-nightly-29000000-eth0-fghij",
+        json!({"subnet": "10.8.0.0/24", "ips": ["10.8.0.10-10.8.0.12"]}),
+    );
+    let server = server_of_a_cron_jobs_pod();
+    let conf = conf_for(&env, &server.url(), json!({}));
+    let got = env.add(&conf, &Att::new("c1").pod("shop", "nightly-29000000-x1"));
+    assert!(first_address(&got).starts_with("10.7.0."), "{got}");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 3, "pod, namespace, job: {requests:?}");
+    env.assert_consistent();
+}

@@ -1,5 +1,6 @@
 //! Auto pools (Spiderpool's SpiderSubnet feature): Deployments, ReplicaSets of their own,
-//! StatefulSets, DaemonSets and Jobs whose pod template names a SpiderSubnet
+//! StatefulSets, DaemonSets, Jobs of their own and CronJobs whose pod template names a
+//! SpiderSubnet
 //! (`ipam.spidernet.io/subnet` or `subnets`) get a SpiderIPPool per interface and family, cut
 //! from that subnet, sized to their replicas (`ipam.spidernet.io/ippool-ip-number`) and open
 //! only to their pods (`podAffinity` on the workload labels the CNI plugin gives a pod).
@@ -17,7 +18,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{ObjectReference, PodTemplateSpec};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store as Cache};
@@ -68,9 +69,7 @@ impl Workload {
         template: &PodTemplateSpec,
     ) -> Option<Self> {
         let annotations = template.metadata.as_ref()?.annotations.clone()?;
-        if !annotations.contains_key(rules::SUBNET_ANNOTATION)
-            && !annotations.contains_key(rules::SUBNETS_ANNOTATION)
-        {
+        if !rules::names_subnet(&annotations) {
             return None;
         }
         let api_version = K::api_version(&());
@@ -121,10 +120,19 @@ pub fn from_daemon_set(d: &DaemonSet) -> Option<Workload> {
     Workload::new(d, Some(nodes), &d.spec.as_ref()?.template)
 }
 
-/// The workload of a Job with auto pools: one address per pod it runs at once.
+/// The workload of a Job with auto pools: one address per pod it runs at once. None for a
+/// Job a CronJob started: the CronJob's pools serve its pods.
 pub fn from_job(j: &Job) -> Option<Workload> {
-    let spec = j.spec.as_ref()?;
+    let owned = j.owner_references().iter().any(|o| o.kind == "CronJob");
+    let spec = j.spec.as_ref().filter(|_| !owned)?;
     Workload::new(j, Some(spec.parallelism.unwrap_or(1)), &spec.template)
+}
+
+/// The workload of a CronJob with auto pools, whose pools serve every Job it starts: one
+/// address per pod its job template runs at once.
+pub fn from_cron_job(c: &CronJob) -> Option<Workload> {
+    let job = c.spec.as_ref()?.job_template.spec.as_ref()?;
+    Workload::new(c, Some(job.parallelism.unwrap_or(1)), &job.template)
 }
 
 /// One pool a workload wants.
@@ -433,6 +441,7 @@ struct Caches {
     stateful_sets: Cache<StatefulSet>,
     daemon_sets: Cache<DaemonSet>,
     jobs: Cache<Job>,
+    cron_jobs: Cache<CronJob>,
 }
 
 impl Caches {
@@ -453,6 +462,7 @@ impl Caches {
         out.extend(each(&self.stateful_sets, from_stateful_set));
         out.extend(each(&self.daemon_sets, from_daemon_set));
         out.extend(each(&self.jobs, from_job));
+        out.extend(each(&self.cron_jobs, from_cron_job));
         out
     }
 
@@ -471,6 +481,7 @@ impl Caches {
         out.extend(each(&self.stateful_sets));
         out.extend(each(&self.daemon_sets));
         out.extend(each(&self.jobs));
+        out.extend(each(&self.cron_jobs));
         out
     }
 
@@ -481,6 +492,7 @@ impl Caches {
             self.stateful_sets.wait_until_ready(),
             self.daemon_sets.wait_until_ready(),
             self.jobs.wait_until_ready(),
+            self.cron_jobs.wait_until_ready(),
         )
         .is_ok()
     }
@@ -493,12 +505,14 @@ pub async fn run(ctx: &Context) -> Error {
     let (stateful_sets, w3) = reflector::store();
     let (daemon_sets, w4) = reflector::store();
     let (jobs, w5) = reflector::store();
+    let (cron_jobs, w6) = reflector::store();
     let caches = Caches {
         deployments,
         replica_sets,
         stateful_sets,
         daemon_sets,
         jobs,
+        cron_jobs,
     };
     let changed = Notify::new();
     tokio::select! {
@@ -507,6 +521,7 @@ pub async fn run(ctx: &Context) -> Error {
         () = watch(ctx, w3, "statefulsets", &changed) => Error::Stopped("statefulset watch"),
         () = watch(ctx, w4, "daemonsets", &changed) => Error::Stopped("daemonset watch"),
         () = watch(ctx, w5, "jobs", &changed) => Error::Stopped("job watch"),
+        () = watch(ctx, w6, "cronjobs", &changed) => Error::Stopped("cronjob watch"),
         () = passes(ctx, &caches, &changed) => Error::Stopped("auto pool"),
     }
 }
@@ -730,6 +745,51 @@ mod tests {
         }))
         .unwrap();
         assert!(from_replica_set(&rs).is_none());
+    }
+
+    /// A Job template naming SpiderSubnet `s4`, `parallelism` pods at once, `+2` addresses.
+    fn job_spec(parallelism: i32) -> serde_json::Value {
+        serde_json::json!({
+            "parallelism": parallelism,
+            "template": {"metadata": {"annotations": {
+                SUBNET_ANNOTATION: "{\"ipv4\": [\"s4\"]}",
+                "ipam.spidernet.io/ippool-ip-number": "+2"
+            }}}
+        })
+    }
+
+    #[test]
+    fn a_cron_job_has_one_pool_for_all_its_jobs_sized_to_their_parallelism() {
+        let cron: CronJob = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "nightly", "namespace": "shop", "uid": "c7f0e2d4-0000-4000-8000-9a8b7c6d5e4f"},
+            "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": job_spec(3)}}
+        }))
+        .unwrap();
+        let plans = plan(&from_cron_job(&cron).unwrap()).unwrap();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(
+            (plans[0].name.as_str(), plans[0].size),
+            ("auto4-nightly-eth0-9a8b7", 5)
+        );
+        let labels = plans[0].labels();
+        assert_eq!(labels[OWNER_KIND_LABEL], "CronJob");
+        assert_eq!(labels[OWNER_GV_LABEL], "batch_v1");
+        // The Jobs it starts have no pools of their own; a Job of its own has.
+        let job = |owners: serde_json::Value| -> Job {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "nightly-29000000", "namespace": "shop", "uid": "j",
+                             "ownerReferences": owners},
+                "spec": job_spec(1)
+            }))
+            .unwrap()
+        };
+        let started = job(
+            serde_json::json!([{"apiVersion": "batch/v1", "kind": "CronJob",
+            "name": "nightly", "uid": "c", "controller": true}]),
+        );
+        assert!(from_job(&started).is_none());
+        let own = from_job(&job(serde_json::json!([]))).unwrap();
+        assert_eq!((own.app.kind.as_str(), own.replicas), ("Job", 1));
     }
 
     fn store_with_subnet(ips: &str) -> MemoryStore {

@@ -273,6 +273,7 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
             ("apps", "replicasets", read),
             ("apps", "daemonsets", read),
             ("batch", "jobs", read),
+            ("batch", "cronjobs", read),
             ("events.k8s.io", "events", record),
             ("spiderpool.spidernet.io", "spidersubnets", mirror),
             ("spiderpool.spidernet.io", "spiderippools", mirror),
@@ -298,7 +299,11 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
     let node = grants(&[find(&manifests, "ClusterRole", "tessera-node")]);
     assert_eq!(
         node,
-        expected_grants(&[("", "pods", &["get"]), ("", "namespaces", &["get"])])
+        expected_grants(&[
+            ("", "pods", &["get"]),
+            ("", "namespaces", &["get"]),
+            ("batch", "jobs", &["get"])
+        ])
     );
     // The lease role is the only one the controller gets in its namespace alone.
     let lease_role = find(&manifests, "Role", "tessera-controller-lease");

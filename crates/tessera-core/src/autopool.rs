@@ -244,8 +244,34 @@ impl App {
     }
 }
 
+/// Whether `annotations` (a pod's or a pod template's) name a SpiderSubnet (`subnet` or
+/// `subnets`): the pod draws from its workload's auto pools.
+pub fn names_subnet(annotations: &BTreeMap<String, String>) -> bool {
+    annotations.contains_key(SUBNET_ANNOTATION) || annotations.contains_key(SUBNETS_ANNOTATION)
+}
+
+/// Whether a pod's controller owner (`api_version`, `kind`) is a Job, which a CronJob may
+/// have started: the pods of a CronJob's Jobs belong to the CronJob (see [`cron_job_app`]).
+pub fn is_job(api_version: &str, kind: &str) -> bool {
+    api_version.split_once('/').map(|(group, _)| group) == Some("batch") && kind == "Job"
+}
+
+/// The CronJob that started a Job, from the Job's controller owner reference (`api_version`,
+/// `kind`, `name`): as in Spiderpool, the application of the Job's pods, whose auto pools
+/// serve every Job it starts. `None` when the owner is no CronJob.
+pub fn cron_job_app(namespace: &str, api_version: &str, kind: &str, name: &str) -> Option<App> {
+    let (group, version) = api_version.split_once('/')?;
+    (group == "batch" && kind == "CronJob" && !name.is_empty()).then(|| App {
+        group: group.to_string(),
+        version: version.to_string(),
+        kind: kind.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
 /// The workload that owns a pod, from its controller owner reference (`api_version`, `kind`,
-/// `name`) and its labels: a ReplicaSet a Deployment made (its name is the Deployment's plus
+/// `name`) and its labels (the pods of a CronJob's Jobs: see [`cron_job_app`]): a ReplicaSet a Deployment made (its name is the Deployment's plus
 /// `-` and the pod's `pod-template-hash`) stands for that Deployment. `None` for owners that
 /// are not workloads with auto pools.
 pub fn pod_app(
@@ -498,6 +524,22 @@ mod tests {
         let job = pod_app("shop", "batch/v1", "Job", "once", &BTreeMap::new()).unwrap();
         assert_eq!((job.group.as_str(), job.kind.as_str()), ("batch", "Job"));
         assert!(pod_app("shop", "v1", "Node", "n1", &BTreeMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_pod_of_a_cron_jobs_job_belongs_to_the_cron_job() {
+        assert!(is_job("batch/v1", "Job"));
+        assert!(!is_job("apps/v1", "Job") && !is_job("batch/v1", "CronJob"));
+        let app = cron_job_app("shop", "batch/v1", "CronJob", "nightly").unwrap();
+        assert_eq!(
+            (app.kind.as_str(), app.name.as_str(), app.gv_label()),
+            ("CronJob", "nightly", "batch_v1".to_string())
+        );
+        assert_eq!(app.pod_labels()[APP_KIND_LABEL], "CronJob");
+        assert_eq!(cron_job_app("shop", "batch/v1", "Job", "nightly"), None);
+        assert_eq!(cron_job_app("shop", "example.com/v1", "CronJob", "x"), None);
+        assert!(names_subnet(&annotations(&[(SUBNETS_ANNOTATION, "[]")])));
+        assert!(!names_subnet(&annotations(&[(IP_NUMBER_ANNOTATION, "+1")])));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::LookupError;
 use crate::kubeconfig::ApiAccess;
-use crate::objects::{Namespace, Pod};
+use crate::objects::{Job, Namespace, Pod};
 
 /// Largest answer read: a Pod with many containers is tens of kilobytes.
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -33,7 +33,7 @@ pub struct Client {
 
 /// One object to GET.
 struct Get {
-    /// `Pod` or `Namespace`, for decode errors.
+    /// `Pod`, `Namespace` or `Job`, for decode errors.
     kind: &'static str,
     /// The RBAC resource (`pods`), for refusals.
     resource: &'static str,
@@ -81,11 +81,28 @@ impl Client {
         namespace: &str,
         name: &str,
     ) -> Result<(Pod, Namespace), LookupError> {
+        let (pod, ns, _) = self.pod_namespace_and_job(namespace, name, |_| None)?;
+        Ok((pod, ns))
+    }
+
+    /// [`Client::pod_and_namespace`], then the Job of the pod's namespace that `job_of`
+    /// names for the pod, if it names one (the pod's owner, when its CronJob matters), on
+    /// the same connection and within the same timeout.
+    pub fn pod_namespace_and_job(
+        &self,
+        namespace: &str,
+        name: &str,
+        job_of: impl FnOnce(&Pod) -> Option<String>,
+    ) -> Result<(Pod, Namespace, Option<Job>), LookupError> {
         self.run(async {
             let mut conn = self.connect().await?;
             let pod = self.get(&mut conn, &pod_get(namespace, name)).await?;
             let ns = self.get(&mut conn, &namespace_get(namespace)).await?;
-            Ok((pod, ns))
+            let job = match job_of(&pod) {
+                Some(job) => Some(self.get(&mut conn, &job_get(namespace, &job)).await?),
+                None => None,
+            };
+            Ok((pod, ns, job))
         })
     }
 
@@ -218,10 +235,10 @@ impl Client {
         let message = api_message(body);
         match status {
             404 => LookupError::NotFound {
-                kind: if what.kind == "Pod" {
-                    "pod"
-                } else {
-                    "namespace"
+                kind: match what.kind {
+                    "Pod" => "pod",
+                    "Job" => "job",
+                    _ => "namespace",
                 },
                 name: what.name.clone(),
                 server,
@@ -249,6 +266,19 @@ fn pod_get(namespace: &str, name: &str) -> Get {
         name: format!("{namespace}/{name}"),
         path: format!(
             "/api/v1/namespaces/{}/pods/{}",
+            path_segment(namespace),
+            path_segment(name)
+        ),
+    }
+}
+
+fn job_get(namespace: &str, name: &str) -> Get {
+    Get {
+        kind: "Job",
+        resource: "jobs",
+        name: format!("{namespace}/{name}"),
+        path: format!(
+            "/apis/batch/v1/namespaces/{}/jobs/{}",
             path_segment(namespace),
             path_segment(name)
         ),

@@ -64,7 +64,7 @@ pub enum LookupError {
     /// The object does not exist.
     #[error("{kind} {name} not found on the Kubernetes API server at {server}")]
     NotFound {
-        /// `pod` or `namespace`.
+        /// `pod`, `namespace` or `job`.
         kind: &'static str,
         /// `namespace/name` or the namespace's name.
         name: String,
@@ -83,7 +83,7 @@ pub enum LookupError {
         status: u16,
         /// The RBAC verb needed (`get`).
         verb: &'static str,
-        /// The RBAC resource needed (`pods`, `namespaces`).
+        /// The RBAC resource needed (`pods`, `namespaces`, `jobs`).
         resource: &'static str,
         /// The API's `message`.
         message: String,

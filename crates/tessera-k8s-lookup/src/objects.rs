@@ -1,4 +1,4 @@
-//! The parts of a Pod and a Namespace the plugin reads. Unknown fields are skipped, so any
+//! The parts of a Pod, a Namespace and a Job the plugin reads. Unknown fields are skipped, so any
 //! API server version decodes.
 
 use std::collections::BTreeMap;
@@ -84,6 +84,14 @@ pub struct PodStatus {
 /// A Namespace: its metadata.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Namespace {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+/// A Job: its metadata (its owner, a CronJob that started it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Job {
     /// Metadata.
     #[serde(default)]
     pub metadata: ObjectMeta,

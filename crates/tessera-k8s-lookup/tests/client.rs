@@ -74,6 +74,38 @@ fn reads_pod_and_namespace_over_http_with_the_bearer_token() {
 }
 
 #[test]
+fn reads_the_job_the_pod_names_after_pod_and_namespace_and_says_when_it_is_missing() {
+    let server = FakeApiServer::start();
+    serve_pod(&server);
+    let job = serde_json::json!({"metadata": {"name": "nightly-1", "namespace": "web",
+        "ownerReferences": [{"apiVersion": "batch/v1", "kind": "CronJob", "name": "nightly"}]}});
+    server.set(
+        "/apis/batch/v1/namespaces/web/jobs/nightly-1",
+        200,
+        job.to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = kubeconfig(dir.path(), &server.url(), "", "    token: s3cret\n");
+    let c = client(&path, TIMEOUT);
+    let (_, _, job) = c
+        .pod_namespace_and_job("web", "nginx-1", |pod| {
+            assert_eq!(pod.metadata.uid, "uid-1");
+            Some("nightly-1".into())
+        })
+        .unwrap();
+    assert_eq!(job.unwrap().metadata.owner_references[0].kind, "CronJob");
+    let paths: Vec<String> = server.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths[2], "/apis/batch/v1/namespaces/web/jobs/nightly-1");
+    let missing = c
+        .pod_namespace_and_job("web", "nginx-1", |_| Some("gone".into()))
+        .unwrap_err();
+    assert!(
+        missing.to_string().starts_with("job web/gone not found"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn the_token_file_is_read_again_for_every_call() {
     let server = FakeApiServer::start();
     serve_pod(&server);

@@ -37,6 +37,7 @@ SERVED = {
     ('apps', 'v1', 'replicasets'): 'ReplicaSet',
     ('apps', 'v1', 'daemonsets'): 'DaemonSet',
     ('batch', 'v1', 'jobs'): 'Job',
+    ('batch', 'v1', 'cronjobs'): 'CronJob',
     ('', 'v1', 'events'): 'Event',
     ('coordination.k8s.io', 'v1', 'leases'): 'Lease',
     ('events.k8s.io', 'v1', 'events'): 'Event',
