@@ -186,11 +186,12 @@ pub struct AssignRequest {
     /// Handle id, e.g. `<network>.<containerID>`.
     pub handle: String,
     /// For a StatefulSet pod ([`Attributes::statefulset`]) asked for with
-    /// [`Ipam::assign_new`] ([`Ipam::assign`] ignores it): the handle named after the pod that holds its addresses while
-    /// stickiness is on (IPAMConfiguration `enableStatefulSet`). The configuration read with
-    /// the allocation decides: on, the addresses go to this handle; off, to
-    /// [`AssignRequest::handle`], recorded like any other pod's (without the StatefulSet),
-    /// and what this handle held for an earlier pod of the name is released.
+    /// [`Ipam::assign_new`] ([`Ipam::assign`] ignores it): the handle named after the pod
+    /// that holds its addresses while stickiness is on (IPAMConfiguration
+    /// `enableStatefulSet`). The configuration read with the allocation decides: on, the
+    /// addresses go to this handle; off, to [`AssignRequest::handle`], recorded like any other
+    /// pod's (without the StatefulSet), and what this handle held for an earlier pod of the
+    /// name is released.
     pub sticky_handle: Option<String>,
     /// Node the workload runs on.
     pub node: String,
