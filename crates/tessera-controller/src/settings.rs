@@ -29,6 +29,13 @@ use clap::{Args, Parser};
         has looked leaked for the whole --leak-grace-period and a fresh GET of its pod \
         confirms it; handles made by hand (`tessera ipam assign` without a pod) are never \
         touched;\n  \
+        - keeps a StatefulSet pod's addresses held for its name while the StatefulSet exists \
+        and the pod's ordinal is within its replicas, and releases them after a scale-down \
+        below it or the StatefulSet's deletion;\n  \
+        - gives Deployments, ReplicaSets, StatefulSets, DaemonSets, Jobs and CronJobs whose \
+        pods name a SpiderSubnet (ipam.spidernet.io/subnet or subnets) their own SpiderIPPool \
+        per interface and family, sized by ipam.spidernet.io/ippool-ip-number and following \
+        the replicas;\n  \
         - carries SpiderSubnets, SpiderIPPools, SpiderReservedIPs and Calico IPPools and \
         IPReservations applied with kubectl into the datastore (validated as by `tessera \
         apply`; a refusal is a Synced=False condition and an Event), deletes them there when \
