@@ -117,8 +117,33 @@ pub enum Command {
     },
     /// Show which datastore is in use and what it holds.
     Status,
+    /// Forecast how many nodes and pods a pool serves and what runs out first.
+    Plan(PlanArgs),
     /// Print the version.
     Version,
+}
+
+/// `plan --nodes N --pods-per-node M [--cidr CIDR] [--block-size N] ...`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Nodes in the cluster.
+    #[arg(long)]
+    pub nodes: u64,
+    /// Pods on each node.
+    #[arg(long)]
+    pub pods_per_node: u64,
+    /// Pool CIDR; without it the smallest private CIDR that serves the cluster is recommended.
+    #[arg(long)]
+    pub cidr: Option<ipnet::IpNet>,
+    /// Block prefix length; without it one is recommended (Calico's /26, /122, or smaller).
+    #[arg(long)]
+    pub block_size: Option<u8>,
+    /// IPAMConfiguration maxBlocksPerHost; 0 is no limit.
+    #[arg(long, default_value_t = 0)]
+    pub max_blocks_per_host: u32,
+    /// Plan an IPv6 pool.
+    #[arg(long)]
+    pub ipv6: bool,
 }
 
 /// `-f FILE|-`.

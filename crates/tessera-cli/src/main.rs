@@ -8,6 +8,7 @@ mod cli;
 mod datastore;
 mod ipam_cmd;
 mod manifest_input;
+mod plan_cmd;
 mod res_cmd;
 mod spider_counts;
 mod status;
@@ -69,6 +70,9 @@ fn run(cli: Cli, origin: Origin) -> anyhow::Result<Report> {
     if let Command::Version = cli.command {
         return Ok(format!("tessera {}\n", env!("CARGO_PKG_VERSION")).into());
     }
+    if let Command::Plan(args) = &cli.command {
+        return Ok(plan_cmd::run(args)?.into());
+    }
     let ds = Datastore::open(cli.datastore.as_deref(), origin, &cli.etcd.options())?;
     let store = &*ds.store;
     let text = match &cli.command {
@@ -88,7 +92,9 @@ fn run(cli: Cli, origin: Origin) -> anyhow::Result<Report> {
             IpamCommand::Release(a) => ipam_cmd::release(store, a)?,
         },
         Command::Status => status::status(&ds)?,
-        Command::Version => unreachable!("answered before opening the datastore"),
+        Command::Version | Command::Plan(_) => {
+            unreachable!("answered before opening the datastore")
+        }
     };
     Ok(text.into())
 }

@@ -10,6 +10,7 @@ pub mod json;
 pub mod keys;
 pub mod net;
 pub mod ownership;
+pub mod plan;
 pub mod ranges;
 pub mod resources;
 pub mod retry;

@@ -24,7 +24,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub use attachments::Attachment;
-pub use context::{parse_net_or_addr, Context, PoolInfo, Requester, SpiderInfo};
+pub use context::{
+    block_len_u32, is_edge_address, parse_net_or_addr, Context, PoolInfo, Requester, SpiderInfo,
+};
 pub use inspect::{AddressInfo, BlockUsage, CheckReport, PoolUsage, Usage};
 pub use readiness::{Readiness, ReadinessQuery};
 pub use records::{

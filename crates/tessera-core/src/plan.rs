@@ -1,0 +1,425 @@
+//! Capacity planning for a Calico-style pool: how many nodes and pods a pool with a given
+//! block size and `maxBlocksPerHost` serves, and what runs out first. The arithmetic uses the
+//! allocator's own block tiling and kept-back addresses, so forecast and allocator agree.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::ipam::{block_len_u32, is_edge_address};
+use crate::net::Tiling;
+
+/// Smallest and largest block prefix for IPv4 pools (Calico's blockSize range).
+pub const V4_BLOCK_RANGE: (u8, u8) = (20, 32);
+/// Smallest and largest block prefix for IPv6 pools (Calico's blockSize range).
+pub const V6_BLOCK_RANGE: (u8, u8) = (116, 128);
+/// Calico's default block prefix for IPv4 pools.
+pub const V4_DEFAULT_BLOCK: u8 = 26;
+/// Calico's default block prefix for IPv6 pools.
+pub const V6_DEFAULT_BLOCK: u8 = 122;
+/// The recommended CIDR leaves room for this many times the addresses the cluster needs.
+const HEADROOM: u128 = 2;
+
+/// What the planner was asked; `None` fields are recommended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlanRequest {
+    /// Nodes in the cluster.
+    pub nodes: u64,
+    /// Pods on each node.
+    pub pods_per_node: u64,
+    /// The pool; `None` recommends one.
+    pub cidr: Option<IpNet>,
+    /// Block prefix length; `None` recommends one.
+    pub block_prefix: Option<u8>,
+    /// IPAMConfiguration maxBlocksPerHost; 0 is no limit.
+    pub max_blocks_per_host: u32,
+    /// Plan an IPv6 pool.
+    pub ipv6: bool,
+}
+
+/// Why a request cannot be planned; each names the flag at fault.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A count that must be positive is zero.
+    #[error("{flag} must be at least 1")]
+    Zero {
+        /// The flag.
+        flag: &'static str,
+    },
+    /// The block size does not fit the address family.
+    #[error("--block-size {size} is out of range for {family}: use {min} to {max}")]
+    BlockSize {
+        /// The given prefix length.
+        size: u8,
+        /// "IPv4" or "IPv6".
+        family: &'static str,
+        /// Smallest allowed prefix.
+        min: u8,
+        /// Largest allowed prefix.
+        max: u8,
+    },
+    /// The CIDR holds less than one block.
+    #[error("--cidr {cidr} is smaller than one /{block} block: use a larger CIDR or a larger --block-size")]
+    CidrTooSmall {
+        /// The pool.
+        cidr: IpNet,
+        /// The block prefix.
+        block: u8,
+    },
+    /// The CIDR's family is not the one asked for.
+    #[error(
+        "--cidr {cidr} is {actual} but {wanted} was asked for: drop --ipv6 or give an IPv6 CIDR"
+    )]
+    FamilyMismatch {
+        /// The pool.
+        cidr: IpNet,
+        /// The CIDR's family.
+        actual: &'static str,
+        /// The requested family.
+        wanted: &'static str,
+    },
+    /// No private range is large enough.
+    #[error("{addresses} addresses needed: more than the largest private range; lower --nodes or --pods-per-node")]
+    TooLarge {
+        /// Addresses needed.
+        addresses: u128,
+    },
+}
+
+/// What runs out first as the cluster grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A node needs more blocks than maxBlocksPerHost allows.
+    BlocksPerHost,
+    /// Every block is claimed by a node.
+    Blocks,
+    /// The pool has no free address left.
+    Addresses,
+}
+
+/// The forecast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The pool planned (given or recommended).
+    pub cidr: IpNet,
+    /// Block prefix length (given or recommended).
+    pub block_prefix: u8,
+    /// maxBlocksPerHost (0 = none).
+    pub max_blocks_per_host: u32,
+    /// Blocks in the pool.
+    pub blocks: u128,
+    /// Addresses per block.
+    pub block_len: u32,
+    /// Addresses of a block that can be handed out, in the worst block (the pool's network
+    /// and broadcast addresses are kept back).
+    pub usable_per_block: u32,
+    /// Addresses of the whole pool that can be handed out.
+    pub usable_addresses: u128,
+    /// Blocks each node needs for its pods.
+    pub blocks_per_node: u64,
+    /// Pods a node can hold in its own blocks (`None` = no per-host limit).
+    pub pods_per_node_limit: Option<u128>,
+    /// Nodes that get all their pods from their own blocks.
+    pub nodes_served: u128,
+    /// Pods those nodes hold.
+    pub pods_served: u128,
+    /// Addresses held in the nodes' blocks but unused, when every node has its blocks.
+    pub wasted_addresses: u128,
+    /// What stops the requested cluster, or `None` when it fits.
+    pub breaks_first: Option<Limit>,
+}
+
+/// Plans `request`: validates it, fills in the recommended CIDR and block size, and computes
+/// the forecast.
+pub fn plan(request: &PlanRequest) -> Result<Plan, PlanError> {
+    check_counts(request)?;
+    let ipv6 = match request.cidr {
+        Some(cidr) => check_family(cidr, request.ipv6)?,
+        None => request.ipv6,
+    };
+    let block_prefix = match request.block_prefix {
+        Some(size) => check_block_size(size, ipv6)?,
+        None => recommend_block_prefix(request.pods_per_node, ipv6),
+    };
+    let cidr = match request.cidr {
+        Some(cidr) => cidr.trunc(),
+        None => recommend_cidr(request, block_prefix, ipv6)?,
+    };
+    let tiling = Tiling::new(cidr, block_prefix).ok_or(PlanError::CidrTooSmall {
+        cidr,
+        block: block_prefix,
+    })?;
+    Ok(forecast(request, &tiling))
+}
+
+fn check_counts(request: &PlanRequest) -> Result<(), PlanError> {
+    if request.nodes == 0 {
+        return Err(PlanError::Zero { flag: "--nodes" });
+    }
+    if request.pods_per_node == 0 {
+        return Err(PlanError::Zero {
+            flag: "--pods-per-node",
+        });
+    }
+    Ok(())
+}
+
+fn family_name(ipv6: bool) -> &'static str {
+    if ipv6 {
+        "IPv6"
+    } else {
+        "IPv4"
+    }
+}
+
+/// The CIDR's family; an IPv4 CIDR with `--ipv6` is an error.
+fn check_family(cidr: IpNet, ipv6: bool) -> Result<bool, PlanError> {
+    let is_v6 = matches!(cidr, IpNet::V6(_));
+    if ipv6 && !is_v6 {
+        return Err(PlanError::FamilyMismatch {
+            cidr,
+            actual: family_name(is_v6),
+            wanted: family_name(ipv6),
+        });
+    }
+    Ok(is_v6)
+}
+
+fn block_range(ipv6: bool) -> (u8, u8) {
+    if ipv6 {
+        V6_BLOCK_RANGE
+    } else {
+        V4_BLOCK_RANGE
+    }
+}
+
+fn check_block_size(size: u8, ipv6: bool) -> Result<u8, PlanError> {
+    let (min, max) = block_range(ipv6);
+    if (min..=max).contains(&size) {
+        Ok(size)
+    } else {
+        Err(PlanError::BlockSize {
+            size,
+            family: family_name(ipv6),
+            min,
+            max,
+        })
+    }
+}
+
+/// Calico's default block, or a smaller one when a node's pods fill far less than it: the
+/// smallest power of two holding a node's pods, but no smaller than 8 addresses so a node
+/// does not claim a new block for every few pods.
+pub fn recommend_block_prefix(pods_per_node: u64, ipv6: bool) -> u8 {
+    let (default, bits) = if ipv6 {
+        (V6_DEFAULT_BLOCK, 128)
+    } else {
+        (V4_DEFAULT_BLOCK, 32)
+    };
+    let needed_bits = bits_for(u128::from(pods_per_node)).max(3);
+    (bits - needed_bits).max(default)
+}
+
+/// Bits needed to address `count` items: ceil(log2(count)).
+fn bits_for(count: u128) -> u8 {
+    match count {
+        0 | 1 => 0,
+        n => (128 - (n - 1).leading_zeros()) as u8,
+    }
+}
+
+/// The smallest private CIDR (10.0.0.0/8 for IPv4, fd00::/48 and larger for IPv6) whose
+/// blocks serve every node with `HEADROOM` to spare.
+fn recommend_cidr(request: &PlanRequest, block_prefix: u8, ipv6: bool) -> Result<IpNet, PlanError> {
+    let block_len = 1u128 << ((if ipv6 { 128 } else { 32 }) - block_prefix);
+    let per_node = blocks_needed(request.pods_per_node, block_len - 1);
+    let addresses = u128::from(request.nodes) * u128::from(per_node) * block_len * HEADROOM;
+    let bits = bits_for(addresses);
+    let (network, family_len, widest): (IpAddr, u8, u8) = if ipv6 {
+        (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0).into(), 128, 8)
+    } else {
+        (Ipv4Addr::new(10, 0, 0, 0).into(), 32, 8)
+    };
+    let prefix = family_len.saturating_sub(bits).min(block_prefix);
+    let prefix = if ipv6 { prefix.min(48) } else { prefix };
+    if prefix < widest || bits > family_len {
+        return Err(PlanError::TooLarge { addresses });
+    }
+    Ok(IpNet::new(network, prefix)
+        .expect("prefix within family")
+        .trunc())
+}
+
+fn blocks_needed(pods: u64, usable_per_block: u128) -> u64 {
+    let blocks = u128::from(pods).div_ceil(usable_per_block.max(1));
+    u64::try_from(blocks).unwrap_or(u64::MAX)
+}
+
+/// Addresses of `tiling`'s pool the allocator keeps back, and the most in any one block.
+fn kept_back(tiling: &Tiling) -> (u32, u32) {
+    let pool = tiling.pool;
+    let first = is_edge_address(&pool, pool.network());
+    let last = pool.broadcast() != pool.network() && is_edge_address(&pool, pool.broadcast());
+    let total = u32::from(first) + u32::from(last);
+    let per_block = if tiling.block_count() == 1 {
+        total
+    } else {
+        total.min(1)
+    };
+    (total, per_block)
+}
+
+fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
+    let block_len = block_len_u32(tiling);
+    let blocks = tiling.block_count();
+    let (kept_total, kept_per_block) = kept_back(tiling);
+    let usable_per_block = block_len - kept_per_block;
+    let usable_addresses = blocks * u128::from(block_len) - u128::from(kept_total);
+    let blocks_per_node = blocks_needed(request.pods_per_node, u128::from(usable_per_block));
+    let max = request.max_blocks_per_host;
+    let pods_per_node_limit = (max > 0).then(|| u128::from(max) * u128::from(usable_per_block));
+    let over_host_limit = max > 0 && blocks_per_node > u64::from(max);
+    // A node holds at most maxBlocksPerHost blocks, so past that limit it still claims only that many.
+    let claimed_per_node = if over_host_limit {
+        u128::from(max)
+    } else {
+        u128::from(blocks_per_node)
+    };
+    let nodes_by_blocks = blocks / claimed_per_node;
+    let nodes_by_addresses = usable_addresses / u128::from(request.pods_per_node);
+    let nodes_served = if over_host_limit {
+        0
+    } else {
+        nodes_by_blocks.min(nodes_by_addresses)
+    };
+    let nodes = u128::from(request.nodes);
+    let breaks_first = if over_host_limit {
+        Some(Limit::BlocksPerHost)
+    } else if nodes <= nodes_served {
+        None
+    } else if nodes_by_blocks <= nodes_by_addresses {
+        Some(Limit::Blocks)
+    } else {
+        Some(Limit::Addresses)
+    };
+    let held = nodes * claimed_per_node * u128::from(usable_per_block);
+    let pods = nodes * u128::from(request.pods_per_node);
+    Plan {
+        cidr: tiling.pool,
+        block_prefix: tiling.block_prefix,
+        max_blocks_per_host: max,
+        blocks,
+        block_len,
+        usable_per_block,
+        usable_addresses,
+        blocks_per_node,
+        pods_per_node_limit,
+        nodes_served,
+        pods_served: nodes_served * u128::from(request.pods_per_node),
+        wasted_addresses: held.saturating_sub(pods),
+        breaks_first,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(nodes: u64, pods: u64) -> PlanRequest {
+        PlanRequest {
+            nodes,
+            pods_per_node: pods,
+            cidr: None,
+            block_prefix: None,
+            max_blocks_per_host: 0,
+            ipv6: false,
+        }
+    }
+
+    fn with_pool(nodes: u64, pods: u64, cidr: &str, block: u8, max: u32) -> PlanRequest {
+        PlanRequest {
+            cidr: Some(cidr.parse().unwrap()),
+            block_prefix: Some(block),
+            max_blocks_per_host: max,
+            ..request(nodes, pods)
+        }
+    }
+
+    #[test]
+    fn small_pool_serves_one_node_per_block() {
+        let plan = plan(&with_pool(20, 10, "10.1.0.0/24", 28, 0)).unwrap();
+        assert_eq!(plan.blocks, 16);
+        assert_eq!(plan.block_len, 16);
+        assert_eq!(plan.usable_per_block, 15);
+        assert_eq!(plan.usable_addresses, 254);
+        assert_eq!(plan.blocks_per_node, 1);
+        assert_eq!(plan.nodes_served, 16);
+        assert_eq!(plan.pods_served, 160);
+        assert_eq!(plan.wasted_addresses, 20 * 5);
+        assert_eq!(plan.breaks_first, Some(Limit::Blocks));
+    }
+
+    #[test]
+    fn per_host_limit_breaks_before_blocks() {
+        let plan = plan(&with_pool(2, 40, "10.1.0.0/24", 28, 2)).unwrap();
+        assert_eq!(plan.blocks_per_node, 3);
+        assert_eq!(plan.pods_per_node_limit, Some(30));
+        assert_eq!(plan.nodes_served, 0);
+        assert_eq!(plan.breaks_first, Some(Limit::BlocksPerHost));
+    }
+
+    #[test]
+    fn fitting_cluster_breaks_nowhere() {
+        let plan = plan(&with_pool(4, 30, "10.1.0.0/24", 28, 2)).unwrap();
+        assert_eq!(plan.blocks_per_node, 2);
+        assert_eq!(plan.nodes_served, 8);
+        assert_eq!(plan.breaks_first, None);
+    }
+
+    #[test]
+    fn recommends_default_blocks_for_busy_nodes_and_smaller_for_few_pods() {
+        assert_eq!(recommend_block_prefix(110, false), 26);
+        assert_eq!(recommend_block_prefix(10, false), 28);
+        assert_eq!(recommend_block_prefix(2, false), 29);
+        assert_eq!(recommend_block_prefix(110, true), 122);
+        assert_eq!(recommend_block_prefix(10, true), 124);
+    }
+
+    #[test]
+    fn recommended_cidr_serves_the_cluster_with_headroom() {
+        let plan = plan(&request(100, 110)).unwrap();
+        assert_eq!(plan.block_prefix, 26);
+        assert_eq!(plan.cidr, "10.0.0.0/17".parse::<IpNet>().unwrap());
+        assert!(plan.nodes_served >= 200);
+        assert_eq!(plan.breaks_first, None);
+        let v6 = plan_v6(100, 110);
+        assert_eq!(v6.cidr, "fd00::/48".parse::<IpNet>().unwrap());
+        assert_eq!(v6.block_prefix, 122);
+    }
+
+    fn plan_v6(nodes: u64, pods: u64) -> Plan {
+        plan(&PlanRequest {
+            ipv6: true,
+            ..request(nodes, pods)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn bad_input_names_the_flag() {
+        let err = plan(&request(0, 10)).unwrap_err();
+        assert!(err.to_string().contains("--nodes"), "{err}");
+        let err = plan(&request(3, 0)).unwrap_err();
+        assert!(err.to_string().contains("--pods-per-node"), "{err}");
+        let err = plan(&with_pool(3, 10, "10.1.0.0/24", 19, 0)).unwrap_err();
+        assert!(err.to_string().contains("--block-size 19"), "{err}");
+        let err = plan(&with_pool(3, 10, "10.1.0.0/28", 26, 0)).unwrap_err();
+        assert!(err.to_string().contains("--cidr 10.1.0.0/28"), "{err}");
+        let mismatch = PlanRequest {
+            ipv6: true,
+            ..with_pool(3, 10, "10.1.0.0/24", 122, 0)
+        };
+        let err = plan(&mismatch).unwrap_err();
+        assert!(err.to_string().contains("--ipv6"), "{err}");
+    }
+}
