@@ -211,13 +211,13 @@ fn check_block_size(size: u8, ipv6: bool) -> Result<u8, PlanError> {
 /// smallest power of two holding a node's pods, but no smaller than 8 addresses so a node
 /// does not claim a new block for every few pods.
 pub fn recommend_block_prefix(pods_per_node: u64, ipv6: bool) -> u8 {
-    let (default, bits) = if ipv6 {
+    let (default, bits): (u8, u8) = if ipv6 {
         (V6_DEFAULT_BLOCK, 128)
     } else {
         (V4_DEFAULT_BLOCK, 32)
     };
     let needed_bits = bits_for(u128::from(pods_per_node)).max(3);
-    (bits - needed_bits).max(default)
+    bits.saturating_sub(needed_bits).max(default)
 }
 
 /// Bits needed to address `count` items: ceil(log2(count)).
@@ -233,7 +233,10 @@ fn bits_for(count: u128) -> u8 {
 fn recommend_cidr(request: &PlanRequest, block_prefix: u8, ipv6: bool) -> Result<IpNet, PlanError> {
     let block_len = 1u128 << ((if ipv6 { 128 } else { 32 }) - block_prefix);
     let per_node = blocks_needed(request.pods_per_node, block_len - 1);
-    let addresses = u128::from(request.nodes) * u128::from(per_node) * block_len * HEADROOM;
+    let addresses = u128::from(request.nodes)
+        .saturating_mul(u128::from(per_node))
+        .saturating_mul(block_len)
+        .saturating_mul(HEADROOM);
     let bits = bits_for(addresses);
     let (network, family_len, widest): (IpAddr, u8, u8) = if ipv6 {
         (Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0).into(), 128, 8)
@@ -274,7 +277,9 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
     let blocks = tiling.block_count();
     let (kept_total, kept_per_block) = kept_back(tiling);
     let usable_per_block = block_len - kept_per_block;
-    let usable_addresses = blocks * u128::from(block_len) - u128::from(kept_total);
+    let usable_addresses = blocks
+        .saturating_mul(u128::from(block_len))
+        .saturating_sub(u128::from(kept_total));
     let blocks_per_node = blocks_needed(request.pods_per_node, u128::from(usable_per_block));
     let max = request.max_blocks_per_host;
     let pods_per_node_limit = (max > 0).then(|| u128::from(max) * u128::from(usable_per_block));
@@ -302,8 +307,10 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
     } else {
         Some(Limit::Addresses)
     };
-    let held = nodes * claimed_per_node * u128::from(usable_per_block);
-    let pods = nodes * u128::from(request.pods_per_node);
+    let held = nodes
+        .saturating_mul(claimed_per_node)
+        .saturating_mul(u128::from(usable_per_block));
+    let pods = nodes.saturating_mul(u128::from(request.pods_per_node));
     Plan {
         cidr: tiling.pool,
         block_prefix: tiling.block_prefix,
@@ -315,7 +322,7 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
         blocks_per_node,
         pods_per_node_limit,
         nodes_served,
-        pods_served: nodes_served * u128::from(request.pods_per_node),
+        pods_served: nodes_served.saturating_mul(u128::from(request.pods_per_node)),
         wasted_addresses: held.saturating_sub(pods),
         breaks_first,
     }
@@ -403,6 +410,15 @@ mod tests {
             ..request(nodes, pods)
         })
         .unwrap()
+    }
+
+    #[test]
+    fn huge_input_does_not_overflow() {
+        let huge = with_pool(u64::MAX, u64::MAX, "::/0", 116, 0);
+        let plan = plan(&huge).unwrap();
+        assert_eq!(plan.breaks_first, Some(Limit::Blocks));
+        let err = super::plan(&request(u64::MAX, u64::MAX)).unwrap_err();
+        assert!(matches!(err, PlanError::TooLarge { .. }), "{err}");
     }
 
     #[test]
