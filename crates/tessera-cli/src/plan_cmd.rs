@@ -29,15 +29,20 @@ fn render(request: &PlanRequest, plan: &Plan) -> String {
     let _ = writeln!(out, "Pool:                 {}", plan.cidr);
     let _ = writeln!(
         out,
-        "Block size:           /{} ({} addresses, {} usable in the worst block)",
+        "Block size:           /{} ({} addresses, {} usable in the pool's first and last blocks)",
         plan.block_prefix, plan.block_len, plan.usable_per_block
     );
     let _ = writeln!(out, "Blocks in pool:       {}", plan.blocks);
     let _ = writeln!(out, "Usable addresses:     {}", plan.usable_addresses);
     let _ = writeln!(out, "maxBlocksPerHost:     {max}");
+    let edge_note = if plan.edge_nodes_need_extra_block {
+        "; one more on the nodes holding the pool's first or last block"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
-        "Blocks per node:      {} (for {} pods)",
+        "Blocks per node:      {} (for {} pods{edge_note})",
         plan.blocks_per_node, request.pods_per_node
     );
     let _ = writeln!(

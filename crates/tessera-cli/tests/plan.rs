@@ -86,6 +86,27 @@ fn blocks_run_out_where_the_plan_says() {
 }
 
 #[test]
+fn full_blocks_run_out_one_node_early() {
+    let env = small_pool();
+    let text = forecast(&env, "16", "16");
+    assert!(
+        text.contains("Serves:               14 nodes, 224 pods"),
+        "{text}"
+    );
+    assert!(text.contains("breaks first at node 15"), "{text}");
+    for node in 1..=14 {
+        let run = assign(&env, &format!("n{node}"), 16);
+        assert_eq!(
+            run.code, 0,
+            "node {node} should get 16 addresses: {}",
+            run.stderr
+        );
+    }
+    let run = assign(&env, "n15", 16);
+    assert_ne!(run.code, 0, "node 15 should be refused: {}", run.stdout);
+}
+
+#[test]
 fn per_host_limit_refuses_where_the_plan_says() {
     let env = small_pool();
     let text = forecast(&env, "1", "40");
@@ -93,9 +114,9 @@ fn per_host_limit_refuses_where_the_plan_says() {
         text.contains("breaks first at the per-host limit"),
         "{text}"
     );
-    assert!(text.contains("at most 30 pods in 2 blocks"), "{text}");
-    assert_eq!(assign(&env, "n1", 30).code, 0);
-    assert_ne!(assign(&env, "n1", 10).code, 0);
+    assert!(text.contains("at most 31 pods in 2 blocks"), "{text}");
+    assert_eq!(assign(&env, "n1", 31).code, 0);
+    assert_ne!(assign(&env, "n1", 1).code, 0);
 }
 
 #[test]

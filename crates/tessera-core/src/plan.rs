@@ -117,7 +117,11 @@ pub struct Plan {
     pub usable_addresses: u128,
     /// Blocks each node needs for its pods.
     pub blocks_per_node: u64,
-    /// Pods a node can hold in its own blocks (`None` = no per-host limit).
+    /// Whether the nodes holding the pool's first or last block need one block more, for
+    /// the kept-back address in it.
+    pub edge_nodes_need_extra_block: bool,
+    /// Pods a node can hold in its own blocks, on the node holding the pool's first block
+    /// (`None` = no per-host limit).
     pub pods_per_node_limit: Option<u128>,
     /// Nodes that get all their pods from their own blocks.
     pub nodes_served: u128,
@@ -258,40 +262,63 @@ fn blocks_needed(pods: u64, usable_per_block: u128) -> u64 {
     u64::try_from(blocks).unwrap_or(u64::MAX)
 }
 
-/// Addresses of `tiling`'s pool the allocator keeps back, and the most in any one block.
-fn kept_back(tiling: &Tiling) -> (u32, u32) {
+/// Addresses of the pool the allocator keeps back, in total and in each block holding one,
+/// and how many blocks hold one.
+struct KeptBack {
+    total: u32,
+    per_block: u32,
+    blocks: u32,
+}
+
+fn kept_back(tiling: &Tiling) -> KeptBack {
     let pool = tiling.pool;
     let first = is_edge_address(&pool, pool.network());
     let last = pool.broadcast() != pool.network() && is_edge_address(&pool, pool.broadcast());
     let total = u32::from(first) + u32::from(last);
-    let per_block = if tiling.block_count() == 1 {
-        total
+    if tiling.block_count() == 1 {
+        KeptBack {
+            total,
+            per_block: total,
+            blocks: u32::from(total > 0),
+        }
     } else {
-        total.min(1)
-    };
-    (total, per_block)
+        KeptBack {
+            total,
+            per_block: total.min(1),
+            blocks: total,
+        }
+    }
 }
 
 fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
     let block_len = block_len_u32(tiling);
     let blocks = tiling.block_count();
-    let (kept_total, kept_per_block) = kept_back(tiling);
-    let usable_per_block = block_len - kept_per_block;
+    let kept = kept_back(tiling);
+    let pods = u128::from(request.pods_per_node);
     let usable_addresses = blocks
         .saturating_mul(u128::from(block_len))
-        .saturating_sub(u128::from(kept_total));
-    let blocks_per_node = blocks_needed(request.pods_per_node, u128::from(usable_per_block));
-    let max = request.max_blocks_per_host;
-    let pods_per_node_limit = (max > 0).then(|| u128::from(max) * u128::from(usable_per_block));
-    let over_host_limit = max > 0 && blocks_per_node > u64::from(max);
-    // A node holds at most maxBlocksPerHost blocks, so past that limit it still claims only that many.
-    let claimed_per_node = if over_host_limit {
-        u128::from(max)
+        .saturating_sub(u128::from(kept.total));
+    let blocks_per_node = blocks_needed(request.pods_per_node, u128::from(block_len));
+    let claimed = u128::from(blocks_per_node);
+    // A node holding a block with a kept-back address needs one more block when its
+    // blocks have no spare address to absorb it (nodes claim blocks from the pool's start).
+    let slack = claimed
+        .saturating_mul(u128::from(block_len))
+        .saturating_sub(pods);
+    let edge_needs_extra = kept.blocks > 0 && slack < u128::from(kept.per_block);
+    let extra_blocks = if edge_needs_extra {
+        u128::from(kept.blocks)
     } else {
-        u128::from(blocks_per_node)
+        0
     };
-    let nodes_by_blocks = blocks / claimed_per_node;
-    let nodes_by_addresses = usable_addresses / u128::from(request.pods_per_node);
+    let max = request.max_blocks_per_host;
+    let pods_per_node_limit = (max > 0).then(|| {
+        (u128::from(max) * u128::from(block_len)).saturating_sub(u128::from(kept.per_block))
+    });
+    let worst_blocks = claimed + u128::from(edge_needs_extra);
+    let over_host_limit = max > 0 && worst_blocks > u128::from(max);
+    let nodes_by_blocks = blocks.saturating_sub(extra_blocks) / claimed;
+    let nodes_by_addresses = usable_addresses / pods;
     let nodes_served = if over_host_limit {
         0
     } else {
@@ -308,22 +335,22 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
         Some(Limit::Addresses)
     };
     let held = nodes
-        .saturating_mul(claimed_per_node)
-        .saturating_mul(u128::from(usable_per_block));
-    let pods = nodes.saturating_mul(u128::from(request.pods_per_node));
+        .saturating_mul(claimed)
+        .saturating_mul(u128::from(block_len));
     Plan {
         cidr: tiling.pool,
         block_prefix: tiling.block_prefix,
         max_blocks_per_host: max,
         blocks,
         block_len,
-        usable_per_block,
+        usable_per_block: block_len - kept.per_block,
         usable_addresses,
         blocks_per_node,
+        edge_nodes_need_extra_block: edge_needs_extra,
         pods_per_node_limit,
         nodes_served,
-        pods_served: nodes_served.saturating_mul(u128::from(request.pods_per_node)),
-        wasted_addresses: held.saturating_sub(pods),
+        pods_served: nodes_served.saturating_mul(pods),
+        wasted_addresses: held.saturating_sub(nodes.saturating_mul(pods)),
         breaks_first,
     }
 }
@@ -362,15 +389,32 @@ mod tests {
         assert_eq!(plan.blocks_per_node, 1);
         assert_eq!(plan.nodes_served, 16);
         assert_eq!(plan.pods_served, 160);
-        assert_eq!(plan.wasted_addresses, 20 * 5);
+        assert_eq!(plan.wasted_addresses, 20 * 6);
         assert_eq!(plan.breaks_first, Some(Limit::Blocks));
+    }
+
+    #[test]
+    fn full_blocks_leave_the_edge_nodes_one_block_short() {
+        let plan = plan(&with_pool(16, 16, "10.1.0.0/24", 28, 0)).unwrap();
+        assert_eq!(plan.blocks_per_node, 1);
+        assert!(plan.edge_nodes_need_extra_block);
+        assert_eq!(plan.nodes_served, 14);
+        assert_eq!(plan.breaks_first, Some(Limit::Blocks));
+        let single = plan_of(&with_pool(1, 15, "10.1.0.0/28", 28, 0));
+        assert_eq!(single.nodes_served, 0);
+        let single = plan_of(&with_pool(1, 14, "10.1.0.0/28", 28, 0));
+        assert_eq!(single.nodes_served, 1);
+    }
+
+    fn plan_of(request: &PlanRequest) -> Plan {
+        plan(request).unwrap()
     }
 
     #[test]
     fn per_host_limit_breaks_before_blocks() {
         let plan = plan(&with_pool(2, 40, "10.1.0.0/24", 28, 2)).unwrap();
         assert_eq!(plan.blocks_per_node, 3);
-        assert_eq!(plan.pods_per_node_limit, Some(30));
+        assert_eq!(plan.pods_per_node_limit, Some(31));
         assert_eq!(plan.nodes_served, 0);
         assert_eq!(plan.breaks_first, Some(Limit::BlocksPerHost));
     }
@@ -416,7 +460,7 @@ mod tests {
     fn huge_input_does_not_overflow() {
         let huge = with_pool(u64::MAX, u64::MAX, "::/0", 116, 0);
         let plan = plan(&huge).unwrap();
-        assert_eq!(plan.breaks_first, Some(Limit::Blocks));
+        assert_eq!(plan.blocks_per_node, 1 << 52);
         let err = super::plan(&request(u64::MAX, u64::MAX)).unwrap_err();
         assert!(matches!(err, PlanError::TooLarge { .. }), "{err}");
     }
