@@ -12,6 +12,8 @@
 pub mod conformance;
 #[cfg(feature = "etcd")]
 mod etcd;
+#[cfg(feature = "clap")]
+pub mod etcd_args;
 #[cfg(feature = "etcd")]
 pub mod local_etcd;
 mod sqlite;
