@@ -57,6 +57,21 @@ fn assign(env: &Env, node: &str, count: u32) -> common::Run {
     ])
 }
 
+/// Nodes n1..=n`served` each get `pods` addresses from the allocator; the next node is refused.
+fn nodes_served_then_refused(env: &Env, served: u32, pods: u32) {
+    for node in 1..=served {
+        let run = assign(env, &format!("n{node}"), pods);
+        assert_eq!(
+            run.code, 0,
+            "node {node} should get {pods} addresses: {}",
+            run.stderr
+        );
+    }
+    let next = served + 1;
+    let run = assign(env, &format!("n{next}"), pods);
+    assert_ne!(run.code, 0, "node {next} should be refused: {}", run.stdout);
+}
+
 #[test]
 fn blocks_run_out_where_the_plan_says() {
     let env = small_pool();
@@ -73,16 +88,7 @@ fn blocks_run_out_where_the_plan_says() {
         text.contains("breaks first at node 9: every block is claimed"),
         "{text}"
     );
-    for node in 1..=8 {
-        let run = assign(&env, &format!("n{node}"), 20);
-        assert_eq!(
-            run.code, 0,
-            "node {node} should get 20 addresses: {}",
-            run.stderr
-        );
-    }
-    let run = assign(&env, "n9", 20);
-    assert_ne!(run.code, 0, "node 9 should be refused: {}", run.stdout);
+    nodes_served_then_refused(&env, 8, 20);
 }
 
 #[test]
@@ -94,16 +100,7 @@ fn full_blocks_run_out_one_node_early() {
         "{text}"
     );
     assert!(text.contains("breaks first at node 15"), "{text}");
-    for node in 1..=14 {
-        let run = assign(&env, &format!("n{node}"), 16);
-        assert_eq!(
-            run.code, 0,
-            "node {node} should get 16 addresses: {}",
-            run.stderr
-        );
-    }
-    let run = assign(&env, "n15", 16);
-    assert_ne!(run.code, 0, "node 15 should be refused: {}", run.stdout);
+    nodes_served_then_refused(&env, 14, 16);
 }
 
 #[test]
