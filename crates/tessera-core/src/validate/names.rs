@@ -43,8 +43,18 @@ pub(crate) fn check_metadata(meta: &ObjectMeta, rule: NameRule, errors: &mut Vec
 }
 
 pub(super) fn check_labels(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
-    for (key, value) in &meta.labels {
-        let field = format!("metadata.labels.{}", plain_or_quoted(key));
+    check_label_map(&meta.labels, "metadata.labels", errors);
+    check_annotation_keys(&meta.annotations, errors);
+}
+
+/// Kubernetes' rules for a map of labels (keys and values) at `path`.
+pub(super) fn check_label_map(
+    labels: &BTreeMap<String, String>,
+    path: &str,
+    errors: &mut Vec<FieldError>,
+) {
+    for (key, value) in labels {
+        let field = format!("{path}.{}", plain_or_quoted(key));
         if let Some(p) = qualified_name_problem(key) {
             errors.push(FieldError::new(
                 &field,
@@ -58,7 +68,6 @@ pub(super) fn check_labels(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
             ));
         }
     }
-    check_annotation_keys(&meta.annotations, errors);
 }
 
 fn check_annotation_keys(annotations: &BTreeMap<String, String>, errors: &mut Vec<FieldError>) {

@@ -11,8 +11,8 @@ use ipnet::IpNet;
 use super::calico::ParsedPool;
 use super::error::{FieldError, ValidationError};
 use super::names::{
-    check_metadata, dns_label_problem, label_value_problem, qualified_name_problem,
-    subdomain_problem, typography_hint, NameRule,
+    check_label_map, check_metadata, dns_label_problem, label_value_problem,
+    qualified_name_problem, subdomain_problem, typography_hint, NameRule,
 };
 use super::network::parse_network;
 use crate::net::{ipv4_mapped_range, nets_overlap};
@@ -21,7 +21,7 @@ use crate::resources::calico::IPPool;
 use crate::resources::meta::LabelSelector;
 use crate::resources::spider::{Route, SpiderIPPool, SpiderReservedIP, SpiderSubnet};
 use crate::resources::{Kind, Resource};
-use crate::text::{plain_or_quoted, quoted};
+use crate::text::quoted;
 
 /// A set written for messages: at most three ranges, then how many more there are.
 pub fn describe_set(set: &IpRangeSet) -> String {
@@ -355,21 +355,11 @@ fn check_ip(
 /// values). `path` is the selector's field (`spec.podAffinity`).
 pub fn selector_problems(selector: &LabelSelector, path: &str) -> Vec<FieldError> {
     let mut errors = Vec::new();
-    for (key, value) in &selector.match_labels {
-        let field = format!("{path}.matchLabels.{}", plain_or_quoted(key));
-        if let Some(p) = qualified_name_problem(key) {
-            errors.push(FieldError::new(
-                &field,
-                format!("{} is not a valid label key: {p}", quoted(key)),
-            ));
-        }
-        if let Some(p) = label_value_problem(value) {
-            errors.push(FieldError::new(
-                &field,
-                format!("{} is not a valid label value: {p}", quoted(value)),
-            ));
-        }
-    }
+    check_label_map(
+        &selector.match_labels,
+        &format!("{path}.matchLabels"),
+        &mut errors,
+    );
     for (i, req) in selector.match_expressions.iter().enumerate() {
         let at = format!("{path}.matchExpressions[{i}]");
         if req.key.is_empty() {
