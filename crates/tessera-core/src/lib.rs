@@ -5,6 +5,7 @@
 pub mod autopool;
 pub mod catalog;
 pub mod decode;
+pub mod drain;
 pub mod ipam;
 pub mod json;
 pub mod keys;

@@ -11,6 +11,7 @@ mod assign;
 mod attachments;
 pub mod cache;
 mod context;
+mod holders;
 mod index;
 mod inspect;
 mod readiness;
@@ -27,6 +28,7 @@ pub use attachments::Attachment;
 pub use context::{
     block_len_u32, is_edge_address, parse_net_or_addr, Context, PoolInfo, Requester, SpiderInfo,
 };
+pub use holders::Holder;
 pub use inspect::{AddressInfo, BlockUsage, CheckReport, PoolUsage, Usage};
 pub use readiness::{Readiness, ReadinessQuery};
 pub use records::{
@@ -842,6 +844,12 @@ impl<S: Store> Ipam<S> {
             release::release_node(&self.store, node)
         })?
         .ok_or(IpamError::Contention(MAX_ATTEMPTS))
+    }
+
+    /// Every handle holding an address in a block of the pool with network `pool` (what stops
+    /// the pool from being deleted), with who it was given to.
+    pub fn holders(&self, pool: ipnet::IpNet) -> Result<Vec<Holder>, IpamError> {
+        holders::holders(&self.store, pool)
     }
 
     /// Pool, block and address usage (scans every block: an admin view, not a hot path).
