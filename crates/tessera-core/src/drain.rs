@@ -163,6 +163,68 @@ pub fn drain_status(
         .transpose()
 }
 
+/// The controlling owner reference of an object (`ownerReferences` entry with
+/// `controller: true`), as much of it as the owner rules need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner<'a> {
+    /// `apiVersion`, e.g. `apps/v1`.
+    pub api_version: &'a str,
+    /// `kind`, e.g. `ReplicaSet`.
+    pub kind: &'a str,
+    /// `name`.
+    pub name: &'a str,
+}
+
+/// What a pod's controlling owner says about moving it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodOwner {
+    /// Restarting this workload moves the pod.
+    Workload(WorkloadRef),
+    /// Owned by this ReplicaSet: its own owner decides (see [`replicaset_workload`]).
+    ReplicaSet(String),
+    /// Nothing to restart: left to the admin, for this reason.
+    Stranded(String),
+}
+
+fn workload(kind: &str, namespace: &str, name: &str) -> WorkloadRef {
+    WorkloadRef {
+        kind: kind.to_string(),
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    }
+}
+
+/// The workload to restart for a pod in `namespace` with controlling owner `owner`.
+pub fn pod_workload(namespace: &str, owner: Option<&Owner<'_>>) -> PodOwner {
+    let Some(owner) = owner else {
+        return PodOwner::Stranded("no owner".into());
+    };
+    match (owner.api_version, owner.kind) {
+        ("apps/v1", "ReplicaSet") => PodOwner::ReplicaSet(owner.name.to_string()),
+        ("apps/v1", kind @ ("StatefulSet" | "DaemonSet")) => {
+            PodOwner::Workload(workload(kind, namespace, owner.name))
+        }
+        (_, kind) => PodOwner::Stranded(format!("owned by {kind} {namespace}/{}", owner.name)),
+    }
+}
+
+/// The workload to restart for a pod of ReplicaSet `replicaset` whose controlling owner is
+/// `owner`: its Deployment, or the reason there is none.
+pub fn replicaset_workload(
+    namespace: &str,
+    replicaset: &str,
+    owner: Option<&Owner<'_>>,
+) -> Result<WorkloadRef, String> {
+    match owner {
+        Some(o) if o.api_version == "apps/v1" && o.kind == "Deployment" => {
+            Ok(workload("Deployment", namespace, o.name))
+        }
+        _ => Err(format!(
+            "owned by ReplicaSet {namespace}/{replicaset}, which no Deployment owns"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +282,45 @@ mod tests {
         let raw = serde_json::to_string(&status).unwrap();
         let a = annotated(DRAIN_STATUS_ANNOTATION, &raw);
         assert_eq!(drain_status("old", &a).unwrap(), Some(status));
+    }
+
+    #[test]
+    fn owners_name_the_workload_to_restart_or_why_there_is_none() {
+        let own = |api_version, kind, name| Owner {
+            api_version,
+            kind,
+            name,
+        };
+        let sts = own("apps/v1", "StatefulSet", "db");
+        assert_eq!(
+            pod_workload("prod", Some(&sts)),
+            PodOwner::Workload(workload("StatefulSet", "prod", "db"))
+        );
+        let ds = own("apps/v1", "DaemonSet", "agent");
+        assert_eq!(
+            pod_workload("kube-system", Some(&ds)),
+            PodOwner::Workload(workload("DaemonSet", "kube-system", "agent"))
+        );
+        let rs = own("apps/v1", "ReplicaSet", "web-5d8f");
+        assert_eq!(
+            pod_workload("prod", Some(&rs)),
+            PodOwner::ReplicaSet("web-5d8f".into())
+        );
+        let job = own("batch/v1", "Job", "nightly");
+        assert_eq!(
+            pod_workload("prod", Some(&job)),
+            PodOwner::Stranded("owned by Job prod/nightly".into())
+        );
+        assert_eq!(
+            pod_workload("prod", None),
+            PodOwner::Stranded("no owner".into())
+        );
+        let deploy = own("apps/v1", "Deployment", "web");
+        assert_eq!(
+            replicaset_workload("prod", "web-5d8f", Some(&deploy)),
+            Ok(workload("Deployment", "prod", "web"))
+        );
+        let err = replicaset_workload("prod", "bare", None).unwrap_err();
+        assert!(err.contains("ReplicaSet prod/bare"), "{err}");
     }
 }
