@@ -108,6 +108,10 @@ pub struct DrainStatus {
     /// Pods left for the admin.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stranded: Vec<StrandedPod>,
+    /// Why the controller does nothing for this request (it cannot be read, or the pool is
+    /// not disabled); nothing is restarted while it is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A drain annotation that cannot be read.
