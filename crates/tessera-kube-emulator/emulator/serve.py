@@ -5,8 +5,9 @@ objects itself and adds what kube-rs and Tessera's binaries rely on and kmock 0.
 out: resourceVersion (per object and per list, one counter for the whole server), uid and
 creationTimestamp, watches that resume from a resourceVersion, JSON merge patch (RFC 7386)
 and JSON patch, PUT, the /status subresource, 409 Conflict on a stale resourceVersion,
-graceful pod deletion (Terminating, then gone after the grace period), finalizers, label and
-field selectors with equality terms, and bearer-token checks.
+metadata.generation of workloads, graceful pod deletion (Terminating, then gone after the
+grace period), finalizers, label and field selectors with equality terms, and bearer-token
+checks.
 
 Run: python serve.py --port-file FILE [--tls-port-file FILE --tls-cert PEM --tls-key PEM]
      [--token TOKEN]. The port files are written once the server listens.
@@ -59,6 +60,10 @@ BUILT_IN_NAMESPACES = ('default', 'kube-node-lease', 'kube-public', 'kube-system
 
 # Resources whose main endpoint ignores changes to `status` (they have a /status subresource).
 WITH_STATUS = {'nodes', 'namespaces', 'pods'} | {plural for (_, _, plural) in CUSTOM}
+
+# API groups whose objects count their spec changes in metadata.generation (the workloads:
+# `kubectl rollout status` compares it with status.observedGeneration).
+WITH_GENERATION = {'apps'}
 
 # Field selectors understood (equality and inequality only, as the real API server).
 FIELD_PATHS = {
@@ -295,6 +300,8 @@ class Emulator(kmock.KubernetesEmulator):
         obj['kind'] = SERVED[triple]
         meta['uid'] = str(uuid.uuid4())
         meta['creationTimestamp'] = now_rfc3339()
+        if triple[0] in WITH_GENERATION:
+            meta['generation'] = 1
         meta.pop('deletionTimestamp', None)
         meta.pop('resourceVersion', None)
         self.store[key] = obj
@@ -354,6 +361,9 @@ class Emulator(kmock.KubernetesEmulator):
             else:
                 meta.pop(field, None)
         changed['apiVersion'], changed['kind'] = stored['apiVersion'], stored['kind']
+        if 'generation' in stored['metadata']:
+            spec_changed = changed.get('spec') != stored.get('spec')
+            meta['generation'] = stored['metadata']['generation'] + int(spec_changed)
         if changed == stored:
             return stored  # a no-op write keeps the resourceVersion and sends no event
         self.store[key] = changed
