@@ -64,15 +64,22 @@ pub enum Command {
     Version,
 }
 
-/// `plan --nodes N --pods-per-node M [--cidr CIDR] [--block-size N] ...`.
+/// `plan --nodes N --pods-per-node M [--cidr CIDR] [--block-size N] ...`, or
+/// `plan --pool NAME [--pods-per-node M]` against the datastore.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
+    /// Forecast an existing pool from the datastore: its blocks, the IPAM configuration and
+    /// the node records; pods per node are measured unless --pods-per-node is given.
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "nodes", "cidr", "block_size", "max_blocks_per_host", "ipv6", "strict_affinity",
+    ])]
+    pub pool: Option<String>,
     /// Nodes in the cluster.
-    #[arg(long)]
-    pub nodes: u64,
-    /// Pods on each node.
-    #[arg(long)]
-    pub pods_per_node: u64,
+    #[arg(long, required_unless_present = "pool")]
+    pub nodes: Option<u64>,
+    /// Pods on each node (with --pool: instead of the measured figure).
+    #[arg(long, required_unless_present = "pool")]
+    pub pods_per_node: Option<u64>,
     /// Pool CIDR; without it the smallest private CIDR that serves the cluster is recommended.
     #[arg(long)]
     pub cidr: Option<ipnet::IpNet>,
@@ -85,6 +92,10 @@ pub struct PlanArgs {
     /// Plan an IPv6 pool.
     #[arg(long)]
     pub ipv6: bool,
+    /// Plan for IPAMConfiguration strictAffinity on: nodes never borrow addresses from other
+    /// nodes' blocks. Without it, Calico's default (off) is planned.
+    #[arg(long)]
+    pub strict_affinity: bool,
 }
 
 /// `-f FILE|-`.

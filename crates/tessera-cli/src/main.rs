@@ -71,7 +71,9 @@ fn run(cli: Cli, origin: Origin) -> anyhow::Result<Report> {
         return Ok(format!("tessera {}\n", env!("CARGO_PKG_VERSION")).into());
     }
     if let Command::Plan(args) = &cli.command {
-        return Ok(plan_cmd::run(args)?.into());
+        if args.pool.is_none() {
+            return Ok(plan_cmd::run(args)?.into());
+        }
     }
     let ds = Datastore::open(cli.datastore.as_deref(), origin, &cli.etcd.options())?;
     let store = &*ds.store;
@@ -92,7 +94,8 @@ fn run(cli: Cli, origin: Origin) -> anyhow::Result<Report> {
             IpamCommand::Release(a) => ipam_cmd::release(store, a)?,
         },
         Command::Status => status::status(&ds)?,
-        Command::Version | Command::Plan(_) => {
+        Command::Plan(a) => plan_cmd::run_live(store, a)?,
+        Command::Version => {
             unreachable!("answered before opening the datastore")
         }
     };

@@ -41,6 +41,7 @@ fn forecast(env: &Env, nodes: &str, pods: &str) -> String {
         "28",
         "--max-blocks-per-host",
         "2",
+        "--strict-affinity",
     ])
 }
 

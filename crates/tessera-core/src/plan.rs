@@ -9,6 +9,12 @@ use ipnet::IpNet;
 use crate::ipam::{block_len_u32, is_edge_address};
 use crate::net::Tiling;
 
+mod live;
+
+pub use live::{
+    plan_pool, LivePlan, LivePlanError, Measured, NodeRecords, NodeRoom, CLOSEST_NODES,
+};
+
 /// Smallest and largest block prefix for IPv4 pools (Calico's blockSize range).
 pub const V4_BLOCK_RANGE: (u8, u8) = (20, 32);
 /// Smallest and largest block prefix for IPv6 pools (Calico's blockSize range).
@@ -35,6 +41,9 @@ pub struct PlanRequest {
     pub max_blocks_per_host: u32,
     /// Plan an IPv6 pool.
     pub ipv6: bool,
+    /// IPAMConfiguration strictAffinity: when off (Calico's default), a node with no block of
+    /// its own left borrows addresses from other nodes' partly used blocks.
+    pub strict_affinity: bool,
 }
 
 /// Why a request cannot be planned; each names the flag at fault.
@@ -124,6 +133,9 @@ pub struct Plan {
     /// (`None` = no per-host limit).
     pub pods_per_node_limit: Option<u128>,
     /// Nodes that get all their pods from their own blocks.
+    pub nodes_in_own_blocks: u128,
+    /// Nodes that get all their pods: from their own blocks, and with strictAffinity off
+    /// also from addresses borrowed from other nodes' blocks.
     pub nodes_served: u128,
     /// Pods those nodes hold.
     pub pods_served: u128,
@@ -262,10 +274,9 @@ fn blocks_needed(pods: u64, usable_per_block: u128) -> u64 {
     u64::try_from(blocks).unwrap_or(u64::MAX)
 }
 
-/// Addresses of the pool the allocator keeps back, in total and in each block holding one,
-/// and how many blocks hold one.
+/// Addresses of the pool the allocator keeps back in each block holding one, and how many
+/// blocks hold one.
 struct KeptBack {
-    total: u32,
     per_block: u32,
     blocks: u32,
 }
@@ -277,17 +288,146 @@ fn kept_back(tiling: &Tiling) -> KeptBack {
     let total = u32::from(first) + u32::from(last);
     if tiling.block_count() == 1 {
         KeptBack {
-            total,
             per_block: total,
             blocks: u32::from(total > 0),
         }
     } else {
         KeptBack {
-            total,
             per_block: total.min(1),
             blocks: total,
         }
     }
+}
+
+/// The unclaimed blocks of a pool in the order the allocator claims them (lowest ordinal
+/// first, blocks with no address to hand out passed over), and how many addresses each
+/// hands out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FreeBlocks {
+    /// Unclaimed blocks with at least one address to hand out.
+    pub count: u128,
+    /// Addresses in a block; every unclaimed block hands out that many but the `short` ones.
+    pub block_len: u32,
+    /// Blocks holding a kept-back address of the pool: (position among the unclaimed blocks,
+    /// addresses it hands out), by position.
+    pub short: Vec<(u128, u32)>,
+}
+
+impl FreeBlocks {
+    /// The unclaimed blocks of `tiling`, given the ordinals already claimed (sorted).
+    pub fn of_tiling(tiling: &Tiling, claimed: &[u128]) -> Self {
+        let pool = tiling.pool;
+        let block_len = block_len_u32(tiling);
+        let kept = kept_back(tiling);
+        let mut edge_blocks: Vec<u128> = [pool.network(), pool.broadcast()]
+            .into_iter()
+            .filter(|&edge| is_edge_address(&pool, edge))
+            .filter_map(|edge| tiling.block_ordinal_of(edge))
+            .filter(|ordinal| claimed.binary_search(ordinal).is_err())
+            .collect();
+        edge_blocks.dedup();
+        let mut count = tiling.block_count().saturating_sub(claimed.len() as u128);
+        let mut short = Vec::new();
+        let usable = block_len.saturating_sub(kept.per_block);
+        for ordinal in edge_blocks {
+            if usable == 0 {
+                // The allocator never claims a block with nothing to hand out.
+                count -= 1;
+                continue;
+            }
+            let rank = ordinal - claimed.partition_point(|&c| c < ordinal) as u128;
+            short.push((rank, usable));
+        }
+        Self {
+            count,
+            block_len,
+            short,
+        }
+    }
+
+    /// Addresses the blocks at positions `from..to` hand out.
+    fn addresses_in(&self, from: u128, to: u128) -> u128 {
+        let shortfall: u128 = self
+            .short
+            .iter()
+            .filter(|&&(pos, _)| from <= pos && pos < to)
+            .map(|&(_, usable)| u128::from(self.block_len - usable))
+            .sum();
+        (to - from)
+            .saturating_mul(u128::from(self.block_len))
+            .saturating_sub(shortfall)
+    }
+
+    /// Addresses all the unclaimed blocks hand out.
+    pub fn addresses(&self) -> u128 {
+        self.addresses_in(0, self.count)
+    }
+}
+
+/// How many new nodes, each asking for the same number of addresses, the allocator serves
+/// from blocks of their own, and why the next one is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// New nodes that get all their addresses from blocks they claim.
+    pub nodes: u128,
+    /// Blocks those nodes claim.
+    pub blocks: u128,
+    /// Why the next node does not: [`Limit::Blocks`] or [`Limit::BlocksPerHost`].
+    pub limit: Limit,
+}
+
+/// New nodes claim free blocks one after the other, as the allocator does: each takes the
+/// lowest unclaimed blocks until they hold `pods` addresses, and at most
+/// `max_blocks_per_host` of them (0 = no limit).
+pub fn serve_new_nodes(free: &FreeBlocks, pods: u64, max_blocks_per_host: u32) -> Served {
+    let pods = u128::from(pods.max(1));
+    let per_node = pods.div_ceil(u128::from(free.block_len.max(1)));
+    let max = match max_blocks_per_host {
+        0 => u128::MAX,
+        n => u128::from(n),
+    };
+    let mut served = Served {
+        nodes: 0,
+        blocks: 0,
+        limit: Limit::Blocks,
+    };
+    // Each turn either jumps over the nodes that fit before the next short block or places
+    // one node; short blocks are at most two, so the loop ends after a few turns.
+    loop {
+        let pos = served.blocks;
+        let next_short = free
+            .short
+            .iter()
+            .map(|&(p, _)| p)
+            .find(|&p| p >= pos)
+            .unwrap_or(free.count);
+        let plain = (next_short - pos) / per_node;
+        if plain > 0 && per_node <= max {
+            served.nodes += plain;
+            served.blocks += plain * per_node;
+            continue;
+        }
+        let mut taken = per_node.min(free.count - pos);
+        while free.addresses_in(pos, pos + taken) < pods && pos + taken < free.count {
+            taken += 1;
+        }
+        if taken > max {
+            served.limit = Limit::BlocksPerHost;
+            return served;
+        }
+        if free.addresses_in(pos, pos + taken) < pods {
+            served.limit = Limit::Blocks;
+            return served;
+        }
+        served.nodes += 1;
+        served.blocks += taken;
+    }
+}
+
+/// New nodes with strictAffinity off: every free address of the pool serves, those of free
+/// blocks and, once no free block is left, those borrowed from partly used blocks.
+pub fn nodes_borrowing(free_addresses: u128, pods: u64) -> u128 {
+    free_addresses / u128::from(pods.max(1))
 }
 
 fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
@@ -295,9 +435,8 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
     let blocks = tiling.block_count();
     let kept = kept_back(tiling);
     let pods = u128::from(request.pods_per_node);
-    let usable_addresses = blocks
-        .saturating_mul(u128::from(block_len))
-        .saturating_sub(u128::from(kept.total));
+    let free = FreeBlocks::of_tiling(tiling, &[]);
+    let usable_addresses = free.addresses();
     let blocks_per_node = blocks_needed(request.pods_per_node, u128::from(block_len));
     let claimed = u128::from(blocks_per_node);
     // A node holding a block with a kept-back address needs one more block when its
@@ -306,31 +445,21 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
         .saturating_mul(u128::from(block_len))
         .saturating_sub(pods);
     let edge_needs_extra = kept.blocks > 0 && slack < u128::from(kept.per_block);
-    let extra_blocks = if edge_needs_extra {
-        u128::from(kept.blocks)
-    } else {
-        0
-    };
     let max = request.max_blocks_per_host;
     let pods_per_node_limit = (max > 0).then(|| {
         (u128::from(max) * u128::from(block_len)).saturating_sub(u128::from(kept.per_block))
     });
-    let worst_blocks = claimed + u128::from(edge_needs_extra);
-    let over_host_limit = max > 0 && worst_blocks > u128::from(max);
-    let nodes_by_blocks = blocks.saturating_sub(extra_blocks) / claimed;
-    let nodes_by_addresses = usable_addresses / pods;
-    let nodes_served = if over_host_limit {
-        0
+    let own = serve_new_nodes(&free, request.pods_per_node, max);
+    let nodes_served = if request.strict_affinity {
+        own.nodes
     } else {
-        nodes_by_blocks.min(nodes_by_addresses)
+        nodes_borrowing(usable_addresses, request.pods_per_node).max(own.nodes)
     };
     let nodes = u128::from(request.nodes);
-    let breaks_first = if over_host_limit {
-        Some(Limit::BlocksPerHost)
-    } else if nodes <= nodes_served {
+    let breaks_first = if nodes <= nodes_served {
         None
-    } else if nodes_by_blocks <= nodes_by_addresses {
-        Some(Limit::Blocks)
+    } else if request.strict_affinity {
+        Some(own.limit)
     } else {
         Some(Limit::Addresses)
     };
@@ -348,6 +477,7 @@ fn forecast(request: &PlanRequest, tiling: &Tiling) -> Plan {
         blocks_per_node,
         edge_nodes_need_extra_block: edge_needs_extra,
         pods_per_node_limit,
+        nodes_in_own_blocks: own.nodes,
         nodes_served,
         pods_served: nodes_served.saturating_mul(pods),
         wasted_addresses: held.saturating_sub(nodes.saturating_mul(pods)),
@@ -367,6 +497,7 @@ mod tests {
             block_prefix: None,
             max_blocks_per_host: 0,
             ipv6: false,
+            strict_affinity: true,
         }
     }
 
@@ -425,6 +556,32 @@ mod tests {
         assert_eq!(plan.blocks_per_node, 2);
         assert_eq!(plan.nodes_served, 8);
         assert_eq!(plan.breaks_first, None);
+    }
+
+    #[test]
+    fn without_strict_affinity_every_address_serves() {
+        let loose = PlanRequest {
+            strict_affinity: false,
+            ..with_pool(20, 20, "10.1.0.0/24", 28, 2)
+        };
+        let plan = plan(&loose).unwrap();
+        assert_eq!(plan.nodes_in_own_blocks, 8);
+        assert_eq!(plan.nodes_served, 12);
+        assert_eq!(plan.breaks_first, Some(Limit::Addresses));
+    }
+
+    #[test]
+    fn free_blocks_pass_over_claimed_ones() {
+        let tiling = Tiling::new("10.1.0.0/24".parse().unwrap(), 28).unwrap();
+        let free = FreeBlocks::of_tiling(&tiling, &[0, 1, 2]);
+        assert_eq!(free.count, 13);
+        assert_eq!(free.short, vec![(12, 15)]);
+        assert_eq!(free.addresses(), 13 * 16 - 1);
+        let served = serve_new_nodes(&free, 16, 0);
+        assert_eq!((served.nodes, served.limit), (12, Limit::Blocks));
+        let tiny = Tiling::new("10.1.0.0/30".parse().unwrap(), 32).unwrap();
+        let free = FreeBlocks::of_tiling(&tiny, &[]);
+        assert_eq!((free.count, free.addresses()), (2, 2));
     }
 
     #[test]

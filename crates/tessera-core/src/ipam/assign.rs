@@ -214,16 +214,37 @@ fn free_offset_keeping(
     }
     let reserved = ctx.reserved_in(&block.cidr);
     let start = block.next % len;
-    (0..len).map(|i| (start + i) % len).find(|&off| {
-        if block.allocations.contains_key(&off) {
-            return false;
-        }
-        let addr = addr_in_block(&block.cidr, off);
-        !is_edge_address(&block.pool, addr)
-            && Some(addr) != kept
-            && !reserved.contains(addr)
-            && allowed.is_none_or(|set| set.contains(addr))
-    })
+    (0..len)
+        .map(|i| (start + i) % len)
+        .find(|&off| may_hand_out(block, off, &reserved, allowed, kept))
+}
+
+/// Whether offset `off` of `block` is free and may be handed out: not allocated, not the
+/// pool's edge address, not `kept`, not reserved and inside `allowed`.
+fn may_hand_out(
+    block: &Block,
+    off: u32,
+    reserved: &IpRangeSet,
+    allowed: Option<&IpRangeSet>,
+    kept: Option<IpAddr>,
+) -> bool {
+    if block.allocations.contains_key(&off) {
+        return false;
+    }
+    let addr = addr_in_block(&block.cidr, off);
+    !is_edge_address(&block.pool, addr)
+        && Some(addr) != kept
+        && !reserved.contains(addr)
+        && allowed.is_none_or(|set| set.contains(addr))
+}
+
+/// How many addresses of a Calico block the allocator could still hand out: the free
+/// offsets [`free_offset`] would find, counted.
+pub fn free_address_count(ctx: &Context, block: &Block) -> u32 {
+    let len = u32::try_from(crate::net::net_size(&block.cidr)).unwrap_or(u32::MAX);
+    let reserved = ctx.reserved_in(&block.cidr);
+    let free = (0..len).filter(|&off| may_hand_out(block, off, &reserved, None, None));
+    u32::try_from(free.count()).unwrap_or(u32::MAX)
 }
 
 impl<'a, S: Store + ?Sized> Plan<'a, S> {

@@ -24,6 +24,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+pub use assign::free_address_count;
 pub use attachments::Attachment;
 pub use context::{
     block_len_u32, is_edge_address, parse_net_or_addr, Context, PoolInfo, Requester, SpiderInfo,
@@ -46,7 +47,7 @@ use crate::store::{Compare, KeyValue, Op, Read, Store, StoreError, TxnOutcome};
 use crate::text::quoted;
 use assign::Plan;
 use cache::{ByValue, CachedKv, NodeCache, NodeView};
-use records::decode;
+pub use records::decode;
 use release::Released;
 
 /// Why an IPAM operation failed.
