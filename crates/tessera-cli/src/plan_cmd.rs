@@ -188,9 +188,10 @@ fn pods_line(live: &LivePlan) -> String {
 fn more_nodes_line(live: &LivePlan) -> String {
     let own = live.own_blocks.nodes;
     let pods = live.pods_per_node;
-    let blocks = live.blocks_per_new_node;
-    let plural = if blocks == 1 { "" } else { "s" };
-    let each = format!("at {pods} pods per node, each claiming {blocks} block{plural}");
+    let each = format!(
+        "at {pods} pods per node, each claiming {}",
+        blocks_text(u128::from(live.blocks_per_new_node))
+    );
     match live.with_borrowing {
         Some(all) if all > own => format!(
             "{all} ({own} in free blocks {each}, then {} borrowing addresses)",
@@ -219,6 +220,13 @@ fn runs_out_line(live: &LivePlan) -> String {
     }
 }
 
+fn blocks_text(count: u128) -> String {
+    match count {
+        1 => "1 block".to_string(),
+        n => format!("{n} blocks"),
+    }
+}
+
 fn render_closest(out: &mut String, live: &LivePlan) {
     let _ = writeln!(
         out,
@@ -236,8 +244,10 @@ fn render_closest(out: &mut String, live: &LivePlan) {
     for room in live.closest() {
         let _ = writeln!(
             out,
-            "  {:<width$}  {} free, {} blocks",
-            room.node, room.free, room.blocks
+            "  {:<width$}  {} free, {}",
+            room.node,
+            room.free,
+            blocks_text(u128::from(room.blocks))
         );
     }
     let at = live.at_block_limit();

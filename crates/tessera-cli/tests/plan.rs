@@ -16,12 +16,17 @@ spec:
 
 /// A /24 of /28 blocks, strictAffinity on (no borrowing) and maxBlocksPerHost=2.
 fn small_pool() -> Env {
+    small_pool_with(true)
+}
+
+/// A /24 of /28 blocks with maxBlocksPerHost=2 and strictAffinity as given.
+fn small_pool_with(strict_affinity: bool) -> Env {
     let env = Env::new();
     env.ok_with_input(&["apply", "-f", "-"], POOL);
     env.ok(&[
         "ipam",
         "configure",
-        "--strictaffinity=true",
+        &format!("--strictaffinity={strict_affinity}"),
         "--max-blocks-per-host",
         "2",
     ]);
@@ -60,7 +65,12 @@ fn assign(env: &Env, node: &str, count: u32) -> common::Run {
 
 /// Nodes n1..=n`served` each get `pods` addresses from the allocator; the next node is refused.
 fn nodes_served_then_refused(env: &Env, served: u32, pods: u32) {
-    for node in 1..=served {
+    more_nodes_served_then_refused(env, 0, served, pods);
+}
+
+/// Nodes n`first + 1`..=n`first + served` each get `pods` addresses; the next is refused.
+fn more_nodes_served_then_refused(env: &Env, first: u32, served: u32, pods: u32) {
+    for node in first + 1..=first + served {
         let run = assign(env, &format!("n{node}"), pods);
         assert_eq!(
             run.code, 0,
@@ -68,9 +78,23 @@ fn nodes_served_then_refused(env: &Env, served: u32, pods: u32) {
             run.stderr
         );
     }
-    let next = served + 1;
+    let next = first + served + 1;
     let run = assign(env, &format!("n{next}"), pods);
     assert_ne!(run.code, 0, "node {next} should be refused: {}", run.stdout);
+}
+
+/// Nodes n1..=n`count` each take `pods` addresses.
+fn fill(env: &Env, count: u32, pods: u32) {
+    for node in 1..=count {
+        let run = assign(env, &format!("n{node}"), pods);
+        assert_eq!(run.code, 0, "node {node}: {}", run.stderr);
+    }
+}
+
+fn line<'t>(text: &'t str, label: &str) -> &'t str {
+    text.lines()
+        .find(|l| l.starts_with(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in:\n{text}"))
 }
 
 #[test]
@@ -146,4 +170,194 @@ fn bad_input_names_the_flag() {
         err.contains("--block-size 64 is out of range for IPv4"),
         "{err}"
     );
+}
+
+#[test]
+fn without_strict_affinity_the_plan_counts_borrowed_addresses() {
+    let env = small_pool_with(false);
+    let text = env.ok(&[
+        "plan",
+        "--nodes",
+        "20",
+        "--pods-per-node",
+        "20",
+        "--cidr",
+        "10.1.0.0/24",
+        "--block-size",
+        "28",
+        "--max-blocks-per-host",
+        "2",
+    ]);
+    assert!(
+        text.contains("Serves:               12 nodes, 240 pods (8 from their own blocks"),
+        "{text}"
+    );
+    assert!(
+        text.contains("breaks first at node 13: the pool has no free address left"),
+        "{text}"
+    );
+    nodes_served_then_refused(&env, 12, 20);
+}
+
+#[test]
+fn live_pool_takes_as_many_more_nodes_as_forecast() {
+    let env = small_pool();
+    fill(&env, 3, 20);
+    let text = env.ok(&["plan", "--pool", "small"]);
+    assert!(
+        line(&text, "Pods per node:").contains("20 measured (60 addresses in use / 3 nodes"),
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "Blocks:"),
+        "Blocks:               6 in use of 16, 10 free"
+    );
+    assert_eq!(
+        line(&text, "More nodes:"),
+        "More nodes:           5 at 20 pods per node, each claiming 2 blocks"
+    );
+    assert!(
+        line(&text, "Runs out first:").contains("new node 6 finds no free block left"),
+        "{text}"
+    );
+    more_nodes_served_then_refused(&env, 3, 5, 20);
+}
+
+#[test]
+fn live_pool_counts_the_last_blocks_kept_back_address() {
+    let env = small_pool();
+    fill(&env, 3, 16);
+    let text = env.ok(&["plan", "--pool", "small"]);
+    assert_eq!(
+        line(&text, "Blocks:"),
+        "Blocks:               4 in use of 16, 12 free"
+    );
+    assert!(
+        line(&text, "More nodes:").contains("11 at 16 pods per node"),
+        "{text}"
+    );
+    more_nodes_served_then_refused(&env, 3, 11, 16);
+}
+
+#[test]
+fn live_pool_without_strict_affinity_borrows_once_no_block_is_free() {
+    let env = small_pool_with(false);
+    fill(&env, 3, 20);
+    let text = env.ok(&["plan", "--pool", "small"]);
+    assert_eq!(
+        line(&text, "More nodes:"),
+        "More nodes:           9 (5 in free blocks at 20 pods per node, each claiming 2 \
+         blocks, then 4 borrowing addresses)"
+    );
+    assert!(
+        line(&text, "Runs out first:").contains("addresses run out at new node 10"),
+        "{text}"
+    );
+    more_nodes_served_then_refused(&env, 3, 9, 20);
+}
+
+const NODES: &str = r#"apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: a
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: b
+---
+apiVersion: projectcalico.org/v3
+kind: Node
+metadata:
+  name: d
+"#;
+
+/// Node a holds 5 addresses in the pool's first block, b 13 in the second, c 31 in the
+/// next two; c has no node record any more, d has one but no block yet.
+fn uneven_pool() -> Env {
+    let env = small_pool();
+    for (node, count) in [("a", 5), ("b", 13), ("c", 31)] {
+        assert_eq!(assign(&env, node, count).code, 0, "node {node}");
+    }
+    env.ok_with_input(&["apply", "-f", "-"], NODES);
+    env
+}
+
+#[test]
+fn live_pool_names_the_nodes_closest_to_a_new_block() {
+    let env = uneven_pool();
+    let text = env.ok(&["plan", "--pool", "small"]);
+    let closest: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("Closest to a new block"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .collect();
+    assert_eq!(
+        closest,
+        [
+            "  c  1 free, 2 blocks",
+            "  b  3 free, 1 block",
+            "  a  10 free, 1 block"
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "At maxBlocksPerHost:"),
+        "At maxBlocksPerHost:  c"
+    );
+    assert!(
+        line(&text, "Pods per node:").contains("17 measured (49 addresses in use / 3 nodes"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "Pods per node:").contains("median 13, max 31"),
+        "{text}"
+    );
+    assert!(
+        line(&text, "Nodes:").contains("takes 3 of 3 node records, 1 of them with no block yet"),
+        "{text}"
+    );
+}
+
+#[test]
+fn live_pool_fragmentation_on_a_hand_made_shape() {
+    let env = uneven_pool();
+    let text = env.ok(&["plan", "--pool", "small"]);
+    assert!(
+        line(&text, "Fragmentation:").contains(
+            "3 blocks partly used; 14 free addresses stranded in nodes' blocks \
+             (6% of the pool's 205 free addresses; only their node can use them)"
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "Blocks of gone nodes:"),
+        "Blocks of gone nodes: 10.1.0.32/28 (c), 10.1.0.48/28 (c)"
+    );
+}
+
+#[test]
+fn live_pool_errors_say_what_to_do() {
+    let env = small_pool();
+    let err = env.fails(&["plan", "--pool", "big"]);
+    assert_eq!(
+        err,
+        "Error: no IPPool named \"big\"; existing pools: small\n"
+    );
+    let err = env.fails(&["plan", "--pool", "small"]);
+    assert!(
+        err.contains("pool \"small\" has no blocks yet") && err.contains("--pods-per-node M"),
+        "{err}"
+    );
+    let text = env.ok(&["plan", "--pool", "small", "--pods-per-node", "20"]);
+    assert!(
+        line(&text, "More nodes:").contains("8 at 20 pods per node"),
+        "{text}"
+    );
+    let err = env.fails(&["plan", "--pool", "small", "--nodes", "3"]);
+    assert!(err.contains("'--pool <NAME>' cannot be used with"), "{err}");
+    let empty = Env::new();
+    let err = empty.fails(&["plan", "--pool", "small"]);
+    assert!(err.contains("the datastore holds no IPPool"), "{err}");
 }
