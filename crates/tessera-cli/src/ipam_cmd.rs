@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use anyhow::{bail, Context as _};
 use serde_json::json;
 use tessera_core::catalog::Catalog;
-use tessera_core::ipam::{AssignRequest, Attributes, Context, Ipam, Usage};
+use tessera_core::ipam::{usage_counts, AssignRequest, Attributes, Context, Ipam, Usage};
 use tessera_core::keys;
 use tessera_core::resources::{Kind, Resource};
 use tessera_core::store::Store;
@@ -43,10 +43,14 @@ pub fn show(store: &dyn Store, args: &ShowArgs) -> anyhow::Result<String> {
     if args.show_configuration {
         return show_configuration(store);
     }
-    let usage = ipam.usage().context("cannot read IPAM usage")?;
+    if args.map {
+        return crate::map_cmd::show_map(store, args.group_by.as_deref());
+    }
     if args.show_borrowed {
+        let usage = ipam.usage().context("cannot read IPAM usage")?;
         return Ok(borrowed_table(&usage));
     }
+    let usage = usage_counts(store).context("cannot read IPAM usage")?;
     Ok(usage_table(&usage, args.show_blocks))
 }
 

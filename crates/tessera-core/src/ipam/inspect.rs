@@ -10,7 +10,7 @@ use crate::catalog::InUse;
 use crate::keys;
 use crate::net::{net_first, net_size, offset_in_block};
 use crate::ranges::IpRangeSet;
-use crate::store::{Compare, Read, Store};
+use crate::store::{Compare, KeyValue, Read, Store};
 
 use super::assign::{allocated, parse_block_key};
 use super::context::{block_len_u32, is_edge_address, Context};
@@ -219,6 +219,16 @@ fn load_all<S: Store + ?Sized>(store: &S) -> Result<(Context, crate::store::Snap
 
 pub(super) fn usage<S: Store + ?Sized>(store: &S) -> Result<Usage, IpamError> {
     let (ctx, snap) = load_all(store)?;
+    usage_from(&ctx, snap.list(1), Some(snap.list(3)))
+}
+
+/// Usage from the block records; borrowed addresses are found only when `handles` are given
+/// (reading every handle is most of the cost of a usage view on a large store).
+pub(super) fn usage_from(
+    ctx: &Context,
+    blocks: &[KeyValue],
+    handles: Option<&[KeyValue]>,
+) -> Result<Usage, IpamError> {
     let mut pools: Vec<PoolUsage> = ctx
         .pools
         .iter()
@@ -231,11 +241,11 @@ pub(super) fn usage<S: Store + ?Sized>(store: &S) -> Result<Usage, IpamError> {
         })
         .collect();
     let mut attrs_of: HashMap<String, Attributes> = HashMap::new();
-    for kv in snap.list(3) {
+    for kv in handles.unwrap_or_default() {
         let h: HandleRecord = decode(kv)?;
         attrs_of.insert(h.id, h.attrs);
     }
-    for kv in snap.list(1) {
+    for kv in blocks {
         let block: Block = decode(kv)?;
         let in_use = block.allocations.len() as u128;
         let borrowed = allocated(&block)

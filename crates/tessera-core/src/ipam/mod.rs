@@ -14,6 +14,7 @@ mod context;
 mod holders;
 mod index;
 mod inspect;
+mod picture;
 mod readiness;
 mod records;
 mod release;
@@ -31,6 +32,9 @@ pub use context::{
 };
 pub use holders::Holder;
 pub use inspect::{AddressInfo, BlockUsage, CheckReport, PoolUsage, Usage};
+pub use picture::{
+    picture, usage_counts, GroupKey, GroupPicture, NodeBlocks, NodeTotal, Picture, PoolPicture,
+};
 pub use readiness::{Readiness, ReadinessQuery};
 pub use records::{
     Allocation, Attributes, Block, HandleAddress, HandleRecord, IndexEntry, PoolIndex,
