@@ -194,6 +194,9 @@ pub enum IpamCommand {
     Assign(AssignArgs),
     /// Release the addresses of a handle, or single addresses.
     Release(ReleaseArgs),
+    /// Move a pool's workloads to another pool and delete it, or change a pool's block size;
+    /// safe to interrupt: run it again to continue.
+    Migrate(MigrateArgs),
     /// Write a self-contained HTML page: the pool map, totals and the consistency check.
     Report(ReportArgs),
 }
@@ -231,6 +234,59 @@ pub struct ReportArgs {
     /// Group the nodes by the value of this node label (e.g. rack).
     #[arg(long, value_name = "LABEL")]
     pub group_by: Option<String>,
+}
+
+/// `ipam migrate --from A --to B|--to-file FILE` or `ipam migrate --pool P --block-size N`.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("migration").required(true).args(["from", "pool"])))]
+#[command(group(ArgGroup::new("target").args(["to", "to_file"])))]
+pub struct MigrateArgs {
+    /// Pool to move the workloads off; it is disabled, then deleted once nothing holds its
+    /// addresses.
+    #[arg(long, value_name = "POOL", requires = "target")]
+    pub from: Option<String>,
+    /// Existing pool to move them to (enabled if disabled).
+    #[arg(long, value_name = "POOL", requires = "from")]
+    pub to: Option<String>,
+    /// Manifest of one IPPool to move them to, created if it does not exist; `-` reads
+    /// standard input.
+    #[arg(short = 'f', long = "to-file", value_name = "FILE", requires = "from")]
+    pub to_file: Option<String>,
+    /// Pool whose block size changes (through a temporary pool and two moves).
+    #[arg(long, value_name = "POOL", requires = "block_size")]
+    pub pool: Option<String>,
+    /// The new block size (IPv4 20-32, IPv6 116-128).
+    #[arg(long, value_name = "N", requires = "pool")]
+    pub block_size: Option<u8>,
+    /// CIDR of the temporary pool; default: the lowest free network of the pool's size in
+    /// its private address space.
+    #[arg(long, value_name = "CIDR", requires = "pool")]
+    pub temporary_cidr: Option<ipnet::IpNet>,
+    /// Name of the temporary pool; default: <POOL>-temporary.
+    #[arg(long, value_name = "NAME", requires = "pool")]
+    pub temporary_pool: Option<String>,
+    /// Print every step and who holds the source's addresses; change nothing.
+    #[arg(long, conflicts_with_all = ["no_wait", "timeout"])]
+    pub dry_run: bool,
+    /// Workloads the Kubernetes controller restarts at once.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_parallel: u32,
+    /// How long one restarted workload may take to become ready (e.g. 90s, 10m).
+    #[arg(long, value_name = "DURATION", default_value = "10m",
+          value_parser = crate::migrate_cmd::parse_duration)]
+    pub ready_timeout: std::time::Duration,
+    /// Do not wait while addresses of the source are held: list their holders and exit
+    /// with status 2.
+    #[arg(long, conflicts_with = "timeout")]
+    pub no_wait: bool,
+    /// Stop waiting after this long (e.g. 30m), listing the holders, with exit status 2.
+    /// Default: wait until the addresses are released.
+    #[arg(long, value_name = "DURATION", value_parser = crate::migrate_cmd::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+    /// With --dry-run: kubeconfig to resolve the pods' owners with.
+    #[arg(long, value_name = "FILE", env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `ipam configure`.

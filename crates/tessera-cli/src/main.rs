@@ -9,6 +9,8 @@ mod datastore;
 mod ipam_cmd;
 mod manifest_input;
 mod map_cmd;
+mod migrate_cmd;
+mod migrate_owners;
 mod plan_cmd;
 mod report_html;
 mod res_cmd;
@@ -49,6 +51,12 @@ fn main() -> ExitCode {
         Some(ValueSource::CommandLine) => Origin::Flag,
         _ => Origin::Default,
     };
+    if let Command::Ipam {
+        command: IpamCommand::Migrate(args),
+    } = &cli.command
+    {
+        return migrate(&cli, origin, args);
+    }
     match run(cli, origin) {
         Ok(report) => {
             let mut stdout = std::io::stdout().lock();
@@ -61,6 +69,17 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
         }
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `ipam migrate` prints as it goes and has an exit status of its own.
+fn migrate(cli: &Cli, origin: Origin, args: &cli::MigrateArgs) -> ExitCode {
+    match Datastore::open(cli.datastore.as_deref(), origin, &cli.etcd.options()) {
+        Ok(ds) => migrate_cmd::main(&*ds.store, args),
         Err(e) => {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
@@ -94,6 +113,7 @@ fn run(cli: Cli, origin: Origin) -> anyhow::Result<Report> {
             IpamCommand::Configure(a) => ipam_cmd::configure(store, a)?,
             IpamCommand::Assign(a) => ipam_cmd::assign(store, a)?,
             IpamCommand::Release(a) => ipam_cmd::release(store, a)?,
+            IpamCommand::Migrate(_) => unreachable!("run by migrate() before"),
             IpamCommand::Report(a) => report_html::write_report(store, a)?,
         },
         Command::Status => status::status(&ds)?,

@@ -66,7 +66,7 @@ fn too_large(source_name: &str, limit: u64) -> String {
 }
 
 /// Reads a manifest file, or standard input for `-`, and decodes every document.
-fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
+pub fn read_resources(filename: &str) -> anyhow::Result<Vec<Resource>> {
     let (bytes, source) = if filename == "-" {
         let bytes = read_capped(
             std::io::stdin().lock(),

@@ -9,6 +9,7 @@ pub mod drain;
 pub mod ipam;
 pub mod json;
 pub mod keys;
+pub mod migrate;
 pub mod net;
 pub mod ownership;
 pub mod plan;
