@@ -153,11 +153,6 @@ impl LivePlan {
         at
     }
 
-    /// New nodes the pool serves at [`LivePlan::pods_per_node`].
-    pub fn nodes_served(&self) -> u128 {
-        self.with_borrowing.unwrap_or(self.own_blocks.nodes)
-    }
-
     /// Stranded addresses as a percentage of the pool's free addresses.
     pub fn stranded_percent(&self) -> u128 {
         (self.stranded * 100)
@@ -252,6 +247,27 @@ fn tally(ctx: &Context, pool: &PoolInfo, blocks: &[Block]) -> BlockTally {
     t
 }
 
+/// Ordinals of the pool's blocks no new node can claim: the claimed ones, and those a block
+/// left behind by a deleted pool (or an older block size) overlaps, which the allocator
+/// passes over.
+fn unavailable(pool: &PoolInfo, blocks: &[Block], claimed: &[u128]) -> Vec<u128> {
+    let tiling = &pool.tiling;
+    let mut taken = claimed.to_vec();
+    for leftover in blocks
+        .iter()
+        .filter(|b| b.tiling() != Some(*tiling) && crate::net::nets_overlap(&b.cidr, &tiling.pool))
+    {
+        let first = tiling.block_ordinal_of(leftover.cidr.network().max(tiling.pool.network()));
+        let last = tiling.block_ordinal_of(leftover.cidr.broadcast().min(tiling.pool.broadcast()));
+        if let (Some(first), Some(last)) = (first, last) {
+            taken.extend(first..=last);
+        }
+    }
+    taken.sort_unstable();
+    taken.dedup();
+    taken
+}
+
 fn blocks_per_node(blocks: &[Block]) -> BTreeMap<&str, u32> {
     let mut count = BTreeMap::new();
     for node in blocks.iter().filter_map(|b| b.affinity.as_deref()) {
@@ -340,7 +356,7 @@ fn forecast_pool(
         }
     };
     let config = &ctx.config;
-    let free = FreeBlocks::of_tiling(&pool.tiling, &t.claimed);
+    let free = FreeBlocks::of_tiling(&pool.tiling, &unavailable(pool, blocks, &t.claimed));
     let free_addresses = free.addresses() + t.free_in_claimed;
     let owned = blocks_per_node(blocks);
     let mut rooms: Vec<NodeRoom> = t
@@ -374,4 +390,58 @@ fn forecast_pool(
         partly_used_blocks: t.partly_used,
         stranded: t.stranded,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemoryStore, Op};
+
+    fn put(store: &MemoryStore, key: String, value: Vec<u8>) {
+        store.txn(&[], &[Op::Put(key, value)]).unwrap();
+    }
+
+    fn put_block(store: &MemoryStore, cidr: &str, node: &str, used: u32) {
+        let cidr: IpNet = cidr.parse().unwrap();
+        let mut block = Block::new(cidr, "10.1.0.0/24".parse().unwrap(), Some(node.into()));
+        block.allocations = (1..=used).map(|o| (o, format!("h-{node}"))).collect();
+        put(
+            store,
+            keys::block(node, &cidr),
+            serde_json::to_vec(&block).unwrap(),
+        );
+    }
+
+    /// Pool `p`: 10.1.0.0/24 in /28 blocks, node n1 holding 10 addresses in its third block.
+    fn pool_store() -> MemoryStore {
+        let store = MemoryStore::default();
+        let pool = serde_json::json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPPool",
+            "metadata": {"name": "p"},
+            "spec": {"cidr": "10.1.0.0/24", "blockSize": 28}
+        });
+        put(&store, keys::pool("p"), serde_json::to_vec(&pool).unwrap());
+        put_block(&store, "10.1.0.32/28", "n1", 10);
+        store
+    }
+
+    #[test]
+    fn new_nodes_claim_the_free_blocks() {
+        let live = plan_pool(&pool_store(), "p", None).unwrap();
+        assert_eq!(live.measured.map(|m| m.mean), Some(10));
+        assert_eq!((live.blocks_claimed, live.blocks_free), (1, 15));
+        assert_eq!(live.own_blocks.nodes, 15);
+        assert_eq!(live.with_borrowing, Some(24));
+        assert_eq!(live.free_addresses, 254 - 10);
+    }
+
+    #[test]
+    fn blocks_a_deleted_pool_left_are_passed_over() {
+        let store = pool_store();
+        put_block(&store, "10.1.0.64/26", "gone", 1);
+        let live = plan_pool(&store, "p", None).unwrap();
+        assert_eq!(live.blocks_free, 11);
+        assert_eq!(live.own_blocks.nodes, 11);
+    }
 }
