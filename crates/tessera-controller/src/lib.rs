@@ -7,6 +7,7 @@
 pub mod autopool;
 pub mod crds;
 pub mod datastore;
+pub mod drain;
 pub mod gc;
 pub mod http;
 pub mod lease;

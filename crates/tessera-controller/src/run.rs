@@ -248,14 +248,16 @@ async fn act(ctx: &Context) -> Error {
         statefulsets,
     };
     let pod_deleted = Notify::new();
+    let pod_changed = Notify::new();
     tokio::select! {
         () = watch_nodes(ctx, node_writer) => Error::Stopped("node watch"),
         () = watch_namespaces(ctx, namespace_writer) => Error::Stopped("namespace watch"),
-        () = watch_pods(ctx, pod_writer, &pod_deleted) => Error::Stopped("pod watch"),
+        () = watch_pods(ctx, pod_writer, &pod_deleted, &pod_changed) => Error::Stopped("pod watch"),
         () = crate::sticky::watch(ctx, statefulset_writer) => Error::Stopped("statefulset watch"),
         () = collect(ctx, &caches, &pod_deleted) => Error::Stopped("garbage collection"),
         () = ping(ctx) => Error::Stopped("datastore ping"),
         () = crate::crds::mirror_all(ctx) => Error::Stopped("pool and reservation mirror"),
+        () = crate::drain::run(ctx, &caches.pods, &pod_changed) => Error::Stopped("pool drain"),
         stopped = crate::autopool::run(ctx) => stopped,
     }
 }
@@ -330,11 +332,22 @@ async fn watch_namespaces(ctx: &Context, writer: reflector::store::Writer<Namesp
     }
 }
 
-async fn watch_pods(ctx: &Context, writer: reflector::store::Writer<Pod>, deleted: &Notify) {
+/// Watches the pods into the cache; `deleted` fires on each deletion, `changed` on every
+/// change.
+async fn watch_pods(
+    ctx: &Context,
+    writer: reflector::store::Writer<Pod>,
+    deleted: &Notify,
+    changed: &Notify,
+) {
     let mut events = pin!(reflected(ctx, writer, slim_pod));
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Delete(_)) => deleted.notify_one(),
+            Ok(Event::Delete(_)) => {
+                deleted.notify_one();
+                changed.notify_one();
+            }
+            Ok(Event::Apply(_)) => changed.notify_one(),
             Ok(_) => {}
             Err(source) => ctx.report(
                 "watching pods",
@@ -347,14 +360,15 @@ async fn watch_pods(ctx: &Context, writer: reflector::store::Writer<Pod>, delete
     }
 }
 
-/// Keeps of a pod only what [`PodFacts`] reads, so the cache of every pod in the cluster
-/// stays small.
+/// Keeps of a pod only what [`PodFacts`] reads and its controlling owner (whom a pool drain
+/// restarts), so the cache of every pod in the cluster stays small.
 pub fn slim_pod(pod: &mut Pod) {
     let meta = &mut pod.metadata;
     meta.managed_fields = None;
     meta.annotations = None;
     meta.labels = None;
-    meta.owner_references = None;
+    meta.owner_references =
+        crate::drain::controller_of(meta.owner_references.as_ref()).map(|owner| vec![owner]);
     let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
     pod.spec = Some(PodSpec {
         node_name,
@@ -707,7 +721,12 @@ mod tests {
                 "labels": {"app": "web"}, "annotations": {"big": "x".repeat(1000)},
                 "deletionTimestamp": "2026-12-01T12:00:00Z",
                 "deletionGracePeriodSeconds": 30,
-                "managedFields": [{"manager": "kubectl"}]
+                "managedFields": [{"manager": "kubectl"}],
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "n"},
+                    {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8f",
+                     "uid": "r", "controller": true}
+                ]
             },
             "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "nginx"}]},
             "status": {"phase": "Failed", "reason": "Evicted", "podIP": "10.0.0.1"}
@@ -720,5 +739,8 @@ mod tests {
         assert_eq!(pod.namespace().as_deref(), Some("shop"));
         assert!(pod.metadata.annotations.is_none() && pod.metadata.managed_fields.is_none());
         assert!(pod.spec.unwrap().containers.is_empty());
+        // Only the controlling owner stays: a pool drain restarts it.
+        let owners = pod.metadata.owner_references.unwrap();
+        assert_eq!((owners.len(), owners[0].kind.as_str()), (1, "ReplicaSet"));
     }
 }

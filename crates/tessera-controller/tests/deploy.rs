@@ -262,16 +262,18 @@ fn the_controller_and_the_node_agent_get_exactly_the_access_they_need() {
     // Pools and reservations from kubectl: read, hold a finalizer, write the status.
     let mirror: &[&str] = &["get", "list", "watch", "patch"];
     let status: &[&str] = &["patch"];
+    // Workloads a drain restarts: read, and patched as `kubectl rollout restart` does.
+    let restart: &[&str] = &["get", "list", "watch", "patch"];
     assert_eq!(
         controller,
         expected_grants(&[
             ("", "nodes", read),
             ("", "namespaces", read),
             ("", "pods", read),
-            ("apps", "statefulsets", read),
-            ("apps", "deployments", read),
+            ("apps", "statefulsets", restart),
+            ("apps", "deployments", restart),
             ("apps", "replicasets", read),
-            ("apps", "daemonsets", read),
+            ("apps", "daemonsets", restart),
             ("batch", "jobs", read),
             ("batch", "cronjobs", read),
             ("events.k8s.io", "events", record),
