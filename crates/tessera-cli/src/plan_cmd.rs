@@ -30,19 +30,19 @@ pub fn run_live(store: &dyn Store, args: &PlanArgs) -> anyhow::Result<String> {
     Ok(render_live(&live))
 }
 
-fn strict_affinity_text(strict: bool) -> &'static str {
-    if strict {
+/// The IPAMConfiguration lines both forecasts print.
+fn render_config(out: &mut String, max_blocks_per_host: u32, strict_affinity: bool) {
+    let max = match max_blocks_per_host {
+        0 => "unlimited".to_string(),
+        n => n.to_string(),
+    };
+    let strict = if strict_affinity {
         "true (nodes never borrow from other nodes' blocks)"
     } else {
         "false (a node with no block of its own left borrows from partly used blocks)"
-    }
-}
-
-fn max_blocks_text(max: u32) -> String {
-    match max {
-        0 => "unlimited".to_string(),
-        n => n.to_string(),
-    }
+    };
+    let _ = writeln!(out, "maxBlocksPerHost:     {max}");
+    let _ = writeln!(out, "strictAffinity:       {strict}");
 }
 
 fn render(request: &PlanRequest, plan: &Plan) -> String {
@@ -55,16 +55,7 @@ fn render(request: &PlanRequest, plan: &Plan) -> String {
     );
     let _ = writeln!(out, "Blocks in pool:       {}", plan.blocks);
     let _ = writeln!(out, "Usable addresses:     {}", plan.usable_addresses);
-    let _ = writeln!(
-        out,
-        "maxBlocksPerHost:     {}",
-        max_blocks_text(plan.max_blocks_per_host)
-    );
-    let _ = writeln!(
-        out,
-        "strictAffinity:       {}",
-        strict_affinity_text(request.strict_affinity)
-    );
+    render_config(&mut out, plan.max_blocks_per_host, request.strict_affinity);
     let edge_note = if plan.edge_nodes_need_extra_block {
         "; one more on the nodes holding the pool's first or last block"
     } else {
@@ -127,16 +118,7 @@ fn render_live(live: &LivePlan) -> String {
         tiling.block_prefix,
         tiling.block_len()
     );
-    let _ = writeln!(
-        out,
-        "strictAffinity:       {}",
-        strict_affinity_text(live.strict_affinity)
-    );
-    let _ = writeln!(
-        out,
-        "maxBlocksPerHost:     {}",
-        max_blocks_text(live.max_blocks_per_host)
-    );
+    render_config(&mut out, live.max_blocks_per_host, live.strict_affinity);
     let _ = writeln!(out, "Nodes:                {}", nodes_line(live));
     let _ = writeln!(out, "Pods per node:        {}", pods_line(live));
     let _ = writeln!(

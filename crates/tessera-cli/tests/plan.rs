@@ -33,8 +33,14 @@ fn small_pool_with(strict_affinity: bool) -> Env {
     env
 }
 
+/// The offline forecast for the small pool, strictAffinity on.
 fn forecast(env: &Env, nodes: &str, pods: &str) -> String {
-    env.ok(&[
+    forecast_with(env, nodes, pods, &["--strict-affinity"])
+}
+
+/// The offline forecast for the small pool, with `more` flags.
+fn forecast_with(env: &Env, nodes: &str, pods: &str, more: &[&str]) -> String {
+    let mut args = vec![
         "plan",
         "--nodes",
         nodes,
@@ -46,8 +52,9 @@ fn forecast(env: &Env, nodes: &str, pods: &str) -> String {
         "28",
         "--max-blocks-per-host",
         "2",
-        "--strict-affinity",
-    ])
+    ];
+    args.extend_from_slice(more);
+    env.ok(&args)
 }
 
 fn assign(env: &Env, node: &str, count: u32) -> common::Run {
@@ -175,19 +182,7 @@ fn bad_input_names_the_flag() {
 #[test]
 fn without_strict_affinity_the_plan_counts_borrowed_addresses() {
     let env = small_pool_with(false);
-    let text = env.ok(&[
-        "plan",
-        "--nodes",
-        "20",
-        "--pods-per-node",
-        "20",
-        "--cidr",
-        "10.1.0.0/24",
-        "--block-size",
-        "28",
-        "--max-blocks-per-host",
-        "2",
-    ]);
+    let text = forecast_with(&env, "20", "20", &[]);
     assert!(
         text.contains("Serves:               12 nodes, 240 pods (8 from their own blocks"),
         "{text}"
