@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context as _};
 use tessera_core::catalog::format_rfc3339;
 use tessera_core::drain::DrainStatus;
-use tessera_core::ipam::{Holder, Ipam};
+use tessera_core::ipam::{AssignRequest, Holder, Ipam};
 use tessera_core::migrate::{
     count, execute, next_block_size_step, next_move_step, BlockSizeRequest, DrainSettings,
     MoveRequest, Step, Target, Waiting,
@@ -44,6 +44,14 @@ impl Migration {
             Migration::Move(req) => next_move_step(store, req)?,
             Migration::BlockSize(req) => next_block_size_step(store, req)?,
         })
+    }
+
+    /// The message to end with when `step` was the last one.
+    fn done_after(&self, step: &Step) -> Option<String> {
+        match self {
+            Migration::Move(_) => None,
+            Migration::BlockSize(req) => req.done_after(step),
+        }
     }
 }
 
@@ -91,6 +99,10 @@ fn run(store: &dyn Store, args: &MigrateArgs) -> anyhow::Result<bool> {
                 }
                 say(&format!("{step}"));
                 execute(store, &step)?;
+                if let Some(message) = migration.done_after(&step) {
+                    say(&format!("Done: {message}."));
+                    return Ok(true);
+                }
                 if let Step::DeleteSource { .. } = step {
                     wait = WaitDisplay::new(args);
                 }
@@ -375,16 +387,42 @@ fn dry_run(store: &dyn Store, migration: &Migration, args: &MigrateArgs) -> anyh
         say(&format!("{number}. {step}"));
         if let Step::Wait(waiting) = &step {
             say(&owners.grouped(&waiting.holders));
-            let ipam = Ipam::new(&copy);
-            for h in &waiting.holders {
-                ipam.release_handle(&h.handle)
-                    .context("dry run: cannot release a handle in the copy")?;
-            }
+            restart_in_copy(&copy, &waiting.holders)?;
         } else {
             execute(&copy, &step)?;
         }
+        if let Some(message) = migration.done_after(&step) {
+            say(&format!("Then: {message}."));
+            say("Dry run: nothing was changed.");
+            return Ok(());
+        }
     }
     bail!("the migration plan did not finish within {MAX_WRITES} steps")
+}
+
+/// What restarting the holders' pods does, in the copy: each handle gives its addresses back
+/// and asks for as many again on the same node, from the pools that are enabled now. A pod
+/// that would get no address just leaves (the real run's safety checks name such nodes).
+fn restart_in_copy(copy: &MemoryStore, holders: &[Holder]) -> anyhow::Result<()> {
+    let ipam = Ipam::new(copy);
+    for h in holders {
+        ipam.release_handle(&h.handle)
+            .context("dry run: cannot release a handle in the copy")?;
+        let Some(node) = h.attrs.node.clone() else {
+            continue;
+        };
+        let v4 = h.addresses.iter().filter(|a| a.is_ipv4()).count();
+        let request = AssignRequest {
+            handle: h.handle.clone(),
+            node,
+            attrs: h.attrs.clone(),
+            num_v4: v4 as u32,
+            num_v6: (h.addresses.len() - v4) as u32,
+            ..Default::default()
+        };
+        let _ = ipam.assign(&request);
+    }
+    Ok(())
 }
 
 /// Every record of `store`, in a store in memory.

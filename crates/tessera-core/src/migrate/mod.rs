@@ -135,6 +135,21 @@ pub struct BlockSizeRequest {
     pub drain: DrainSettings,
 }
 
+impl BlockSizeRequest {
+    /// The message to end with once `step` is made: deleting the temporary pool is the last
+    /// step, after which the records look like a pool that needs no change.
+    pub fn done_after(&self, step: &Step) -> Option<String> {
+        match step {
+            Step::DeleteSource { pool, .. } if *pool != self.pool => Some(format!(
+                "IPPool {} has block size {} and its workloads are back in it; the temporary \
+                 IPPool {pool} is deleted",
+                self.pool, self.block_size
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Who still holds addresses of a draining pool.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Waiting {
