@@ -168,6 +168,13 @@ fn pods_line(live: &LivePlan) -> String {
 }
 
 fn more_nodes_line(live: &LivePlan) -> String {
+    if let Some(reason) = live.no_claims {
+        let borrowing = match live.with_borrowing {
+            Some(n) if n > 0 => format!("{n}, borrowing addresses of claimed blocks"),
+            _ => "0".to_string(),
+        };
+        return format!("{borrowing} ({reason})");
+    }
     let own = live.own_blocks.nodes;
     let pods = live.pods_per_node;
     let each = format!(
@@ -184,6 +191,9 @@ fn more_nodes_line(live: &LivePlan) -> String {
 }
 
 fn runs_out_line(live: &LivePlan) -> String {
+    if let Some(reason) = live.no_claims {
+        return reason.to_string();
+    }
     let next = live.own_blocks.nodes + 1;
     let first = match live.own_blocks.limit {
         Limit::BlocksPerHost => format!(

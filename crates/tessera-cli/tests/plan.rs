@@ -356,3 +356,19 @@ fn live_pool_errors_say_what_to_do() {
     let err = empty.fails(&["plan", "--pool", "small"]);
     assert!(err.contains("the datastore holds no IPPool"), "{err}");
 }
+
+#[test]
+fn live_disabled_pool_takes_no_more_nodes() {
+    let env = small_pool();
+    fill(&env, 1, 5);
+    env.ok_with_input(
+        &["apply", "-f", "-"],
+        &POOL.replace("blockSize: 28", "blockSize: 28\n  disabled: true"),
+    );
+    let text = env.ok(&["plan", "--pool", "small"]);
+    assert_eq!(
+        line(&text, "More nodes:"),
+        "More nodes:           0 (the pool is disabled: it hands out no new address)"
+    );
+    assert_ne!(assign(&env, "n2", 1).code, 0);
+}

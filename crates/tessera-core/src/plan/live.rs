@@ -121,6 +121,8 @@ pub struct LivePlan {
     pub blocks_free: u128,
     /// Blocks a new node needs for its pods.
     pub blocks_per_new_node: u64,
+    /// Why new nodes claim no block at all (disabled pool, autoAllocateBlocks off).
+    pub no_claims: Option<&'static str>,
     /// New nodes served from free blocks, and why the next is not.
     pub own_blocks: Served,
     /// With strictAffinity off: new nodes served counting the addresses they borrow.
@@ -369,6 +371,29 @@ fn forecast_pool(
         })
         .collect();
     rooms.sort_by(|a, b| a.free.cmp(&b.free).then_with(|| a.node.cmp(&b.node)));
+    let no_claims = if pool.disabled {
+        Some("the pool is disabled: it hands out no new address")
+    } else if !config.auto_allocate_blocks {
+        Some("autoAllocateBlocks is off: new nodes claim no block")
+    } else {
+        None
+    };
+    let (own_blocks, borrowable) = match no_claims {
+        None => (
+            serve_new_nodes(&free, pods, config.max_blocks_per_host),
+            free_addresses,
+        ),
+        Some(_) => {
+            let none = Served {
+                nodes: 0,
+                blocks: 0,
+                limit: super::Limit::Blocks,
+            };
+            let claimed_only = if pool.disabled { 0 } else { t.free_in_claimed };
+            (none, claimed_only)
+        }
+    };
+    let with_borrowing = (!config.strict_affinity).then(|| nodes_borrowing(borrowable, pods));
     Ok(LivePlan {
         pool: pool.name.clone(),
         tiling: pool.tiling,
@@ -384,8 +409,9 @@ fn forecast_pool(
         blocks_claimed: t.claimed.len() as u128,
         blocks_free: free.count,
         blocks_per_new_node: blocks_needed(pods, u128::from(free.block_len)),
-        own_blocks: serve_new_nodes(&free, pods, config.max_blocks_per_host),
-        with_borrowing: (!config.strict_affinity).then(|| nodes_borrowing(free_addresses, pods)),
+        no_claims,
+        own_blocks,
+        with_borrowing,
         free_addresses,
         partly_used_blocks: t.partly_used,
         stranded: t.stranded,
@@ -443,5 +469,27 @@ mod tests {
         let live = plan_pool(&store, "p", None).unwrap();
         assert_eq!(live.blocks_free, 11);
         assert_eq!(live.own_blocks.nodes, 11);
+    }
+
+    #[test]
+    fn without_automatic_blocks_new_nodes_only_borrow() {
+        let store = pool_store();
+        let config = serde_json::json!({
+            "apiVersion": "projectcalico.org/v3",
+            "kind": "IPAMConfiguration",
+            "metadata": {"name": "default"},
+            "spec": {"autoAllocateBlocks": false}
+        });
+        put(
+            &store,
+            keys::IPAM_CONFIG.into(),
+            serde_json::to_vec(&config).unwrap(),
+        );
+        let live = plan_pool(&store, "p", None).unwrap();
+        assert!(live.no_claims.is_some());
+        assert_eq!(live.own_blocks.nodes, 0);
+        assert_eq!(live.with_borrowing, Some(0));
+        let live = plan_pool(&store, "p", Some(3)).unwrap();
+        assert_eq!(live.with_borrowing, Some(2));
     }
 }
