@@ -327,6 +327,80 @@ fn node_records(pool: &PoolInfo, nodes: &[Node], blocks: &[Block]) -> Option<Nod
     })
 }
 
+/// The pods per node to forecast at: the given figure, else the measured mean.
+fn pods_to_forecast(
+    pool: &PoolInfo,
+    t: &BlockTally,
+    measured: Option<Measured>,
+    pods_per_node: Option<u64>,
+) -> Result<u64, LivePlanError> {
+    match (pods_per_node, measured) {
+        (Some(0), _) => Err(PlanError::Zero {
+            flag: "--pods-per-node",
+        }
+        .into()),
+        (Some(m), _) => Ok(m),
+        (None, Some(m)) => Ok(m.mean),
+        (None, None) => {
+            let reason = if t.claimed.is_empty() {
+                "has no blocks yet, so there are no pods per node to measure"
+            } else {
+                "has blocks but no address in use, so there are no pods per node to measure"
+            };
+            Err(LivePlanError::NothingMeasured {
+                pool: pool.name.clone(),
+                reason,
+            })
+        }
+    }
+}
+
+/// What new nodes get from the pool.
+struct NewNodes {
+    no_claims: Option<&'static str>,
+    own_blocks: Served,
+    with_borrowing: Option<u128>,
+}
+
+/// New nodes claim free blocks unless the pool or the configuration forbids it, and with
+/// strictAffinity off also borrow.
+fn forecast_new_nodes(
+    ctx: &Context,
+    pool: &PoolInfo,
+    free: &FreeBlocks,
+    free_in_claimed: u128,
+    pods: u64,
+) -> NewNodes {
+    let config = &ctx.config;
+    let no_claims = if pool.disabled {
+        Some("the pool is disabled: it hands out no new address")
+    } else if !config.auto_allocate_blocks {
+        Some("autoAllocateBlocks is off: new nodes claim no block")
+    } else {
+        None
+    };
+    let (own_blocks, borrowable) = match no_claims {
+        None => (
+            serve_new_nodes(free, pods, config.max_blocks_per_host),
+            free.addresses() + free_in_claimed,
+        ),
+        Some(_) => {
+            let none = Served {
+                nodes: 0,
+                blocks: 0,
+                limit: super::Limit::Blocks,
+            };
+            let claimed_only = if pool.disabled { 0 } else { free_in_claimed };
+            (none, claimed_only)
+        }
+    };
+    NewNodes {
+        no_claims,
+        own_blocks,
+        with_borrowing: (!config.strict_affinity).then(|| nodes_borrowing(borrowable, pods)),
+    }
+}
+
 fn forecast_pool(
     ctx: &Context,
     pool: &PoolInfo,
@@ -336,27 +410,7 @@ fn forecast_pool(
 ) -> Result<LivePlan, LivePlanError> {
     let t = tally(ctx, pool, blocks);
     let measured = measure(&t.in_use);
-    let pods = match (pods_per_node, measured) {
-        (Some(0), _) => {
-            return Err(PlanError::Zero {
-                flag: "--pods-per-node",
-            }
-            .into())
-        }
-        (Some(m), _) => m,
-        (None, Some(m)) => m.mean,
-        (None, None) => {
-            let reason = if t.claimed.is_empty() {
-                "has no blocks yet, so there are no pods per node to measure"
-            } else {
-                "has blocks but no address in use, so there are no pods per node to measure"
-            };
-            return Err(LivePlanError::NothingMeasured {
-                pool: pool.name.clone(),
-                reason,
-            });
-        }
-    };
+    let pods = pods_to_forecast(pool, &t, measured, pods_per_node)?;
     let config = &ctx.config;
     let free = FreeBlocks::of_tiling(&pool.tiling, &unavailable(pool, blocks, &t.claimed));
     let free_addresses = free.addresses() + t.free_in_claimed;
@@ -371,29 +425,7 @@ fn forecast_pool(
         })
         .collect();
     rooms.sort_by(|a, b| a.free.cmp(&b.free).then_with(|| a.node.cmp(&b.node)));
-    let no_claims = if pool.disabled {
-        Some("the pool is disabled: it hands out no new address")
-    } else if !config.auto_allocate_blocks {
-        Some("autoAllocateBlocks is off: new nodes claim no block")
-    } else {
-        None
-    };
-    let (own_blocks, borrowable) = match no_claims {
-        None => (
-            serve_new_nodes(&free, pods, config.max_blocks_per_host),
-            free_addresses,
-        ),
-        Some(_) => {
-            let none = Served {
-                nodes: 0,
-                blocks: 0,
-                limit: super::Limit::Blocks,
-            };
-            let claimed_only = if pool.disabled { 0 } else { t.free_in_claimed };
-            (none, claimed_only)
-        }
-    };
-    let with_borrowing = (!config.strict_affinity).then(|| nodes_borrowing(borrowable, pods));
+    let new_nodes = forecast_new_nodes(ctx, pool, &free, t.free_in_claimed, pods);
     Ok(LivePlan {
         pool: pool.name.clone(),
         tiling: pool.tiling,
@@ -409,9 +441,9 @@ fn forecast_pool(
         blocks_claimed: t.claimed.len() as u128,
         blocks_free: free.count,
         blocks_per_new_node: blocks_needed(pods, u128::from(free.block_len)),
-        no_claims,
-        own_blocks,
-        with_borrowing,
+        no_claims: new_nodes.no_claims,
+        own_blocks: new_nodes.own_blocks,
+        with_borrowing: new_nodes.with_borrowing,
         free_addresses,
         partly_used_blocks: t.partly_used,
         stranded: t.stranded,
