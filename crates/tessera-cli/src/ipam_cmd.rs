@@ -75,23 +75,29 @@ pub fn percent(part: u128, total: u128) -> u128 {
     }
 }
 
-fn count_cell(part: u128, total: u128) -> String {
+/// `n (p%)`, a count cell of the usage table.
+pub fn count_cell(part: u128, total: u128) -> String {
     format!("{part} ({}%)", percent(part, total))
+}
+
+/// The CIDR cell of a pool's row: its network, marked when the pool was deleted (`name` is
+/// empty) and only its leftover blocks remain.
+pub fn pool_cidr_cell(name: &str, cidr: &ipnet::IpNet) -> String {
+    if name.is_empty() {
+        format!("{cidr} (deleted)")
+    } else {
+        cidr.to_string()
+    }
 }
 
 /// The GROUPING/CIDR/IPS TOTAL/IPS IN USE/IPS FREE table.
 pub fn usage_table(usage: &Usage, show_blocks: bool) -> String {
     let mut rows = Vec::new();
     for pool in &usage.pools {
-        let cidr = if pool.name.is_empty() {
-            format!("{} (deleted)", pool.cidr)
-        } else {
-            pool.cidr.to_string()
-        };
         let free = pool.total.saturating_sub(pool.in_use);
         rows.push(vec![
             "IP Pool".to_string(),
-            cidr,
+            pool_cidr_cell(&pool.name, &pool.cidr),
             pool.total.to_string(),
             count_cell(pool.in_use, pool.total),
             count_cell(free, pool.total),

@@ -13,7 +13,7 @@ use tessera_core::ipam::{BlockUsage, CheckReport, Ipam, NodeBlocks, Picture, Poo
 use tessera_core::store::Store;
 
 use crate::cli::ReportArgs;
-use crate::ipam_cmd::percent;
+use crate::ipam_cmd::{count_cell, pool_cidr_cell};
 use crate::map_cmd::{group_title, node_title, pool_title, read_picture};
 
 /// Side of one block's square, in pixels.
@@ -115,11 +115,6 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-/// `n (p%)`, a cell of `ipam show`.
-fn count_cell(part: u128, total: u128) -> String {
-    format!("{part} ({}%)", percent(part, total))
-}
-
 fn colour(in_use: u128, total: u128) -> &'static str {
     if in_use == 0 {
         return PALETTE[0].1;
@@ -157,11 +152,6 @@ fn pool_totals(page: &mut String, picture: &Picture) {
          <th>IPS TOTAL</th><th>IPS IN USE</th><th>IPS FREE</th></tr>\n",
     );
     for pool in &picture.pools {
-        let cidr = if pool.name.is_empty() {
-            format!("{} (deleted)", pool.cidr)
-        } else {
-            pool.cidr.to_string()
-        };
         let free = pool.total.saturating_sub(pool.in_use);
         let _ = writeln!(
             page,
@@ -171,7 +161,7 @@ fn pool_totals(page: &mut String, picture: &Picture) {
              <td class=\"n\" data-field=\"free\">{}</td></tr>",
             escape(&pool.name),
             pool.cidr,
-            escape(&cidr),
+            escape(&pool_cidr_cell(&pool.name, &pool.cidr)),
             pool.total,
             count_cell(pool.in_use, pool.total),
             count_cell(free, pool.total)

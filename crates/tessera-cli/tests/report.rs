@@ -270,7 +270,7 @@ fn attribute<'a>(element: &'a str, name: &str) -> &'a str {
 fn the_html_report_renders_in_a_browser_with_the_totals_of_ipam_show() {
     let Some(browser) = browser() else {
         assert!(
-            !common_ci(),
+            !in_ci(),
             "chromium is not installed (CI=true): apt-get install chromium"
         );
         eprintln!("skipped: no chromium or chromium-headless-shell on PATH");
@@ -421,6 +421,7 @@ fn bad_group_by_and_unwritable_report_paths_are_refused_cleanly() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
 
-fn common_ci() -> bool {
+/// Whether tests that must not skip for a missing tool are running (CI sets `CI=true`).
+fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
