@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::error::LookupError;
 use crate::kubeconfig::ApiAccess;
-use crate::objects::{Job, Namespace, Pod};
+use crate::objects::{Job, Namespace, Pod, ReplicaSet};
 
 /// Largest answer read: a Pod with many containers is tens of kilobytes.
 const MAX_BODY_BYTES: usize = 4 << 20;
@@ -71,6 +71,14 @@ impl Client {
         self.run(async {
             let mut conn = self.connect().await?;
             self.get(&mut conn, &namespace_get(name)).await
+        })
+    }
+
+    /// GETs the ReplicaSet `namespace/name` (whose owner is the Deployment of its pods).
+    pub fn replica_set(&self, namespace: &str, name: &str) -> Result<ReplicaSet, LookupError> {
+        self.run(async {
+            let mut conn = self.connect().await?;
+            self.get(&mut conn, &replica_set_get(namespace, name)).await
         })
     }
 
@@ -238,6 +246,7 @@ impl Client {
                 kind: match what.kind {
                     "Pod" => "pod",
                     "Job" => "job",
+                    "ReplicaSet" => "replicaset",
                     _ => "namespace",
                 },
                 name: what.name.clone(),
@@ -266,6 +275,19 @@ fn pod_get(namespace: &str, name: &str) -> Get {
         name: format!("{namespace}/{name}"),
         path: format!(
             "/api/v1/namespaces/{}/pods/{}",
+            path_segment(namespace),
+            path_segment(name)
+        ),
+    }
+}
+
+fn replica_set_get(namespace: &str, name: &str) -> Get {
+    Get {
+        kind: "ReplicaSet",
+        resource: "replicasets",
+        name: format!("{namespace}/{name}"),
+        path: format!(
+            "/apis/apps/v1/namespaces/{}/replicasets/{}",
             path_segment(namespace),
             path_segment(name)
         ),

@@ -64,7 +64,7 @@ pub enum LookupError {
     /// The object does not exist.
     #[error("{kind} {name} not found on the Kubernetes API server at {server}")]
     NotFound {
-        /// `pod`, `namespace` or `job`.
+        /// `pod`, `namespace`, `job` or `replicaset`.
         kind: &'static str,
         /// `namespace/name` or the namespace's name.
         name: String,

@@ -16,4 +16,6 @@ pub mod testing;
 pub use client::Client;
 pub use error::LookupError;
 pub use kubeconfig::{ApiAccess, ServerUrl, Token};
-pub use objects::{Job, Namespace, ObjectMeta, OwnerReference, Pod, PodSpec, PodStatus};
+pub use objects::{
+    Job, Namespace, ObjectMeta, OwnerReference, Pod, PodSpec, PodStatus, ReplicaSet,
+};

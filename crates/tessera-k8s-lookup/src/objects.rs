@@ -1,4 +1,4 @@
-//! The parts of a Pod, a Namespace and a Job the plugin reads. Unknown fields are skipped, so any
+//! The parts of a Pod, a Namespace, a Job and a ReplicaSet that are read. Unknown fields are skipped, so any
 //! API server version decodes.
 
 use std::collections::BTreeMap;
@@ -92,6 +92,14 @@ pub struct Namespace {
 /// A Job: its metadata (its owner, a CronJob that started it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
 pub struct Job {
+    /// Metadata.
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+}
+
+/// A ReplicaSet: its metadata (its owner, the Deployment that made it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct ReplicaSet {
     /// Metadata.
     #[serde(default)]
     pub metadata: ObjectMeta,

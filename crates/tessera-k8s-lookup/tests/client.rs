@@ -106,6 +106,35 @@ fn reads_the_job_the_pod_names_after_pod_and_namespace_and_says_when_it_is_missi
 }
 
 #[test]
+fn reads_a_replica_set_and_its_deployment_owner() {
+    let server = FakeApiServer::start();
+    let rs = serde_json::json!({"metadata": {"name": "web-5d8f", "namespace": "web",
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                             "controller": true}]}});
+    server.set(
+        "/apis/apps/v1/namespaces/web/replicasets/web-5d8f",
+        200,
+        rs.to_string(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = kubeconfig(dir.path(), &server.url(), "", "    token: s3cret\n");
+    let c = client(&path, TIMEOUT);
+    let got = c.replica_set("web", "web-5d8f").unwrap();
+    let owner = &got.metadata.owner_references[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Deployment", "web")
+    );
+    let missing = c.replica_set("web", "gone").unwrap_err();
+    assert!(
+        missing
+            .to_string()
+            .starts_with("replicaset web/gone not found"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn the_token_file_is_read_again_for_every_call() {
     let server = FakeApiServer::start();
     serve_pod(&server);
