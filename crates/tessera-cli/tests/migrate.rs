@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::Env;
 use tessera_core::store::{KeyValue, Op, Read, Store};
+use tessera_k8s_lookup::testing::{write_kubeconfig, FakeApiServer};
 
 const DEFAULT_POOL: &str = r#"apiVersion: projectcalico.org/v3
 kind: IPPool
@@ -238,15 +239,21 @@ fn seed_change_block_size_killed_in_both_moves_finishes_when_run_again() {
 fn dry_run_lists_the_steps_and_the_pods_and_changes_nothing() {
     let env = seeded();
     let before = snapshot(&env);
-    let out = env.ok(&[
-        "ipam",
-        "migrate",
-        "--pool",
-        "default-ipv4-ippool",
-        "--block-size",
-        "27",
-        "--dry-run",
-    ]);
+    let run = env
+        .command(&[
+            "ipam",
+            "migrate",
+            "--pool",
+            "default-ipv4-ippool",
+            "--block-size",
+            "27",
+            "--dry-run",
+        ])
+        .env_remove("KUBECONFIG")
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let out = String::from_utf8_lossy(&run.stdout);
     assert_eq!(snapshot(&env), before);
     let steps: Vec<&str> = out
         .lines()
@@ -265,6 +272,73 @@ fn dry_run_lists_the_steps_and_the_pods_and_changes_nothing() {
         "{out}"
     );
     assert!(out.ends_with("Dry run: nothing was changed.\n"), "{out}");
+}
+
+/// A pod as the API server returns it, with `owner` (api version, kind, name) as its
+/// controller.
+fn pod_object(name: &str, owner: Option<(&str, &str, &str)>) -> serde_json::Value {
+    let refs: Vec<serde_json::Value> = owner
+        .into_iter()
+        .map(|(api_version, kind, name)| {
+            serde_json::json!({"apiVersion": api_version, "kind": kind, "name": name,
+                               "controller": true})
+        })
+        .collect();
+    serde_json::json!({"metadata": {"name": name, "namespace": "default",
+                                    "ownerReferences": refs}})
+}
+
+#[test]
+fn dry_run_with_a_kubeconfig_groups_the_pods_by_the_workload_to_restart() {
+    let env = seeded();
+    let api = FakeApiServer::start();
+    api.set_pod(&pod_object(
+        "web-1",
+        Some(("apps/v1", "ReplicaSet", "web-5d8f")),
+    ));
+    api.set_pod(&pod_object("web-2", Some(("apps/v1", "StatefulSet", "db"))));
+    api.set_pod(&pod_object("web-3", None));
+    api.set(
+        "/apis/apps/v1/namespaces/default/replicasets/web-5d8f",
+        200,
+        serde_json::json!({"metadata": {"name": "web-5d8f", "namespace": "default",
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web",
+                                 "controller": true}]}})
+        .to_string(),
+    );
+    let kubeconfig = write_kubeconfig(env.dir(), &api.url(), "t0ken");
+    let before = snapshot(&env);
+    let out = env
+        .command(&[
+            "ipam",
+            "migrate",
+            "--from",
+            "default-ipv4-ippool",
+            "--to-file",
+            &env.write_file("new-pool.yaml", NEW_POOL),
+            "--dry-run",
+            "--kubeconfig",
+            &kubeconfig.to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(
+            "   workloads to restart:\n\
+             \x20  - Deployment default/web: pod default/web-1 on node1 (10.244.0.1)\n\
+             \x20  - StatefulSet default/db: pod default/web-2 on node2 (10.244.0.64)\n\
+             \x20  left to you (no restart moves them):\n\
+             \x20  - pod default/web-3 on node1 (10.244.0.2): no owner\n"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(snapshot(&env), before);
 }
 
 #[test]
