@@ -308,6 +308,22 @@ impl Cluster {
         run(cmd, stdin)
     }
 
+    /// Starts `tessera --datastore <etcd> ARGS` in the background, its output going to
+    /// `log` (for a test that kills it half-way).
+    pub fn tessera_spawn(&self, args: &[&str], log: &Path) -> Child {
+        let file = std::fs::File::create(log).expect("create the command's log");
+        Command::new(sibling_binary("tessera"))
+            .arg("--datastore")
+            .arg(self.etcd.url())
+            .args(args)
+            .env_remove("TESSERA_DATASTORE")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file)
+            .spawn()
+            .expect("start tessera")
+    }
+
     /// Runs `tessera ARGS`, expecting success; returns standard output.
     pub fn tessera(&self, args: &[&str]) -> String {
         self.tessera_with_input(args, "")
@@ -433,6 +449,11 @@ impl Cluster {
     /// Runs `tessera-ipam` ADD for `pod` with `conf`, as the runtime on its node would.
     pub fn cni_add_run(&self, pod: &Pod, conf: &Value) -> Run {
         self.cni_run("ADD", pod, conf)
+    }
+
+    /// Runs `tessera-ipam` DEL for `pod` with `conf`.
+    pub fn cni_del_run(&self, pod: &Pod, conf: &Value) -> Run {
+        self.cni_run("DEL", pod, conf)
     }
 
     /// Runs `tessera-ipam` DEL for `pod` with `conf`, which must succeed, as the kubelet does
