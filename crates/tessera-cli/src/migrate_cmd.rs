@@ -239,14 +239,19 @@ impl WaitDisplay {
             ));
             return false;
         }
-        self.progress(&progress_line(total, held, waiting.status.as_ref()));
+        let line = progress_line(total, held, waiting.status.as_ref());
+        if self.tty {
+            self.progress(&format!("{} {line}", bar(total - held.min(total), total)));
+        } else {
+            self.progress(&line);
+        }
         true
     }
 
     /// The progress line: redrawn in place on a terminal, a plain line when it changes
     /// otherwise.
     fn progress(&mut self, line: &str) {
-        if line == self.last_progress && !self.tty {
+        if line == self.last_progress && (self.bar_drawn || !self.tty) {
             return;
         }
         let mut err = std::io::stderr().lock();
@@ -278,6 +283,13 @@ impl WaitDisplay {
         self.last_status = None;
         self.last_progress.clear();
     }
+}
+
+/// `[#####---------------]`: `done` of `total`, 20 characters wide.
+fn bar(done: usize, total: usize) -> String {
+    const WIDTH: usize = 20;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(WIDTH);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(WIDTH - filled))
 }
 
 /// `moved 12/40 addresses, 3 workloads restarted, 1 restarting, 2 stranded pods`.

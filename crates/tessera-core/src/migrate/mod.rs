@@ -18,7 +18,6 @@ mod checks;
 mod records;
 mod space;
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use ipnet::IpNet;
@@ -30,7 +29,7 @@ use crate::drain::{
     DRAIN_STATUS_ANNOTATION,
 };
 use crate::ipam::{Holder, Ipam, IpamError};
-use crate::resources::calico::IPPool;
+use crate::resources::calico::{EncapMode, IPPool};
 use crate::resources::{Kind, Resource};
 use crate::store::{Store, StoreError};
 use crate::validate::calico::effective_block_size;
@@ -202,7 +201,7 @@ impl fmt::Display for Step {
             Step::Create(p) => write!(f, "create IPPool {} ({})", p.metadata.name, settings(p)),
             Step::PrepareTarget { pool, source } => write!(
                 f,
-                "enable IPPool {pool} and mark it as the target of {source} \
+                "enable IPPool {pool} if disabled and mark it as the target of {source} \
                  ({MIGRATED_FROM_ANNOTATION}={source})"
             ),
             Step::DisableSource { pool, request } => write!(
@@ -233,7 +232,8 @@ pub fn count(n: usize, noun: &str) -> String {
     }
 }
 
-/// A pool's settings as one line: `cidr 10.0.0.0/24, blockSize 26, nodeSelector all()`.
+/// A pool's settings as one line: `cidr 10.0.0.0/24, blockSize 26, nodeSelector all(),
+/// ipipMode Always, natOutgoing`.
 pub fn settings(pool: &IPPool) -> String {
     let s = &pool.spec;
     let mut parts = vec![format!("cidr {}", s.cidr)];
@@ -247,6 +247,14 @@ pub fn settings(pool: &IPPool) -> String {
         "nodeSelector {}",
         s.node_selector.as_deref().unwrap_or("all()")
     ));
+    for (field, mode) in [("ipipMode", s.ipip_mode), ("vxlanMode", s.vxlan_mode)] {
+        if let Some(mode) = mode.filter(|m| *m != EncapMode::Never) {
+            parts.push(format!("{field} {mode:?}"));
+        }
+    }
+    if s.nat_outgoing {
+        parts.push("natOutgoing".into());
+    }
     if s.disabled {
         parts.push("disabled".into());
     }
@@ -611,14 +619,4 @@ fn disabled_with_request(
         );
     }
     Ok(new)
-}
-
-/// The nodes holding addresses, with how many, from `holders`.
-pub fn addresses_per_node(holders: &[Holder]) -> BTreeMap<String, usize> {
-    let mut per_node = BTreeMap::new();
-    for h in holders {
-        let node = h.attrs.node.clone().unwrap_or_else(|| "(no node)".into());
-        *per_node.entry(node).or_default() += h.addresses.len();
-    }
-    per_node
 }
