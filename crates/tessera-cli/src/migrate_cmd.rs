@@ -26,7 +26,7 @@ use crate::table::Columns;
 const STILL_HELD: u8 = 2;
 
 /// Time between two looks at who holds the source's addresses.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes one migration makes at most in one run (a block-size change makes 8): a plan that
 /// keeps asking for writes past this is not converging.

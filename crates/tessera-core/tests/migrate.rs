@@ -295,3 +295,42 @@ fn a_block_size_change_interrupted_after_any_step_finishes_from_the_records() {
         }
     }
 }
+
+#[test]
+fn block_size_changes_of_two_pools_each_find_their_own_temporary_pool() {
+    let store = MemoryStore::new();
+    pool(&store, "a", json!({"cidr": "10.0.0.0/24", "blockSize": 28}));
+    pool(&store, "b", json!({"cidr": "10.0.1.0/24", "blockSize": 28}));
+    let ipam = Ipam::new(&store);
+    ipam.assign(&AssignRequest {
+        pools: vec!["a".into()],
+        ..pod("ha-0", "pa", "n1")
+    })
+    .unwrap();
+    ipam.assign(&AssignRequest {
+        pools: vec!["b".into()],
+        ..pod("hb-0", "pb", "n1")
+    })
+    .unwrap();
+    let change = |name: &str| BlockSizeRequest {
+        pool: name.into(),
+        block_size: 29,
+        temporary_cidr: None,
+        temporary_name: None,
+        drain: drain(),
+    };
+    for name in ["a", "b"] {
+        // Create the temporary pool, disable the pool: then wait for its pod.
+        for _ in 0..2 {
+            let step = next_block_size_step(&store, &change(name)).unwrap();
+            execute(&store, &step).unwrap();
+        }
+    }
+    for name in ["a", "b"] {
+        let step = next_block_size_step(&store, &change(name)).unwrap();
+        let Step::Wait(waiting) = &step else {
+            panic!("{name}: {step:?}")
+        };
+        assert_eq!(waiting.pool, name);
+    }
+}

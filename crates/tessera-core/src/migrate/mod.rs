@@ -58,8 +58,8 @@ pub struct BlockSizeChange {
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     /// A safety check failed; nothing was changed.
-    #[error("{}", .0.join("\n"))]
-    Refused(Vec<String>),
+    #[error("{0}")]
+    Refused(String),
     /// A catalog command failed.
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -75,7 +75,7 @@ pub enum MigrateError {
 }
 
 fn refused(reason: impl Into<String>) -> MigrateError {
-    MigrateError::Refused(vec![reason.into()])
+    MigrateError::Refused(reason.into())
 }
 
 /// What the controller is asked for when a source is disabled.
@@ -405,24 +405,22 @@ pub fn plan_block_size(
     holders_of: &HoldersOf<'_>,
     req: &BlockSizeRequest,
 ) -> Result<Step, MigrateError> {
-    let temporary = records.pools.values().find_map(|p| {
-        let raw = p
-            .metadata
-            .annotations
-            .get(BLOCK_SIZE_MIGRATION_ANNOTATION)?;
-        Some((p, raw))
-    });
-    let temporary = match temporary {
-        Some((t, raw)) => Some((t, block_size_change(t, raw)?)),
-        None => None,
-    };
-    let temporary = temporary.filter(|(_, change)| {
-        change
+    let mut temporary = None;
+    for t in records.pools.values() {
+        let Some(raw) = t.metadata.annotations.get(BLOCK_SIZE_MIGRATION_ANNOTATION) else {
+            continue;
+        };
+        let change = block_size_change(t, raw)?;
+        if change
             .pool
             .pointer("/metadata/name")
             .and_then(|n| n.as_str())
             == Some(&req.pool)
-    });
+        {
+            temporary = Some((t, change));
+            break;
+        }
+    }
     let pool = records.pools.get(&req.pool);
     let move_req = |from: &str, to: &str| MoveRequest {
         from: from.into(),
