@@ -388,6 +388,21 @@ fn from<'a>(to: &[&'a str]) -> Vec<&'a str> {
     args
 }
 
+/// `ipam migrate --no-wait --pool POOL --block-size SIZE` and `extra`.
+fn resize<'a>(pool: &'a str, size: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "ipam",
+        "migrate",
+        "--no-wait",
+        "--pool",
+        pool,
+        "--block-size",
+        size,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Writes a pool record straight into the store, as tessera-controller's mirror would.
 fn put_pool(env: &Env, name: &str, manifest: serde_json::Value) {
     let store = tessera_store::open(&env.db().to_string_lossy()).unwrap();
@@ -449,67 +464,31 @@ fn every_refusal_names_the_problem_and_changes_nothing() {
             "IPPool from-kubernetes is managed in Kubernetes",
         ),
         (
-            vec![
-                "ipam",
-                "migrate",
-                "--no-wait",
-                "--pool",
-                "default-ipv4-ippool",
-                "--block-size",
-                "19",
-            ],
+            resize("default-ipv4-ippool", "19", &[]),
             "--block-size 19: an IPv4 block size is 20 to 32",
         ),
         (
-            vec![
-                "ipam",
-                "migrate",
-                "--no-wait",
-                "--pool",
-                "default-ipv4-ippool",
-                "--block-size",
-                "26",
-            ],
+            resize("default-ipv4-ippool", "26", &[]),
             "IPPool default-ipv4-ippool already has block size 26",
         ),
         (
-            vec![
-                "ipam",
-                "migrate",
-                "--no-wait",
-                "--pool",
-                "new-pool",
-                "--block-size",
-                "23",
-            ],
+            resize("new-pool", "23", &[]),
             "cannot be larger than the pool",
         ),
         (
-            vec![
-                "ipam",
-                "migrate",
-                "--no-wait",
-                "--pool",
+            resize(
                 "default-ipv4-ippool",
-                "--block-size",
                 "27",
-                "--temporary-pool",
-                "new-pool",
-            ],
+                &["--temporary-pool", "new-pool"],
+            ),
             "IPPool new-pool already exists; name the temporary pool with --temporary-pool",
         ),
         (
-            vec![
-                "ipam",
-                "migrate",
-                "--no-wait",
-                "--pool",
+            resize(
                 "default-ipv4-ippool",
-                "--block-size",
                 "27",
-                "--temporary-cidr",
-                "192.168.0.0/24",
-            ],
+                &["--temporary-cidr", "192.168.0.0/24"],
+            ),
             "overlaps IPPool new-pool (192.168.0.0/24)",
         ),
     ];
