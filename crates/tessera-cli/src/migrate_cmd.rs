@@ -150,7 +150,7 @@ fn target_manifest(file: &str) -> anyhow::Result<tessera_core::resources::calico
     match (resources.pop(), resources.is_empty()) {
         (Some(Resource::IPPool(pool)), true) => Ok(pool),
         (Some(other), true) => bail!(
-            "{file}: --to-file takes the manifest of one IPPool, not a {}",
+            "{file}: --to-file takes the manifest of one IPPool; this one is of kind {}",
             other.kind()
         ),
         _ => bail!("{file}: --to-file takes a manifest of exactly one IPPool"),
@@ -196,7 +196,7 @@ impl WaitDisplay {
             last_status: None,
             last_progress: String::new(),
             bar_drawn: false,
-            command: rerun_command(),
+            command: rerun_command(std::env::args().skip(1)),
         }
     }
 
@@ -362,11 +362,21 @@ fn holders_table(holders: &[Holder]) -> String {
     table.render()
 }
 
-/// This command line as the user can paste it back.
-fn rerun_command() -> String {
-    let args: Vec<String> = std::env::args().collect();
+/// This command line as the user can paste it back, without an etcd password given on it.
+fn rerun_command(args: impl Iterator<Item = String>) -> String {
     let mut words = vec!["tessera".to_string()];
-    words.extend(args.into_iter().skip(1).map(|a| shell_quoted(&a)));
+    let mut secret_next = false;
+    for arg in args {
+        let word = if secret_next {
+            "<password>".to_string()
+        } else if arg.starts_with("--etcd-password=") {
+            "--etcd-password=<password>".to_string()
+        } else {
+            shell_quoted(&arg)
+        };
+        secret_next = arg == "--etcd-password";
+        words.push(word);
+    }
     words.join(" ")
 }
 
@@ -462,4 +472,34 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("{text:?} is not a duration ({e}); write it like 90s, 15m or 1h30m")
     })?;
     Duration::try_from(signed).map_err(|_| format!("{text:?} is negative"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_to_run_again_is_quoted_and_hides_an_etcd_password() {
+        let args = [
+            "--etcd-password",
+            "s3cret",
+            "--etcd-password=x",
+            "ipam",
+            "migrate",
+            "--to-file",
+            "my pool.yaml",
+        ];
+        assert_eq!(
+            rerun_command(args.iter().map(|a| a.to_string())),
+            "tessera --etcd-password <password> --etcd-password=<password> ipam migrate \
+             --to-file 'my pool.yaml'"
+        );
+    }
+
+    #[test]
+    fn the_bar_fills_with_the_addresses_moved() {
+        assert_eq!(bar(0, 4), "[--------------------]");
+        assert_eq!(bar(1, 4), "[#####---------------]");
+        assert_eq!(bar(0, 0), "[####################]");
+    }
 }
