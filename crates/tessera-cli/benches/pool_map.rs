@@ -60,6 +60,8 @@ fn main() {
             ms(times[runs - 1])
         );
     }
+    let size = std::fs::metadata(&*html).expect("report written").len();
+    println!("report: {:.1} MB", size as f64 / 1e6);
 }
 
 fn ms(d: Duration) -> f64 {

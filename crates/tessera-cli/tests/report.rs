@@ -425,3 +425,20 @@ fn bad_group_by_and_unwritable_report_paths_are_refused_cleanly() {
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
+
+#[test]
+fn ipam_show_and_the_map_read_no_handle() {
+    let env = filled();
+    let before = env.ok(&["ipam", "show", "--show-blocks"]);
+    // A damaged handle record: only the views that need handles may notice it.
+    let store = tessera_store::open(&env.db().to_string_lossy()).expect("open store");
+    store
+        .txn(&[], &[Op::Put("handles/damaged".into(), b"{".to_vec())])
+        .expect("write a damaged handle");
+    drop(store);
+    assert_eq!(env.ok(&["ipam", "show", "--show-blocks"]), before);
+    env.ok(&["ipam", "show", "--map", "--group-by", "rack"]);
+    assert!(env
+        .fails(&["ipam", "show", "--show-borrowed"])
+        .contains("record handles/damaged in the datastore is damaged"));
+}
