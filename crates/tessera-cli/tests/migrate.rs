@@ -342,6 +342,64 @@ fn dry_run_with_a_kubeconfig_groups_the_pods_by_the_workload_to_restart() {
 }
 
 #[test]
+fn the_controllers_report_is_shown_while_waiting() {
+    let env = seeded();
+    env.ok_with_input(&["apply", "-f", "-"], NEW_POOL);
+    let migrate = [
+        "ipam",
+        "migrate",
+        "--from",
+        "default-ipv4-ippool",
+        "--to",
+        "new-pool",
+        "--timeout",
+        "1s",
+    ];
+    assert_eq!(env.run(&migrate).code, 2);
+    // The controller's report, as tessera-controller writes it on the pool record.
+    let store = tessera_store::open(&env.db().to_string_lossy()).unwrap();
+    let key = "config/pools/default-ipv4-ippool";
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&store.get(key).unwrap().unwrap().value).unwrap();
+    let annotations = &mut record["metadata"]["annotations"];
+    let request: serde_json::Value =
+        serde_json::from_str(annotations["tessera.dev/drain"].as_str().unwrap()).unwrap();
+    let status = serde_json::json!({
+        "requestedAt": request["requestedAt"],
+        "updatedAt": "2026-12-01T10:01:00Z",
+        "restarted": [{"kind": "Deployment", "namespace": "default", "name": "web"}],
+        "restarting": [{"kind": "StatefulSet", "namespace": "default", "name": "db"}],
+        "stranded": [{"namespace": "default", "name": "web-3", "reason": "no owner"}]
+    });
+    annotations["tessera.dev/drain-status"] = status.to_string().into();
+    store
+        .txn(
+            &[],
+            &[Op::Put(key.into(), serde_json::to_vec(&record).unwrap())],
+        )
+        .unwrap();
+
+    let run = env.run(&migrate);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stdout.contains(
+            "Controller report of 2026-12-01T10:01:00Z:\n\
+             \x20 restarted: Deployment default/web\n\
+             \x20 restarting: StatefulSet default/db\n\
+             \x20 stranded: pod default/web-3 (no owner): delete or recreate it yourself\n"
+        ),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stderr
+            .contains("moved 0/3 addresses, 1 workload restarted, 1 restarting, 1 stranded pod\n"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn no_wait_lists_the_holders_and_exits_2() {
     let env = seeded();
     env.ok_with_input(&["apply", "-f", "-"], NEW_POOL);
