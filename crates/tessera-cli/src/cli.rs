@@ -280,7 +280,8 @@ pub struct MigrateArgs {
     /// with status 2.
     #[arg(long, conflicts_with = "timeout")]
     pub no_wait: bool,
-    /// Stop waiting after this long (e.g. 30m), listing the holders, with exit status 2.
+    /// Stop waiting after this long in all (e.g. 30m), listing the holders, with exit
+    /// status 2.
     /// Default: wait until the addresses are released.
     #[arg(long, value_name = "DURATION", value_parser = crate::migrate_cmd::parse_duration)]
     pub timeout: Option<std::time::Duration>,

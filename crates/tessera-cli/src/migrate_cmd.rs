@@ -103,9 +103,6 @@ fn run(store: &dyn Store, args: &MigrateArgs) -> anyhow::Result<bool> {
                     say(&format!("Done: {message}."));
                     return Ok(true);
                 }
-                if let Step::DeleteSource { .. } = step {
-                    wait = WaitDisplay::new(args);
-                }
             }
         }
     }
@@ -177,6 +174,8 @@ struct WaitDisplay {
     tty: bool,
     /// Addresses held when this run started waiting: the progress bar's whole.
     total: Option<usize>,
+    /// Whether the wait was announced.
+    announced: bool,
     /// What was shown last, so that only changes are shown.
     last_list: Option<String>,
     last_status: Option<DrainStatus>,
@@ -192,6 +191,7 @@ impl WaitDisplay {
             deadline: args.timeout.map(|t| Instant::now() + t),
             tty: std::io::stderr().is_terminal(),
             total: None,
+            announced: false,
             last_list: None,
             last_status: None,
             last_progress: String::new(),
@@ -205,7 +205,8 @@ impl WaitDisplay {
         let held: usize = waiting.holders.iter().map(|h| h.addresses.len()).sum();
         let total = self.total.map_or(held, |t| t.max(held));
         self.total = Some(total);
-        if self.last_list.is_none() {
+        if !self.announced {
+            self.announced = true;
             say(&format!(
                 "Waiting until nothing holds an address of IPPool {} ({}): {} held.",
                 waiting.pool,
@@ -230,8 +231,8 @@ impl WaitDisplay {
         if changed && (waiting.status.is_none() || stop) {
             self.clear_bar();
             say(&format!("Still held:\n{}", list.trim_end()));
+            self.last_list = Some(list);
         }
-        self.last_list = Some(list);
         if stop {
             say(&format!(
                 "Run the same command again to continue: {}",
@@ -279,6 +280,7 @@ impl WaitDisplay {
             self.bar_drawn = false;
         }
         self.total = None;
+        self.announced = false;
         self.last_list = None;
         self.last_status = None;
         self.last_progress.clear();

@@ -391,6 +391,8 @@ fn the_controllers_report_is_shown_while_waiting() {
         "{}",
         run.stdout
     );
+    // Stopping, it lists what is left to do.
+    assert!(run.stdout.contains("Still held:\nPOD "), "{}", run.stdout);
     assert!(
         run.stderr
             .contains("moved 0/3 addresses, 1 workload restarted, 1 restarting, 1 stranded pod\n"),
