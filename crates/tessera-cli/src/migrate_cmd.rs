@@ -321,6 +321,9 @@ fn status_lines(s: &DrainStatus) -> String {
             .join(", ")
     };
     let mut lines = vec![format!("Controller report of {}:", s.updated_at)];
+    if let Some(error) = &s.error {
+        lines.push(format!("  restarting nothing: {error}"));
+    }
     for (what, list) in [
         ("restarted", &s.restarted),
         ("restarting", &s.restarting),
@@ -495,6 +498,20 @@ mod tests {
             rerun_command(args.iter().map(|a| a.to_string())),
             "tessera --etcd-password <password> --etcd-password=<password> ipam migrate \
              --to-file 'my pool.yaml'"
+        );
+    }
+
+    #[test]
+    fn a_report_with_an_error_says_why_nothing_is_restarted() {
+        let status = DrainStatus {
+            updated_at: "2026-12-01T10:01:00Z".into(),
+            error: Some("the pool is not disabled".into()),
+            ..DrainStatus::default()
+        };
+        assert_eq!(
+            status_lines(&status),
+            "Controller report of 2026-12-01T10:01:00Z:\n  restarting nothing: the pool is not \
+             disabled"
         );
     }
 
