@@ -40,6 +40,11 @@ use crate::run::{Context, Error};
 
 /// The pod template annotation `kubectl rollout restart` sets.
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
+/// The pod template annotation naming the drain a restart was for ([`drain_id`]), set with
+/// `restartedAt`: a workload restarted for one drain is restarted again for the next one (a
+/// block-size change drains two pools), even when the second request's time is earlier
+/// than the first restart.
+pub const RESTARTED_FOR_ANNOTATION: &str = "tessera.dev/restarted-for";
 /// The reason of the Event recorded on each restarted workload.
 pub const EVENT_REASON: &str = "PoolMigration";
 /// How often a pass runs while a drain is open (readiness is polled).
@@ -56,6 +61,8 @@ pub struct WorkloadState {
     pub workload: WorkloadRef,
     /// Its pod template's `restartedAt`, when it has one that reads as a time.
     pub restarted_at: Option<Timestamp>,
+    /// Its pod template's [`RESTARTED_FOR_ANNOTATION`].
+    pub restarted_for: Option<String>,
     /// Ready as `kubectl rollout status` judges it, or what it is waiting for.
     pub ready: Result<(), String>,
 }
@@ -69,12 +76,30 @@ pub struct Decision {
     pub restart: Vec<WorkloadRef>,
 }
 
+/// What names one drain: the pool and the request's time.
+pub fn drain_id(pool: &str, request: &DrainRequest) -> String {
+    format!("{pool} {}", request.requested_at)
+}
+
+/// When `state` was restarted for drain `id` requested at `requested_at`: its restart names
+/// this drain, or (restarted by hand, `kubectl rollout restart`) came after the request.
+fn restarted_for(state: &WorkloadState, id: &str, requested_at: Timestamp) -> Option<Timestamp> {
+    let at = state.restarted_at?;
+    let ours = match &state.restarted_for {
+        Some(drain) => drain == id,
+        None => at >= requested_at,
+    };
+    ours.then_some(at)
+}
+
 /// Decides which of `workloads` (those holding the pool's addresses, and those restarted for
-/// this drain) to restart now, and the report. `holding` names the pods of each workload that
-/// still hold an address of the pool; `stranded` the pods no restart moves.
+/// this drain) to restart now, and the report. `id` names the drain ([`drain_id`]);
+/// `holding` names the pods of each workload that still hold an address of the pool;
+/// `stranded` the pods no restart moves.
 pub fn decide(
     request: &DrainRequest,
     requested_at: Timestamp,
+    id: &str,
     workloads: &[WorkloadState],
     holding: &BTreeMap<WorkloadRef, Vec<(String, String)>>,
     mut stranded: Vec<StrandedPod>,
@@ -92,7 +117,7 @@ pub fn decide(
     sorted.dedup_by(|a, b| a.workload == b.workload);
     for state in sorted {
         let workload = state.workload.clone();
-        let Some(at) = state.restarted_at.filter(|at| *at >= requested_at) else {
+        let Some(at) = restarted_for(state, id, requested_at) else {
             pending.push(workload);
             continue;
         };
@@ -151,16 +176,17 @@ pub fn same_report(a: &DrainStatus, b: &DrainStatus) -> bool {
     }
 }
 
-/// The `restartedAt` of a pod template, when it reads as a time.
-fn restarted_at(template: &PodTemplateSpec) -> Option<Timestamp> {
-    template
+/// The `restartedAt` of a pod template (when it reads as a time) and the drain it was for.
+fn restart_of(template: &PodTemplateSpec) -> (Option<Timestamp>, Option<String>) {
+    let annotations = template
         .metadata
-        .as_ref()?
-        .annotations
-        .as_ref()?
-        .get(RESTARTED_AT_ANNOTATION)?
-        .parse()
-        .ok()
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref());
+    let get = |key: &str| annotations.and_then(|a| a.get(key));
+    (
+        get(RESTARTED_AT_ANNOTATION).and_then(|at| at.parse().ok()),
+        get(RESTARTED_FOR_ANNOTATION).cloned(),
+    )
 }
 
 /// `Err` while the controller has not seen the latest spec (`metadata.generation` ahead of
@@ -481,11 +507,12 @@ async fn drain(
             }
         }
     }
-    let mut decision = decide(request, requested_at, &states, &holding, stranded, now);
+    let id = drain_id(&pool.pool, request);
+    let mut decision = decide(request, requested_at, &id, &states, &holding, stranded, now);
     let at = now.max(requested_at);
     for workload in std::mem::take(&mut decision.restart) {
         let fetched = &found[&workload];
-        if let Err(error) = restart(ctx, recorder, &pool.pool, fetched, at).await {
+        if let Err(error) = restart(ctx, recorder, &pool.pool, &id, fetched, at).await {
             ctx.report(&format!("restarting {workload}"), &error);
             decision.status.restarting.retain(|w| *w != workload);
             decision.status.pending.insert(0, workload);
@@ -597,21 +624,30 @@ async fn fetch(ctx: &Context, workload: &WorkloadRef) -> Result<Option<Fetched>,
         "Deployment" => {
             fetch_kind::<Deployment>(ctx, workload, |d| {
                 let template = d.spec.as_ref().map(|s| &s.template);
-                (template.and_then(restarted_at), deployment_ready(d))
+                (
+                    template.map(restart_of).unwrap_or_default(),
+                    deployment_ready(d),
+                )
             })
             .await?
         }
         "StatefulSet" => {
             fetch_kind::<StatefulSet>(ctx, workload, |s| {
                 let template = s.spec.as_ref().map(|s| &s.template);
-                (template.and_then(restarted_at), stateful_set_ready(s))
+                (
+                    template.map(restart_of).unwrap_or_default(),
+                    stateful_set_ready(s),
+                )
             })
             .await?
         }
         "DaemonSet" => {
             fetch_kind::<DaemonSet>(ctx, workload, |d| {
                 let template = d.spec.as_ref().map(|s| &s.template);
-                (template.and_then(restarted_at), daemon_set_ready(d))
+                (
+                    template.map(restart_of).unwrap_or_default(),
+                    daemon_set_ready(d),
+                )
             })
             .await?
         }
@@ -622,7 +658,8 @@ async fn fetch(ctx: &Context, workload: &WorkloadRef) -> Result<Option<Fetched>,
     })
 }
 
-type Judged = (Option<Timestamp>, Result<(), String>);
+/// The restart (time, drain) and the readiness of a workload.
+type Judged = ((Option<Timestamp>, Option<String>), Result<(), String>);
 
 async fn fetch_kind<K>(
     ctx: &Context,
@@ -639,11 +676,12 @@ where
     let Some(object) = api.get_opt(&workload.name).await? else {
         return Ok(None);
     };
-    let (restarted_at, ready) = judge(&object);
+    let ((restarted_at, restarted_for), ready) = judge(&object);
     Ok(Some(Fetched {
         state: WorkloadState {
             workload: workload.clone(),
             restarted_at,
+            restarted_for,
             ready,
         },
         reference: object.object_ref(&()),
@@ -658,6 +696,7 @@ async fn restart(
     ctx: &Context,
     recorder: &Recorder,
     pool: &str,
+    id: &str,
     fetched: &Fetched,
     at: Timestamp,
 ) -> Result<(), Error> {
@@ -665,7 +704,8 @@ async fn restart(
     let patch = serde_json::json!({
         "metadata": {"resourceVersion": fetched.resource_version},
         "spec": {"template": {"metadata": {"annotations": {
-            RESTARTED_AT_ANNOTATION: at.to_string()
+            RESTARTED_AT_ANNOTATION: at.to_string(),
+            RESTARTED_FOR_ANNOTATION: id,
         }}}}
     });
     let params = PatchParams::default();
@@ -724,6 +764,7 @@ mod tests {
     }
 
     const REQUESTED: &str = "2026-12-01T10:00:00Z";
+    const ID: &str = "old 2026-12-01T10:00:00Z";
 
     fn request(max_parallel: u32) -> DrainRequest {
         DrainRequest {
@@ -737,6 +778,7 @@ mod tests {
         WorkloadState {
             workload: workload("Deployment", name),
             restarted_at: restarted.map(at),
+            restarted_for: None,
             ready: if ready {
                 Ok(())
             } else {
@@ -749,6 +791,7 @@ mod tests {
         decide(
             &request(max_parallel),
             at(REQUESTED),
+            ID,
             states,
             &BTreeMap::new(),
             Vec::new(),
@@ -800,6 +843,19 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_restarted_for_another_drain_is_restarted_for_this_one() {
+        // A block-size change: restarted for the first pool's drain after the second
+        // request's time (the command asked for both when it started).
+        let mut earlier = state("a", Some("2026-12-01T10:00:30Z"), true);
+        earlier.restarted_for = Some("first 2026-12-01T09:59:00Z".into());
+        let mut ours = state("b", Some("2026-12-01T10:00:30Z"), true);
+        ours.restarted_for = Some(ID.into());
+        let d = decide_at(5, &[earlier, ours], "2026-12-01T10:01:00Z");
+        assert_eq!(d.restart, [workload("Deployment", "a")]);
+        assert_eq!(d.status.restarted, [workload("Deployment", "b")]);
+    }
+
+    #[test]
     fn a_workload_not_ready_in_time_stops_the_drain() {
         let states = [
             state("a", Some("2026-12-01T10:00:01Z"), false),
@@ -838,6 +894,7 @@ mod tests {
         let d = decide(
             &request(1),
             at(REQUESTED),
+            ID,
             &[state("a", Some(REQUESTED), true)],
             &holding,
             vec![bare.clone()],
@@ -1008,10 +1065,11 @@ mod tests {
         let template: PodTemplateSpec = object(serde_json::json!({
             "metadata": {"annotations": {RESTARTED_AT_ANNOTATION: "2026-12-01T10:00:00Z"}}
         }));
-        assert_eq!(restarted_at(&template), Some(at(REQUESTED)));
+        assert_eq!(restart_of(&template), (Some(at(REQUESTED)), None));
         let bad: PodTemplateSpec = object(serde_json::json!({
-            "metadata": {"annotations": {RESTARTED_AT_ANNOTATION: "soon"}}
+            "metadata": {"annotations": {RESTARTED_AT_ANNOTATION: "soon",
+                RESTARTED_FOR_ANNOTATION: ID}}
         }));
-        assert_eq!(restarted_at(&bad), None);
+        assert_eq!(restart_of(&bad), (None, Some(ID.to_string())));
     }
 }
