@@ -51,6 +51,8 @@ pub const EVENT_REASON: &str = "PoolMigration";
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the pools are looked at for a new request while none is open.
 pub const IDLE_INTERVAL: Duration = Duration::from_secs(5);
+/// Who the Events say recorded them.
+const REPORTER: &str = "tessera-controller";
 /// Pod changes come in bursts (a rollout): one pass after the burst.
 const CHANGE_DEBOUNCE: Duration = Duration::from_millis(500);
 
@@ -397,7 +399,7 @@ pub async fn run(ctx: &Context, pods: &Cache<Pod>, pods_changed: &Notify) {
     if pods.wait_until_ready().await.is_err() {
         return;
     }
-    let recorder = Recorder::new(ctx.client.clone(), Reporter::from("tessera-controller"));
+    let recorder = Recorder::new(ctx.client.clone(), Reporter::from(REPORTER));
     // Errors of each pool already logged, so that a lasting one is logged once per leader.
     let mut reported: BTreeMap<String, String> = BTreeMap::new();
     loop {
@@ -408,6 +410,13 @@ pub async fn run(ctx: &Context, pods: &Cache<Pod>, pods_changed: &Notify) {
             () = pods_changed.notified() => tokio::time::sleep(CHANGE_DEBOUNCE).await,
         }
     }
+}
+
+/// One pass over every pool with a drain request, as [`run`] makes them; returns whether any
+/// is open.
+pub async fn pass_once(ctx: &Context, pods: &Cache<Pod>) -> bool {
+    let recorder = Recorder::new(ctx.client.clone(), Reporter::from(REPORTER));
+    pass(ctx, pods, &recorder, &mut BTreeMap::new()).await
 }
 
 /// One pass over every pool with a request; returns whether any is open.

@@ -418,10 +418,12 @@ fn finished(mut child: Child, output: &std::path::Path, log: &Mutex<Log>) -> (i3
     }
 }
 
-/// Kills a `tessera` run (SIGKILL: no chance to clean up).
-fn kill(mut child: Child) {
+/// Kills a `tessera` run (SIGKILL: no chance to clean up), which must not have finished.
+fn kill(mut child: Child, output: &std::path::Path) {
     child.kill().expect("kill tessera");
     let _ = child.wait();
+    let text = std::fs::read_to_string(output).unwrap_or_default();
+    assert!(!text.contains("Done"), "the first run finished:\n{text}");
 }
 
 /// The PoolMigration Events recorded in the workloads' namespace, by workload name.
@@ -488,7 +490,7 @@ fn migrate_ippool_restarts_each_workload_once_and_finishes_after_an_interruption
             controller.as_ref().unwrap(),
             || restarts(&log) >= 1,
         );
-        kill(first);
+        kill(first, &first_log);
         // The controller dies too, after the next restart; another one takes over.
         wait_for(
             "a second workload restarted",
@@ -618,7 +620,7 @@ fn change_block_size_moves_the_workloads_out_and_back_and_finishes_after_an_inte
         wait_for("a first workload restarted", &log, &controller, || {
             restarts(&log) >= 1
         });
-        kill(first);
+        kill(first, &first_log);
         let second = cluster.tessera_spawn(&migrate, &second_log);
         let (code, output) = finished(second, &second_log, &log);
         assert_eq!(code, 0, "second run:\n{output}");

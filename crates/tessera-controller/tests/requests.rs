@@ -1,13 +1,14 @@
 //! The exact requests the controller sends to the Kubernetes API, against a mock service
 //! (`tower_test::mock::pair`): Lease create, renew and take-over with their resourceVersion
-//! preconditions, the fresh GET of a pod before its address is released, and the GET that
-//! confirms a node is gone before it is forgotten.
+//! preconditions, the fresh GET of a pod before its address is released, the GET that
+//! confirms a node is gone before it is forgotten, and the restart of a workload by a pool
+//! drain.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::client::Body;
 use kube::runtime::reflector;
@@ -580,4 +581,150 @@ async fn a_node_still_answering_its_get_is_kept() {
     assert_eq!(cleanup.unwrap(), None);
     assert!(the_handle(&store).is_some());
     assert!(store.get(&keys::node("node-1")).unwrap().is_some());
+}
+
+// ---- Draining a pool ----
+
+const WEB_RS: &str = "/apis/apps/v1/namespaces/shop/replicasets/web-1";
+const WEB_DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
+const SHOP_EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+const DRAIN_REQUESTED_AT: &str = "2026-12-01T12:00:00Z";
+
+/// A store whose pool `old` is disabled with a drain request, pod `shop/web-1-a` holding one
+/// of its addresses.
+fn draining_store() -> Arc<dyn Store> {
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    let request = json!({"requestedAt": DRAIN_REQUESTED_AT, "maxParallel": 1}).to_string();
+    put(
+        store.as_ref(),
+        &keys::pool("old"),
+        json!({"apiVersion": "projectcalico.org/v3", "kind": "IPPool",
+               "metadata": {"name": "old", "annotations": {"tessera.dev/drain": request}},
+               "spec": {"cidr": "10.8.0.0/24"}}),
+    );
+    let request = AssignRequest {
+        handle: "h-web-1-a".into(),
+        node: "node-1".into(),
+        attrs: Attributes {
+            namespace: Some("shop".into()),
+            pod: Some("web-1-a".into()),
+            node: Some("node-1".into()),
+            ..Default::default()
+        },
+        num_v4: 1,
+        ..Default::default()
+    };
+    Ipam::new(store.as_ref()).assign(&request).unwrap();
+    // Disabled after the address was given, as a migration does.
+    let mut pool: Value =
+        serde_json::from_slice(&store.get(&keys::pool("old")).unwrap().unwrap().value).unwrap();
+    pool["spec"]["disabled"] = json!(true);
+    put(store.as_ref(), &keys::pool("old"), pool);
+    store
+}
+
+/// A pod cache holding `shop/web-1-a` of ReplicaSet `web-1`.
+fn web_pod_cache() -> reflector::Store<Pod> {
+    let (reader, mut writer) = reflector::store::<Pod>();
+    let pod: Pod = serde_json::from_value(json!({"metadata": {
+        "name": "web-1-a", "namespace": "shop", "uid": "p",
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1",
+                             "uid": "r", "controller": true}]}}))
+    .unwrap();
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitApply(pod));
+    writer.apply_watcher_event(&Event::InitDone);
+    reader
+}
+
+fn web_replica_set() -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+           "metadata": {"name": "web-1", "namespace": "shop", "uid": "r",
+               "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                    "name": "web", "uid": "d", "controller": true}]},
+           "spec": {"selector": {}}})
+}
+
+/// Deployment web, ready, its template carrying `annotations`.
+fn web_deployment(generation: i64, annotations: Value) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": "Deployment",
+           "metadata": {"name": "web", "namespace": "shop", "uid": "d",
+                        "resourceVersion": "41", "generation": generation},
+           "spec": {"replicas": 1, "selector": {},
+                    "template": {"metadata": {"annotations": annotations}}},
+           "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                      "availableReplicas": 1}})
+}
+
+fn drain_report(store: &Arc<dyn Store>) -> Value {
+    let pool: Value =
+        serde_json::from_slice(&store.get(&keys::pool("old")).unwrap().unwrap().value).unwrap();
+    let raw = pool["metadata"]["annotations"]["tessera.dev/drain-status"]
+        .as_str()
+        .expect("a drain status")
+        .to_string();
+    serde_json::from_str(&raw).unwrap()
+}
+
+#[tokio::test]
+async fn a_drain_restarts_the_deployment_with_a_patch_conditional_on_its_version_and_an_event() {
+    let store = draining_store();
+    let (client, mut handle) = mock_client();
+    let ctx = context(client, store.clone());
+    let pods = web_pod_cache();
+    let server = async {
+        answer_get(&mut handle, WEB_RS, Some(web_replica_set())).await;
+        answer_get(
+            &mut handle,
+            WEB_DEPLOYMENT,
+            Some(web_deployment(1, json!({}))),
+        )
+        .await;
+        let (patch, reply) = expect(&mut handle, Method::PATCH, WEB_DEPLOYMENT).await;
+        assert_eq!(patch["metadata"]["resourceVersion"], "41");
+        let annotations = &patch["spec"]["template"]["metadata"]["annotations"];
+        let at: Timestamp = annotations["kubectl.kubernetes.io/restartedAt"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(at >= DRAIN_REQUESTED_AT.parse().unwrap());
+        assert_eq!(
+            annotations["tessera.dev/restarted-for"],
+            format!("old {DRAIN_REQUESTED_AT}")
+        );
+        respond(
+            reply,
+            StatusCode::OK,
+            &web_deployment(2, annotations.clone()),
+        );
+        let (event, reply) = expect(&mut handle, Method::POST, SHOP_EVENTS).await;
+        assert_eq!(event["reason"], "PoolMigration");
+        assert_eq!(event["regarding"]["name"], "web");
+        assert!(event["note"].as_str().unwrap().contains("IP pool old"));
+        respond(reply, StatusCode::CREATED, &event);
+    };
+    let (open, ()) = tokio::join!(tessera_controller::drain::pass_once(&ctx, &pods), server);
+    assert!(open);
+    expect_no_more(&mut handle).await;
+    let report = drain_report(&store);
+    assert_eq!(report["requestedAt"], DRAIN_REQUESTED_AT);
+    assert_eq!(report["restarting"][0]["name"], "web");
+
+    // The next pass finds it restarted for this drain and rolling out: nothing is patched.
+    let restarted = json!({"kubectl.kubernetes.io/restartedAt": Timestamp::now().to_string(),
+                           "tessera.dev/restarted-for": format!("old {DRAIN_REQUESTED_AT}")});
+    let server = async {
+        answer_get(&mut handle, WEB_RS, Some(web_replica_set())).await;
+        answer_get(
+            &mut handle,
+            WEB_DEPLOYMENT,
+            Some(web_deployment(2, restarted)),
+        )
+        .await;
+    };
+    let (open, ()) = tokio::join!(tessera_controller::drain::pass_once(&ctx, &pods), server);
+    assert!(open);
+    expect_no_more(&mut handle).await;
+    assert_eq!(drain_report(&store)["restarting"][0]["name"], "web");
 }
