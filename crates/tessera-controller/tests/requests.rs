@@ -728,3 +728,28 @@ async fn a_drain_restarts_the_deployment_with_a_patch_conditional_on_its_version
     expect_no_more(&mut handle).await;
     assert_eq!(drain_report(&store)["restarting"][0]["name"], "web");
 }
+
+#[tokio::test]
+async fn a_drain_request_that_cannot_be_read_restarts_nothing_and_says_why() {
+    let store = draining_store();
+    let mut pool: Value =
+        serde_json::from_slice(&store.get(&keys::pool("old")).unwrap().unwrap().value).unwrap();
+    pool["metadata"]["annotations"]["tessera.dev/drain"] = json!("{\"requestedAt\": \"soon\"}");
+    put(store.as_ref(), &keys::pool("old"), pool);
+    let (client, mut handle) = mock_client();
+    let ctx = context(client, store.clone());
+    assert!(tessera_controller::drain::pass_once(&ctx, &web_pod_cache()).await);
+    expect_no_more(&mut handle).await;
+    let report = drain_report(&store);
+    let error = report["error"].as_str().expect("an error");
+    assert!(
+        error.contains("pool old") && error.contains("requestedAt"),
+        "{error}"
+    );
+    assert!(report.get("restarting").is_none(), "{report}");
+    let metrics = ctx.metrics.encode();
+    assert!(
+        metrics.contains("tessera_sync_errors_total{kind=\"drain_request\"} 1"),
+        "{metrics}"
+    );
+}
