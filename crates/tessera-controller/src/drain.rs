@@ -626,76 +626,94 @@ struct Fetched {
     resource_version: Option<String>,
 }
 
-/// Reads `workload` fresh; `None` when it does not exist.
-async fn fetch(ctx: &Context, workload: &WorkloadRef) -> Result<Option<Fetched>, Error> {
-    let namespace = &workload.namespace;
-    Ok(match workload.kind.as_str() {
-        "Deployment" => {
-            fetch_kind::<Deployment>(ctx, workload, |d| {
-                let template = d.spec.as_ref().map(|s| &s.template);
-                (
-                    template.map(restart_of).unwrap_or_default(),
-                    deployment_ready(d),
-                )
-            })
-            .await?
-        }
-        "StatefulSet" => {
-            fetch_kind::<StatefulSet>(ctx, workload, |s| {
-                let template = s.spec.as_ref().map(|s| &s.template);
-                (
-                    template.map(restart_of).unwrap_or_default(),
-                    stateful_set_ready(s),
-                )
-            })
-            .await?
-        }
-        "DaemonSet" => {
-            fetch_kind::<DaemonSet>(ctx, workload, |d| {
-                let template = d.spec.as_ref().map(|s| &s.template);
-                (
-                    template.map(restart_of).unwrap_or_default(),
-                    daemon_set_ready(d),
-                )
-            })
-            .await?
-        }
-        other => {
-            tracing::warn!(%namespace, kind = other, "not a workload kind a drain restarts");
-            None
-        }
-    })
+/// A kind of workload a drain restarts.
+trait Restartable:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+{
+    /// Its pod template.
+    fn template(&self) -> Option<&PodTemplateSpec>;
+    /// Ready as `kubectl rollout status` judges it.
+    fn ready(&self) -> Result<(), String>;
 }
 
-/// The restart (time, drain) and the readiness of a workload.
-type Judged = ((Option<Timestamp>, Option<String>), Result<(), String>);
+impl Restartable for Deployment {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn ready(&self) -> Result<(), String> {
+        deployment_ready(self)
+    }
+}
 
-async fn fetch_kind<K>(
+impl Restartable for StatefulSet {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn ready(&self) -> Result<(), String> {
+        stateful_set_ready(self)
+    }
+}
+
+impl Restartable for DaemonSet {
+    fn template(&self) -> Option<&PodTemplateSpec> {
+        self.spec.as_ref().map(|s| &s.template)
+    }
+    fn ready(&self) -> Result<(), String> {
+        daemon_set_ready(self)
+    }
+}
+
+/// Reads `workload` fresh; `None` when it does not exist.
+async fn fetch(ctx: &Context, workload: &WorkloadRef) -> Result<Option<Fetched>, Error> {
+    match workload.kind.as_str() {
+        "Deployment" => fetch_kind::<Deployment>(ctx, workload).await,
+        "StatefulSet" => fetch_kind::<StatefulSet>(ctx, workload).await,
+        "DaemonSet" => fetch_kind::<DaemonSet>(ctx, workload).await,
+        other => {
+            tracing::warn!(%workload, kind = other, "not a workload kind a drain restarts");
+            Ok(None)
+        }
+    }
+}
+
+async fn fetch_kind<K: Restartable>(
     ctx: &Context,
     workload: &WorkloadRef,
-    judge: impl Fn(&K) -> Judged,
-) -> Result<Option<Fetched>, Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
+) -> Result<Option<Fetched>, Error> {
     let api = Api::<K>::namespaced(ctx.client.clone(), &workload.namespace);
     let Some(object) = api.get_opt(&workload.name).await? else {
         return Ok(None);
     };
-    let ((restarted_at, restarted_for), ready) = judge(&object);
+    let (restarted_at, restarted_for) = object.template().map(restart_of).unwrap_or_default();
     Ok(Some(Fetched {
         state: WorkloadState {
             workload: workload.clone(),
             restarted_at,
             restarted_for,
-            ready,
+            ready: object.ready(),
         },
         reference: object.object_ref(&()),
         resource_version: object.resource_version(),
     }))
+}
+
+/// Merge-patches `workload`, of kind `K`.
+async fn patch_kind<K: Restartable>(
+    ctx: &Context,
+    workload: &WorkloadRef,
+    patch: &serde_json::Value,
+) -> Result<(), Error> {
+    let api = Api::<K>::namespaced(ctx.client.clone(), &workload.namespace);
+    api.patch(
+        &workload.name,
+        &PatchParams::default(),
+        &Patch::Merge(patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// Restarts a workload as `kubectl rollout restart` does, only if it is still the version
@@ -717,25 +735,10 @@ async fn restart(
             RESTARTED_FOR_ANNOTATION: id,
         }}}}
     });
-    let params = PatchParams::default();
-    let patch = Patch::Merge(&patch);
-    let (client, namespace, name) = (ctx.client.clone(), &workload.namespace, &workload.name);
     match workload.kind.as_str() {
-        "Deployment" => drop(
-            Api::<Deployment>::namespaced(client, namespace)
-                .patch(name, &params, &patch)
-                .await?,
-        ),
-        "StatefulSet" => drop(
-            Api::<StatefulSet>::namespaced(client, namespace)
-                .patch(name, &params, &patch)
-                .await?,
-        ),
-        "DaemonSet" => drop(
-            Api::<DaemonSet>::namespaced(client, namespace)
-                .patch(name, &params, &patch)
-                .await?,
-        ),
+        "Deployment" => patch_kind::<Deployment>(ctx, workload, &patch).await?,
+        "StatefulSet" => patch_kind::<StatefulSet>(ctx, workload, &patch).await?,
+        "DaemonSet" => patch_kind::<DaemonSet>(ctx, workload, &patch).await?,
         _ => return Ok(()),
     }
     tracing::info!(%workload, %pool, restarted_at = %at,

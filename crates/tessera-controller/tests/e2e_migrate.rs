@@ -445,12 +445,66 @@ fn migration_events(cluster: &Cluster) -> BTreeMap<String, usize> {
     out
 }
 
+/// Runs `test` while the test kubelet follows `workloads` in a thread of its own, then checks
+/// that it never failed nor saw two workloads restarting at once; what it saw.
+fn with_kubelet(
+    cluster: &Cluster,
+    workloads: Vec<Workload>,
+    test: impl FnOnce(&Mutex<Log>),
+) -> Log {
+    let log = Arc::new(Mutex::new(Log::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|scope| {
+        let kubelet = Kubelet {
+            cluster,
+            workloads,
+            log: log.clone(),
+            stop: stop.clone(),
+        };
+        scope.spawn(move || kubelet.run());
+        let _stop = StopOnDrop(stop.clone());
+        test(&log);
+    });
+    let log = std::mem::take(&mut *log.lock().unwrap());
+    assert!(
+        log.failures.is_empty(),
+        "the kubelet failed: {:?}",
+        log.failures
+    );
+    assert!(
+        log.overlaps.is_empty(),
+        "more than one restart at a time: {:?}",
+        log.overlaps
+    );
+    log
+}
+
+/// Starts `tessera ARGS` and kills it once the controller restarted a first workload.
+fn interrupted_run(cluster: &Cluster, args: &[&str], log: &Mutex<Log>, controller: &Controller) {
+    let output = cluster.dir().join("migrate-1.log");
+    let first = cluster.tessera_spawn(args, &output);
+    wait_for("a first workload restarted", log, controller, || {
+        restarts(log) >= 1
+    });
+    kill(first, &output);
+}
+
+/// Starts `tessera ARGS` again, to finish what the interrupted run started.
+fn second_run(cluster: &Cluster, args: &[&str]) -> (Child, std::path::PathBuf) {
+    let output = cluster.dir().join("migrate-2.log");
+    (cluster.tessera_spawn(args, &output), output)
+}
+
+/// Every workload of `names` restarted `times` times.
+fn each(names: &[&str], times: usize) -> BTreeMap<String, usize> {
+    names.iter().map(|n| (n.to_string(), times)).collect()
+}
+
 #[test]
 fn migrate_ippool_restarts_each_workload_once_and_finishes_after_an_interruption() {
-    let Some((cluster, controller)) = cluster_with_pools("migrate_ippool", NEW_POOL) else {
+    let Some((cluster, mut controller)) = cluster_with_pools("migrate_ippool", NEW_POOL) else {
         return;
     };
-    let mut controller = Some(controller);
     let workloads = vec![
         create_workload(&cluster, Kind::Deployment, "web", 3),
         create_workload(&cluster, Kind::StatefulSet, "db", 2),
@@ -458,8 +512,6 @@ fn migrate_ippool_restarts_each_workload_once_and_finishes_after_an_interruption
     ];
     let bare = cluster.create_pod(NS, "debug", "n1", json!({}));
     attach(&cluster, &bare).unwrap();
-    let log = Arc::new(Mutex::new(Log::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let migrate = [
         "ipam",
         "migrate",
@@ -470,43 +522,21 @@ fn migrate_ippool_restarts_each_workload_once_and_finishes_after_an_interruption
         "--max-parallel",
         "1",
     ];
-    let first_log = cluster.dir().join("migrate-1.log");
-    let second_log = cluster.dir().join("migrate-2.log");
-    std::thread::scope(|scope| {
-        let kubelet = Kubelet {
-            cluster: &cluster,
-            workloads,
-            log: log.clone(),
-            stop: stop.clone(),
-        };
-        scope.spawn(move || kubelet.run());
-        let guard = StopOnDrop(stop.clone());
-
-        // Killed once the first workload restarted.
-        let first = cluster.tessera_spawn(&migrate, &first_log);
-        wait_for(
-            "a first workload restarted",
-            &log,
-            controller.as_ref().unwrap(),
-            || restarts(&log) >= 1,
-        );
-        kill(first, &first_log);
+    let log = with_kubelet(&cluster, workloads, |log| {
+        interrupted_run(&cluster, &migrate, log, &controller);
         // The controller dies too, after the next restart; another one takes over.
-        wait_for(
-            "a second workload restarted",
-            &log,
-            controller.as_ref().unwrap(),
-            || restarts(&log) >= 2,
-        );
-        controller.take().unwrap().kill();
+        wait_for("a second workload restarted", log, &controller, || {
+            restarts(log) >= 2
+        });
+        controller.kill();
         let mut successor = cluster.controller("b", &[]);
         successor.wait_ready();
 
-        let second = cluster.tessera_spawn(&migrate, &second_log);
+        let (second, output) = second_run(&cluster, &migrate);
         let mut seen = DrainStatus::default();
         wait_for(
             "every workload restarted and the bare pod listed",
-            &log,
+            log,
             &successor,
             || {
                 let Some(status) = drain_status(&cluster, SOURCE) else {
@@ -532,22 +562,10 @@ fn migrate_ippool_restarts_each_workload_once_and_finishes_after_an_interruption
         assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
         cluster.kube.delete(&bare.path());
 
-        let (code, output) = finished(second, &second_log, &log);
-        assert_eq!(code, 0, "second run:\n{output}");
-        drop(guard);
-        successor.kill();
+        let (code, text) = finished(second, &output, log);
+        assert_eq!(code, 0, "second run:\n{text}");
     });
-    let log = log.lock().unwrap();
-    assert!(log.failures.is_empty(), "{:?}", log.failures);
-    assert!(
-        log.overlaps.is_empty(),
-        "more than one restart at a time: {:?}",
-        log.overlaps
-    );
-    let once: BTreeMap<String, usize> = ["agent", "db", "web"]
-        .iter()
-        .map(|n| (n.to_string(), 1))
-        .collect();
+    let once = each(&["agent", "db", "web"], 1);
     assert_eq!(log.restarts, once, "each workload restarted exactly once");
     for (_, pod, ip) in &log.addresses {
         assert!(
@@ -591,8 +609,6 @@ fn change_block_size_moves_the_workloads_out_and_back_and_finishes_after_an_inte
         create_workload(&cluster, Kind::Deployment, "web", 2),
         create_workload(&cluster, Kind::StatefulSet, "db", 2),
     ];
-    let log = Arc::new(Mutex::new(Log::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let migrate = [
         "ipam",
         "migrate",
@@ -605,36 +621,17 @@ fn change_block_size_moves_the_workloads_out_and_back_and_finishes_after_an_inte
         "--max-parallel",
         "1",
     ];
-    let first_log = cluster.dir().join("migrate-1.log");
-    let second_log = cluster.dir().join("migrate-2.log");
-    std::thread::scope(|scope| {
-        let kubelet = Kubelet {
-            cluster: &cluster,
-            workloads,
-            log: log.clone(),
-            stop: stop.clone(),
-        };
-        scope.spawn(move || kubelet.run());
-        let guard = StopOnDrop(stop.clone());
-        let first = cluster.tessera_spawn(&migrate, &first_log);
-        wait_for("a first workload restarted", &log, &controller, || {
-            restarts(&log) >= 1
-        });
-        kill(first, &first_log);
-        let second = cluster.tessera_spawn(&migrate, &second_log);
-        let (code, output) = finished(second, &second_log, &log);
-        assert_eq!(code, 0, "second run:\n{output}");
-        drop(guard);
+    let log = with_kubelet(&cluster, workloads, |log| {
+        interrupted_run(&cluster, &migrate, log, &controller);
+        let (second, output) = second_run(&cluster, &migrate);
+        let (code, text) = finished(second, &output, log);
+        assert_eq!(code, 0, "second run:\n{text}");
     });
-    let log = log.lock().unwrap();
-    assert!(log.failures.is_empty(), "{:?}", log.failures);
-    assert!(
-        log.overlaps.is_empty(),
-        "more than one restart at a time: {:?}",
-        log.overlaps
+    assert_eq!(
+        log.restarts,
+        each(&["db", "web"], 2),
+        "each workload restarted once per move"
     );
-    let twice: BTreeMap<String, usize> = ["db", "web"].iter().map(|n| (n.to_string(), 2)).collect();
-    assert_eq!(log.restarts, twice, "each workload restarted once per move");
     for (rollout, pod, ip) in &log.addresses {
         let pool = if *rollout == 2 {
             "10.250.0.0/24"
