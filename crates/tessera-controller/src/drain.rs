@@ -69,6 +69,9 @@ pub struct WorkloadState {
     pub ready: Result<(), String>,
 }
 
+/// The pods (namespace, name) of each workload that hold an address of the pool.
+pub type Holding = BTreeMap<WorkloadRef, Vec<(String, String)>>;
+
 /// What one pass does for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -103,7 +106,7 @@ pub fn decide(
     requested_at: Timestamp,
     id: &str,
     workloads: &[WorkloadState],
-    holding: &BTreeMap<WorkloadRef, Vec<(String, String)>>,
+    holding: &Holding,
     mut stranded: Vec<StrandedPod>,
     now: Timestamp,
 ) -> Decision {
@@ -442,6 +445,20 @@ async fn pass(
     !draining.is_empty()
 }
 
+/// The request and the CIDR of a pool to act on, or why nothing is done.
+fn actionable(pool: &Draining) -> Result<(&DrainRequest, IpNet), String> {
+    let request = pool.request.as_ref().map_err(Clone::clone)?;
+    let cidr = *pool.cidr.as_ref().map_err(Clone::clone)?;
+    if !pool.disabled {
+        return Err(format!(
+            "pool {} is not disabled: restarting its workloads would give them its addresses \
+             again; disable it (tessera ipam migrate does) or remove the annotation {}",
+            pool.pool, DRAIN_ANNOTATION
+        ));
+    }
+    Ok((request, cidr))
+}
+
 /// One pass over one pool.
 async fn drain(
     ctx: &Context,
@@ -451,43 +468,16 @@ async fn drain(
     reported: &mut BTreeMap<String, String>,
 ) -> Result<(), Error> {
     let now = Timestamp::now();
-    let refused = match (&pool.request, &pool.cidr) {
-        (Err(why), _) | (_, Err(why)) => Some(why.clone()),
-        (Ok(_), Ok(_)) if !pool.disabled => Some(format!(
-            "pool {} is not disabled: restarting its workloads would give them its addresses \
-             again; disable it (tessera ipam migrate does) or remove the annotation {}",
-            pool.pool, DRAIN_ANNOTATION
-        )),
-        _ => None,
+    let (request, cidr) = match actionable(pool) {
+        Ok(found) => found,
+        Err(why) => return refuse(ctx, pool, why, reported, now).await,
     };
-    if let Some(why) = refused {
-        if reported.get(&pool.pool) != Some(&why) {
-            tracing::warn!(pool = %pool.pool, "drain request not acted on: {why}");
-            ctx.metrics.count_error("drain_request");
-            reported.insert(pool.pool.clone(), why.clone());
-        }
-        let requested_at = pool
-            .request
-            .as_ref()
-            .map_or_else(|_| String::new(), |r| r.requested_at.clone());
-        let status = DrainStatus {
-            requested_at,
-            updated_at: now.to_string(),
-            error: Some(why),
-            ..DrainStatus::default()
-        };
-        return write(ctx, pool, status).await;
-    }
     reported.remove(&pool.pool);
-    let (Ok(request), Ok(cidr)) = (&pool.request, &pool.cidr) else {
-        return Ok(());
-    };
     let requested_at: Timestamp = request.requested_at.parse().unwrap_or(now);
-    let cidr = *cidr;
     let holders = ctx
         .blocking(move |ds| Ok(Ipam::new(ds.store()).holders(cidr)?))
         .await?;
-    let (holding, stranded) = trace_all(ctx, pods, &holders).await?;
+    let (holding, mut stranded) = trace_all(ctx, pods, &holders).await?;
     let mut wanted: BTreeSet<WorkloadRef> = holding.keys().cloned().collect();
     if let Some(previous) = &pool.previous {
         if previous.requested_at == request.requested_at {
@@ -496,26 +486,8 @@ async fn drain(
             wanted.extend(previous.not_ready.iter().map(|n| n.workload.clone()));
         }
     }
-    let mut states = Vec::new();
-    let mut found = BTreeMap::new();
-    let mut stranded = stranded;
-    for workload in wanted {
-        match fetch(ctx, &workload).await? {
-            Some(fetched) => {
-                states.push(fetched.state.clone());
-                found.insert(workload, fetched);
-            }
-            None => {
-                for (namespace, name) in holding.get(&workload).into_iter().flatten() {
-                    stranded.push(StrandedPod {
-                        namespace: namespace.clone(),
-                        name: name.clone(),
-                        reason: format!("owned by {workload}, which no longer exists"),
-                    });
-                }
-            }
-        }
-    }
+    let found = fetch_all(ctx, wanted, &holding, &mut stranded).await?;
+    let states: Vec<WorkloadState> = found.values().map(|f| f.state.clone()).collect();
     let id = drain_id(&pool.pool, request);
     let mut decision = decide(request, requested_at, &id, &states, &holding, stranded, now);
     let at = now.max(requested_at);
@@ -530,6 +502,57 @@ async fn drain(
     write(ctx, pool, decision.status).await
 }
 
+/// Logs and counts a request not acted on (once per reason), and says why on the pool.
+async fn refuse(
+    ctx: &Context,
+    pool: &Draining,
+    why: String,
+    reported: &mut BTreeMap<String, String>,
+    now: Timestamp,
+) -> Result<(), Error> {
+    if reported.get(&pool.pool) != Some(&why) {
+        tracing::warn!(pool = %pool.pool, "drain request not acted on: {why}");
+        ctx.metrics.count_error("drain_request");
+        reported.insert(pool.pool.clone(), why.clone());
+    }
+    let requested_at = pool
+        .request
+        .as_ref()
+        .map_or_else(|_| String::new(), |r| r.requested_at.clone());
+    let status = DrainStatus {
+        requested_at,
+        updated_at: now.to_string(),
+        error: Some(why),
+        ..DrainStatus::default()
+    };
+    write(ctx, pool, status).await
+}
+
+/// Reads every `wanted` workload fresh; the pods of those that are gone join `stranded`.
+async fn fetch_all(
+    ctx: &Context,
+    wanted: BTreeSet<WorkloadRef>,
+    holding: &Holding,
+    stranded: &mut Vec<StrandedPod>,
+) -> Result<BTreeMap<WorkloadRef, Fetched>, Error> {
+    let mut found = BTreeMap::new();
+    for workload in wanted {
+        let Some(fetched) = fetch(ctx, &workload).await? else {
+            for (namespace, name) in holding.get(&workload).into_iter().flatten() {
+                stranded.push(StrandedPod {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    reason: format!("owned by {workload}, which no longer exists"),
+                });
+            }
+            continue;
+        };
+        found.insert(workload, fetched);
+    }
+    Ok(found)
+}
+
+/// Writes `status` on the pool unless it says what the pool's report already says.
 async fn write(ctx: &Context, pool: &Draining, status: DrainStatus) -> Result<(), Error> {
     if pool
         .previous
@@ -553,14 +576,8 @@ async fn trace_all(
     ctx: &Context,
     pods: &Cache<Pod>,
     holders: &[Holder],
-) -> Result<
-    (
-        BTreeMap<WorkloadRef, Vec<(String, String)>>,
-        Vec<StrandedPod>,
-    ),
-    Error,
-> {
-    let mut holding: BTreeMap<WorkloadRef, Vec<(String, String)>> = BTreeMap::new();
+) -> Result<(Holding, Vec<StrandedPod>), Error> {
+    let mut holding = Holding::new();
     let mut stranded = Vec::new();
     // The Deployment of each ReplicaSet, read once per pass.
     let mut replica_sets: BTreeMap<(String, String), Result<WorkloadRef, String>> = BTreeMap::new();
