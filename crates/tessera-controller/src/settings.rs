@@ -39,7 +39,12 @@ use clap::{Args, Parser};
         - carries SpiderSubnets, SpiderIPPools, SpiderReservedIPs and Calico IPPools and \
         IPReservations applied with kubectl into the datastore (validated as by `tessera \
         apply`; a refusal is a Synced=False condition and an Event), deletes them there when \
-        they are deleted, and writes their status back at least every minute.\n\n\
+        they are deleted, and writes their status back at least every minute;\n  \
+        - drains a pool `tessera ipam migrate` disabled with a tessera.dev/drain request: \
+        restarts the Deployments, StatefulSets and DaemonSets whose pods hold its addresses \
+        as `kubectl rollout restart` does, each once, at most maxParallel not yet ready at a \
+        time, lists the pods it cannot move, and writes its progress on the pool \
+        (tessera.dev/drain-status).\n\n\
         It serves /metrics (Prometheus), /healthz and /readyz on --listen.",
     after_help = "Durations are written like 90s, 15m, 1h30m or 0."
 )]
