@@ -46,6 +46,15 @@ impl Migration {
         })
     }
 
+    /// Dates the drain request of the next step now: a block-size change's second move asks
+    /// for restarts after those of its first.
+    fn stamp(&mut self, now: String) {
+        match self {
+            Migration::Move(req) => req.drain.now = now,
+            Migration::BlockSize(req) => req.drain.now = now,
+        }
+    }
+
     /// The message to end with when `step` was the last one.
     fn done_after(&self, step: &Step) -> Option<String> {
         match self {
@@ -70,7 +79,7 @@ pub fn main(store: &dyn Store, args: &MigrateArgs) -> ExitCode {
 
 /// `Ok(true)` when the migration is done, `Ok(false)` when it stopped waiting.
 fn run(store: &dyn Store, args: &MigrateArgs) -> anyhow::Result<bool> {
-    let migration = migration(args)?;
+    let mut migration = migration(args)?;
     if args.dry_run {
         dry_run(store, &migration, args)?;
         return Ok(true);
@@ -78,6 +87,7 @@ fn run(store: &dyn Store, args: &MigrateArgs) -> anyhow::Result<bool> {
     let mut writes = 0;
     let mut wait = WaitDisplay::new(args);
     loop {
+        migration.stamp(format_rfc3339(unix_now()));
         let step = migration.next_step(store)?;
         match &step {
             Step::Done(message) => {

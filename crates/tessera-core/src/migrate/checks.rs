@@ -134,7 +134,7 @@ pub(super) fn nodes_stay_served(
     Ok(())
 }
 
-/// A block size the family allows, no larger than the pool, and not the current one.
+/// A block size the family allows and no larger than the pool.
 pub(super) fn block_size_fits(pool: &IPPool, net: IpNet, size: u8) -> Result<(), MigrateError> {
     let (range, family) = match net {
         IpNet::V4(_) => (20..=32, "IPv4"),
@@ -153,11 +153,6 @@ pub(super) fn block_size_fits(pool: &IPPool, net: IpNet, size: u8) -> Result<(),
             "--block-size {size}: blocks of IPPool {name} ({net}) cannot be larger than the \
              pool; use {} or more",
             net.prefix_len()
-        )));
-    }
-    if block_size_of(pool) == Some(size) {
-        return Err(refused(format!(
-            "IPPool {name} already has block size {size}: nothing to change"
         )));
     }
     Ok(())

@@ -435,6 +435,13 @@ pub fn plan_block_size(
                 records.pool_names()
             )));
         };
+        if block_size_of(pool) == Some(req.block_size) {
+            // Also what a run after a finished change finds.
+            return Ok(Step::Done(format!(
+                "IPPool {} has block size {}: nothing to change",
+                req.pool, req.block_size
+            )));
+        }
         let temp = temporary_pool(records, pool, req)?;
         let first_move = MoveRequest {
             from: req.pool.clone(),
