@@ -1,7 +1,8 @@
 //! How long the usage views take on a large store: 1,000 nodes in 20 racks, 100,000
 //! addresses (100 per node, one handle each, as pods hold them) in a `/14` of `/26` blocks,
 //! on SQLite. Times the real binary: `ipam show`, `ipam show --map`, `ipam show --map
-//! --group-by rack` and `ipam report --html`, printing the median of several runs.
+//! --group-by rack`, `ipam report --html` and `plan --pool`, printing the median of several
+//! runs.
 //!
 //! Run with `cargo bench -p tessera-cli --bench pool_map` (`POOL_MAP_RUNS=N` for more runs).
 
@@ -40,11 +41,12 @@ fn main() {
     let html = dir.path().join("report.html");
     let html = html.to_string_lossy();
     // The views measured, then for comparison the two that read every handle.
-    let commands: [&[&str]; 6] = [
+    let commands: [&[&str]; 7] = [
         &["ipam", "show"],
         &["ipam", "show", "--map"],
         &["ipam", "show", "--map", "--group-by", "rack"],
         &["ipam", "report", "--html", &html, "--group-by", "rack"],
+        &["plan", "--pool", "pods"],
         &["ipam", "show", "--show-borrowed"],
         &["ipam", "check"],
     ];
