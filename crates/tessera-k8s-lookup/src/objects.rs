@@ -1,5 +1,5 @@
-//! The parts of a Pod, a Namespace, a Job and a ReplicaSet that are read. Unknown fields are skipped, so any
-//! API server version decodes.
+//! The parts of a Pod, a Namespace, a Job and a ReplicaSet that are read. Unknown fields are
+//! skipped, so any API server version decodes.
 
 use std::collections::BTreeMap;
 
