@@ -33,8 +33,10 @@ pub struct Client {
 
 /// One object to GET.
 struct Get {
-    /// `Pod`, `Namespace` or `Job`, for decode errors.
+    /// `Pod`, `Namespace`, `Job` or `ReplicaSet`, for decode errors.
     kind: &'static str,
+    /// `pod`, `namespace`, `job` or `replicaset`, for not-found errors.
+    noun: &'static str,
     /// The RBAC resource (`pods`), for refusals.
     resource: &'static str,
     /// `namespace/name` or the name, for not-found errors.
@@ -243,12 +245,7 @@ impl Client {
         let message = api_message(body);
         match status {
             404 => LookupError::NotFound {
-                kind: match what.kind {
-                    "Pod" => "pod",
-                    "Job" => "job",
-                    "ReplicaSet" => "replicaset",
-                    _ => "namespace",
-                },
+                kind: what.noun,
                 name: what.name.clone(),
                 server,
             },
@@ -268,48 +265,44 @@ impl Client {
     }
 }
 
-fn pod_get(namespace: &str, name: &str) -> Get {
+/// A GET of the object `namespace/name` of `resource` under the API path `api`
+/// (`/api/v1`, `/apis/apps/v1`).
+fn namespaced_get(
+    (kind, noun, resource): (&'static str, &'static str, &'static str),
+    api: &str,
+    namespace: &str,
+    name: &str,
+) -> Get {
     Get {
-        kind: "Pod",
-        resource: "pods",
+        kind,
+        noun,
+        resource,
         name: format!("{namespace}/{name}"),
         path: format!(
-            "/api/v1/namespaces/{}/pods/{}",
+            "{api}/namespaces/{}/{resource}/{}",
             path_segment(namespace),
             path_segment(name)
         ),
     }
+}
+
+fn pod_get(namespace: &str, name: &str) -> Get {
+    namespaced_get(("Pod", "pod", "pods"), "/api/v1", namespace, name)
 }
 
 fn replica_set_get(namespace: &str, name: &str) -> Get {
-    Get {
-        kind: "ReplicaSet",
-        resource: "replicasets",
-        name: format!("{namespace}/{name}"),
-        path: format!(
-            "/apis/apps/v1/namespaces/{}/replicasets/{}",
-            path_segment(namespace),
-            path_segment(name)
-        ),
-    }
+    let what = ("ReplicaSet", "replicaset", "replicasets");
+    namespaced_get(what, "/apis/apps/v1", namespace, name)
 }
 
 fn job_get(namespace: &str, name: &str) -> Get {
-    Get {
-        kind: "Job",
-        resource: "jobs",
-        name: format!("{namespace}/{name}"),
-        path: format!(
-            "/apis/batch/v1/namespaces/{}/jobs/{}",
-            path_segment(namespace),
-            path_segment(name)
-        ),
-    }
+    namespaced_get(("Job", "job", "jobs"), "/apis/batch/v1", namespace, name)
 }
 
 fn namespace_get(name: &str) -> Get {
     Get {
         kind: "Namespace",
+        noun: "namespace",
         resource: "namespaces",
         name: name.to_string(),
         path: format!("/api/v1/namespaces/{}", path_segment(name)),
