@@ -66,3 +66,18 @@ fn holders_are_the_handles_with_addresses_in_that_pool_only() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn many_holders_are_named_as_well_as_few() {
+    let s = MemoryStore::new();
+    pool(&s, "big", json!({"cidr": "10.2.0.0/24", "blockSize": 26}));
+    let ipam = Ipam::new(s);
+    for i in 0..150 {
+        let (handle, name) = (format!("h-{i:03}"), format!("web-{i}"));
+        ipam.assign(&pod(&handle, "default", &name, "n1")).unwrap();
+    }
+    let held = ipam.holders("10.2.0.0/24".parse().unwrap()).unwrap();
+    assert_eq!(held.len(), 150);
+    assert_eq!(held[149].pod().as_deref(), Some("default/web-149"));
+    assert!(held.iter().all(|h| h.pod().is_some()));
+}

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::keys;
-use crate::store::{Read, Store};
+use crate::store::{Read, Snapshot, Store};
 
 use super::assign::allocated;
 use super::records::{decode, Attributes, Block, HandleRecord};
@@ -37,10 +37,7 @@ impl Holder {
 /// Every handle holding an address in a block carved from `pool` (the pool's network: blocks
 /// of a deleted pool of that network count too), ordered by handle.
 pub(super) fn holders<S: Store + ?Sized>(store: &S, pool: IpNet) -> Result<Vec<Holder>, IpamError> {
-    let snap = store.read(&[
-        Read::Prefix(keys::BLOCK_PREFIX.into()),
-        Read::Prefix(keys::HANDLE_PREFIX.into()),
-    ])?;
+    let snap = store.read(&[Read::Prefix(keys::BLOCK_PREFIX.into())])?;
     let mut addresses: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for kv in snap.list(0) {
         let block: Block = decode(kv)?;
@@ -52,7 +49,8 @@ pub(super) fn holders<S: Store + ?Sized>(store: &S, pool: IpNet) -> Result<Vec<H
         }
     }
     let mut attrs_of: BTreeMap<String, Attributes> = BTreeMap::new();
-    for kv in snap.list(1) {
+    let (records, lists) = handle_records(store, &addresses)?;
+    for kv in (0..lists).flat_map(|i| records.list(i)) {
         let h: HandleRecord = decode(kv)?;
         if addresses.contains_key(&h.id) {
             attrs_of.insert(h.id, h.attrs);
@@ -70,4 +68,27 @@ pub(super) fn holders<S: Store + ?Sized>(store: &S, pool: IpNet) -> Result<Vec<H
             }
         })
         .collect())
+}
+
+/// Handle records read one by one in a single read when a pool has few holders left (a
+/// draining pool is polled while the store may hold many more handles); all of them when it
+/// has many (one read of a transaction's size: etcd caps operations per transaction).
+const FEW_HOLDERS: usize = 100;
+
+fn handle_records<S: Store + ?Sized, V>(
+    store: &S,
+    holders: &BTreeMap<String, V>,
+) -> Result<(Snapshot, usize), IpamError> {
+    let reads: Vec<Read> = if holders.len() > FEW_HOLDERS {
+        vec![Read::Prefix(keys::HANDLE_PREFIX.into())]
+    } else {
+        holders
+            .keys()
+            .map(|id| Read::Get(keys::handle(id)))
+            .collect()
+    };
+    if reads.is_empty() {
+        return Ok((Snapshot::default(), 0));
+    }
+    Ok((store.read(&reads)?, reads.len()))
 }
