@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tessera_core::drain::{pod_workload, replicaset_workload, Owner, PodOwner};
+use tessera_core::drain::{
+    held_for_statefulset, pod_workload, replicaset_workload, Owner, PodOwner,
+};
 use tessera_core::ipam::Holder;
 use tessera_k8s_lookup::{ApiAccess, Client, LookupError, OwnerReference};
 
@@ -104,6 +106,9 @@ fn fate(client: &Client, h: &Holder) -> Fate {
     let (Some(ns), Some(name)) = (h.attrs.namespace.as_deref(), h.attrs.pod.as_deref()) else {
         return Fate::Stranded("not a pod's address".into());
     };
+    if let Some(set) = held_for_statefulset(h) {
+        return Fate::Moved(set.to_string());
+    }
     let pod = match client.pod(ns, name) {
         Ok(pod) => pod,
         Err(e) => return unreadable(e),

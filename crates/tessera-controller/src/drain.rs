@@ -287,13 +287,7 @@ pub fn trace(
 ) -> Option<Trace> {
     let attrs = &holder.attrs;
     let (namespace, pod) = (attrs.namespace.clone()?, attrs.pod.clone()?);
-    // A StatefulSet pod's addresses are held for its name, also between two of its pods.
-    if let Some(set) = &attrs.statefulset {
-        let workload = WorkloadRef {
-            kind: "StatefulSet".into(),
-            namespace: namespace.clone(),
-            name: set.clone(),
-        };
+    if let Some(workload) = rules::held_for_statefulset(holder) {
         return Some(Trace::Workload(workload, (namespace, pod)));
     }
     let stranded = |reason: String| StrandedPod {

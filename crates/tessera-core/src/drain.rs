@@ -198,6 +198,18 @@ fn workload(kind: &str, namespace: &str, name: &str) -> WorkloadRef {
     }
 }
 
+/// The StatefulSet a holder's addresses are kept for, whatever became of its pod: a
+/// StatefulSet pod's addresses are held for its name, also between two of its pods, so
+/// restarting the StatefulSet moves them.
+pub fn held_for_statefulset(holder: &crate::ipam::Holder) -> Option<WorkloadRef> {
+    let attrs = &holder.attrs;
+    Some(workload(
+        "StatefulSet",
+        attrs.namespace.as_deref()?,
+        attrs.statefulset.as_deref()?,
+    ))
+}
+
 /// The workload to restart for a pod in `namespace` with controlling owner `owner`.
 pub fn pod_workload(namespace: &str, owner: Option<&Owner<'_>>) -> PodOwner {
     let Some(owner) = owner else {
@@ -286,6 +298,26 @@ mod tests {
         let raw = serde_json::to_string(&status).unwrap();
         let a = annotated(DRAIN_STATUS_ANNOTATION, &raw);
         assert_eq!(drain_status("old", &a).unwrap(), Some(status));
+    }
+
+    #[test]
+    fn a_statefulset_pods_addresses_lead_to_the_statefulset_without_its_pod() {
+        let mut holder = crate::ipam::Holder {
+            handle: "net:db/pg-0:eth0".into(),
+            addresses: vec!["10.0.0.1".parse().unwrap()],
+            attrs: crate::ipam::Attributes {
+                namespace: Some("db".into()),
+                pod: Some("pg-0".into()),
+                statefulset: Some("pg".into()),
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            held_for_statefulset(&holder),
+            Some(workload("StatefulSet", "db", "pg"))
+        );
+        holder.attrs.statefulset = None;
+        assert_eq!(held_for_statefulset(&holder), None);
     }
 
     #[test]
